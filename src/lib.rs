@@ -1,0 +1,6 @@
+//! Portcullis: a multi-tenant authorization sidecar.
+//!
+//! Data flows one way: [`model`] (plain data, validation) → [`snapshot`] (compiled, zero-copy
+//! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
+
+pub mod model;

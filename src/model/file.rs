@@ -1,0 +1,449 @@
+//! The data file (YAML; JSON is accepted as YAML's flow syntax).
+//!
+//! A file is accepted whole or rejected whole. Every problem is reported with its line and
+//! column, and the tenant/collection/index it concerns.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use super::time::de_opt_timestamp;
+use super::{
+    Assignment, Collection, Group, GroupStatus, Node, Permission, Principal, Quotas, Rbac, Role,
+    Tenant, TenantStatus, Timestamp, User, UserKind, UserStatus,
+};
+
+/// Largest data file accepted, in bytes.
+pub const MAX_FILE_BYTES: usize = 512 * 1024 * 1024;
+
+/// A loaded, fully validated data file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFile {
+    pub tenants: Vec<Tenant>,
+    pub tests: Vec<TestCase>,
+}
+
+/// One `tests:` assertion.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub tenant: String,
+    pub subject: String,
+    pub action: String,
+    pub resource: String,
+    pub allowed: bool,
+    /// Evaluate at this time instead of now (for expiring assignments).
+    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    pub at: Option<Timestamp>,
+    /// Expected reason code, if given (e.g. `subject_inactive`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// 1-based line of the case in the file (0 when not from a file).
+    #[serde(skip)]
+    pub line: u64,
+}
+
+/// One problem in a data file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        }
+    }
+}
+
+/// Why a data file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read '{path}': {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("data file is {0} bytes; the limit is {MAX_FILE_BYTES}")]
+    TooLarge(usize),
+    #[error("{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    let mut s = format!("data file rejected ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
+    for p in problems {
+        s.push_str("\n  ");
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+impl LoadError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            LoadError::Invalid(p) => p,
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    tenants: Vec<Spanned<RawTenant>>,
+    #[serde(default)]
+    tests: Vec<Spanned<TestCase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rbac: Rbac,
+    #[serde(default)]
+    status: TenantStatus,
+    #[serde(default)]
+    quotas: Quotas,
+    #[serde(default)]
+    nodes: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    roles: Vec<Spanned<RawRole>>,
+    #[serde(default)]
+    users: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    groups: Vec<Spanned<RawGroup>>,
+    #[serde(default)]
+    assignments: Vec<Spanned<RawAssignment>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    kind: String,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    plugin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    id: String,
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: UserStatus,
+    #[serde(default)]
+    kind: UserKind,
+    #[serde(default)]
+    session_epoch: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    status: GroupStatus,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssignment {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    role: String,
+    scope: String,
+    #[serde(default)]
+    assigned_by: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    assigned_at: Option<Timestamp>,
+    #[serde(default, deserialize_with = "de_opt_timestamp")]
+    expires_at: Option<Timestamp>,
+}
+
+fn at(loc: &Location, message: String) -> Problem {
+    Problem { line: loc.line(), column: loc.column(), message }
+}
+
+/// Reads and validates a data file from disk.
+pub fn load_path(path: &Path) -> Result<DataFile, LoadError> {
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(LoadError::TooLarge(meta.len() as usize));
+    }
+    let text = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+    load_bytes(&text)
+}
+
+/// Parses and validates a data file held in memory.
+pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(LoadError::TooLarge(bytes.len()));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        let valid = std::str::from_utf8(bytes).err().map(|e| e.valid_up_to()).unwrap_or(0);
+        let line = bytes[..valid].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        return Err(LoadError::Invalid(vec![Problem { line, column: 0, message: "data file is not valid UTF-8".into() }]));
+    };
+    load_str(text)
+}
+
+/// Parses and validates a data file's text.
+pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
+    let raw: RawFile = if text.trim().is_empty() {
+        RawFile { tenants: Vec::new(), tests: Vec::new() }
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            // The rendered error repeats the position and a snippet; keep its first line only.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid data file").to_string();
+            LoadError::Invalid(vec![Problem { line, column, message: first }])
+        })?
+    };
+    convert(raw)
+}
+
+fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
+    let mut problems = Vec::new();
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    let mut ids = HashSet::new();
+    for rt in raw.tenants {
+        let tloc = rt.referenced;
+        let rt = rt.value;
+        if !ids.insert(rt.id.clone()) {
+            problems.push(at(&tloc, format!("duplicate tenant id '{}'", rt.id)));
+        }
+        let tid = rt.id.clone();
+        let mut locs: Vec<(Collection, Vec<Location>)> = Vec::new();
+        let mut t = Tenant::new(rt.id);
+        if let Some(n) = rt.name {
+            t.name = n;
+        }
+        t.rbac = rt.rbac;
+        t.status = rt.status;
+        t.quotas = rt.quotas;
+        locs.push((Collection::Nodes, rt.nodes.iter().map(|s| s.referenced).collect()));
+        t.nodes = rt
+            .nodes
+            .into_iter()
+            .map(|s| Node { id: s.value.id, kind: s.value.kind, parent: s.value.parent, name: s.value.name })
+            .collect();
+        locs.push((Collection::Roles, rt.roles.iter().map(|s| s.referenced).collect()));
+        for s in rt.roles {
+            let mut perms = Vec::with_capacity(s.value.permissions.len());
+            for p in &s.value.permissions {
+                match p.parse::<Permission>() {
+                    Ok(p) => perms.push(p),
+                    Err(e) => problems.push(at(&s.referenced, format!("tenant '{tid}': role '{}': {e}", s.value.id))),
+                }
+            }
+            t.roles.push(Role {
+                name: s.value.name.unwrap_or_else(|| s.value.id.clone()),
+                id: s.value.id,
+                permissions: perms,
+                plugin: s.value.plugin,
+            });
+        }
+        locs.push((Collection::Users, rt.users.iter().map(|s| s.referenced).collect()));
+        t.users = rt
+            .users
+            .into_iter()
+            .map(|s| {
+                let u = s.value;
+                User {
+                    name: u.name.unwrap_or_else(|| u.id.clone()),
+                    id: u.id,
+                    email: u.email,
+                    status: u.status,
+                    kind: u.kind,
+                    session_epoch: u.session_epoch,
+                }
+            })
+            .collect();
+        locs.push((Collection::Groups, rt.groups.iter().map(|s| s.referenced).collect()));
+        t.groups = rt
+            .groups
+            .into_iter()
+            .map(|s| {
+                let g = s.value;
+                Group { name: g.name.unwrap_or_else(|| g.id.clone()), id: g.id, status: g.status, members: g.members }
+            })
+            .collect();
+        locs.push((Collection::Assignments, rt.assignments.iter().map(|s| s.referenced).collect()));
+        for s in rt.assignments {
+            let a = s.value;
+            let principal = match (a.user, a.group) {
+                (Some(u), None) => Principal::User(u),
+                (None, Some(g)) => Principal::Group(g),
+                _ => {
+                    problems.push(at(
+                        &s.referenced,
+                        format!("tenant '{tid}': an assignment names exactly one of 'user' or 'group'"),
+                    ));
+                    continue;
+                }
+            };
+            t.assignments.push(Assignment {
+                principal,
+                role: a.role,
+                scope: a.scope,
+                assigned_by: a.assigned_by,
+                assigned_at: a.assigned_at,
+                expires_at: a.expires_at,
+            });
+        }
+        for inv in t.validate() {
+            let loc = locs
+                .iter()
+                .find(|(c, _)| *c == inv.collection)
+                .and_then(|(_, l)| l.get(inv.index))
+                .copied()
+                .unwrap_or(tloc);
+            problems.push(at(&loc, format!("tenant '{tid}': {inv}")));
+        }
+        tenants.push(t);
+    }
+    let mut tests = Vec::with_capacity(raw.tests.len());
+    for s in raw.tests {
+        let mut c = s.value;
+        c.line = s.referenced.line();
+        if !ids.contains(&c.tenant) {
+            problems.push(at(&s.referenced, format!("test names unknown tenant '{}'", c.tenant)));
+        }
+        tests.push(c);
+    }
+    if problems.is_empty() {
+        Ok(DataFile { tenants, tests })
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(LoadError::Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+tenants:
+  - id: femo
+    rbac: enterprise
+    nodes:
+      - { id: femo, kind: organisation }
+      - { id: hawthorne, kind: site, parent: femo }
+      - { id: press-7, kind: asset, parent: hawthorne }
+    roles:
+      - { id: machine-operator, name: Machine Operator, permissions: [asset:read, asset:operate] }
+    users:
+      - { id: alice, email: alice@femo.example, name: Alice Adams, status: active }
+    groups:
+      - { id: night-shift, members: [alice] }
+    assignments:
+      - { user: alice, role: machine-operator, scope: hawthorne }
+      - { group: night-shift, role: viewer, scope: femo, expires_at: "2030-01-01T00:00:00Z" }
+tests:
+  - { tenant: femo, subject: alice, action: asset:operate, resource: press-7, allowed: true }
+"#;
+
+    #[test]
+    fn loads_the_contract_example() {
+        let f = load_str(GOOD).unwrap();
+        assert_eq!(f.tenants.len(), 1);
+        let t = &f.tenants[0];
+        assert_eq!(t.nodes.len(), 3);
+        assert_eq!(t.assignments[1].principal, Principal::Group("night-shift".into()));
+        assert_eq!(t.assignments[1].expires_at, Some(1_893_456_000));
+        assert_eq!(f.tests.len(), 1);
+        assert_eq!(f.tests[0].line, 19);
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let j = r#"{"tenants":[{"id":"a","nodes":[{"id":"n","kind":"site"}],
+            "users":[{"id":"u","email":"u@a.example"}],
+            "assignments":[{"user":"u","role":"viewer","scope":"n"}]}]}"#;
+        let f = load_str(j).unwrap();
+        assert_eq!(f.tenants[0].assignments.len(), 1);
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match load_str(text) {
+            Err(LoadError::Invalid(p)) => p,
+            other => panic!("expected rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn semantic_errors_have_positions() {
+        let bad = GOOD.replace("parent: hawthorne }", "parent: nowhere }");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 8);
+        assert!(p[0].message.contains("unknown parent 'nowhere'"), "{}", p[0].message);
+
+        let bad = GOOD.replace("scope: hawthorne", "scope: mars");
+        let p = problems(&bad);
+        assert_eq!(p[0].line, 16);
+        assert!(p[0].message.contains("unknown scope node 'mars'"));
+
+        let bad = GOOD.replace("asset:operate] }", "asset operate] }");
+        let p = problems(&bad);
+        assert_eq!(p[0].line, 10);
+        assert!(p[0].message.contains("invalid permission 'asset operate'"));
+
+        let bad = GOOD.replace("alice@femo.example", "not-an-email");
+        assert!(problems(&bad)[0].message.contains("not a valid email"));
+
+        let bad = GOOD.replace("members: [alice]", "members: [bob]");
+        assert!(problems(&bad)[0].message.contains("member 'bob'"));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_have_positions() {
+        let p = problems("tenants:\n  - id: a\n    rbac: superuser\n");
+        assert_eq!(p[0].line, 3, "{p:?}");
+        let p = problems("tenants:\n  - id: a\n    colour: blue\n");
+        assert!(p[0].message.contains("colour"), "{p:?}");
+        let p = problems("tenants: [\n");
+        assert!(p[0].line >= 1, "{p:?}");
+    }
+
+    #[test]
+    fn everything_is_reported_at_once() {
+        let bad = GOOD.replace("parent: hawthorne }", "parent: nowhere }").replace("scope: hawthorne", "scope: mars");
+        assert_eq!(problems(&bad).len(), 2);
+    }
+}

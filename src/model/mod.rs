@@ -1,0 +1,575 @@
+//! The access model: plain data and its validation. No I/O, no async.
+//!
+//! A [`Tenant`] is the unit of isolation. Validation ([`Tenant::validate`]) reports every problem
+//! with the collection and index of the offending item, so that loaders (the data file, the
+//! management API) can point at the exact place in their own input.
+
+pub mod file;
+mod perm;
+mod time;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use perm::{Part, Permission, PermissionError};
+pub use time::{format_timestamp, parse_timestamp, Timestamp};
+
+/// Longest id, name or kind accepted anywhere in the model, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest free-text field (names, emails), in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// Ids of the roles every tenant has. Their permission lists are fixed.
+pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
+    ("administrator", "Administrator", &["*"]),
+    ("operator", "Operator", &["*:read", "*:operate"]),
+    ("viewer", "Viewer", &["*:read"]),
+];
+
+/// How a tenant authorizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Rbac {
+    /// Every active user may do everything in the tenant.
+    None,
+    /// Built-in roles only; custom roles are rejected.
+    Basic,
+    /// Built-in and custom roles (and, later, plugin conditions).
+    #[default]
+    Enterprise,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    Suspended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    #[default]
+    Active,
+    Inactive,
+    Deleted,
+}
+
+/// What kind of account a user is. Guests are limited to `*:read` actions whatever their roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserKind {
+    Owner,
+    Admin,
+    #[default]
+    Member,
+    Guest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupStatus {
+    #[default]
+    Active,
+    Inactive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_admins: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_users: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_groups: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    /// Name of a tenant plugin that must also allow (custom roles only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub status: UserStatus,
+    pub kind: UserKind,
+    /// Raised when the user is deactivated or deleted; tokens issued before it are refused.
+    #[serde(default)]
+    pub session_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub status: GroupStatus,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "lowercase")]
+pub enum Principal {
+    User(String),
+    Group(String),
+}
+
+impl Principal {
+    pub fn id(&self) -> &str {
+        match self {
+            Principal::User(id) | Principal::Group(id) => id,
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::User(id) => write!(f, "user '{id}'"),
+            Principal::Group(id) => write!(f, "group '{id}'"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub principal: Principal,
+    pub role: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub rbac: Rbac,
+    pub status: TenantStatus,
+    pub quotas: Quotas,
+    pub nodes: Vec<Node>,
+    /// Custom roles only; built-ins are implied (see [`BUILTIN_ROLES`]).
+    pub roles: Vec<Role>,
+    pub users: Vec<User>,
+    pub groups: Vec<Group>,
+    pub assignments: Vec<Assignment>,
+    /// Revision of this state; every committed change raises it by one.
+    pub revision: u64,
+}
+
+/// Which collection of a tenant an error points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Tenant,
+    Nodes,
+    Roles,
+    Users,
+    Groups,
+    Assignments,
+}
+
+impl Collection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Collection::Tenant => "tenant",
+            Collection::Nodes => "nodes",
+            Collection::Roles => "roles",
+            Collection::Users => "users",
+            Collection::Groups => "groups",
+            Collection::Assignments => "assignments",
+        }
+    }
+}
+
+/// One validation problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub collection: Collection,
+    /// Index into the collection (0 for [`Collection::Tenant`]).
+    pub index: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.collection {
+            Collection::Tenant => write!(f, "{}", self.message),
+            c => write!(f, "{}[{}]: {}", c.as_str(), self.index, self.message),
+        }
+    }
+}
+
+/// Checks an identifier: 1..=128 bytes of ASCII letters, digits and `_ - . @ :`.
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("{what} '{}…' is longer than {MAX_ID_LEN} bytes", truncate(id, 32)));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | ':')))
+    {
+        return Err(format!(
+            "{what} '{id}' contains {c:?}; allowed are ASCII letters, digits and _ - . @ :"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a free-text field: no control characters, at most [`MAX_TEXT_LEN`] bytes.
+pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT_LEN {
+        return Err(format!("{what} is longer than {MAX_TEXT_LEN} bytes"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{what} contains a control character"));
+    }
+    Ok(())
+}
+
+/// A deliberately plain email check: `local@domain.tld`, no spaces, one `@`.
+pub fn check_email(email: &str) -> Result<(), String> {
+    check_text("email", email)?;
+    let bad = || Err(format!("'{email}' is not a valid email address"));
+    let Some((local, domain)) = email.split_once('@') else { return bad() };
+    if local.is_empty()
+        || domain.contains('@')
+        || email.chars().any(char::is_whitespace)
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || domain.contains("..")
+    {
+        return bad();
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Is `id` one of the built-in role ids?
+pub fn is_builtin_role(id: &str) -> bool {
+    BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
+}
+
+impl Tenant {
+    /// An empty, active enterprise tenant.
+    pub fn new(id: impl Into<String>) -> Tenant {
+        let id = id.into();
+        Tenant {
+            name: id.clone(),
+            id,
+            rbac: Rbac::default(),
+            status: TenantStatus::default(),
+            quotas: Quotas::default(),
+            nodes: Vec::new(),
+            roles: Vec::new(),
+            users: Vec::new(),
+            groups: Vec::new(),
+            assignments: Vec::new(),
+            revision: 1,
+        }
+    }
+
+    /// Every custom and built-in role as (id, name, permissions, plugin).
+    pub fn all_roles(&self) -> Vec<Role> {
+        let mut roles: Vec<Role> = BUILTIN_ROLES
+            .iter()
+            .map(|(id, name, perms)| Role {
+                id: (*id).to_string(),
+                name: (*name).to_string(),
+                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
+                plugin: None,
+            })
+            .collect();
+        roles.extend(self.roles.iter().cloned());
+        roles
+    }
+
+    /// Validates the whole tenant; returns every problem found (empty = valid).
+    pub fn validate(&self) -> Vec<Invalid> {
+        let mut errs = Vec::new();
+        let mut err = |collection, index, message: String| {
+            errs.push(Invalid { collection, index, message })
+        };
+        if let Err(m) = check_id("tenant id", &self.id) {
+            err(Collection::Tenant, 0, m);
+        }
+        if let Err(m) = check_text("tenant name", &self.name) {
+            err(Collection::Tenant, 0, m);
+        }
+
+        // Nodes: unique ids, known parents, no cycles.
+        let mut node_idx: HashMap<&str, usize> = HashMap::with_capacity(self.nodes.len());
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Err(m) = check_id("node id", &n.id) {
+                err(Collection::Nodes, i, m);
+            }
+            if let Err(m) = check_id("node kind", &n.kind) {
+                err(Collection::Nodes, i, m);
+            }
+            if let Some(name) = &n.name {
+                if let Err(m) = check_text("node name", name) {
+                    err(Collection::Nodes, i, m);
+                }
+            }
+            if let Some(prev) = node_idx.insert(&n.id, i) {
+                err(Collection::Nodes, i, format!("duplicate node id '{}' (first at nodes[{prev}])", n.id));
+            }
+        }
+        let mut parent_of: Vec<Option<usize>> = vec![None; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(p) = &n.parent {
+                match node_idx.get(p.as_str()) {
+                    Some(&pi) if pi == i => err(Collection::Nodes, i, format!("node '{}' is its own parent", n.id)),
+                    Some(&pi) => parent_of[i] = Some(pi),
+                    None => err(Collection::Nodes, i, format!("unknown parent '{p}' of node '{}'", n.id)),
+                }
+            }
+        }
+        // Cycle detection: colour walk up the parent chain.
+        let mut state = vec![0u8; self.nodes.len()]; // 0 new, 1 on path, 2 done
+        for start in 0..self.nodes.len() {
+            let mut path = Vec::new();
+            let mut cur = Some(start);
+            while let Some(c) = cur {
+                match state[c] {
+                    2 => break,
+                    1 => {
+                        err(
+                            Collection::Nodes,
+                            c,
+                            format!("hierarchy cycle through node '{}'", self.nodes[c].id),
+                        );
+                        break;
+                    }
+                    _ => {
+                        state[c] = 1;
+                        path.push(c);
+                        cur = parent_of[c];
+                    }
+                }
+            }
+            for p in path {
+                state[p] = 2;
+            }
+        }
+
+        // Roles.
+        let mut role_ids: HashSet<&str> = BUILTIN_ROLES.iter().map(|r| r.0).collect();
+        for (i, r) in self.roles.iter().enumerate() {
+            if let Err(m) = check_id("role id", &r.id) {
+                err(Collection::Roles, i, m);
+            }
+            if let Err(m) = check_text("role name", &r.name) {
+                err(Collection::Roles, i, m);
+            }
+            if is_builtin_role(&r.id) {
+                err(Collection::Roles, i, format!("role '{}' is built in and cannot be redefined", r.id));
+            } else if !role_ids.insert(&r.id) {
+                err(Collection::Roles, i, format!("duplicate role id '{}'", r.id));
+            }
+            if self.rbac == Rbac::Basic {
+                err(
+                    Collection::Roles,
+                    i,
+                    format!("custom role '{}' needs rbac 'enterprise' (tenant has 'basic')", r.id),
+                );
+            }
+            if let Some(p) = &r.plugin {
+                if let Err(m) = check_id("plugin name", p) {
+                    err(Collection::Roles, i, m);
+                }
+            }
+        }
+
+        // Users.
+        let mut user_ids: HashMap<&str, usize> = HashMap::with_capacity(self.users.len());
+        let mut emails: HashMap<String, usize> = HashMap::with_capacity(self.users.len());
+        for (i, u) in self.users.iter().enumerate() {
+            if let Err(m) = check_id("user id", &u.id) {
+                err(Collection::Users, i, m);
+            }
+            if let Err(m) = check_email(&u.email) {
+                err(Collection::Users, i, m);
+            }
+            if let Err(m) = check_text("user name", &u.name) {
+                err(Collection::Users, i, m);
+            }
+            if let Some(prev) = user_ids.insert(&u.id, i) {
+                err(Collection::Users, i, format!("duplicate user id '{}' (first at users[{prev}])", u.id));
+            }
+            if let Some(prev) = emails.insert(u.email.to_ascii_lowercase(), i) {
+                err(
+                    Collection::Users,
+                    i,
+                    format!("duplicate email '{}' (first at users[{prev}])", u.email),
+                );
+            }
+        }
+
+        // Groups.
+        let mut group_ids: HashMap<&str, usize> = HashMap::with_capacity(self.groups.len());
+        for (i, g) in self.groups.iter().enumerate() {
+            if let Err(m) = check_id("group id", &g.id) {
+                err(Collection::Groups, i, m);
+            }
+            if let Err(m) = check_text("group name", &g.name) {
+                err(Collection::Groups, i, m);
+            }
+            if let Some(prev) = group_ids.insert(&g.id, i) {
+                err(Collection::Groups, i, format!("duplicate group id '{}' (first at groups[{prev}])", g.id));
+            }
+            let mut seen = HashSet::new();
+            for m in &g.members {
+                if !user_ids.contains_key(m.as_str()) {
+                    err(Collection::Groups, i, format!("member '{m}' of group '{}' is not a user of this tenant", g.id));
+                } else if !seen.insert(m.as_str()) {
+                    err(Collection::Groups, i, format!("member '{m}' is listed twice in group '{}'", g.id));
+                }
+            }
+        }
+
+        // Assignments.
+        for (i, a) in self.assignments.iter().enumerate() {
+            match &a.principal {
+                Principal::User(u) if !user_ids.contains_key(u.as_str()) => {
+                    err(Collection::Assignments, i, format!("unknown user '{u}'"))
+                }
+                Principal::Group(g) if !group_ids.contains_key(g.as_str()) => {
+                    err(Collection::Assignments, i, format!("unknown group '{g}'"))
+                }
+                _ => {}
+            }
+            if !role_ids.contains(a.role.as_str()) {
+                err(Collection::Assignments, i, format!("unknown role '{}'", a.role));
+            }
+            if !node_idx.contains_key(a.scope.as_str()) {
+                err(Collection::Assignments, i, format!("unknown scope node '{}'", a.scope));
+            }
+            if let Some(by) = &a.assigned_by {
+                if let Err(m) = check_text("assigned_by", by) {
+                    err(Collection::Assignments, i, m);
+                }
+            }
+            if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
+                if exp <= at {
+                    err(Collection::Assignments, i, "expires_at must be after assigned_at".to_string());
+                }
+            }
+        }
+
+        // Quotas.
+        let q = &self.quotas;
+        let live_users = self.users.iter().filter(|u| u.status != UserStatus::Deleted).count();
+        if let Some(max) = q.max_users {
+            if live_users > max as usize {
+                err(Collection::Tenant, 0, format!("{live_users} users exceed the quota max_users={max}"));
+            }
+        }
+        if let Some(max) = q.max_groups {
+            if self.groups.len() > max as usize {
+                err(Collection::Tenant, 0, format!("{} groups exceed the quota max_groups={max}", self.groups.len()));
+            }
+        }
+        if let Some(max) = q.max_admins {
+            let admins = self
+                .users
+                .iter()
+                .filter(|u| u.status != UserStatus::Deleted && matches!(u.kind, UserKind::Owner | UserKind::Admin))
+                .count();
+            if admins > max as usize {
+                err(Collection::Tenant, 0, format!("{admins} owners/admins exceed the quota max_admins={max}"));
+            }
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> Tenant {
+        let mut t = Tenant::new("t");
+        t.nodes = vec![
+            Node { id: "org".into(), kind: "organisation".into(), parent: None, name: None },
+            Node { id: "site".into(), kind: "site".into(), parent: Some("org".into()), name: None },
+        ];
+        t.users = vec![User {
+            id: "u".into(),
+            email: "u@x.example".into(),
+            name: "U".into(),
+            status: UserStatus::Active,
+            kind: UserKind::Member,
+            session_epoch: 0,
+        }];
+        t
+    }
+
+    #[test]
+    fn valid_tenant_has_no_errors() {
+        assert!(tenant().validate().is_empty());
+    }
+
+    #[test]
+    fn cycle_is_reported() {
+        let mut t = tenant();
+        t.nodes[0].parent = Some("site".into());
+        let errs = t.validate();
+        assert!(errs.iter().any(|e| e.message.contains("cycle")), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_ids_and_emails() {
+        assert!(check_id("x", "").is_err());
+        assert!(check_id("x", "a b").is_err());
+        assert!(check_id("x", &"a".repeat(129)).is_err());
+        assert!(check_id("x", "press-7.a@b:c_d").is_ok());
+        assert!(check_email("a@b.c").is_ok());
+        for bad in ["", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a@.c", "a@c.", "a@b..c"] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn basic_tenant_rejects_custom_roles() {
+        let mut t = tenant();
+        t.rbac = Rbac::Basic;
+        t.roles.push(Role { id: "r".into(), name: "R".into(), permissions: vec![], plugin: None });
+        assert_eq!(t.validate().len(), 1);
+    }
+}
