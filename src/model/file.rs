@@ -59,7 +59,11 @@ impl fmt::Display for Problem {
         if self.line == 0 {
             write!(f, "{}", self.message)
         } else {
-            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
         }
     }
 }
@@ -68,7 +72,10 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read '{path}': {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("data file is {0} bytes; the limit is {MAX_FILE_BYTES}")]
     TooLarge(usize),
     #[error("{}", list(.0))]
@@ -76,7 +83,11 @@ pub enum LoadError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    let mut s = format!("data file rejected ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "data file rejected ({} problem{}):",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
     for p in problems {
         s.push_str("\n  ");
         s.push_str(&p.to_string());
@@ -194,16 +205,26 @@ struct RawAssignment {
 }
 
 fn at(loc: &Location, message: String) -> Problem {
-    Problem { line: loc.line(), column: loc.column(), message }
+    Problem {
+        line: loc.line(),
+        column: loc.column(),
+        message,
+    }
 }
 
 /// Reads and validates a data file from disk.
 pub fn load_path(path: &Path) -> Result<DataFile, LoadError> {
-    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     if meta.len() > MAX_FILE_BYTES as u64 {
         return Err(LoadError::TooLarge(meta.len() as usize));
     }
-    let text = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     load_bytes(&text)
 }
 
@@ -213,9 +234,16 @@ pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
         return Err(LoadError::TooLarge(bytes.len()));
     }
     let Ok(text) = std::str::from_utf8(bytes) else {
-        let valid = std::str::from_utf8(bytes).err().map(|e| e.valid_up_to()).unwrap_or(0);
+        let valid = std::str::from_utf8(bytes)
+            .err()
+            .map(|e| e.valid_up_to())
+            .unwrap_or(0);
         let line = bytes[..valid].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-        return Err(LoadError::Invalid(vec![Problem { line, column: 0, message: "data file is not valid UTF-8".into() }]));
+        return Err(LoadError::Invalid(vec![Problem {
+            line,
+            column: 0,
+            message: "data file is not valid UTF-8".into(),
+        }]));
     };
     load_str(text)
 }
@@ -223,14 +251,28 @@ pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
 /// Parses and validates a data file's text.
 pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
     let raw: RawFile = if text.trim().is_empty() {
-        RawFile { tenants: Vec::new(), tests: Vec::new() }
+        RawFile {
+            tenants: Vec::new(),
+            tests: Vec::new(),
+        }
     } else {
         serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
             // The rendered error repeats the position and a snippet; keep its first line only.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid data file").to_string();
-            LoadError::Invalid(vec![Problem { line, column, message: first }])
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid data file")
+                .to_string();
+            LoadError::Invalid(vec![Problem {
+                line,
+                column,
+                message: first,
+            }])
         })?
     };
     convert(raw)
@@ -255,19 +297,33 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
         t.rbac = rt.rbac;
         t.status = rt.status;
         t.quotas = rt.quotas;
-        locs.push((Collection::Nodes, rt.nodes.iter().map(|s| s.referenced).collect()));
+        locs.push((
+            Collection::Nodes,
+            rt.nodes.iter().map(|s| s.referenced).collect(),
+        ));
         t.nodes = rt
             .nodes
             .into_iter()
-            .map(|s| Node { id: s.value.id, kind: s.value.kind, parent: s.value.parent, name: s.value.name })
+            .map(|s| Node {
+                id: s.value.id,
+                kind: s.value.kind,
+                parent: s.value.parent,
+                name: s.value.name,
+            })
             .collect();
-        locs.push((Collection::Roles, rt.roles.iter().map(|s| s.referenced).collect()));
+        locs.push((
+            Collection::Roles,
+            rt.roles.iter().map(|s| s.referenced).collect(),
+        ));
         for s in rt.roles {
             let mut perms = Vec::with_capacity(s.value.permissions.len());
             for p in &s.value.permissions {
                 match p.parse::<Permission>() {
                     Ok(p) => perms.push(p),
-                    Err(e) => problems.push(at(&s.referenced, format!("tenant '{tid}': role '{}': {e}", s.value.id))),
+                    Err(e) => problems.push(at(
+                        &s.referenced,
+                        format!("tenant '{tid}': role '{}': {e}", s.value.id),
+                    )),
                 }
             }
             t.roles.push(Role {
@@ -277,7 +333,10 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
                 plugin: s.value.plugin,
             });
         }
-        locs.push((Collection::Users, rt.users.iter().map(|s| s.referenced).collect()));
+        locs.push((
+            Collection::Users,
+            rt.users.iter().map(|s| s.referenced).collect(),
+        ));
         t.users = rt
             .users
             .into_iter()
@@ -293,16 +352,27 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
                 }
             })
             .collect();
-        locs.push((Collection::Groups, rt.groups.iter().map(|s| s.referenced).collect()));
+        locs.push((
+            Collection::Groups,
+            rt.groups.iter().map(|s| s.referenced).collect(),
+        ));
         t.groups = rt
             .groups
             .into_iter()
             .map(|s| {
                 let g = s.value;
-                Group { name: g.name.unwrap_or_else(|| g.id.clone()), id: g.id, status: g.status, members: g.members }
+                Group {
+                    name: g.name.unwrap_or_else(|| g.id.clone()),
+                    id: g.id,
+                    status: g.status,
+                    members: g.members,
+                }
             })
             .collect();
-        locs.push((Collection::Assignments, rt.assignments.iter().map(|s| s.referenced).collect()));
+        locs.push((
+            Collection::Assignments,
+            rt.assignments.iter().map(|s| s.referenced).collect(),
+        ));
         for s in rt.assignments {
             let a = s.value;
             let principal = match (a.user, a.group) {
@@ -311,7 +381,9 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
                 _ => {
                     problems.push(at(
                         &s.referenced,
-                        format!("tenant '{tid}': an assignment names exactly one of 'user' or 'group'"),
+                        format!(
+                            "tenant '{tid}': an assignment names exactly one of 'user' or 'group'"
+                        ),
                     ));
                     continue;
                 }
@@ -341,7 +413,10 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
         let mut c = s.value;
         c.line = s.referenced.line();
         if !ids.contains(&c.tenant) {
-            problems.push(at(&s.referenced, format!("test names unknown tenant '{}'", c.tenant)));
+            problems.push(at(
+                &s.referenced,
+                format!("test names unknown tenant '{}'", c.tenant),
+            ));
         }
         tests.push(c);
     }
@@ -384,7 +459,10 @@ tests:
         assert_eq!(f.tenants.len(), 1);
         let t = &f.tenants[0];
         assert_eq!(t.nodes.len(), 3);
-        assert_eq!(t.assignments[1].principal, Principal::Group("night-shift".into()));
+        assert_eq!(
+            t.assignments[1].principal,
+            Principal::Group("night-shift".into())
+        );
         assert_eq!(t.assignments[1].expires_at, Some(1_893_456_000));
         assert_eq!(f.tests.len(), 1);
         assert_eq!(f.tests[0].line, 19);
@@ -412,7 +490,11 @@ tests:
         let p = problems(&bad);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].line, 8);
-        assert!(p[0].message.contains("unknown parent 'nowhere'"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("unknown parent 'nowhere'"),
+            "{}",
+            p[0].message
+        );
 
         let bad = GOOD.replace("scope: hawthorne", "scope: mars");
         let p = problems(&bad);
@@ -443,7 +525,9 @@ tests:
 
     #[test]
     fn everything_is_reported_at_once() {
-        let bad = GOOD.replace("parent: hawthorne }", "parent: nowhere }").replace("scope: hawthorne", "scope: mars");
+        let bad = GOOD
+            .replace("parent: hawthorne }", "parent: nowhere }")
+            .replace("scope: hawthorne", "scope: mars");
         assert_eq!(problems(&bad).len(), 2);
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use perm::{Part, Permission, PermissionError};
+pub use perm::{is_segment, split_action, Part, Permission, PermissionError};
 pub use time::{format_timestamp, parse_timestamp, Timestamp};
 
 /// Longest id, name or kind accepted anywhere in the model, in bytes.
@@ -230,7 +230,10 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
         return Err(format!("{what} must not be empty"));
     }
     if id.len() > MAX_ID_LEN {
-        return Err(format!("{what} '{}…' is longer than {MAX_ID_LEN} bytes", truncate(id, 32)));
+        return Err(format!(
+            "{what} '{}…' is longer than {MAX_ID_LEN} bytes",
+            truncate(id, 32)
+        ));
     }
     if let Some(c) = id
         .chars()
@@ -258,7 +261,9 @@ pub fn check_text(what: &str, text: &str) -> Result<(), String> {
 pub fn check_email(email: &str) -> Result<(), String> {
     check_text("email", email)?;
     let bad = || Err(format!("'{email}' is not a valid email address"));
-    let Some((local, domain)) = email.split_once('@') else { return bad() };
+    let Some((local, domain)) = email.split_once('@') else {
+        return bad();
+    };
     if local.is_empty()
         || domain.contains('@')
         || email.chars().any(char::is_whitespace)
@@ -323,7 +328,11 @@ impl Tenant {
     pub fn validate(&self) -> Vec<Invalid> {
         let mut errs = Vec::new();
         let mut err = |collection, index, message: String| {
-            errs.push(Invalid { collection, index, message })
+            errs.push(Invalid {
+                collection,
+                index,
+                message,
+            })
         };
         if let Err(m) = check_id("tenant id", &self.id) {
             err(Collection::Tenant, 0, m);
@@ -347,16 +356,28 @@ impl Tenant {
                 }
             }
             if let Some(prev) = node_idx.insert(&n.id, i) {
-                err(Collection::Nodes, i, format!("duplicate node id '{}' (first at nodes[{prev}])", n.id));
+                err(
+                    Collection::Nodes,
+                    i,
+                    format!("duplicate node id '{}' (first at nodes[{prev}])", n.id),
+                );
             }
         }
         let mut parent_of: Vec<Option<usize>> = vec![None; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(p) = &n.parent {
                 match node_idx.get(p.as_str()) {
-                    Some(&pi) if pi == i => err(Collection::Nodes, i, format!("node '{}' is its own parent", n.id)),
+                    Some(&pi) if pi == i => err(
+                        Collection::Nodes,
+                        i,
+                        format!("node '{}' is its own parent", n.id),
+                    ),
                     Some(&pi) => parent_of[i] = Some(pi),
-                    None => err(Collection::Nodes, i, format!("unknown parent '{p}' of node '{}'", n.id)),
+                    None => err(
+                        Collection::Nodes,
+                        i,
+                        format!("unknown parent '{p}' of node '{}'", n.id),
+                    ),
                 }
             }
         }
@@ -398,15 +419,26 @@ impl Tenant {
                 err(Collection::Roles, i, m);
             }
             if is_builtin_role(&r.id) {
-                err(Collection::Roles, i, format!("role '{}' is built in and cannot be redefined", r.id));
+                err(
+                    Collection::Roles,
+                    i,
+                    format!("role '{}' is built in and cannot be redefined", r.id),
+                );
             } else if !role_ids.insert(&r.id) {
-                err(Collection::Roles, i, format!("duplicate role id '{}'", r.id));
+                err(
+                    Collection::Roles,
+                    i,
+                    format!("duplicate role id '{}'", r.id),
+                );
             }
             if self.rbac == Rbac::Basic {
                 err(
                     Collection::Roles,
                     i,
-                    format!("custom role '{}' needs rbac 'enterprise' (tenant has 'basic')", r.id),
+                    format!(
+                        "custom role '{}' needs rbac 'enterprise' (tenant has 'basic')",
+                        r.id
+                    ),
                 );
             }
             if let Some(p) = &r.plugin {
@@ -430,7 +462,11 @@ impl Tenant {
                 err(Collection::Users, i, m);
             }
             if let Some(prev) = user_ids.insert(&u.id, i) {
-                err(Collection::Users, i, format!("duplicate user id '{}' (first at users[{prev}])", u.id));
+                err(
+                    Collection::Users,
+                    i,
+                    format!("duplicate user id '{}' (first at users[{prev}])", u.id),
+                );
             }
             if let Some(prev) = emails.insert(u.email.to_ascii_lowercase(), i) {
                 err(
@@ -451,14 +487,29 @@ impl Tenant {
                 err(Collection::Groups, i, m);
             }
             if let Some(prev) = group_ids.insert(&g.id, i) {
-                err(Collection::Groups, i, format!("duplicate group id '{}' (first at groups[{prev}])", g.id));
+                err(
+                    Collection::Groups,
+                    i,
+                    format!("duplicate group id '{}' (first at groups[{prev}])", g.id),
+                );
             }
             let mut seen = HashSet::new();
             for m in &g.members {
                 if !user_ids.contains_key(m.as_str()) {
-                    err(Collection::Groups, i, format!("member '{m}' of group '{}' is not a user of this tenant", g.id));
+                    err(
+                        Collection::Groups,
+                        i,
+                        format!(
+                            "member '{m}' of group '{}' is not a user of this tenant",
+                            g.id
+                        ),
+                    );
                 } else if !seen.insert(m.as_str()) {
-                    err(Collection::Groups, i, format!("member '{m}' is listed twice in group '{}'", g.id));
+                    err(
+                        Collection::Groups,
+                        i,
+                        format!("member '{m}' is listed twice in group '{}'", g.id),
+                    );
                 }
             }
         }
@@ -475,10 +526,18 @@ impl Tenant {
                 _ => {}
             }
             if !role_ids.contains(a.role.as_str()) {
-                err(Collection::Assignments, i, format!("unknown role '{}'", a.role));
+                err(
+                    Collection::Assignments,
+                    i,
+                    format!("unknown role '{}'", a.role),
+                );
             }
             if !node_idx.contains_key(a.scope.as_str()) {
-                err(Collection::Assignments, i, format!("unknown scope node '{}'", a.scope));
+                err(
+                    Collection::Assignments,
+                    i,
+                    format!("unknown scope node '{}'", a.scope),
+                );
             }
             if let Some(by) = &a.assigned_by {
                 if let Err(m) = check_text("assigned_by", by) {
@@ -487,32 +546,58 @@ impl Tenant {
             }
             if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
                 if exp <= at {
-                    err(Collection::Assignments, i, "expires_at must be after assigned_at".to_string());
+                    err(
+                        Collection::Assignments,
+                        i,
+                        "expires_at must be after assigned_at".to_string(),
+                    );
                 }
             }
         }
 
         // Quotas.
         let q = &self.quotas;
-        let live_users = self.users.iter().filter(|u| u.status != UserStatus::Deleted).count();
+        let live_users = self
+            .users
+            .iter()
+            .filter(|u| u.status != UserStatus::Deleted)
+            .count();
         if let Some(max) = q.max_users {
             if live_users > max as usize {
-                err(Collection::Tenant, 0, format!("{live_users} users exceed the quota max_users={max}"));
+                err(
+                    Collection::Tenant,
+                    0,
+                    format!("{live_users} users exceed the quota max_users={max}"),
+                );
             }
         }
         if let Some(max) = q.max_groups {
             if self.groups.len() > max as usize {
-                err(Collection::Tenant, 0, format!("{} groups exceed the quota max_groups={max}", self.groups.len()));
+                err(
+                    Collection::Tenant,
+                    0,
+                    format!(
+                        "{} groups exceed the quota max_groups={max}",
+                        self.groups.len()
+                    ),
+                );
             }
         }
         if let Some(max) = q.max_admins {
             let admins = self
                 .users
                 .iter()
-                .filter(|u| u.status != UserStatus::Deleted && matches!(u.kind, UserKind::Owner | UserKind::Admin))
+                .filter(|u| {
+                    u.status != UserStatus::Deleted
+                        && matches!(u.kind, UserKind::Owner | UserKind::Admin)
+                })
                 .count();
             if admins > max as usize {
-                err(Collection::Tenant, 0, format!("{admins} owners/admins exceed the quota max_admins={max}"));
+                err(
+                    Collection::Tenant,
+                    0,
+                    format!("{admins} owners/admins exceed the quota max_admins={max}"),
+                );
             }
         }
         errs
@@ -526,8 +611,18 @@ mod tests {
     fn tenant() -> Tenant {
         let mut t = Tenant::new("t");
         t.nodes = vec![
-            Node { id: "org".into(), kind: "organisation".into(), parent: None, name: None },
-            Node { id: "site".into(), kind: "site".into(), parent: Some("org".into()), name: None },
+            Node {
+                id: "org".into(),
+                kind: "organisation".into(),
+                parent: None,
+                name: None,
+            },
+            Node {
+                id: "site".into(),
+                kind: "site".into(),
+                parent: Some("org".into()),
+                name: None,
+            },
         ];
         t.users = vec![User {
             id: "u".into(),
@@ -560,7 +655,9 @@ mod tests {
         assert!(check_id("x", &"a".repeat(129)).is_err());
         assert!(check_id("x", "press-7.a@b:c_d").is_ok());
         assert!(check_email("a@b.c").is_ok());
-        for bad in ["", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a@.c", "a@c.", "a@b..c"] {
+        for bad in [
+            "", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a@.c", "a@c.", "a@b..c",
+        ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
     }
@@ -569,7 +666,12 @@ mod tests {
     fn basic_tenant_rejects_custom_roles() {
         let mut t = tenant();
         t.rbac = Rbac::Basic;
-        t.roles.push(Role { id: "r".into(), name: "R".into(), permissions: vec![], plugin: None });
+        t.roles.push(Role {
+            id: "r".into(),
+            name: "R".into(),
+            permissions: vec![],
+            plugin: None,
+        });
         assert_eq!(t.validate().len(), 1);
     }
 }

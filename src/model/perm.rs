@@ -39,7 +39,8 @@ pub struct PermissionError {
 pub fn is_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Splits a concrete request action `resource:action` without allocating.
@@ -60,12 +61,20 @@ impl FromStr for Permission {
     type Err = PermissionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why| PermissionError { text: s.to_string(), why };
+        let err = |why| PermissionError {
+            text: s.to_string(),
+            why,
+        };
         if s == "*" {
-            return Ok(Permission { resource: Part::Any, action: Part::Any });
+            return Ok(Permission {
+                resource: Part::Any,
+                action: Part::Any,
+            });
         }
         let Some((r, a)) = s.split_once(':') else {
-            return Err(err("expected 'resource:action', 'resource:*', '*:action' or '*'"));
+            return Err(err(
+                "expected 'resource:action', 'resource:*', '*:action' or '*'",
+            ));
         };
         let part = |p: &str| -> Result<Part, PermissionError> {
             if p == "*" {
@@ -73,10 +82,15 @@ impl FromStr for Permission {
             } else if is_segment(p) {
                 Ok(Part::Name(p.to_string()))
             } else {
-                Err(err("each side must be '*' or 1-64 ASCII letters, digits, '_', '-' or '.'"))
+                Err(err(
+                    "each side must be '*' or 1-64 ASCII letters, digits, '_', '-' or '.'",
+                ))
             }
         };
-        Ok(Permission { resource: part(r)?, action: part(a)? })
+        Ok(Permission {
+            resource: part(r)?,
+            action: part(a)?,
+        })
     }
 }
 
@@ -121,7 +135,16 @@ mod tests {
         let p: Permission = "*".parse().unwrap();
         assert_eq!(p.to_string(), "*");
         assert_eq!("*:*".parse::<Permission>().unwrap(), p);
-        for bad in ["", "asset", "asset:", ":read", "a:b:c", "a b:c", "**:read", "asset:re*d"] {
+        for bad in [
+            "",
+            "asset",
+            "asset:",
+            ":read",
+            "a:b:c",
+            "a b:c",
+            "**:read",
+            "asset:re*d",
+        ] {
             assert!(bad.parse::<Permission>().is_err(), "{bad}");
         }
         assert_eq!(split_action("asset:read"), Some(("asset", "read")));

@@ -12,19 +12,26 @@ pub fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
     }
     time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| format!("invalid timestamp '{s}': {e} (expected RFC 3339, e.g. 2026-01-31T08:00:00Z)"))
+        .map_err(|e| {
+            format!("invalid timestamp '{s}': {e} (expected RFC 3339, e.g. 2026-01-31T08:00:00Z)")
+        })
 }
 
 /// Formats unix seconds as RFC 3339 UTC.
 pub fn format_timestamp(t: Timestamp) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.to_string())
 }
 
 /// Serde helper: accepts a string (RFC 3339 or digits) or an integer.
-pub(crate) fn de_opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+pub(crate) fn de_opt_timestamp<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Timestamp>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -34,7 +41,9 @@ pub(crate) fn de_opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
         Some(Raw::Int(n)) => Ok(Some(n)),
-        Some(Raw::Text(s)) => parse_timestamp(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(Raw::Text(s)) => parse_timestamp(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 

@@ -1,0 +1,153 @@
+//! Explanations: the decision plus every assignment considered and why it did or did not apply.
+//! Allocates; not on the per-check path.
+
+use serde::Serialize;
+
+use super::{check, grant_covers, node_path, perms, Decision, Reason};
+use crate::model::{format_timestamp, split_action};
+use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantOutcome {
+    /// This assignment allowed the request.
+    Matched,
+    /// Would also allow; another assignment matched first.
+    AlsoGrants,
+    /// The scope is not the resource or one of its ancestors.
+    ScopeMismatch,
+    /// The role does not grant the action.
+    RoleLacksPermission,
+    /// The assignment has expired.
+    Expired,
+    /// The assignment is via a group that is inactive.
+    GroupInactive,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantReport {
+    /// `user:<id>` or `group:<id>`.
+    pub principal: String,
+    pub role: String,
+    pub scope: String,
+    pub scope_kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub outcome: GrantOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub allowed: bool,
+    pub reason: &'static str,
+    pub detail: &'static str,
+    pub revision: u64,
+    /// The resource and its ancestors, root first (empty if the resource is unknown).
+    pub resource_path: Vec<String>,
+    /// The assignment that allowed, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<GrantReport>,
+    /// Every assignment of the subject and of its groups, with its outcome.
+    pub assignments: Vec<GrantReport>,
+}
+
+/// Explains the decision `check` makes for the same arguments (same snapshot, same time).
+pub fn explain(
+    v: &ArchivedTenantSnap,
+    subject: &str,
+    action: &str,
+    resource: &str,
+    now: i64,
+) -> Explanation {
+    let d: Decision = check(v, subject, action, resource, now);
+    let x = v.node_index.get(resource).map(|x| x.to_native());
+    let mut out = Explanation {
+        allowed: d.allowed,
+        reason: d.reason.code(),
+        detail: d.reason.describe(),
+        revision: v.revision.to_native(),
+        resource_path: x
+            .map(|x| node_path(v, x).into_iter().map(str::to_string).collect())
+            .unwrap_or_default(),
+        matched: None,
+        assignments: Vec::new(),
+    };
+    let Some(user) = v
+        .user_index
+        .get(subject)
+        .and_then(|u| v.users.get(u.to_native() as usize))
+    else {
+        return out;
+    };
+    let ps = split_action(action).map(|(r, a)| perms(v, action, r, a));
+    let mut slices = vec![(
+        format!("user:{subject}"),
+        true,
+        user.grants.start.to_native(),
+        user.grants.end.to_native(),
+    )];
+    let (gs, ge) = (
+        user.groups.start.to_native() as usize,
+        user.groups.end.to_native() as usize,
+    );
+    for g in v.memberships.get(gs..ge).unwrap_or(&[]) {
+        if let Some(group) = v.groups.get(g.to_native() as usize) {
+            slices.push((
+                format!("group:{}", group.id),
+                group.active,
+                group.grants.start.to_native(),
+                group.grants.end.to_native(),
+            ));
+        }
+    }
+    for (principal, active, start, end) in slices {
+        for gi in start..end {
+            let (Some(g), Some(meta)) = (v.grants.get(gi as usize), v.grant_meta.get(gi as usize))
+            else {
+                continue;
+            };
+            let role = v.roles.get(g.role.to_native() as usize);
+            let scope = v.nodes.get(g.lo.to_native() as usize);
+            let outcome = if gi == d.grant && d.reason == Reason::Granted {
+                GrantOutcome::Matched
+            } else if !active {
+                GrantOutcome::GroupInactive
+            } else if g.expires.to_native() <= now {
+                GrantOutcome::Expired
+            } else if !ps.is_some_and(|p| p.has(g.role.to_native())) {
+                GrantOutcome::RoleLacksPermission
+            } else if !x.is_some_and(|x| grant_covers(g, x)) {
+                GrantOutcome::ScopeMismatch
+            } else {
+                GrantOutcome::AlsoGrants
+            };
+            let by = meta.assigned_by.to_native();
+            let at = meta.assigned_at.to_native();
+            let exp = g.expires.to_native();
+            let report = GrantReport {
+                principal: principal.clone(),
+                role: role.map(|r| r.id.to_string()).unwrap_or_default(),
+                scope: scope.map(|n| n.id.to_string()).unwrap_or_default(),
+                scope_kind: scope
+                    .and_then(|n| v.kinds.get(n.kind.to_native() as usize))
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+                assigned_by: (by != NONE)
+                    .then(|| v.actors.get(by as usize).map(|a| a.to_string()))
+                    .flatten(),
+                assigned_at: (at != i64::MIN).then(|| format_timestamp(at)),
+                expires_at: (exp != NEVER).then(|| format_timestamp(exp)),
+                outcome,
+            };
+            if outcome == GrantOutcome::Matched {
+                out.matched = Some(report.clone());
+            }
+            out.assignments.push(report);
+        }
+    }
+    out
+}

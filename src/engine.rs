@@ -1,0 +1,131 @@
+//! Glue between the model and the registry: loading data files into live snapshots, running a
+//! data file's `tests:` assertions, and the clock.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::decide::{self, Reason};
+use crate::model::file::{DataFile, TestCase};
+use crate::snapshot::{BuildError, Registry, Snapshot};
+
+/// The demo data bundled into the binary (`deploy/demo.yaml`).
+pub const DEMO_DATA: &str = include_str!("../deploy/demo.yaml");
+
+/// Wall-clock unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A clock read on the hot path without a syscall: a background task refreshes it.
+#[derive(Clone)]
+pub struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    /// A clock that is refreshed by a background thread every 100 ms.
+    pub fn ticking() -> Clock {
+        let c = Clock::fixed(unix_now());
+        let weak = Arc::downgrade(&c.0);
+        std::thread::Builder::new()
+            .name("portcullis-clock".into())
+            .spawn(move || {
+                while let Some(cell) = weak.upgrade() {
+                    cell.store(unix_now(), Ordering::Relaxed);
+                    drop(cell);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .ok();
+        c
+    }
+
+    /// A clock stuck at `t` (tests).
+    pub fn fixed(t: i64) -> Clock {
+        Clock(Arc::new(AtomicI64::new(t)))
+    }
+
+    pub fn set(&self, t: i64) {
+        self.0.store(t, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn now(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds every tenant of a data file and installs it in `registry`.
+pub fn install_all(registry: &Registry, data: &DataFile) -> Result<(), BuildError> {
+    let snaps = data
+        .tenants
+        .iter()
+        .map(Snapshot::build)
+        .collect::<Result<Vec<_>, _>>()?;
+    for s in snaps {
+        registry.install(s);
+    }
+    Ok(())
+}
+
+/// The outcome of one failed `tests:` assertion.
+#[derive(Debug, Clone)]
+pub struct TestFailure {
+    pub case: TestCase,
+    pub allowed: bool,
+    pub reason: Reason,
+}
+
+impl std::fmt::Display for TestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.case;
+        write!(
+            f,
+            "line {}: {} {} {} on {} in tenant '{}': expected {}{}, got {} ({})",
+            c.line,
+            c.subject,
+            if c.allowed { "may" } else { "may not" },
+            c.action,
+            c.resource,
+            c.tenant,
+            if c.allowed { "allow" } else { "deny" },
+            c.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            if self.allowed { "allow" } else { "deny" },
+            self.reason.code()
+        )
+    }
+}
+
+/// Evaluates every `tests:` case of `data` against `registry`; returns the failures.
+pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFailure> {
+    let mut failures = Vec::new();
+    for c in &data.tests {
+        let (allowed, reason) = match registry.get(&c.tenant) {
+            Some(snap) => {
+                let d = decide::check(
+                    snap.view(),
+                    &c.subject,
+                    &c.action,
+                    &c.resource,
+                    c.at.unwrap_or(now),
+                );
+                (d.allowed, d.reason)
+            }
+            None => (false, Reason::UnknownSubject),
+        };
+        let reason_ok = c.reason.as_deref().is_none_or(|r| r == reason.code());
+        if allowed != c.allowed || !reason_ok {
+            failures.push(TestFailure {
+                case: c.clone(),
+                allowed,
+                reason,
+            });
+        }
+    }
+    failures
+}

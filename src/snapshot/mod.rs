@@ -1,0 +1,210 @@
+//! Compiled, immutable per-tenant snapshots.
+//!
+//! A [`Tenant`] is compiled into a [`TenantSnap`] and archived with `rkyv`. The archive is laid out
+//! for the hot path:
+//! - nodes are numbered in pre-order, so "scope contains resource" is `lo <= pre < hi`;
+//! - every principal's grants are sorted by `(lo, hi desc)` and linked to their nearest enclosing
+//!   grant (`up`), so the grants covering a node are found with one binary search and a short walk
+//!   up the chain, whatever the number of grants;
+//! - permissions are interned: a permission maps to a bitset of the roles granting it, wildcards
+//!   folded in at build time;
+//! - group memberships are resolved per user at build time.
+//!
+//! Bytes are validated once ([`Snapshot::from_bytes`]: rkyv's structural check plus a semantic
+//! check of every index), then read zero-copy for the life of the snapshot.
+
+mod build;
+mod registry;
+mod validate;
+
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+use rustc_hash::FxHashMap;
+
+pub use build::BuildError;
+pub use registry::{Registry, SnapshotGuard};
+pub use validate::SnapshotError;
+
+/// "No index" in `u32` index fields.
+pub const NONE: u32 = u32::MAX;
+/// "Never expires".
+pub const NEVER: i64 = i64::MAX;
+
+pub const RBAC_NONE: u8 = 0;
+pub const RBAC_BASIC: u8 = 1;
+pub const RBAC_ENTERPRISE: u8 = 2;
+
+pub const STATUS_ACTIVE: u8 = 0;
+pub const STATUS_INACTIVE: u8 = 1;
+pub const STATUS_DELETED: u8 = 2;
+
+pub const KIND_OWNER: u8 = 0;
+pub const KIND_ADMIN: u8 = 1;
+pub const KIND_MEMBER: u8 = 2;
+pub const KIND_GUEST: u8 = 3;
+
+/// Format version of [`TenantSnap`]; bump on any layout change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One tenant, compiled for decisions.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct TenantSnap {
+    pub format: u32,
+    pub id: String,
+    pub name: String,
+    pub revision: u64,
+    pub rbac: u8,
+    pub suspended: bool,
+    /// Nodes in pre-order: a node's index is its pre-order number.
+    pub nodes: Vec<NodeRec>,
+    pub node_index: FxHashMap<String, u32>,
+    pub kinds: Vec<String>,
+    pub users: Vec<UserRec>,
+    pub user_index: FxHashMap<String, u32>,
+    pub groups: Vec<GroupRec>,
+    /// Group indexes of each user, ranges given by [`UserRec::groups`].
+    pub memberships: Vec<u32>,
+    /// Built-ins first, then custom roles.
+    pub roles: Vec<RoleRec>,
+    /// `u64` words per role bitset.
+    pub words: u32,
+    /// Role bitsets, `words` words each. Bitset 0 is empty.
+    pub bitsets: Vec<u64>,
+    /// Concrete `resource:action` → bitset of roles granting it (wildcards folded in).
+    pub perm_exact: FxHashMap<String, u32>,
+    /// `resource` → bitset of roles holding `resource:*`.
+    pub perm_resource: FxHashMap<String, u32>,
+    /// `action` → bitset of roles holding `*:action`.
+    pub perm_action: FxHashMap<String, u32>,
+    /// Bitset of roles holding `*`.
+    pub perm_all: u32,
+    /// Every principal's grants, users' first then groups', each principal's slice sorted.
+    pub grants: Vec<Grant>,
+    /// Explanation data, parallel to `grants`.
+    pub grant_meta: Vec<GrantMeta>,
+    /// Interned `assigned_by` values.
+    pub actors: Vec<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct NodeRec {
+    pub id: String,
+    pub name: Option<String>,
+    /// Pre-order index of the parent, or [`NONE`].
+    pub parent: u32,
+    /// One past the last pre-order index of this node's subtree.
+    pub end: u32,
+    pub kind: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct UserRec {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub status: u8,
+    pub kind: u8,
+    pub session_epoch: u64,
+    pub grants: Span,
+    pub groups: Span,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct GroupRec {
+    pub id: String,
+    pub name: String,
+    pub active: bool,
+    pub members: u32,
+    pub grants: Span,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct RoleRec {
+    pub id: String,
+    pub name: String,
+    pub builtin: bool,
+    pub permissions: Vec<String>,
+    pub plugin: Option<String>,
+}
+
+/// One assignment, compiled: scope interval, role, expiry and the nearest enclosing grant of the
+/// same principal.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Pre-order index of the scope node.
+    pub lo: u32,
+    /// End of the scope node's subtree.
+    pub hi: u32,
+    pub role: u32,
+    /// Index (into `grants`) of the nearest enclosing grant of the same principal, or [`NONE`].
+    pub up: u32,
+    /// Unix seconds after which the grant no longer applies, or [`NEVER`].
+    pub expires: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct GrantMeta {
+    /// Index into `actors`, or [`NONE`].
+    pub assigned_by: u32,
+    /// Unix seconds, or `i64::MIN` when unknown.
+    pub assigned_at: i64,
+}
+
+/// A validated tenant snapshot: aligned archive bytes, readable zero-copy.
+pub struct Snapshot {
+    bytes: AlignedVec,
+}
+
+impl Snapshot {
+    /// Compiles a (validated) tenant.
+    pub fn build(tenant: &crate::model::Tenant) -> Result<Snapshot, BuildError> {
+        build::build(tenant)
+    }
+
+    /// Adopts untrusted bytes (e.g. received over the network): checks the archive structure and
+    /// every index in it before accepting.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        validate::validate(&aligned)?;
+        Ok(Snapshot { bytes: aligned })
+    }
+
+    /// The archived view. Zero-copy, no checks: the bytes were validated when this snapshot
+    /// was created.
+    #[inline]
+    pub fn view(&self) -> &ArchivedTenantSnap {
+        // SAFETY: `bytes` was validated by `validate::validate` (rkyv `access` with bytecheck,
+        // plus index checks) when this `Snapshot` was created, and is never mutated afterwards.
+        unsafe { rkyv::access_unchecked::<ArchivedTenantSnap>(&self.bytes) }
+    }
+
+    /// The archive bytes (for shipping to other processes).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.view().id.as_str()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.view().revision.to_native()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("tenant", &self.tenant_id())
+            .field("revision", &self.revision())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}

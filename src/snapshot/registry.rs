@@ -1,0 +1,103 @@
+//! The set of live tenant snapshots.
+//!
+//! Two levels of [`ArcSwap`]: the tenant map (swapped only when a tenant is added or removed)
+//! and one slot per tenant (swapped when that tenant's snapshot is rebuilt). A check loads both
+//! without locks or allocation; replacing one tenant's snapshot never touches another's slot.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use rustc_hash::FxHashMap;
+
+use super::Snapshot;
+
+/// A loaded snapshot, pinned for the duration of one request.
+pub type SnapshotGuard = Guard<Arc<Snapshot>>;
+
+type Slots = FxHashMap<Box<str>, Arc<ArcSwap<Snapshot>>>;
+
+#[derive(Default)]
+pub struct Registry {
+    slots: ArcSwap<Slots>,
+    /// Serialises changes to the tenant *map* (not to individual slots).
+    writer: Mutex<()>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The current snapshot of `tenant`, if it is loaded. Lock-free, allocation-free.
+    #[inline]
+    pub fn get(&self, tenant: &str) -> Option<SnapshotGuard> {
+        let slots = self.slots.load();
+        slots.get(tenant).map(|slot| slot.load())
+    }
+
+    /// Installs `snap` as its tenant's current snapshot. A snapshot older than the one installed
+    /// is ignored (returns false), so out-of-order deliveries never roll a tenant back.
+    pub fn install(&self, snap: Snapshot) -> bool {
+        let id = snap.tenant_id().to_string();
+        let snap = Arc::new(snap);
+        if let Some(slot) = self.slots.load().get(id.as_str()) {
+            return swap_if_newer(slot, snap);
+        }
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load();
+        if let Some(slot) = current.get(id.as_str()) {
+            return swap_if_newer(slot, snap);
+        }
+        let mut next: Slots = (**current).clone();
+        next.insert(id.into_boxed_str(), Arc::new(ArcSwap::new(snap)));
+        self.slots.store(Arc::new(next));
+        true
+    }
+
+    /// Removes a tenant. Checks already holding its snapshot finish on it.
+    pub fn remove(&self, tenant: &str) -> bool {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.slots.load();
+        if !current.contains_key(tenant) {
+            return false;
+        }
+        let mut next: Slots = (**current).clone();
+        next.remove(tenant);
+        self.slots.store(Arc::new(next));
+        true
+    }
+
+    /// Loaded tenants and their revisions, sorted by id.
+    pub fn tenants(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .slots
+            .load()
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.load().revision()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn swap_if_newer(slot: &ArcSwap<Snapshot>, snap: Arc<Snapshot>) -> bool {
+    let mut installed = false;
+    slot.rcu(|cur| {
+        if snap.revision() >= cur.revision() {
+            installed = true;
+            Arc::clone(&snap)
+        } else {
+            installed = false;
+            Arc::clone(cur)
+        }
+    });
+    installed
+}
