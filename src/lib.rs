@@ -5,5 +5,6 @@
 
 pub mod decide;
 pub mod engine;
+pub mod gen;
 pub mod model;
 pub mod snapshot;

@@ -31,6 +31,15 @@ enum Command {
     Check(RequestArgs),
     /// Explain one decision against a data file, as JSON.
     Explain(RequestArgs),
+    /// Write a generated benchmark world (s or m) as a JSON data file.
+    Generate {
+        /// World: `s` (1k nodes, 5k assignments) or `m` (50k nodes, 100k assignments).
+        #[arg(long, default_value = "s")]
+        world: String,
+        /// Output file; standard output when omitted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,6 +94,20 @@ fn run() -> Result<ExitCode, String> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Generate { world, out } => {
+            let tenants = match world.to_ascii_lowercase().as_str() {
+                "s" => portcullis::gen::world_s(),
+                "m" => portcullis::gen::world_m(),
+                other => return Err(format!("unknown world '{other}' (expected s or m)")),
+            };
+            let text = file::to_json(&tenants, &[]);
+            match out {
+                Some(p) => std::fs::write(&p, text)
+                    .map_err(|e| format!("cannot write '{}': {e}", p.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check(a) | Command::Explain(a) if a.tenant.is_empty() => {
             Err("--tenant must not be empty".into())

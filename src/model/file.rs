@@ -428,6 +428,67 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
     }
 }
 
+/// Writes tenants (and optional test cases) as a data file in JSON, which [`load_str`] accepts.
+pub fn to_json(tenants: &[Tenant], tests: &[TestCase]) -> String {
+    use serde_json::{json, Map, Value};
+    let opt = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    let ts = |t: Option<Timestamp>| t.map(|t| Value::String(super::format_timestamp(t)));
+    let tenants: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            let assignments: Vec<Value> = t
+                .assignments
+                .iter()
+                .map(|a| {
+                    let mut m = Map::new();
+                    match &a.principal {
+                        Principal::User(u) => m.insert("user".into(), json!(u)),
+                        Principal::Group(g) => m.insert("group".into(), json!(g)),
+                    };
+                    m.insert("role".into(), json!(a.role));
+                    m.insert("scope".into(), json!(a.scope));
+                    opt(
+                        &mut m,
+                        "assigned_by",
+                        a.assigned_by.as_ref().map(|b| json!(b)),
+                    );
+                    opt(&mut m, "assigned_at", ts(a.assigned_at));
+                    opt(&mut m, "expires_at", ts(a.expires_at));
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "id": t.id, "name": t.name, "rbac": t.rbac, "status": t.status, "quotas": t.quotas,
+                "nodes": t.nodes, "roles": t.roles, "users": t.users,
+                "groups": t.groups, "assignments": assignments,
+            })
+        })
+        .collect();
+    let tests: Vec<Value> = tests
+        .iter()
+        .map(|c| {
+            let mut m = Map::new();
+            for (k, v) in [
+                ("tenant", &c.tenant),
+                ("subject", &c.subject),
+                ("action", &c.action),
+                ("resource", &c.resource),
+            ] {
+                m.insert(k.into(), json!(v));
+            }
+            m.insert("allowed".into(), json!(c.allowed));
+            opt(&mut m, "at", ts(c.at));
+            opt(&mut m, "reason", c.reason.as_ref().map(|r| json!(r)));
+            Value::Object(m)
+        })
+        .collect();
+    json!({ "tenants": tenants, "tests": tests }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +582,14 @@ tests:
         assert!(p[0].message.contains("colour"), "{p:?}");
         let p = problems("tenants: [\n");
         assert!(p[0].line >= 1, "{p:?}");
+    }
+
+    #[test]
+    fn json_writer_round_trips() {
+        let f = load_str(GOOD).unwrap();
+        let back = load_str(&to_json(&f.tenants, &f.tests)).unwrap();
+        assert_eq!(back.tenants, f.tenants);
+        assert_eq!(back.tests.len(), 1);
     }
 
     #[test]
