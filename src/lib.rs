@@ -7,4 +7,5 @@ pub mod decide;
 pub mod engine;
 pub mod gen;
 pub mod model;
+pub mod server;
 pub mod snapshot;

@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: data-plane API on the embedded default (demo data unless --data).
+    Serve(ServeArgs),
     /// Load a data file and check its `tests:` assertions (exit 1 on any failure).
     Test {
         /// Data file (YAML or JSON).
@@ -40,6 +42,28 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (YAML or JSON); flags and PORTCULLIS_* variables override it.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8180].
+    #[arg(long, env = "PORTCULLIS_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data file (YAML or JSON) [default: the bundled demo data].
+    #[arg(long, env = "PORTCULLIS_DATA")]
+    data: Option<PathBuf>,
+    /// Durable store directory (control plane).
+    #[arg(long, env = "PORTCULLIS_STORE")]
+    store: Option<String>,
+    /// Log filter, e.g. `info`, `debug`, `portcullis=trace`.
+    #[arg(long, env = "PORTCULLIS_LOG")]
+    log: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +100,7 @@ fn registry(data: &DataFile) -> Result<Registry, String> {
 fn run() -> Result<ExitCode, String> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Test { file } => {
             let data = load(Some(&file))?;
             let reg = registry(&data)?;
@@ -156,6 +181,68 @@ fn request_setup(a: &RequestArgs) -> Result<(Registry, i64), String> {
         None => engine::unix_now(),
     };
     Ok((registry(&data)?, now))
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    use portcullis::server::{self, Config};
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data {
+        config.data = Some(d);
+    }
+    if let Some(s) = args.store {
+        config.store = Some(s);
+    }
+    if let Some(l) = args.log {
+        config.log = l;
+    }
+    if let Some(f) = args.log_format {
+        config.log_format = f;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    init_logging(&config)?;
+
+    // Load and compile everything before binding: bad data exits before any port is open.
+    let data = load(config.data.as_ref())?;
+    let registry = std::sync::Arc::new(registry(&data)?);
+    if config.store.is_some() {
+        tracing::warn!("--store is accepted but the durable control-plane store is not available in this build; serving the data file read-only");
+    }
+    let clock = engine::Clock::ticking();
+    let state = server::State::new(config, registry, clock).map_err(|e| format!("metrics: {e}"))?;
+    let state = std::sync::Arc::new(state);
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("portcullis")
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(server::run(state))
+        .map_err(|e| format!("server: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &portcullis::server::Config) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| format!("invalid log filter '{}': {e}", config.log))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let res = if config.log_format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    res.map_err(|e| format!("cannot initialise logging: {e}"))
 }
 
 fn main() -> ExitCode {
