@@ -9,3 +9,4 @@ pub mod gen;
 pub mod model;
 pub mod server;
 pub mod snapshot;
+pub mod store;
