@@ -1,6 +1,7 @@
 //! The HTTP server (hyper 1 on tokio): HTTP/1.1 keep-alive and HTTP/2 cleartext (h2c) on one
 //! port, strict input limits, graceful shutdown.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -38,6 +39,10 @@ pub struct State {
     pub metrics: Metrics,
     pub tokens: tokens::Tokens,
     pub ready: AtomicBool,
+    /// The control plane, when this process runs one (`portcullis serve`).
+    pub control: Option<Arc<crate::control::ControlPlane>>,
+    /// Bearer token of the management API.
+    pub admin_token: Option<String>,
 }
 
 impl State {
@@ -54,6 +59,8 @@ impl State {
             metrics,
             tokens: tokens::Tokens::default(),
             ready: AtomicBool::new(false),
+            control: None,
+            admin_token: None,
         })
     }
 }
@@ -210,6 +217,9 @@ async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp,
             Ok(r)
         }
         (_, &Method::POST) if endpoint != Endpoint::Other => data_plane(state, endpoint, req).await,
+        (p, _) if p.starts_with("/v1/tenants") || p == "/v1/users" || p == "/v1/openapi.json" => {
+            return (Endpoint::Admin, admin::handle(state, req).await);
+        }
         ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET")),
         (_, _) if endpoint != Endpoint::Other => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(path)),
@@ -360,7 +370,9 @@ async fn data_plane(
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::scopes(state, &snap, &r)?
         }
-        Endpoint::ForwardAuth | Endpoint::Other => return Err(ApiError::not_found("")),
+        Endpoint::ForwardAuth | Endpoint::Admin | Endpoint::Other => {
+            return Err(ApiError::not_found(""))
+        }
     };
     Ok(json(StatusCode::OK, out))
 }
