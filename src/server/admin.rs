@@ -260,6 +260,14 @@ fn now() -> i64 {
 
 /// Handles a management request. `path` starts with `/v1/`.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    if req.uri().path() == "/v1/openapi.json" && req.method() == Method::GET {
+        let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(r);
+    }
     authorize(state, &req)?;
     let Some(cp) = state.control.clone() else {
         return Err(ApiError::new(

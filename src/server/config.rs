@@ -16,8 +16,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data file to load; the bundled demo data when absent.
     pub data: Option<PathBuf>,
-    /// Durable store (directory for the embedded engine).
+    /// Durable store: a directory (embedded engine) or `postgres://…`.
     pub store: Option<String>,
+    /// Serve the management API on this separate address (and not on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the management API; a random one is generated and logged when absent.
+    pub admin_token: Option<String>,
     pub limits: Limits,
     pub metrics: MetricsConfig,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `portcullis=debug`.
@@ -62,6 +66,8 @@ impl Default for Config {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8180))),
             data: None,
             store: None,
+            admin_listen: None,
+            admin_token: None,
             limits: Limits::default(),
             metrics: MetricsConfig::default(),
             log: "info".to_string(),
@@ -136,6 +142,11 @@ impl Config {
                     "{name} must be greater than 0"
                 )));
             }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(

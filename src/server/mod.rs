@@ -77,10 +77,22 @@ fn json(status: StatusCode, body: Bytes) -> Resp {
     r
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Data plane and management API (no separate admin listener).
+    All,
+    /// Data plane only (the management API has its own listener).
+    DataPlane,
+    /// Management API only (plus health).
+    Admin,
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests (up to `limits.drain_ms`).
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
+    surface: Surface,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -122,7 +134,7 @@ pub async fn serve(
         let st = Arc::clone(&state);
         let svc = hyper::service::service_fn(move |req| {
             let st = Arc::clone(&st);
-            async move { Ok::<_, Infallible>(handle(st, req).await) }
+            async move { Ok::<_, Infallible>(handle(st, surface, req).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -145,12 +157,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds `addr` and serves with the given state until SIGINT/SIGTERM.
+/// Binds the configured listener(s) and serves until SIGINT/SIGTERM.
 pub async fn run(state: Arc<State>) -> std::io::Result<()> {
     let listener = TcpListener::bind(state.config.listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin = match state.config.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let admin_addr = l.local_addr()?;
+            tracing::info!(addr = %admin_addr, "management API listening");
+            Some(tokio::spawn(serve(
+                Arc::clone(&state),
+                l,
+                Surface::Admin,
+                stopped(),
+            )))
+        }
+        None => None,
+    };
+    let surface = if admin.is_some() {
+        Surface::DataPlane
+    } else {
+        Surface::All
+    };
     tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
-    serve(state, listener, shutdown_signal()).await
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let main = serve(state, listener, surface, stopped()).await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    main
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -173,9 +219,9 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
+async fn handle(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Resp {
     let start = Instant::now();
-    let (endpoint, result) = route(&state, req).await;
+    let (endpoint, result) = route(&state, surface, req).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -189,8 +235,20 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
     resp
 }
 
-async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp, ApiError>) {
+async fn route(
+    state: &State,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> (Endpoint, Result<Resp, ApiError>) {
     let path = req.uri().path();
+    let admin_path =
+        path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
+    if surface == Surface::Admin && !admin_path && path != "/healthz" {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if surface == Surface::DataPlane && admin_path {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
     let endpoint = match path {
         "/v1/check" => Endpoint::Check,
         "/v1/check/batch" => Endpoint::Batch,
@@ -217,7 +275,7 @@ async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp,
             Ok(r)
         }
         (_, &Method::POST) if endpoint != Endpoint::Other => data_plane(state, endpoint, req).await,
-        (p, _) if p.starts_with("/v1/tenants") || p == "/v1/users" || p == "/v1/openapi.json" => {
+        (_, _) if admin_path => {
             return (Endpoint::Admin, admin::handle(state, req).await);
         }
         ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET")),
