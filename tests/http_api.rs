@@ -1,6 +1,11 @@
 //! The data-plane HTTP API against the real binary: decisions, strict input handling, limits,
 //! metrics, health, shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 #[path = "common/server.rs"]
 mod server;

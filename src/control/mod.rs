@@ -68,6 +68,14 @@ pub struct ControlPlane {
     bus: broadcast::Sender<Arc<Commit>>,
 }
 
+fn strip_rev(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.remove("_rev");
+    }
+    v
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,7 +196,8 @@ impl ControlPlane {
         }
         if let Some(e) = expected {
             let actual = doc.rev_of(e.kind, &e.id);
-            if e.revision != actual {
+            // An unknown entity (revision 0) is left to the rule, which answers "not found".
+            if actual != 0 && e.revision != actual {
                 return Err(ControlError::Precondition {
                     target: format!("{} '{}'", e.kind.as_str(), e.id),
                     expected: e.revision,
@@ -223,8 +232,19 @@ impl ControlPlane {
                 RuleError::conflict("tenant", format!("tenant '{tenant}' already exists")).into(),
             );
         }
-        let change = f(&doc)?;
-        self.commit(tenant, actor, &mut doc, change).await
+        let result = match f(&doc) {
+            Ok(change) => self.commit(tenant, actor, &mut doc, change).await,
+            Err(e) => Err(e.into()),
+        };
+        if doc.settings.is_none() && doc.revision == 0 {
+            // Nothing was created: do not leave an empty entry behind.
+            drop(doc);
+            self.tenants.remove_if(tenant, |_, h| {
+                h.try_lock()
+                    .is_ok_and(|d| d.settings.is_none() && d.revision == 0)
+            });
+        }
+        result
     }
 
     async fn commit(
@@ -232,8 +252,13 @@ impl ControlPlane {
         tenant: &str,
         actor: &str,
         doc: &mut TenantDoc,
-        change: Change,
+        mut change: Change,
     ) -> Result<Written, ControlError> {
+        // Drop operations that change nothing (e.g. an empty PATCH): no revision, no audit entry.
+        change.ops.retain(|op| {
+            op.value.is_none()
+                || op.value.as_ref().map(strip_rev) != op.before.as_ref().map(strip_rev)
+        });
         if change.ops.is_empty() {
             return Ok(Written {
                 revision: doc.revision,

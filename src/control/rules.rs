@@ -580,7 +580,9 @@ pub fn update_user(
         u.user.kind = k;
     }
     f.done()?;
-    u.updated_at = now;
+    if u != *cur {
+        u.updated_at = now;
+    }
     let v = json(&u);
     Ok(change(
         "user.update",

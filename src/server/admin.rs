@@ -235,7 +235,7 @@ fn page(q: &BTreeMap<String, String>) -> Result<Page, ApiError> {
 
 fn paged(items: Vec<Value>, p: &Page, revision: u64) -> Resp {
     let total = items.len();
-    let end = (p.offset + p.size).min(total);
+    let end = p.offset.saturating_add(p.size).min(total);
     let slice: Vec<Value> = items.into_iter().skip(p.offset).take(p.size).collect();
     let next = (end < total).then(|| end.to_string());
     respond(

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra members of the error body, e.g. `fields` for validation errors.
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Methods for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            allow: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -79,6 +82,10 @@ impl ApiError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -229,6 +229,9 @@ async fn handle(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> 
             e.into_response()
         }
     };
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && endpoint == Endpoint::Other {
+        state.metrics.error("not_ready");
+    }
     state
         .metrics
         .latency(endpoint, start.elapsed().as_secs_f64());
@@ -264,7 +267,7 @@ async fn route(
             Bytes::from_static(b"{\"status\":\"ok\"}"),
         )),
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
-        ("/metrics", &Method::GET) => {
+        ("/metrics", &Method::GET | &Method::HEAD) => {
             let mut r = Response::new(Full::new(Bytes::from(
                 state.metrics.render(&state.registry, state.clock.now()),
             )));
@@ -278,7 +281,7 @@ async fn route(
         (_, _) if admin_path => {
             return (Endpoint::Admin, admin::handle(state, req).await);
         }
-        ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET")),
+        ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET, HEAD")),
         (_, _) if endpoint != Endpoint::Other => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(path)),
     };

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Runs the real `portcullis` binary on a free loopback port for integration tests.
 
 use std::io::{BufRead, BufReader, Read, Write};
