@@ -4,6 +4,7 @@
 //! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
 
 pub mod control;
+pub mod app;
 pub mod decide;
 pub mod engine;
 pub mod gen;

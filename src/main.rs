@@ -64,6 +64,12 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Management API address (separate listener); default: same as --listen.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Management API bearer token (at least 16 characters).
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -184,7 +190,7 @@ fn request_setup(a: &RequestArgs) -> Result<(Registry, i64), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, String> {
-    use portcullis::server::{self, Config};
+    use portcullis::server::Config;
     let mut config = match &args.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -204,28 +210,35 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if let Some(f) = args.log_format {
         config.log_format = f;
     }
+    if let Some(a) = args.admin_listen {
+        config.admin_listen = Some(a);
+    }
+    if let Some(t) = args.admin_token {
+        config.admin_token = Some(t);
+    }
     config.validate().map_err(|e| e.to_string())?;
     init_logging(&config)?;
 
-    // Load and compile everything before binding: bad data exits before any port is open.
+    // Load data, open the store, seed and compile everything before binding: bad data or an
+    // unusable store exits before any port is open.
     let data = load(config.data.as_ref())?;
-    let registry = std::sync::Arc::new(registry(&data)?);
-    if config.store.is_some() {
-        tracing::warn!("--store is accepted but the durable control-plane store is not available in this build; serving the data file read-only");
-    }
-    let clock = engine::Clock::ticking();
-    let state = server::State::new(config, registry, clock).map_err(|e| format!("metrics: {e}"))?;
-    let state = std::sync::Arc::new(state);
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
+    let token = match config.admin_token.clone() {
+        Some(t) => t,
+        None => {
+            let t = portcullis::app::random_token();
+            tracing::warn!(token = %t, "no admin_token configured (PORTCULLIS_ADMIN_TOKEN); generated one for this run");
+            t
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("portcullis")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    rt.block_on(server::run(state))
-        .map_err(|e| format!("server: {e}"))?;
+    rt.block_on(async move {
+        let state = portcullis::app::start(config, &data, Some(token)).await.map_err(|e| e.to_string())?;
+        portcullis::app::serve(state).await.map_err(|e| format!("server: {e}"))
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
