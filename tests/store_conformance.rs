@@ -4,6 +4,7 @@
 //! at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/store.rs"]
 mod common;
 
 use std::collections::BTreeMap;
