@@ -741,3 +741,22 @@ proptest! {
         prop_assert_eq!(&back.tenants, &vec![t]);
     }
 }
+
+/// Honest large files load: above serde-saphyr's default budget of 250k YAML nodes, which
+/// rejected e.g. the output of `portcullis generate --world m`.
+#[test]
+fn large_files_within_the_size_limit_load() {
+    let users = 55_000;
+    let mut s = String::from(
+        "{\"tenants\":[{\"id\":\"big\",\"nodes\":[{\"id\":\"n\",\"kind\":\"k\"}],\"users\":[",
+    );
+    for i in 0..users {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{{\"id\":\"u{i}\",\"email\":\"u{i}@b.example\"}}"));
+    }
+    s.push_str("]}]}");
+    let f = load_str(&s).unwrap();
+    assert_eq!(f.tenants[0].users.len(), users);
+}
