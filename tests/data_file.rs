@@ -577,7 +577,7 @@ fn truncated_files_never_panic_and_are_never_half_accepted() {
     let full = load(DEMO_DATA.as_bytes()).unwrap();
     let bytes = DEMO_DATA.as_bytes();
     let mut rejected_count = 0;
-    let mut cuts: Vec<usize> = (0..bytes.len()).step_by(11).collect();
+    let mut cuts: Vec<usize> = (0..bytes.len()).step_by(23).collect();
     cuts.extend(
         bytes
             .iter()
@@ -621,7 +621,7 @@ fn truncated_files_never_panic_and_are_never_half_accepted() {
             }
         }
     }
-    assert!(rejected_count > 500, "only {rejected_count} cuts rejected");
+    assert!(rejected_count > 350, "only {rejected_count} cuts rejected");
 }
 
 #[test]
@@ -759,4 +759,19 @@ fn large_files_within_the_size_limit_load() {
     s.push_str("]}]}");
     let f = load_str(&s).unwrap();
     assert_eq!(f.tenants[0].users.len(), users);
+}
+
+/// Windows line ends and a byte-order mark change neither the result nor the positions.
+#[test]
+fn crlf_and_bom() {
+    let bad = replace_line(8, "      - { id: asset, kind: asset, parent: nowhere }");
+    for text in [
+        bad.replace('\n', "\r\n"),
+        format!("\u{feff}{bad}"),
+        format!("\u{feff}{}", bad.replace('\n', "\r\n")),
+    ] {
+        expect_problem(&text, Some(8), "unknown parent 'nowhere'");
+    }
+    let f = load(format!("\u{feff}{}", BASE.replace('\n', "\r\n")).as_bytes()).unwrap();
+    assert_eq!(f, load(BASE.as_bytes()).unwrap());
 }
