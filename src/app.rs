@@ -14,7 +14,10 @@ pub const DEFAULT_STORE: &str = "portcullis-data";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("store '{location}': {source}")]
-    Store { location: String, source: crate::store::StoreError },
+    Store {
+        location: String,
+        source: crate::store::StoreError,
+    },
     #[error("control plane: {0}")]
     Control(#[from] crate::control::ControlError),
     #[error("metrics: {0}")]
@@ -29,7 +32,10 @@ pub fn random_token() -> String {
     }
     if b == [0u8; 16] {
         // No /dev/urandom: fall back to time and address entropy (still unguessable in practice).
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let a = &b as *const _ as usize as u128;
         b = (t ^ a.rotate_left(64)).to_le_bytes();
     }
@@ -38,11 +44,21 @@ pub fn random_token() -> String {
 
 /// Opens the store, seeds it from `data` when it has no tenants, starts the control plane and
 /// the follower, and returns the shared server state (ready).
-pub async fn start(config: Config, data: &DataFile, admin_token: Option<String>) -> Result<Arc<State>, StartError> {
-    let location = config.store.clone().unwrap_or_else(|| DEFAULT_STORE.to_string());
+pub async fn start(
+    config: Config,
+    data: &DataFile,
+    admin_token: Option<String>,
+) -> Result<Arc<State>, StartError> {
+    let location = config
+        .store
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORE.to_string());
     let store = crate::store::open(&location)
         .await
-        .map_err(|source| StartError::Store { location: location.clone(), source })?;
+        .map_err(|source| StartError::Store {
+            location: location.clone(),
+            source,
+        })?;
     let cp = Arc::new(ControlPlane::open(store).await?);
     if cp.tenant_ids().is_empty() {
         let imported = cp.seed(data, "import").await?;
@@ -59,7 +75,9 @@ pub async fn start(config: Config, data: &DataFile, admin_token: Option<String>)
     state.control = Some(cp);
     state.admin_token = admin_token;
     let state = Arc::new(state);
-    state.ready.store(true, std::sync::atomic::Ordering::Release);
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     Ok(state)
 }
 

@@ -3,8 +3,8 @@
 //! Data flows one way: [`model`] (plain data, validation) → [`snapshot`] (compiled, zero-copy
 //! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
 
-pub mod control;
 pub mod app;
+pub mod control;
 pub mod decide;
 pub mod engine;
 pub mod gen;

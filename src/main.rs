@@ -236,8 +236,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
     rt.block_on(async move {
-        let state = portcullis::app::start(config, &data, Some(token)).await.map_err(|e| e.to_string())?;
-        portcullis::app::serve(state).await.map_err(|e| format!("server: {e}"))
+        let state = portcullis::app::start(config, &data, Some(token))
+            .await
+            .map_err(|e| e.to_string())?;
+        portcullis::app::serve(state)
+            .await
+            .map_err(|e| format!("server: {e}"))
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,12 +10,17 @@ pub struct Server {
     pub addr: SocketAddr,
     pub child: Child,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// A private embedded store, when the caller did not pass `--store`.
+    store_dir: Option<std::path::PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.store_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -27,6 +32,17 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(args);
+        let store_dir = if args.contains(&"--store") {
+            None
+        } else {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let d =
+                std::env::temp_dir().join(format!("portcullis-test-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            cmd.arg("--store").arg(&d);
+            Some(d)
+        };
         cmd.env("PORTCULLIS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -44,7 +60,10 @@ impl Server {
                 log2.lock().unwrap().push_str(&line);
                 log2.lock().unwrap().push('\n');
                 if !sent {
-                    if let Some(i) = line.find("addr=") {
+                    if let Some(i) = line
+                        .find("addr=")
+                        .filter(|_| line.contains("portcullis listening"))
+                    {
                         let rest = &line[i + 5..];
                         let end = rest.find(' ').unwrap_or(rest.len());
                         if let Ok(a) = rest[..end].parse::<SocketAddr>() {
@@ -62,7 +81,12 @@ impl Server {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        Server { addr, child, log }
+        Server {
+            addr,
+            child,
+            log,
+            store_dir,
+        }
     }
 
     /// One HTTP/1.1 request on a fresh connection; returns (status, headers, body).
