@@ -214,7 +214,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::warn!("--store is accepted but the durable control-plane store is not available in this build; serving the data file read-only");
     }
     let clock = engine::Clock::ticking();
-    let state = server::State::new(config, registry, clock).map_err(|e| format!("metrics: {e}"))?;
+    let state = server::State::new(config, registry, clock).map_err(|e| e.to_string())?;
     let state = std::sync::Arc::new(state);
     state
         .ready

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod tokens;
 
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use config::Config;
+use config::ConfigError;
 use error::ApiError;
 use metrics::{Endpoint, Metrics};
 
@@ -37,22 +39,34 @@ pub struct State {
     pub clock: Clock,
     pub metrics: Metrics,
     pub tokens: tokens::Tokens,
+    pub forward: forward::ForwardAuth,
     pub ready: AtomicBool,
 }
 
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
 impl State {
-    pub fn new(
-        config: Config,
-        registry: Arc<Registry>,
-        clock: Clock,
-    ) -> Result<State, prometheus::Error> {
+    /// Builds the shared state: parses token keys and compiles forward-auth routes, so a bad
+    /// key or route stops the server before it binds.
+    pub fn new(config: Config, registry: Arc<Registry>, clock: Clock) -> Result<State, StartError> {
+        config.validate()?;
         let metrics = Metrics::new(config.metrics.per_tenant)?;
+        let tokens = tokens::Tokens::new(&config.tokens)?;
+        let forward = forward::ForwardAuth::new(&config.forward_auth, &tokens)?;
         Ok(State {
             config,
             registry,
             clock,
             metrics,
-            tokens: tokens::Tokens::default(),
+            tokens,
+            forward,
             ready: AtomicBool::new(false),
         })
     }
@@ -184,6 +198,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
 
 async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp, ApiError>) {
     let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(forward::PREFIX) {
+        if forward::is_forward_auth(path) {
+            // Any method; the body (if any) is ignored.
+            let r = forward::handle(state, req.method(), rest, req.uri().query(), req.headers());
+            return (Endpoint::ForwardAuth, r);
+        }
+    }
     let endpoint = match path {
         "/v1/check" => Endpoint::Check,
         "/v1/check/batch" => Endpoint::Batch,
