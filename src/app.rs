@@ -20,8 +20,8 @@ pub enum StartError {
     },
     #[error("control plane: {0}")]
     Control(#[from] crate::control::ControlError),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Server(#[from] crate::server::StartError),
 }
 
 /// A random 128-bit token, hex-encoded, from the OS.

@@ -62,6 +62,8 @@ pub const ERROR_CODES: &[&str] = &[
     "request_timeout",
     "unauthenticated",
     "forbidden",
+    "no_route",
+    "bad_target",
     "internal",
     "not_ready",
     "invalid",

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod tokens;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use config::Config;
+use config::ConfigError;
 use error::ApiError;
 use metrics::{Endpoint, Metrics};
 
@@ -38,6 +40,7 @@ pub struct State {
     pub clock: Clock,
     pub metrics: Metrics,
     pub tokens: tokens::Tokens,
+    pub forward: forward::ForwardAuth,
     pub ready: AtomicBool,
     /// The control plane, when this process runs one (`portcullis serve`).
     pub control: Option<Arc<crate::control::ControlPlane>>,
@@ -45,19 +48,30 @@ pub struct State {
     pub admin_token: Option<String>,
 }
 
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
 impl State {
-    pub fn new(
-        config: Config,
-        registry: Arc<Registry>,
-        clock: Clock,
-    ) -> Result<State, prometheus::Error> {
+    /// Builds the shared state: parses token keys and compiles forward-auth routes, so a bad
+    /// key or route stops the server before it binds.
+    pub fn new(config: Config, registry: Arc<Registry>, clock: Clock) -> Result<State, StartError> {
+        config.validate()?;
         let metrics = Metrics::new(config.metrics.per_tenant)?;
+        let tokens = tokens::Tokens::new(&config.tokens)?;
+        let forward = forward::ForwardAuth::new(&config.forward_auth, &tokens)?;
         Ok(State {
             config,
             registry,
             clock,
             metrics,
-            tokens: tokens::Tokens::default(),
+            tokens,
+            forward,
             ready: AtomicBool::new(false),
             control: None,
             admin_token: None,
@@ -251,6 +265,13 @@ async fn route(
     }
     if surface == Surface::DataPlane && admin_path {
         return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if let Some(rest) = path.strip_prefix(forward::PREFIX) {
+        if forward::is_forward_auth(path) {
+            // Any method; the body (if any) is ignored.
+            let r = forward::handle(state, req.method(), rest, req.uri().query(), req.headers());
+            return (Endpoint::ForwardAuth, r);
+        }
     }
     let endpoint = match path {
         "/v1/check" => Endpoint::Check,
