@@ -78,7 +78,8 @@ log "lint: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 log "unit and integration tests: cargo test"
-cargo test --all-targets
+# Benches are compiled (and linted) by clippy above; `cargo bench` runs them.
+cargo test
 
 log "demo data assertions: portcullis test deploy/demo.yaml"
 cargo run --quiet -- test deploy/demo.yaml
