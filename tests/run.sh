@@ -74,6 +74,61 @@ install_gateways() {
 log "gateways for tests/gateways.rs"
 install_gateways
 
+# PostgreSQL for the store tests: 127.0.0.1:5432, database `test`, user `postgres`, trust auth on
+# the loopback. Fast (one psql round trip) when it already works; otherwise installs the Debian
+# package if needed, starts the cluster, opens trust auth on the loopback, creates the database.
+# PORTCULLIS_TEST_PG=URL points the tests elsewhere and skips all this;
+# PORTCULLIS_PG_SETUP=force runs every step even when the server already answers (idempotent).
+PG_URL="postgres://postgres@127.0.0.1:5432/test"
+as_postgres() { as_root runuser -u postgres -- "$@"; }
+pg_works() { command -v psql >/dev/null && psql "$PG_URL" -Atqc 'select 1' >/dev/null 2>&1; }
+
+ensure_postgres() {
+  if [ -n "${PORTCULLIS_TEST_PG:-}" ]; then
+    log "PostgreSQL: tests use PORTCULLIS_TEST_PG (not managed here)"
+    return 0
+  fi
+  if [ "${PORTCULLIS_PG_SETUP:-}" != force ] && pg_works; then
+    return 0
+  fi
+  log "PostgreSQL: setting up $PG_URL"
+  if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  local ver conf hba
+  ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+  conf="/etc/postgresql/$ver/main"
+  [ -d "$conf" ] || as_root pg_createcluster "$ver" main
+  hba="$conf/pg_hba.conf"
+  # pg_hba.conf: the first matching line wins, so trust for the loopback goes first.
+  if ! as_root grep -qE '^host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  if pg_isready -q -h 127.0.0.1 -p 5432; then
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  else
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  fi
+  for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 0.5
+  done
+  if [ "$(as_postgres psql -Atqc "select 1 from pg_database where datname = 'test'")" != 1 ]; then
+    as_postgres createdb test
+  fi
+  # `root` may connect too (psql as root with no arguments).
+  as_postgres psql -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'root')
+    THEN CREATE ROLE root LOGIN SUPERUSER; END IF; END \$\$" >/dev/null
+  if ! pg_works; then
+    echo "PostgreSQL is still not usable at $PG_URL; see $hba and the cluster's log" >&2
+    exit 1
+  fi
+  echo "PostgreSQL $ver ready at $PG_URL"
+}
+
+ensure_postgres
+
 log "lint: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 

@@ -392,10 +392,8 @@ fn load_blocking(db: &Database, tenant: &str) -> Result<Option<TenantRows>, Stor
             .map_err(|e| corrupt(&format!("row {tenant}/{}/{id}", kind.as_str()), e))?;
         rows.push((kind, id.to_string(), doc));
     }
-    // Kind codes follow `Kind`'s order today; stay correct if a future kind does not.
-    if !rows.is_sorted_by(|a, b| (a.0, &a.1) <= (b.0, &b.1)) {
-        rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    }
+    // Kind codes follow `Kind`'s order today (a no-op check); stay correct if a future kind does not.
+    super::sort_rows(&mut rows);
     Ok(Some(TenantRows {
         tenant: tenant.to_string(),
         revision,

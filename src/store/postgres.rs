@@ -515,20 +515,39 @@ impl PostgresStore {
             .map_err(pg_err)?;
         let stream = tx.query_raw(&st, [tenant]).await.map_err(pg_err)?;
         pin_mut!(stream);
-        let mut rows = Vec::new();
-        while let Some(row) = stream.try_next().await.map_err(pg_err)? {
-            let kind: &str = row.get(0);
-            let kind = Kind::parse(kind).ok_or_else(|| {
-                StoreError::Corrupt(format!("postgres: unknown row kind '{kind}'"))
-            })?;
-            let id: String = row.get(1);
-            let doc: serde_json::Value = row
-                .try_get(2)
-                .map_err(|e| StoreError::Corrupt(format!("postgres: row {tenant}/{id}: {e}")))?;
-            rows.push((kind, id, doc));
+        // Rows are received here and decoded (JSON) in chunks on the blocking pool, a few chunks
+        // at a time: decoding overlaps receiving, and a large tenant does not stall this
+        // runtime thread for seconds.
+        let mut parsed = Vec::new();
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+        loop {
+            let row = stream.try_next().await.map_err(pg_err)?;
+            let done = row.is_none();
+            chunk.extend(row);
+            if chunk.len() == LOAD_CHUNK || (done && !chunk.is_empty()) {
+                let rows = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
+                in_flight.push_back(tokio::task::spawn_blocking(move || decode_rows(rows)));
+            }
+            while in_flight.len() > LOAD_PARALLEL || (done && !in_flight.is_empty()) {
+                if let Some(task) = in_flight.pop_front() {
+                    parsed.push(task.await.map_err(|e| {
+                        StoreError::Unavailable(format!("postgres: decoding rows: {e}"))
+                    })??);
+                }
+            }
+            if done {
+                break;
+            }
         }
         tx.commit().await.map_err(pg_err)?;
-        rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let rows = tokio::task::spawn_blocking(move || {
+            let mut rows: Vec<_> = parsed.into_iter().flatten().collect();
+            super::sort_rows(&mut rows);
+            rows
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("postgres: sorting rows: {e}")))?;
         Ok(Some(TenantRows {
             tenant: tenant.to_string(),
             revision,
@@ -608,6 +627,33 @@ impl PostgresStore {
     }
 }
 
+/// Rows per decoding task of a load, and decoding tasks in flight. Smaller chunks in debug
+/// builds, so that the tests' 10k-row tenant exercises the pipeline's back-pressure too.
+#[cfg(not(debug_assertions))]
+const LOAD_CHUNK: usize = 8192;
+#[cfg(debug_assertions)]
+const LOAD_CHUNK: usize = 1000;
+const LOAD_PARALLEL: usize = 4;
+
+/// Decodes `(kind, id, doc)` rows of a load.
+fn decode_rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<RowTriple>, StoreError> {
+    let corrupt = |e: tokio_postgres::Error| StoreError::Corrupt(format!("postgres: row: {e}"));
+    rows.iter()
+        .map(|row| {
+            let kind: &str = row.try_get(0).map_err(corrupt)?;
+            let kind = Kind::parse(kind).ok_or_else(|| {
+                StoreError::Corrupt(format!("postgres: unknown row kind '{kind}'"))
+            })?;
+            let id: String = row.try_get(1).map_err(corrupt)?;
+            let doc: serde_json::Value = row.try_get(2).map_err(|e| {
+                StoreError::Corrupt(format!("postgres: row {}/{id}: {e}", kind.as_str()))
+            })?;
+            Ok((kind, id, doc))
+        })
+        .collect()
+}
+
+type RowTriple = (Kind, String, serde_json::Value);
 type Upserts<'a> = (Vec<&'static str>, Vec<&'a str>, Vec<&'a serde_json::Value>);
 type Deletes<'a> = (Vec<&'static str>, Vec<&'a str>);
 
