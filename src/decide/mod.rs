@@ -6,13 +6,16 @@
 
 mod explain;
 
-use rkyv::rend::u64_le;
+use rkyv::Archived;
 
 use crate::model::split_action;
 use crate::snapshot::{
     ArchivedGrant, ArchivedTenantSnap, ArchivedUserRec, KIND_GUEST, NONE, RBAC_NONE, STATUS_ACTIVE,
     STATUS_DELETED,
 };
+
+/// One archived bitset word.
+type Word = Archived<u64>;
 
 pub use explain::{explain, Explanation, GrantOutcome, GrantReport};
 
@@ -128,14 +131,14 @@ impl Decision {
 /// The set of roles granting one concrete permission: the union of up to three bitsets.
 #[derive(Clone, Copy)]
 pub(crate) struct Perms<'a> {
-    sets: [&'a [u64_le]; 3],
+    sets: [&'a [Word]; 3],
 }
 
 impl Perms<'_> {
     #[inline]
     pub(crate) fn has(&self, role: u32) -> bool {
         let (w, b) = ((role / 64) as usize, role % 64);
-        let word = |s: &[u64_le]| s.get(w).map_or(0, |x| x.to_native());
+        let word = |s: &[Word]| s.get(w).map_or(0, |x| x.to_native());
         ((word(self.sets[0]) | word(self.sets[1]) | word(self.sets[2])) >> b) & 1 == 1
     }
 
@@ -147,7 +150,7 @@ impl Perms<'_> {
 }
 
 #[inline]
-fn bitset(v: &ArchivedTenantSnap, idx: u32) -> &[u64_le] {
+fn bitset(v: &ArchivedTenantSnap, idx: u32) -> &[Word] {
     let words = v.words.to_native() as usize;
     let start = idx as usize * words;
     v.bitsets.get(start..start + words).unwrap_or(&[])

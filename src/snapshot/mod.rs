@@ -44,7 +44,7 @@ pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
