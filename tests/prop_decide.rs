@@ -85,12 +85,20 @@ fn explain_matches(
         .filter(|r| r.outcome == GrantOutcome::Matched)
         .count();
     prop_assert_eq!(matched, usize::from(expected.1 == Reason::Granted));
+    let applicable_names_allowed = e.assignments.iter().all(|r| match r.outcome {
+        GrantOutcome::AlsoGrants => e.allowed,
+        GrantOutcome::WouldGrant => !e.allowed,
+        _ => true,
+    });
+    prop_assert!(applicable_names_allowed, "also_grants only on allow, would_grant only on deny");
     let mut got: Vec<ReportKey> = e
         .assignments
         .iter()
         .map(|r| {
+            // Matched / AlsoGrants (allowed) and WouldGrant (denied before assignments
+            // apply) are the same applicability; which one is checked just below.
             let outcome = match r.outcome {
-                GrantOutcome::Matched => GrantOutcome::AlsoGrants,
+                GrantOutcome::Matched | GrantOutcome::WouldGrant => GrantOutcome::AlsoGrants,
                 o => o,
             };
             (

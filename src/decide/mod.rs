@@ -6,13 +6,16 @@
 
 mod explain;
 
-use rkyv::rend::u64_le;
+use rkyv::Archived;
 
 use crate::model::split_action;
 use crate::snapshot::{
     ArchivedGrant, ArchivedTenantSnap, ArchivedUserRec, KIND_GUEST, NONE, RBAC_NONE, STATUS_ACTIVE,
     STATUS_DELETED,
 };
+
+/// One archived bitset word.
+type Word = Archived<u64>;
 
 pub use explain::{explain, Explanation, GrantOutcome, GrantReport};
 
@@ -128,14 +131,14 @@ impl Decision {
 /// The set of roles granting one concrete permission: the union of up to three bitsets.
 #[derive(Clone, Copy)]
 pub(crate) struct Perms<'a> {
-    sets: [&'a [u64_le]; 3],
+    sets: [&'a [Word]; 3],
 }
 
 impl Perms<'_> {
     #[inline]
     pub(crate) fn has(&self, role: u32) -> bool {
         let (w, b) = ((role / 64) as usize, role % 64);
-        let word = |s: &[u64_le]| s.get(w).map_or(0, |x| x.to_native());
+        let word = |s: &[Word]| s.get(w).map_or(0, |x| x.to_native());
         ((word(self.sets[0]) | word(self.sets[1]) | word(self.sets[2])) >> b) & 1 == 1
     }
 
@@ -147,7 +150,7 @@ impl Perms<'_> {
 }
 
 #[inline]
-fn bitset(v: &ArchivedTenantSnap, idx: u32) -> &[u64_le] {
+fn bitset(v: &ArchivedTenantSnap, idx: u32) -> &[Word] {
     let words = v.words.to_native() as usize;
     let start = idx as usize * words;
     v.bitsets.get(start..start + words).unwrap_or(&[])
@@ -179,6 +182,58 @@ pub(crate) fn perms<'a>(
     }
 }
 
+/// Slices shorter than this are binary-searched directly.
+const INTERPOLATE_MIN: usize = 32;
+
+/// The number of grants in `slice` (sorted by `lo`) whose `lo` is at most `x`: the same as
+/// `slice.partition_point(|g| g.lo <= x)`, found with fewer cache misses on long slices.
+///
+/// Scope intervals start at pre-order numbers, which spread evenly over the hierarchy, so an
+/// interpolated first guess lands within a few grants of the answer; a galloping search from
+/// the guess then brackets it, and a binary search finishes inside the bracket. A binary
+/// search over a group's hundreds of grants costs one dependent cache miss per halving; this
+/// costs about three. Any slice (even one not sorted) gives an in-bounds answer.
+#[inline]
+pub(crate) fn count_lo_le(slice: &[ArchivedGrant], x: u32) -> usize {
+    let n = slice.len();
+    if n < INTERPOLATE_MIN {
+        return slice.partition_point(|g| g.lo.to_native() <= x);
+    }
+    let key = |i: usize| slice[i].lo.to_native();
+    let (first, last) = (key(0), key(n - 1));
+    if x < first {
+        return 0;
+    }
+    if x >= last {
+        return n;
+    }
+    // first <= x < last, so last > first and the guess is at most n - 2.
+    let guess = (u64::from(x - first) * (n as u64 - 1) / u64::from(last - first)) as usize;
+    // Bracket the answer: key(a) <= x < key(b), a < b.
+    let (a, b) = if key(guess) <= x {
+        let (mut a, mut step) = (guess, 1);
+        loop {
+            let c = (a + step).min(n - 1);
+            if key(c) > x {
+                break (a, c);
+            }
+            a = c;
+            step *= 2;
+        }
+    } else {
+        let (mut b, mut step) = (guess, 1);
+        loop {
+            let c = b.saturating_sub(step);
+            if key(c) <= x {
+                break (c, b);
+            }
+            b = c;
+            step *= 2;
+        }
+    };
+    a + 1 + slice[a + 1..b].partition_point(|g| g.lo.to_native() <= x)
+}
+
 /// The first grant in a principal's slice `[start, end)` that covers node `x`, holds a role in
 /// `perms` and has not expired at `now`; or [`NONE`].
 #[inline]
@@ -193,7 +248,7 @@ pub(crate) fn find_grant(
     let Some(slice) = v.grants.get(start as usize..end as usize) else {
         return NONE;
     };
-    let k = slice.partition_point(|g| g.lo.to_native() <= x);
+    let k = count_lo_le(slice, x);
     if k == 0 {
         return NONE;
     }
@@ -294,19 +349,23 @@ pub fn check(
     resource: &str,
     now: i64,
 ) -> Decision {
+    // The node lookup does not depend on the subject: issue it first so that its cache miss
+    // overlaps the subject's. Subject reasons still take precedence over an unknown resource.
+    let x = v.node_index.get(resource).map(|x| x.to_native());
     let s = match subject(v, subject_id, action) {
         Ok(s) => s,
         Err(r) => return Decision::deny(r),
     };
-    let Some(x) = v.node_index.get(resource) else {
+    let Some(x) = x else {
         return Decision::deny(Reason::UnknownResource);
     };
-    decide_node(v, &s, x.to_native(), now)
+    decide_node(v, &s, x, now)
 }
 
-/// Largest number of covering intervals [`filter`] keeps on the stack; above it, each resource
-/// is decided with the per-check search instead (still allocation-free).
-const FILTER_INTERVALS: usize = 64;
+/// Largest number of covering intervals [`filter`] keeps on the stack (nested ones are dropped
+/// whenever the buffer fills); above it, each resource is decided with the per-check search
+/// instead (still allocation-free).
+const FILTER_INTERVALS: usize = 256;
 
 /// Disjoint, sorted subtree intervals where the subject holds the permission. `None` on
 /// overflow of the fixed buffer.
@@ -325,6 +384,10 @@ impl Cover {
         for_each_slice(v, s.user, |start, end| {
             for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
                 if g.expires.to_native() > now && s.perms.has(g.role.to_native()) {
+                    if c.len == FILTER_INTERVALS {
+                        // Most intervals of a large slice nest in a few wide ones.
+                        c.normalize();
+                    }
                     if c.len == FILTER_INTERVALS {
                         overflow = true;
                         return false;
@@ -476,4 +539,47 @@ pub fn node_path(v: &ArchivedTenantSnap, mut x: u32) -> Vec<&str> {
 
 pub(crate) fn grant_covers(g: &ArchivedGrant, x: u32) -> bool {
     g.lo.to_native() <= x && x < g.hi.to_native()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::Rng;
+    use crate::snapshot::Grant;
+
+    #[test]
+    fn count_lo_le_matches_partition_point() {
+        let mut rng = Rng::new(3);
+        for case in 0..300 {
+            let n = rng.below(300);
+            let spread = 1 + rng.below(if case % 3 == 0 { 10 } else { 100_000 });
+            let mut los: Vec<u32> = (0..n).map(|_| rng.below(spread) as u32).collect();
+            if case % 7 != 0 {
+                los.sort_unstable(); // every 7th case unsorted: must still be in bounds
+            }
+            let grants: Vec<Grant> = los
+                .iter()
+                .map(|&lo| Grant {
+                    lo,
+                    hi: lo + 1,
+                    role: 0,
+                    up: NONE,
+                    expires: i64::MAX,
+                })
+                .collect();
+            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&grants).unwrap();
+            let archived =
+                rkyv::access::<rkyv::vec::ArchivedVec<ArchivedGrant>, rkyv::rancor::Error>(&bytes)
+                    .unwrap();
+            for _ in 0..200 {
+                let x = rng.below(spread + 2) as u32;
+                let got = count_lo_le(archived, x);
+                assert!(got <= n);
+                if case % 7 != 0 {
+                    let want = archived.partition_point(|g| g.lo.to_native() <= x);
+                    assert_eq!(got, want, "n {n} spread {spread} x {x}");
+                }
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! check of every index), then read zero-copy for the life of the snapshot.
 
 mod build;
+mod index;
 mod registry;
 mod validate;
 
@@ -22,6 +23,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use rustc_hash::FxHashMap;
 
 pub use build::BuildError;
+pub use index::{ArchivedIdIndex, AsIdIndex, IdIndex};
 pub use registry::{Registry, SnapshotGuard};
 pub use validate::SnapshotError;
 
@@ -44,7 +46,7 @@ pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -57,9 +59,13 @@ pub struct TenantSnap {
     pub suspended: bool,
     /// Nodes in pre-order: a node's index is its pre-order number.
     pub nodes: Vec<NodeRec>,
+    /// Node id → pre-order index (archived as an [`IdIndex`]: one cache miss per lookup).
+    #[rkyv(with = AsIdIndex)]
     pub node_index: FxHashMap<String, u32>,
     pub kinds: Vec<String>,
     pub users: Vec<UserRec>,
+    /// User id → index into `users` (archived as an [`IdIndex`]).
+    #[rkyv(with = AsIdIndex)]
     pub user_index: FxHashMap<String, u32>,
     pub groups: Vec<GroupRec>,
     /// Group indexes of each user, ranges given by [`UserRec::groups`].

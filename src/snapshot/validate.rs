@@ -66,21 +66,11 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
             return Err(bad(format!("node {i} has unknown kind {kind}")));
         }
     }
-    if v.node_index.len() != n
-        || v.node_index.iter().any(|(k, x)| {
-            let x = x.to_native() as usize;
-            x >= n || v.nodes[x].id.as_str() != k.as_str()
-        })
-    {
+    if !v.node_index.matches(n, |i| v.nodes[i].id.as_str()) {
         return Err(bad("node index does not match nodes"));
     }
     let users = v.users.len();
-    if v.user_index.len() != users
-        || v.user_index.iter().any(|(k, x)| {
-            let x = x.to_native() as usize;
-            x >= users || v.users[x].id.as_str() != k.as_str()
-        })
-    {
+    if !v.user_index.matches(users, |i| v.users[i].id.as_str()) {
         return Err(bad("user index does not match users"));
     }
     let roles = v.roles.len();
@@ -147,4 +137,65 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
         return Err(bad("grant metadata names an unknown actor"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Snapshot, TenantSnap};
+    use super::SnapshotError;
+
+    fn owned() -> TenantSnap {
+        let t = crate::gen::tenant("t", crate::gen::S, 5);
+        let snap = Snapshot::build(&t).unwrap();
+        rkyv::from_bytes::<TenantSnap, rkyv::rancor::BoxedError>(snap.as_bytes()).unwrap()
+    }
+
+    fn rejects(what: &str, edit: impl FnOnce(&mut TenantSnap)) {
+        let mut t = owned();
+        edit(&mut t);
+        let bytes = rkyv::to_bytes::<rkyv::rancor::BoxedError>(&t).unwrap();
+        match Snapshot::from_bytes(&bytes) {
+            Err(SnapshotError::Inconsistent(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("expected '{what}', got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_is_accepted() {
+        let t = owned();
+        let bytes = rkyv::to_bytes::<rkyv::rancor::BoxedError>(&t).unwrap();
+        let snap = Snapshot::from_bytes(&bytes).unwrap();
+        let v = snap.view();
+        for (i, n) in t.nodes.iter().enumerate() {
+            assert_eq!(v.node_index.get(&n.id).map(|x| x.to_native()), Some(i as u32));
+        }
+        assert_eq!(v.node_index.get("nowhere"), None);
+        assert_eq!(v.user_index.get("u7").map(|x| x.to_native()), Some(7));
+    }
+
+    #[test]
+    fn id_indexes_must_match_their_records() {
+        const NODES: &str = "node index does not match nodes";
+        const USERS: &str = "user index does not match users";
+        rejects(NODES, |t| {
+            let n = t.nodes.len() as u32;
+            *t.node_index.values_mut().next().unwrap() = n;
+        });
+        rejects(NODES, |t| {
+            let k = t.nodes[2].id.clone();
+            *t.node_index.get_mut(&k).unwrap() = 3;
+        });
+        rejects(NODES, |t| {
+            let k = t.nodes[2].id.clone();
+            t.node_index.remove(&k);
+        });
+        rejects(NODES, |t| {
+            t.node_index.insert("extra".into(), 0);
+        });
+        rejects(USERS, |t| {
+            let (a, b) = (t.users[0].id.clone(), t.users[1].id.clone());
+            *t.user_index.get_mut(&a).unwrap() = 1;
+            *t.user_index.get_mut(&b).unwrap() = 0;
+        });
+    }
 }
