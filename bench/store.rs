@@ -3,7 +3,8 @@
 //! `cargo bench --bench store` (release profile). PostgreSQL: `PORTCULLIS_TEST_PG` or
 //! `postgres://postgres@127.0.0.1:5432/test` (`bash tests/run.sh` starts one); a throwaway schema
 //! per run. Without a server the PostgreSQL benchmarks are skipped with a message.
-//! `PORTCULLIS_BENCH_ROWS` sets the rows of the load benchmark (default 100000).
+//! `PORTCULLIS_BENCH_ROWS` sets the rows of the load benchmark (default 100000; 2000 when
+//! `cargo test --all-targets` runs the benchmarks once as tests).
 //!
 //! - `store_commit/<engine>/sequential`: one task, each commit awaited before the next — the
 //!   latency-bound rate (one fsync round per commit).
@@ -128,10 +129,12 @@ fn bench_commits(c: &mut Criterion, rt: &Runtime, engines: &[Engine]) {
 }
 
 fn bench_load(c: &mut Criterion, rt: &Runtime, engines: &[Engine]) {
+    // `cargo test --all-targets` runs each benchmark once, without `--bench`: keep that quick.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
     let rows: usize = std::env::var("PORTCULLIS_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(if benchmarking { 100_000 } else { 2_000 });
     let mut group = c.benchmark_group("store_load");
     group
         .sample_size(10)
