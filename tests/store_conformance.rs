@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{commit, replay, rows_of, state_of, Engine, State, Target};
-use portcullis::store::{Commit, Kind, LogQuery, RowOp, StoreError, MAX_KEY_BYTES};
+use portcullis::store::embedded::EmbeddedStore;
+use portcullis::store::{Commit, Kind, LogQuery, RowOp, Store, StoreError, MAX_KEY_BYTES};
 use serde_json::{json, Value};
 
 macro_rules! conformance {
@@ -820,9 +821,8 @@ async fn concurrent_commits_to_one_tenant(target: &Target) {
     );
 }
 
-/// Commits to different tenants never conflict and overlap in time instead of queueing one
-/// behind another: many tenants committing at once finish clearly faster than the same
-/// commits made one after another.
+/// Commits to different tenants, made concurrently, never conflict and all land; the time taken
+/// one after another and concurrently is printed.
 async fn concurrent_commits_to_different_tenants(target: &Target) {
     const TENANTS: usize = 8;
     const COMMITS: u64 = 15;
@@ -869,26 +869,19 @@ async fn concurrent_commits_to_different_tenants(target: &Target) {
             (started.elapsed(), max_in_flight.load(Ordering::SeqCst))
         }
     };
-    // Timing on a shared machine is noisy: the best of three rounds counts.
-    let mut rounds = Vec::new();
-    for round in 0..3 {
-        let (sequential, _) = run(["seq0", "seq1", "seq2"][round], false).await;
-        let (concurrent, max_in_flight) = run(["par0", "par1", "par2"][round], true).await;
-        eprintln!(
-            "{}: {} commits to {TENANTS} tenants: one after another {sequential:?}, concurrently \
-             {concurrent:?} (up to {max_in_flight} in flight)",
-            store.engine(),
-            TENANTS as u64 * COMMITS
-        );
-        assert!(max_in_flight >= 2, "commits never overlapped");
-        rounds.push((sequential, concurrent));
-        // Fully serialised commits would take about as long as the sequential run.
-        if concurrent.as_secs_f64() * 1.5 < sequential.as_secs_f64() {
-            break;
-        }
-    }
+    let (sequential, _) = run("seq", false).await;
+    let (concurrent, max_in_flight) = run("par", true).await;
+    // Timing on a shared machine is too noisy to assert on; the engine-specific tests below
+    // check the mechanism (row locks per tenant, shared write transactions) instead.
+    eprintln!(
+        "{}: {} commits to {TENANTS} tenants: one after another {sequential:?}, concurrently \
+         {concurrent:?} (up to {max_in_flight} in flight)",
+        store.engine(),
+        TENANTS as u64 * COMMITS
+    );
+    assert!(max_in_flight >= 2, "commits never overlapped");
     let tenants = store.tenants().await.unwrap();
-    assert_eq!(tenants.len(), 2 * TENANTS * rounds.len());
+    assert_eq!(tenants.len(), 2 * TENANTS);
     assert!(tenants.iter().all(|(_, rev)| *rev == COMMITS));
     for (t, _) in &tenants {
         let log = store.log(&all(t)).await.unwrap();
@@ -899,12 +892,39 @@ async fn concurrent_commits_to_different_tenants(target: &Target) {
         let loaded = store.load(t).await.unwrap().unwrap();
         assert_eq!(state_of(&loaded), replay(&log));
     }
+}
+
+/// Embedded only: commits arriving together share one write transaction (and its fsyncs)
+/// instead of queueing for one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_concurrent_commits_share_write_transactions() {
+    const TENANTS: u64 = 8;
+    const COMMITS: u64 = 15;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).await.unwrap());
+    let before = store.write_stats();
+    let handles: Vec<_> = (0..TENANTS)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for rev in 1..=COMMITS {
+                    let c = commit(&format!("t{t}"), rev, "a", "x", vec![]);
+                    store.commit(&c).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let after = store.write_stats();
+    let commits = after.commits - before.commits;
+    let transactions = after.transactions - before.transactions;
+    eprintln!("embedded: {commits} commits in {transactions} write transactions");
+    assert_eq!(commits, TENANTS * COMMITS);
     assert!(
-        rounds
-            .iter()
-            .any(|(seq, par)| par.as_secs_f64() * 1.5 < seq.as_secs_f64()),
-        "concurrent commits to different tenants were never clearly faster than sequential \
-         ones: {rounds:?}"
+        transactions < commits,
+        "every commit had a write transaction of its own"
     );
 }
 

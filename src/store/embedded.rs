@@ -44,6 +44,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -115,9 +116,24 @@ struct Job {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Write transactions and commits applied since the store was opened; `commits / transactions`
+/// is the group-commit factor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub transactions: u64,
+    pub commits: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    commits: AtomicU64,
+}
+
 /// The embedded engine. See the module docs.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    counters: Arc<Counters>,
     path: PathBuf,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
@@ -167,12 +183,15 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_db = Arc::clone(&db);
+        let counters = Arc::new(Counters::default());
+        let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("portcullis-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx))
+            .spawn(move || writer_loop(&writer_db, &writer_counters, rx))
             .map_err(storage)?;
         Ok(EmbeddedStore {
             db,
+            counters,
             path,
             queue: Some(tx),
             writer: Some(writer),
@@ -182,6 +201,14 @@ impl EmbeddedStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Write transactions and commits so far (for metrics and tests).
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.counters.transactions.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -289,7 +316,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
     txn.commit().map_err(storage)
 }
 
-fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Job>) {
+fn writer_loop(db: &Database, counters: &Counters, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -301,6 +328,9 @@ fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Job>) {
         }
         match write_batch(db, &batch) {
             Ok(results) => {
+                let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+                counters.transactions.fetch_add(1, Ordering::Relaxed);
+                counters.commits.fetch_add(applied, Ordering::Relaxed);
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(result);
                 }
