@@ -61,7 +61,10 @@ fn main() {
             let b = std::sync::Arc::clone(&builder);
             tokio::spawn(async move {
                 let _ = b
-                    .serve_connection_with_upgrades(TokioIo::new(stream), hyper::service::service_fn(handle))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(handle),
+                    )
                     .await;
             });
         }
