@@ -360,7 +360,7 @@ async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result
     // Each arm: parse (borrowing from `body`), pin the snapshot, decide synchronously.
     let out = match endpoint {
         Endpoint::Check | Endpoint::Explain => {
-            let r: api::CheckReq = api::parse(&body)?;
+            let r = api::parse_check(&body)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             if endpoint == Endpoint::Check {
                 api::check(state, &snap, &r)?
