@@ -187,15 +187,20 @@ fn fast_check(b: &[u8]) -> Option<CheckReq<'_>> {
 }
 
 /// The subject of a request: `subject`, or the user a `token` stands for.
+/// A token's user id is borrowed from the snapshot: no copy.
 pub fn subject<'a>(
     state: &State,
-    snap: &SnapshotGuard,
+    snap: &'a SnapshotGuard,
     subject: &'a Option<Cow<'a, str>>,
     token: &'a Option<Cow<'a, str>>,
 ) -> Result<Cow<'a, str>, ApiError> {
     match (subject, token) {
         (Some(s), None) => Ok(Cow::Borrowed(s.as_ref())),
-        (None, Some(t)) => state.tokens.subject_for(snap, t).map(Cow::Owned),
+        (None, Some(t)) => Ok(Cow::Borrowed(state.tokens.subject_for(
+            snap,
+            t,
+            state.clock.now(),
+        )?)),
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "give either 'subject' or 'token', not both",
         )),
@@ -352,8 +357,60 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use proptest::prelude::*;
+    use crate::engine::{self, Clock, DEMO_DATA};
+    use crate::model::file;
+    use crate::server::tokens::sign::{sign, SigningKey};
+    use crate::server::Config;
+    use crate::snapshot::Registry;
+
+    const NOW: i64 = 1_800_000_000;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn token_stands_for_subject_in_check_and_batch() {
+        let config = Config::parse(
+            &format!("tokens:\n  keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n"),
+            "test",
+        )
+        .unwrap();
+        let reg = Registry::new();
+        engine::install_all(&reg, &file::load_str(DEMO_DATA).unwrap()).unwrap();
+        let state = State::new(config, Arc::new(reg), Clock::fixed(NOW)).unwrap();
+        let snap = state.registry.get("femo").unwrap();
+        let tok = |sub: &str, tenant: &str| {
+            let c =
+                serde_json::json!({ "sub": sub, "tenant": tenant, "iat": NOW, "exp": NOW + 60 });
+            sign(&SigningKey::Hs256(SECRET.as_bytes()), None, &c.to_string()).unwrap()
+        };
+        let body = format!(
+            r#"{{"tenant":"femo","token":"{}","action":"asset:operate","resource":"press-7"}}"#,
+            tok("alice", "femo")
+        );
+        let out = check(&state, &snap, &parse(body.as_bytes()).unwrap()).unwrap();
+        assert!(std::str::from_utf8(&out)
+            .unwrap()
+            .contains("\"allowed\":true"));
+        // A token for another tenant, or for an inactive user, is a 401.
+        for t in [tok("alice", "towerco"), tok("erik", "femo")] {
+            let body = format!(
+                r#"{{"tenant":"femo","token":"{t}","action":"asset:read","resource":"press-7"}}"#
+            );
+            let e = check(&state, &snap, &parse(body.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{}", e.message);
+        }
+        let body = format!(
+            r#"{{"tenant":"femo","checks":[{{"token":"{}","action":"asset:operate","resource":"robot-12"}},{{"subject":"bruno","action":"asset:operate","resource":"robot-12"}}]}}"#,
+            tok("alice", "femo")
+        );
+        let out = batch(&state, &snap, &parse(body.as_bytes()).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["results"][0]["allowed"], false);
+        assert_eq!(v["results"][1]["allowed"], true);
+    }
 
     /// What a parsed check request says, for comparing the two parsers.
     fn fields(

@@ -10,6 +10,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Extra members of the error body, e.g. `fields` for validation errors.
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Methods for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -18,6 +22,8 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
+            allow: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -63,13 +69,23 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({ "error": self.message, "code": self.code }).to_string();
+        let mut body = self.details.unwrap_or_default();
+        body.insert("error".into(), serde_json::Value::String(self.message));
+        body.insert(
+            "code".into(),
+            serde_json::Value::String(self.code.to_string()),
+        );
+        let body = serde_json::Value::Object(body).to_string();
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/json"),
         );
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -19,17 +19,19 @@ pub enum Endpoint {
     Scopes,
     Explain,
     ForwardAuth,
+    Admin,
     Other,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Check,
         Endpoint::Batch,
         Endpoint::Filter,
         Endpoint::Scopes,
         Endpoint::Explain,
         Endpoint::ForwardAuth,
+        Endpoint::Admin,
         Endpoint::Other,
     ];
     pub fn name(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Endpoint {
             Endpoint::Scopes => "scopes",
             Endpoint::Explain => "explain",
             Endpoint::ForwardAuth => "forward_auth",
+            Endpoint::Admin => "admin",
             Endpoint::Other => "other",
         }
     }
@@ -59,7 +62,20 @@ pub const ERROR_CODES: &[&str] = &[
     "request_timeout",
     "unauthenticated",
     "forbidden",
+    "no_route",
+    "bad_target",
     "internal",
+    "not_ready",
+    "invalid",
+    "already_exists",
+    "duplicate_email",
+    "revision_conflict",
+    "in_use",
+    "read_only",
+    "quota_exceeded",
+    "invalid_state",
+    "already_member",
+    "store_unavailable",
 ];
 
 pub struct Metrics {

@@ -1,9 +1,11 @@
 //! The HTTP server (hyper 1 on tokio): HTTP/1.1 keep-alive and HTTP/2 cleartext (h2c) on one
 //! port, strict input limits, graceful shutdown.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod tokens;
 
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use config::Config;
+use config::ConfigError;
 use error::ApiError;
 use metrics::{Endpoint, Metrics};
 
@@ -37,23 +40,41 @@ pub struct State {
     pub clock: Clock,
     pub metrics: Metrics,
     pub tokens: tokens::Tokens,
+    pub forward: forward::ForwardAuth,
     pub ready: AtomicBool,
+    /// The control plane, when this process runs one (`portcullis serve`).
+    pub control: Option<Arc<crate::control::ControlPlane>>,
+    /// Bearer token of the management API.
+    pub admin_token: Option<String>,
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl State {
-    pub fn new(
-        config: Config,
-        registry: Arc<Registry>,
-        clock: Clock,
-    ) -> Result<State, prometheus::Error> {
+    /// Builds the shared state: parses token keys and compiles forward-auth routes, so a bad
+    /// key or route stops the server before it binds.
+    pub fn new(config: Config, registry: Arc<Registry>, clock: Clock) -> Result<State, StartError> {
+        config.validate()?;
         let metrics = Metrics::new(config.metrics.per_tenant)?;
+        let tokens = tokens::Tokens::new(&config.tokens)?;
+        let forward = forward::ForwardAuth::new(&config.forward_auth, &tokens)?;
         Ok(State {
             config,
             registry,
             clock,
             metrics,
-            tokens: tokens::Tokens::default(),
+            tokens,
+            forward,
             ready: AtomicBool::new(false),
+            control: None,
+            admin_token: None,
         })
     }
 }
@@ -70,10 +91,22 @@ fn json(status: StatusCode, body: Bytes) -> Resp {
     r
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Data plane and management API (no separate admin listener).
+    All,
+    /// Data plane only (the management API has its own listener).
+    DataPlane,
+    /// Management API only (plus health).
+    Admin,
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests (up to `limits.drain_ms`).
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
+    surface: Surface,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -115,7 +148,7 @@ pub async fn serve(
         let st = Arc::clone(&state);
         let svc = hyper::service::service_fn(move |req| {
             let st = Arc::clone(&st);
-            async move { Ok::<_, Infallible>(handle(st, req).await) }
+            async move { Ok::<_, Infallible>(handle(st, surface, req).await) }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -138,12 +171,46 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds `addr` and serves with the given state until SIGINT/SIGTERM.
+/// Binds the configured listener(s) and serves until SIGINT/SIGTERM.
 pub async fn run(state: Arc<State>) -> std::io::Result<()> {
     let listener = TcpListener::bind(state.config.listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin = match state.config.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let admin_addr = l.local_addr()?;
+            tracing::info!(addr = %admin_addr, "management API listening");
+            Some(tokio::spawn(serve(
+                Arc::clone(&state),
+                l,
+                Surface::Admin,
+                stopped(),
+            )))
+        }
+        None => None,
+    };
+    let surface = if admin.is_some() {
+        Surface::DataPlane
+    } else {
+        Surface::All
+    };
     tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
-    serve(state, listener, shutdown_signal()).await
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let main = serve(state, listener, surface, stopped()).await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    main
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -166,9 +233,9 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
+async fn handle(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Resp {
     let start = Instant::now();
-    let (endpoint, result) = route(&state, req).await;
+    let (endpoint, result) = route(&state, surface, req).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -176,14 +243,36 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             e.into_response()
         }
     };
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && endpoint == Endpoint::Other {
+        state.metrics.error("not_ready");
+    }
     state
         .metrics
         .latency(endpoint, start.elapsed().as_secs_f64());
     resp
 }
 
-async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp, ApiError>) {
+async fn route(
+    state: &State,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> (Endpoint, Result<Resp, ApiError>) {
     let path = req.uri().path();
+    let admin_path =
+        path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
+    if surface == Surface::Admin && !admin_path && path != "/healthz" {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if surface == Surface::DataPlane && admin_path {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if let Some(rest) = path.strip_prefix(forward::PREFIX) {
+        if forward::is_forward_auth(path) {
+            // Any method; the body (if any) is ignored.
+            let r = forward::handle(state, req.method(), rest, req.uri().query(), req.headers());
+            return (Endpoint::ForwardAuth, r);
+        }
+    }
     let endpoint = match path {
         "/v1/check" => Endpoint::Check,
         "/v1/check/batch" => Endpoint::Batch,
@@ -199,7 +288,7 @@ async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp,
             Bytes::from_static(b"{\"status\":\"ok\"}"),
         )),
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
-        ("/metrics", &Method::GET) => {
+        ("/metrics", &Method::GET | &Method::HEAD) => {
             let mut r = Response::new(Full::new(Bytes::from(
                 state.metrics.render(&state.registry, state.clock.now()),
             )));
@@ -215,7 +304,10 @@ async fn route(state: &State, req: Request<Incoming>) -> (Endpoint, Result<Resp,
                 Err(e) => Err(e),
             }
         }
-        ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET")),
+        (_, _) if admin_path => {
+            return (Endpoint::Admin, admin::handle(state, req).await);
+        }
+        ("/healthz" | "/readyz" | "/metrics", _) => Err(method_not_allowed("GET, HEAD")),
         (_, _) if endpoint != Endpoint::Other => Err(method_not_allowed("POST")),
         _ => Err(ApiError::not_found(path)),
     };
@@ -383,7 +475,9 @@ async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::scopes(state, &snap, &r)?
         }
-        Endpoint::ForwardAuth | Endpoint::Other => return Err(ApiError::not_found("")),
+        Endpoint::ForwardAuth | Endpoint::Admin | Endpoint::Other => {
+            return Err(ApiError::not_found(""))
+        }
     };
     Ok(json(StatusCode::OK, out))
 }
