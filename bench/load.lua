@@ -2,7 +2,9 @@
 --   wrk ... -s bench/load.lua URL -- MODE FILE [PATH]
 --   MODE check   : POST /v1/check, one body per line of FILE (checks.tsv: subject action resource)
 --   MODE filter  : POST /v1/filter with the body in FILE (filter.json)
---   MODE headers : GET PATH (default /) carrying the check as forward-auth headers (via nginx)
+--   MODE headers : GET PATH (default /) carrying the check as headers (X-Portcullis-* by default)
+--   MODE fa      : GET /s/<action>/<resource> with X-Auth-User: <subject> — a forward-auth target
+--                  for the route table that bench/load.sh configures (identity from a header)
 --   MODE get     : GET PATH (default /)
 -- Forward-auth header names come from the environment (FA_TENANT_HEADER, …) with the defaults below.
 local reqs, idx = {}, 0
@@ -35,6 +37,9 @@ function init(args)
             '{"tenant":"s","subject":"%s","action":"%s","resource":"%s"}', s, a, r)
           reqs[#reqs + 1] = wrk.format("POST", "/v1/check",
             hdrs({ ["Content-Type"] = "application/json" }), body)
+        elseif mode == "fa" then
+          reqs[#reqs + 1] = wrk.format("GET", "/s/" .. a .. "/" .. r,
+            hdrs({ ["X-Auth-User"] = s }))
         elseif mode == "headers" then
           reqs[#reqs + 1] = wrk.format("GET", path,
             hdrs({ [ht] = "s", [hs] = s, [ha] = a, [hr] = r }))

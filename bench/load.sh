@@ -8,8 +8,10 @@
 #   2. portcullis POST /v1/check, cycling 2,000 pre-generated world-S checks (~50 % allow)
 #   3. portcullis POST /v1/filter, 1,000 resources per request (decisions/s = req/s × 1000)
 #   4. nginx alone serving a static 200 file
-#   5. nginx auth_request → portcullis (/v1/forward-auth when the binary has it, else GET /healthz,
-#      reported as "transport only"), then the same static file
+#   5. nginx auth_request → portcullis, then the same static file: (a) HEAD /healthz, "transport
+#      only" (no decision); (b) /v1/forward-auth deciding the world-S checks (identity from a
+#      gateway-set header, target /s/<action>/<resource>; ~50 % end in 401/403), asked with HEAD
+#      (keeps nginx's upstream connections on denials) and with GET (as deploy/nginx.conf)
 #   6. p99 at half of peak: open-loop fixed rate (bench/fixed_rate.rs, wrk2-style) at 50 % of the
 #      /v1/check peak measured in step 2 (and the same rate on bare hyper, for reference)
 #   7. optional: h2c with h2load (H2=0 to skip)
@@ -38,7 +40,8 @@ PORT_BASE=${PORT_BASE:-18180}
 P_PORT=$PORT_BASE            # portcullis
 B_PORT=$((PORT_BASE + 1))    # bare hyper
 N_STATIC=$((PORT_BASE + 2))  # nginx alone
-N_AUTH=$((PORT_BASE + 3))    # nginx auth_request → portcullis
+N_AUTH=$((PORT_BASE + 3))    # nginx auth_request → portcullis HEAD /healthz (transport only)
+                             # PORT_BASE+4/+5: nginx auth_request → /v1/forward-auth (HEAD/GET)
 NICE_CMD=""
 if [ "${NICE:-0}" != 0 ]; then
   # With autogroup scheduling, nice only ranks processes within a session: run in a session of
@@ -76,7 +79,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-for p in $P_PORT $B_PORT $N_STATIC $N_AUTH; do
+for p in $P_PORT $B_PORT $N_STATIC $N_AUTH $((PORT_BASE + 4)) $((PORT_BASE + 5)); do
   if ss -Htln "sport = :$p" | grep -q .; then
     echo "port $p is in use; set PORT_BASE to a free range" >&2
     exit 1
@@ -174,7 +177,17 @@ echo "$BODIES" >&2
 
 # --- portcullis ----------------------------------------------------------------------------
 log "portcullis serve (release) on 127.0.0.1:$P_PORT"
-$SRV "$BIN" serve --listen "127.0.0.1:$P_PORT" --data "$TMP/s.json" --log warn &
+# Forward-auth route table for the nginx runs: the gateway has authenticated the user and passes
+# its id in X-Auth-User; the target path /s/<action>/<resource> names the check.
+cat >"$TMP/portcullis.yaml" <<YAML
+forward_auth:
+  identity: { header: X-Auth-User }
+  routes:
+    - { path: "/s/{action}/{resource}", tenant: s, action: "{action}", resource: "{resource}" }
+YAML
+# A fresh embedded store in the temp dir, seeded from world S (never ./portcullis-data).
+$SRV "$BIN" serve --config "$TMP/portcullis.yaml" --listen "127.0.0.1:$P_PORT" --data "$TMP/s.json" \
+  --store "$TMP/store" --admin-token "load-bench-token-$$" --log warn &
 P_PID=$!
 PIDS+=("$P_PID")
 wait_http "http://127.0.0.1:$P_PORT/readyz"
@@ -249,25 +262,45 @@ fi
 kill "$B_PID" 2>/dev/null || true
 
 # --- nginx --------------------------------------------------------------------------------
-# Auth target: /v1/forward-auth when this build has it (anything but 404 for a probe), else
-# GET /healthz ("transport only": the subrequest carries no decision).
 # nginx reuses a keep-alive upstream connection for an auth subrequest only when the answer has
-# no body (the subrequest never reads one): measured here, GET /healthz (15-byte body) made
-# nginx open a new connection per request and ran at about half the rate. So the transport-only
-# probe asks HEAD /healthz, and forward-auth answers are expected to be body-less.
-AUTH_PATH=/healthz
-AUTH_METHOD=HEAD
-AUTH_KIND="transport only: HEAD /healthz, no decision (no /v1/forward-auth in this build)"
-probe=$(curl -s -o /dev/null -w '%{http_code}' \
-  -H "${FA_TENANT_HEADER:-X-Portcullis-Tenant}: s" "http://127.0.0.1:$P_PORT/v1/forward-auth" || true)
-if [ "$probe" != 404 ] && [ "$probe" != 000 ]; then
-  AUTH_PATH=/v1/forward-auth
-  AUTH_METHOD=GET
-  AUTH_KIND="decision: GET /v1/forward-auth with the check in request headers"
-fi
-log "nginx: static vs auth_request → portcullis $AUTH_PATH"
+# no body (the subrequest never reads one). Measured here: GET /healthz (15-byte body) made nginx
+# open a new connection per request and halved the rate. So the transport-only probe asks
+# HEAD /healthz; forward-auth allows are body-less (200), and the script counts the upstream
+# connections nginx closed (a body on denials would show here).
+FA=0
+probe=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Auth-User: u0' -H 'X-Original-URI: /s/asset:read/org-0' \
+  -H 'X-Original-Method: GET' "http://127.0.0.1:$P_PORT/v1/forward-auth" || true)
+if [ "$probe" != 404 ] && [ "$probe" != 000 ]; then FA=1; fi
+log "nginx: static vs auth_request → portcullis (forward-auth: $([ $FA = 1 ] && echo yes || echo "not in this build"))"
 mkdir -p "$TMP/nginx/www" "$TMP/nginx/logs"
 printf '{"status":"ok"}\n' >"$TMP/nginx/www/ok.json"
+auth_server() { # PORT AUTH_PATH AUTH_METHOD
+  cat <<NGX
+  server {
+    listen 127.0.0.1:$1;
+    root $TMP/nginx/www;
+    location / {
+      auth_request /_portcullis;
+      try_files /ok.json =404;
+    }
+    location = /_portcullis {
+      internal;
+      proxy_pass http://portcullis$2;
+      proxy_method $3;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Forwarded-Uri "";
+      proxy_set_header X-Forwarded-Method "";
+    }
+  }
+NGX
+}
+N_FA=$((PORT_BASE + 4))
+N_FA_GET=$((PORT_BASE + 5))
 cat >"$TMP/nginx/nginx.conf" <<NGX
 daemon off;
 user root;
@@ -298,26 +331,13 @@ http {
     root $TMP/nginx/www;
     location / { try_files /ok.json =404; }
   }
-  # nginx auth_request → portcullis, then the same static response.
-  server {
-    listen 127.0.0.1:$N_AUTH;
-    root $TMP/nginx/www;
-    location / {
-      auth_request /_auth;
-      try_files /ok.json =404;
-    }
-    location = /_auth {
-      internal;
-      proxy_pass http://portcullis$AUTH_PATH;
-      proxy_method $AUTH_METHOD;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI \$request_uri;
-      proxy_set_header X-Original-Method \$request_method;
-    }
-  }
+  # nginx auth_request → portcullis HEAD /healthz (transport only), then the same static file.
+$(auth_server "$N_AUTH" /healthz HEAD)
+  # nginx auth_request → portcullis /v1/forward-auth (a real decision), then the same file; asked
+  # with HEAD, so that 401/403 answers (which carry a JSON error body) come without one and nginx
+  # keeps its upstream connections; and with GET as in deploy/nginx.conf, for comparison.
+$(auth_server "$N_FA" /v1/forward-auth HEAD)
+$(auth_server "$N_FA_GET" /v1/forward-auth GET)
 }
 NGX
 $SRV "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" &
@@ -325,15 +345,56 @@ N_PID=$!
 PIDS+=("$N_PID")
 wait_http "http://127.0.0.1:$N_STATIC/"
 N_PIDS="$N_PID $(pgrep -P "$N_PID" | tr '\n' ' ')"
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$N_AUTH/")
-echo "nginx auth_request probe: HTTP $code" >&2
 
+if [ $FA = 1 ]; then
+  log "verify: nginx answers 200 exactly for the allowed checks"
+  for port in $N_FA $N_FA_GET; do
+  python3 - "$TMP/checks.tsv" "$port" <<'PY' >&2
+import http.client, sys
+tsv, port = sys.argv[1], int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+bad = n = 0
+codes = {}
+for line in list(open(tsv))[:400]:
+    s, a, r, ok = line.rstrip("\n").split("\t")
+    c.request("GET", f"/s/{a}/{r}", headers={"X-Auth-User": s})
+    resp = c.getresponse(); resp.read()
+    n += 1; codes[resp.status] = codes.get(resp.status, 0) + 1
+    if (resp.status == 200) != (ok == "true"):
+        bad += 1
+print(f"forward-auth via nginx (port {port}): {n} requests, status counts {codes}, {bad} mismatches")
+if bad:
+    sys.exit("nginx/forward-auth disagrees with expectations")
+PY
+  done
+fi
+
+# TCP connections accepted on this machine so far (/proc/net/snmp PassiveOpens): over one run
+# that is wrk's own connections (warm-up and measured run) plus each new upstream connection
+# nginx opens to portcullis.
+tcp_accepted() {
+  awk '$1 == "Tcp:" { if (!h) { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") k = i; h = 1 } else print $k }' /proc/net/snmp
+}
 SRV_PIDS=$N_PIDS wrk_run nginx_static "http://127.0.0.1:$N_STATIC" get
-tw0=$(ss -Htn state time-wait "( dport = :$P_PORT )" | wc -l)
-PART_PID=$P_PID SRV_PIDS="$N_PIDS $P_PID" wrk_run nginx_auth "http://127.0.0.1:$N_AUTH" headers "$TMP/checks.tsv" /
-tw1=$(ss -Htn state time-wait "( dport = :$P_PORT )" | wc -l)
-UPSTREAM_CLOSED=$((tw1 - tw0))
-echo "nginx → portcullis connections closed during the run: $UPSTREAM_CLOSED (0 = keep-alive reused)" >&2
+tw0=$(tcp_accepted)
+PART_PID=$P_PID SRV_PIDS="$N_PIDS $P_PID" wrk_run nginx_transport "http://127.0.0.1:$N_AUTH" get
+tw1=$(tcp_accepted)
+UPSTREAM_CLOSED_T=$((tw1 - tw0 - 2 * CONNS))
+echo "transport run: nginx opened $UPSTREAM_CLOSED_T new upstream connections (≈0: keep-alive reused)" >&2
+UPSTREAM_CLOSED=0
+UPSTREAM_CLOSED_G=0
+if [ $FA = 1 ]; then
+  tw0=$(tcp_accepted)
+  PART_PID=$P_PID SRV_PIDS="$N_PIDS $P_PID" wrk_run nginx_auth "http://127.0.0.1:$N_FA" fa "$TMP/checks.tsv"
+  tw1=$(tcp_accepted)
+  UPSTREAM_CLOSED=$((tw1 - tw0 - 2 * CONNS))
+  echo "forward-auth run: nginx opened $UPSTREAM_CLOSED new upstream connections (≈0: keep-alive reused)" >&2
+  tw0=$(tcp_accepted)
+  PART_PID=$P_PID SRV_PIDS="$N_PIDS $P_PID" wrk_run nginx_auth_get "http://127.0.0.1:$N_FA_GET" fa "$TMP/checks.tsv"
+  tw1=$(tcp_accepted)
+  UPSTREAM_CLOSED_G=$((tw1 - tw0 - 2 * CONNS))
+  echo "forward-auth (GET) run: nginx opened $UPSTREAM_CLOSED_G new upstream connections" >&2
+fi
 
 # --- report ------------------------------------------------------------------------------
 log "writing $OUT"
@@ -350,6 +411,6 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "$BODIES" >"$TMP/bodies.txt"
 export NPROC=$(nproc) KERNEL=$(uname -r) DATE_UTC=$(date -u '+%Y-%m-%d %H:%M UTC')
 export CPU_MODEL WRK_V NGINX_V H2_V RUSTC_V HYPER_V TOKIO_V COMMIT LOADAVG LAYOUT CONNS FIXED_CONNS \
-  WARM DUR CHECKS ALLOW_PCT AUTH_PATH AUTH_KIND UPSTREAM_CLOSED NICE_LEVEL=${NICE:-0} PIN_FLAG=${PIN:-1}
+  WARM DUR CHECKS ALLOW_PCT FA UPSTREAM_CLOSED UPSTREAM_CLOSED_T UPSTREAM_CLOSED_G NICE_LEVEL=${NICE:-0} PIN_FLAG=${PIN:-1}
 python3 bench/load_report.py "$RESULTS" "$TMP/bodies.txt" "$OUT"
 cat "$OUT"
