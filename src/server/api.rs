@@ -102,6 +102,90 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::malformed(&e))
 }
 
+/// Parses a check (or explain) body: [`parse`], with a fast path for the shape nearly every
+/// caller sends — one flat object of plain string fields (ASCII, no escapes, each field at most
+/// once, no `context` or `min_revision`). For those bodies the fast path builds exactly what
+/// serde would; anything else (other fields or value types, escapes, duplicates, missing
+/// fields, any syntax error) goes through serde, so results and error messages are unchanged.
+pub fn parse_check(body: &[u8]) -> Result<CheckReq<'_>, ApiError> {
+    match fast_check(body) {
+        Some(r) => Ok(r),
+        None => parse(body),
+    }
+}
+
+/// JSON whitespace, as serde_json skips it.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\n' | b'\t' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// A string literal at `b[i]` with only printable ASCII and no escapes: its text and the index
+/// after the closing quote.
+fn plain_str(b: &[u8], i: usize) -> Option<(&str, usize)> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let rest = b.get(i + 1..)?;
+    let len = rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
+    if rest[len] != b'"' {
+        return None;
+    }
+    let s = std::str::from_utf8(&rest[..len]).ok()?;
+    Some((s, i + 1 + len + 1))
+}
+
+fn fast_check(b: &[u8]) -> Option<CheckReq<'_>> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut fields: [Option<&str>; 5] = [None; 5]; // tenant, subject, token, action, resource
+    loop {
+        let (key, j) = plain_str(b, skip_ws(b, i))?;
+        i = skip_ws(b, j);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let (value, j) = plain_str(b, skip_ws(b, i + 1))?;
+        i = skip_ws(b, j);
+        let slot = match key {
+            "tenant" => &mut fields[0],
+            "subject" => &mut fields[1],
+            "token" => &mut fields[2],
+            "action" => &mut fields[3],
+            "resource" => &mut fields[4],
+            _ => return None,
+        };
+        if slot.replace(value).is_some() {
+            return None;
+        }
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    if skip_ws(b, i + 1) != b.len() {
+        return None;
+    }
+    let [tenant, subject, token, action, resource] = fields;
+    Some(CheckReq {
+        tenant: Cow::Borrowed(tenant?),
+        subject: subject.map(Cow::Borrowed),
+        token: token.map(Cow::Borrowed),
+        action: Cow::Borrowed(action?),
+        resource: Cow::Borrowed(resource?),
+        context: None,
+        min_revision: None,
+    })
+}
+
 /// The subject of a request: `subject`, or the user a `token` stands for.
 /// A token's user id is borrowed from the snapshot: no copy.
 pub fn subject<'a>(
@@ -276,6 +360,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use proptest::prelude::*;
     use crate::engine::{self, Clock, DEMO_DATA};
     use crate::model::file;
     use crate::server::tokens::sign::{sign, SigningKey};
@@ -325,5 +410,139 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["results"][0]["allowed"], false);
         assert_eq!(v["results"][1]["allowed"], true);
+    }
+
+    /// What a parsed check request says, for comparing the two parsers.
+    fn fields(
+        r: &CheckReq,
+    ) -> (
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        bool,
+        Option<u64>,
+    ) {
+        (
+            r.tenant.to_string(),
+            r.subject.as_ref().map(|s| s.to_string()),
+            r.token.as_ref().map(|s| s.to_string()),
+            r.action.to_string(),
+            r.resource.to_string(),
+            r.context.is_some(),
+            r.min_revision,
+        )
+    }
+
+    fn agree(body: &str) {
+        let serde: Result<CheckReq, _> = parse(body.as_bytes());
+        match fast_check(body.as_bytes()) {
+            Some(fast) => match &serde {
+                Ok(serde) => assert_eq!(fields(&fast), fields(serde), "{body:?}"),
+                Err(e) => panic!("fast path accepted {body:?}, serde said {}", e.message),
+            },
+            None => {
+                // The fallback is serde itself: nothing to compare, but the common shape must
+                // not miss the fast path.
+            }
+        }
+        let via = parse_check(body.as_bytes());
+        match (&via, &serde) {
+            (Ok(a), Ok(b)) => assert_eq!(fields(a), fields(b), "{body:?}"),
+            (Err(a), Err(b)) => {
+                assert_eq!(
+                    (a.status, a.code, &a.message),
+                    (b.status, b.code, &b.message),
+                    "{body:?}"
+                )
+            }
+            _ => panic!("parse_check and serde disagree on {body:?}"),
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_the_common_shape() {
+        for body in [
+            r#"{"tenant":"s","subject":"u1","action":"asset:read","resource":"zone-3"}"#,
+            " {\n \"resource\" : \"r\" ,\t\"action\":\"a:b\", \"token\":\"t\",\"tenant\":\"x\"}\r\n",
+        ] {
+            assert!(fast_check(body.as_bytes()).is_some(), "{body}");
+            agree(body);
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_serde() {
+        for body in [
+            r#"{"tenant":"s","subject":"u1","action":"a:b","resource":"r","context":{}}"#,
+            r#"{"tenant":"s","subject":"u1","action":"a:b","resource":"r","min_revision":3}"#,
+            r#"{"tenant":"s","subject":"u\u0031","action":"a:b","resource":"r"}"#,
+            r#"{"tenant":"s","subject":"ü","action":"a:b","resource":"r"}"#,
+            r#"{"tenant":"s","tenant":"t","subject":"u","action":"a:b","resource":"r"}"#,
+            r#"{"tenant":"s","subject":"u","action":"a:b"}"#,
+            r#"{"tenant":"s","subject":"u","action":"a:b","resource":"r",}"#,
+            r#"{"tenant":"s","subject":"u","action":"a:b","resource":"r"} x"#,
+            r#"{"tenant":"s","subject":null,"action":"a:b","resource":"r"}"#,
+            r#"{"tenant":"s","subject":"u","action":"a:b","resource":"r","extra":"e"}"#,
+            r#"{"tenant":"s","subject":"u","action":"a:b","resource":"r""#,
+            "{\"tenant\":\"s\u{1}\",\"subject\":\"u\",\"action\":\"a:b\",\"resource\":\"r\"}",
+            "{}",
+            "",
+            "[]",
+            "\u{feff}{\"tenant\":\"s\",\"subject\":\"u\",\"action\":\"a:b\",\"resource\":\"r\"}",
+        ] {
+            assert!(fast_check(body.as_bytes()).is_none(), "{body}");
+            agree(body);
+        }
+    }
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just(" ".to_string()),
+            Just("\n".to_string()),
+            Just("null".to_string()),
+            Just("7".to_string()),
+            Just("\"tenant\"".to_string()),
+            Just("\"subject\"".to_string()),
+            Just("\"token\"".to_string()),
+            Just("\"action\"".to_string()),
+            Just("\"resource\"".to_string()),
+            Just("\"context\"".to_string()),
+            Just("\"min_revision\"".to_string()),
+            "\"[a-z:\\\\é\"\u{1}-]{0,4}\"",
+        ]
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                Just("tenant"),
+                Just("subject"),
+                Just("token"),
+                Just("action"),
+                Just("resource"),
+                Just("other")
+            ],
+            "[a-z0-9:é\\\\-]{0,6}",
+            "[ \n]{0,1}",
+        )
+            .prop_map(|(k, v, ws)| format!("{ws}\"{k}\"{ws}:{ws}\"{v}\"{ws}"))
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_matches_serde_on_noise(pieces in proptest::collection::vec(piece(), 0..24)) {
+            agree(&pieces.concat());
+        }
+
+        #[test]
+        fn fast_path_matches_serde_on_objects(fs in proptest::collection::vec(field(), 0..7)) {
+            agree(&format!("{{{}}}", fs.join(",")));
+        }
     }
 }

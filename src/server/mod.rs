@@ -298,7 +298,12 @@ async fn route(
             );
             Ok(r)
         }
-        (_, &Method::POST) if endpoint != Endpoint::Other => data_plane(state, endpoint, req).await,
+        (_, &Method::POST) if endpoint != Endpoint::Other => {
+            match check_body_headers(state, req.headers()) {
+                Ok(()) => data_plane(state, endpoint, req.into_body()).await,
+                Err(e) => Err(e),
+            }
+        }
         (_, _) if admin_path => {
             return (Endpoint::Admin, admin::handle(state, req).await);
         }
@@ -334,8 +339,14 @@ fn readyz(state: &State) -> Resp {
 
 /// Reads a JSON body within the size and time limits.
 pub async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    check_body_headers(state, req.headers())?;
+    read_body_limited(state, req.into_body()).await
+}
+
+/// The header half of [`read_body`]: media type and declared length.
+fn check_body_headers(state: &State, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
     let limits = &state.config.limits;
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ok = ct
             .to_str()
             .ok()
@@ -349,21 +360,36 @@ pub async fn read_body(state: &State, req: Request<Incoming>) -> Result<Bytes, A
             ));
         }
     }
-    let declared = req
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return Err(ApiError::too_large("request body", limits.max_body_bytes));
     }
-    let body = Limited::new(req.into_body(), limits.max_body_bytes);
-    match tokio::time::timeout(
-        Duration::from_millis(limits.body_timeout_ms),
-        body.collect(),
-    )
-    .await
-    {
+    Ok(())
+}
+
+/// The body half of [`read_body`]. Takes only the body, not the whole request: every async
+/// level that holds a `Request` by value keeps its own copy in the handler future, which hyper
+/// moves per request.
+async fn read_body_limited(state: &State, body: Incoming) -> Result<Bytes, ApiError> {
+    let limits = &state.config.limits;
+    let mut collect = std::pin::pin!(Limited::new(body, limits.max_body_bytes).collect());
+    // A small body has almost always arrived with the headers: try once before arming the
+    // timer (saves a clock read and a timer entry per request); the timeout applies as before
+    // to a body that is still on its way.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(collect.as_mut(), cx))
+    })
+    .await;
+    let read = match first {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => {
+            tokio::time::timeout(Duration::from_millis(limits.body_timeout_ms), collect).await
+        }
+    };
+    match read {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -420,16 +446,13 @@ pub async fn snapshot_at(
     }
 }
 
-async fn data_plane(
-    state: &State,
-    endpoint: Endpoint,
-    req: Request<Incoming>,
-) -> Result<Resp, ApiError> {
-    let body = read_body(state, req).await?;
+/// A data-plane POST whose headers passed [`check_body_headers`].
+async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result<Resp, ApiError> {
+    let body = read_body_limited(state, body).await?;
     // Each arm: parse (borrowing from `body`), pin the snapshot, decide synchronously.
     let out = match endpoint {
         Endpoint::Check | Endpoint::Explain => {
-            let r: api::CheckReq = api::parse(&body)?;
+            let r = api::parse_check(&body)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             if endpoint == Endpoint::Check {
                 api::check(state, &snap, &r)?
