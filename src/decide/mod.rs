@@ -389,7 +389,8 @@ pub fn filter<S: AsRef<str>>(
         return Decision::allow(Reason::RbacNone, NONE);
     }
     match Cover::collect(v, &s, now) {
-        Some(c) if c.len == 0 => {}
+        // No grant of the subject holds the permission anywhere: nothing can be permitted.
+        Some(c) if c.len == 0 => return Decision::deny(Reason::NoMatchingAssignment),
         Some(c) => {
             for (i, r) in resources.iter().enumerate() {
                 if node(r).is_some_and(|x| c.covers(x)) {

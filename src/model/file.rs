@@ -248,6 +248,20 @@ pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
     load_str(text)
 }
 
+/// serde-saphyr's default limits (alias expansion, nesting, anchors, documents), with the
+/// size-proportional ones raised to the input's size: the defaults (250k YAML nodes, 1M events,
+/// 64 MiB of scalars) reject honest files such as `portcullis generate --world m`. A YAML node or
+/// event takes at least a byte or two of input, so these still bound the work linearly.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(len);
+    budget.max_events = budget.max_events.max(len.saturating_mul(2));
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses and validates a data file's text.
 pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
     let raw: RawFile = if text.trim().is_empty() {
@@ -256,7 +270,7 @@ pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
             tests: Vec::new(),
         }
     } else {
-        serde_saphyr::from_str(text).map_err(|e| {
+        serde_saphyr::from_str_with_options(text, yaml_options(text.len())).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))

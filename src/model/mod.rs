@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use perm::{is_segment, split_action, Part, Permission, PermissionError};
-pub use time::{format_timestamp, parse_timestamp, Timestamp};
+pub use time::{de_opt_timestamp, format_timestamp, parse_timestamp, Timestamp};
 
 /// Longest id, name or kind accepted anywhere in the model, in bytes.
 pub const MAX_ID_LEN: usize = 128;

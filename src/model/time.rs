@@ -29,9 +29,7 @@ pub fn format_timestamp(t: Timestamp) -> String {
 }
 
 /// Serde helper: accepts a string (RFC 3339 or digits) or an integer.
-pub(crate) fn de_opt_timestamp<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Timestamp>, D::Error> {
+pub fn de_opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

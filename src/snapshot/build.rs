@@ -50,7 +50,10 @@ pub(super) fn build(t: &Tenant) -> Result<Snapshot, BuildError> {
         tenant: t.id.clone(),
         message: e.to_string(),
     })?;
-    Ok(Snapshot { bytes })
+    Ok(Snapshot {
+        bytes,
+        loaded_at: crate::engine::unix_now(),
+    })
 }
 
 /// Builds the in-memory [`TenantSnap`] of a validated tenant.

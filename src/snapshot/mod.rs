@@ -159,6 +159,8 @@ pub struct GrantMeta {
 /// A validated tenant snapshot: aligned archive bytes, readable zero-copy.
 pub struct Snapshot {
     bytes: AlignedVec,
+    /// When this process created or received the snapshot (unix seconds).
+    loaded_at: i64,
 }
 
 impl Snapshot {
@@ -173,7 +175,10 @@ impl Snapshot {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         validate::validate(&aligned)?;
-        Ok(Snapshot { bytes: aligned })
+        Ok(Snapshot {
+            bytes: aligned,
+            loaded_at: crate::engine::unix_now(),
+        })
     }
 
     /// The archived view. Zero-copy, no checks: the bytes were validated when this snapshot
@@ -196,6 +201,11 @@ impl Snapshot {
 
     pub fn revision(&self) -> u64 {
         self.view().revision.to_native()
+    }
+
+    /// When this process created or received the snapshot (unix seconds).
+    pub fn loaded_at(&self) -> i64 {
+        self.loaded_at
     }
 }
 

@@ -16,16 +16,36 @@ pub type SnapshotGuard = Guard<Arc<Snapshot>>;
 
 type Slots = FxHashMap<Box<str>, Arc<ArcSwap<Snapshot>>>;
 
-#[derive(Default)]
 pub struct Registry {
     slots: ArcSwap<Slots>,
     /// Serialises changes to the tenant *map* (not to individual slots).
     writer: Mutex<()>,
+    /// Bumped after every install/removal, for waiters on a revision (`min_revision`).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            slots: ArcSwap::default(),
+            writer: Mutex::new(()),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// A receiver that sees a new value after every install or removal.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// The current snapshot of `tenant`, if it is loaded. Lock-free, allocation-free.
@@ -38,6 +58,14 @@ impl Registry {
     /// Installs `snap` as its tenant's current snapshot. A snapshot older than the one installed
     /// is ignored (returns false), so out-of-order deliveries never roll a tenant back.
     pub fn install(&self, snap: Snapshot) -> bool {
+        let installed = self.install_inner(snap);
+        if installed {
+            self.notify();
+        }
+        installed
+    }
+
+    fn install_inner(&self, snap: Snapshot) -> bool {
         let id = snap.tenant_id().to_string();
         let snap = Arc::new(snap);
         if let Some(slot) = self.slots.load().get(id.as_str()) {
@@ -64,6 +92,7 @@ impl Registry {
         let mut next: Slots = (**current).clone();
         next.remove(tenant);
         self.slots.store(Arc::new(next));
+        self.notify();
         true
     }
 
@@ -76,6 +105,18 @@ impl Registry {
             .map(|(k, s)| (k.to_string(), s.load().revision()))
             .collect();
         v.sort();
+        v
+    }
+
+    /// Every live snapshot with its tenant id, sorted by id.
+    pub fn tenant_snapshots(&self) -> Vec<(String, Arc<Snapshot>)> {
+        let mut v: Vec<(String, Arc<Snapshot>)> = self
+            .slots
+            .load()
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.load_full()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 

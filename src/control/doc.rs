@@ -1,0 +1,261 @@
+//! A tenant's state as the control plane and its followers hold it: typed rows keyed by id.
+//!
+//! The same structure is rebuilt from the store at start-up ([`TenantDoc::from_rows`]) and
+//! kept current by applying commits ([`TenantDoc::apply`]); every follower of the change stream
+//! (the in-process snapshot builder today, remote sidecars over NATS later) runs the same code.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Assignment, Group, Node, Principal, Quotas, Rbac, Role, Tenant, TenantStatus, Timestamp, User,
+};
+use crate::store::{Commit, Kind, RowOp, TenantRows};
+
+/// Tenant-level settings (the `tenant` row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub id: String,
+    pub name: String,
+    pub rbac: Rbac,
+    pub status: TenantStatus,
+    #[serde(default)]
+    pub quotas: Quotas,
+    #[serde(default)]
+    pub created_at: Timestamp,
+}
+
+/// A user row: the model's user plus bookkeeping the management API shows and sorts by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRow {
+    #[serde(flatten)]
+    pub user: User,
+    #[serde(default)]
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_login_at: Option<Timestamp>,
+}
+
+/// An assignment row; its id is derived from (principal, role, scope), see [`assignment_id`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRow {
+    pub id: String,
+    #[serde(flatten)]
+    pub assignment: Assignment,
+}
+
+/// The id of an assignment: `user~alice~machine-operator~hawthorne`. `~` never occurs in ids.
+pub fn assignment_id(principal: &Principal, role: &str, scope: &str) -> String {
+    let (k, id) = match principal {
+        Principal::User(u) => ("user", u),
+        Principal::Group(g) => ("group", g),
+    };
+    format!("{k}~{id}~{role}~{scope}")
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TenantDoc {
+    pub revision: u64,
+    /// Revision at which each row last changed (its ETag), keyed by (kind, id).
+    pub row_rev: std::collections::HashMap<(Kind, String), u64>,
+    pub settings: Option<Settings>,
+    pub nodes: BTreeMap<String, Node>,
+    pub roles: BTreeMap<String, Role>,
+    pub users: BTreeMap<String, UserRow>,
+    pub groups: BTreeMap<String, Group>,
+    pub assignments: BTreeMap<String, AssignmentRow>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot apply {kind} row '{id}': {message}")]
+pub struct ApplyError {
+    pub kind: &'static str,
+    pub id: String,
+    pub message: String,
+}
+
+fn put<T: for<'de> Deserialize<'de>>(
+    map: &mut BTreeMap<String, T>,
+    op: &RowOp,
+) -> Result<(), ApplyError> {
+    match &op.value {
+        None => {
+            map.remove(&op.id);
+        }
+        Some(v) => {
+            let t = T::deserialize(v).map_err(|e| ApplyError {
+                kind: op.kind.as_str(),
+                id: op.id.clone(),
+                message: e.to_string(),
+            })?;
+            map.insert(op.id.clone(), t);
+        }
+    }
+    Ok(())
+}
+
+impl TenantDoc {
+    /// Applies one row change.
+    pub fn apply_op(&mut self, op: &RowOp) -> Result<(), ApplyError> {
+        match op
+            .value
+            .as_ref()
+            .and_then(|v| v.get("_rev"))
+            .and_then(serde_json::Value::as_u64)
+        {
+            Some(rev) => {
+                self.row_rev.insert((op.kind, op.id.clone()), rev);
+            }
+            None => {
+                self.row_rev.remove(&(op.kind, op.id.clone()));
+            }
+        }
+        match op.kind {
+            Kind::Tenant => {
+                self.settings = match &op.value {
+                    None => None,
+                    Some(v) => Some(Settings::deserialize(v).map_err(|e| ApplyError {
+                        kind: "tenant",
+                        id: op.id.clone(),
+                        message: e.to_string(),
+                    })?),
+                };
+                Ok(())
+            }
+            Kind::Node => put(&mut self.nodes, op),
+            Kind::Role => put(&mut self.roles, op),
+            Kind::User => put(&mut self.users, op),
+            Kind::Group => put(&mut self.groups, op),
+            Kind::Assignment => put(&mut self.assignments, op),
+            Kind::Plugin => Ok(()), // plugins arrive with the plugin issue
+        }
+    }
+
+    /// The revision at which a row last changed (0 when unknown).
+    pub fn rev_of(&self, kind: Kind, id: &str) -> u64 {
+        self.row_rev
+            .get(&(kind, id.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Applies a commit; it must be the next revision.
+    pub fn apply(&mut self, c: &Commit) -> Result<(), ApplyError> {
+        if c.revision != self.revision + 1 {
+            return Err(ApplyError {
+                kind: "commit",
+                id: c.revision.to_string(),
+                message: format!("out of order: tenant is at revision {}", self.revision),
+            });
+        }
+        for op in &c.ops {
+            self.apply_op(op)?;
+        }
+        self.revision = c.revision;
+        Ok(())
+    }
+
+    /// Rebuilds a document from stored rows.
+    pub fn from_rows(rows: &TenantRows) -> Result<TenantDoc, ApplyError> {
+        let mut d = TenantDoc {
+            revision: rows.revision,
+            ..TenantDoc::default()
+        };
+        for (kind, id, value) in &rows.rows {
+            d.apply_op(&RowOp {
+                kind: *kind,
+                id: id.clone(),
+                value: Some(value.clone()),
+                before: None,
+            })?;
+        }
+        Ok(d)
+    }
+
+    /// The model of this tenant, for validation and snapshot building. `None` when the tenant
+    /// has been deleted (no settings row).
+    pub fn to_tenant(&self) -> Option<Tenant> {
+        let s = self.settings.as_ref()?;
+        Some(Tenant {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            rbac: s.rbac,
+            status: s.status,
+            quotas: s.quotas,
+            nodes: self.nodes.values().cloned().collect(),
+            roles: self.roles.values().cloned().collect(),
+            users: self.users.values().map(|u| u.user.clone()).collect(),
+            groups: self.groups.values().cloned().collect(),
+            assignments: self
+                .assignments
+                .values()
+                .map(|a| a.assignment.clone())
+                .collect(),
+            revision: self.revision,
+        })
+    }
+
+    /// The row operations that create this tenant from nothing (used by imports).
+    pub fn ops_from_tenant(t: &Tenant, now: Timestamp) -> Vec<RowOp> {
+        let row = |kind: Kind, id: &str, v: serde_json::Value| RowOp {
+            kind,
+            id: id.to_string(),
+            value: Some(v),
+            before: None,
+        };
+        let mut ops = Vec::with_capacity(
+            1 + t.nodes.len()
+                + t.roles.len()
+                + t.users.len()
+                + t.groups.len()
+                + t.assignments.len(),
+        );
+        let settings = Settings {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            rbac: t.rbac,
+            status: t.status,
+            quotas: t.quotas,
+            created_at: now,
+        };
+        ops.push(row(Kind::Tenant, &t.id, json(&settings)));
+        for n in &t.nodes {
+            ops.push(row(Kind::Node, &n.id, json(n)));
+        }
+        for r in &t.roles {
+            ops.push(row(Kind::Role, &r.id, json(r)));
+        }
+        for u in &t.users {
+            let u = UserRow {
+                user: u.clone(),
+                created_at: now,
+                updated_at: now,
+                last_login_at: None,
+            };
+            ops.push(row(Kind::User, &u.user.id, json(&u)));
+        }
+        for g in &t.groups {
+            ops.push(row(Kind::Group, &g.id, json(g)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &t.assignments {
+            let id = assignment_id(&a.principal, &a.role, &a.scope);
+            if seen.insert(id.clone()) {
+                let a = AssignmentRow {
+                    id: id.clone(),
+                    assignment: a.clone(),
+                };
+                ops.push(row(Kind::Assignment, &id, json(&a)));
+            }
+        }
+        ops
+    }
+}
+
+/// Serializes a row value. Our row types serialize infallibly (no maps with non-string keys).
+pub fn json<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,305 @@
+//! The control plane: business rules over a durable [`Store`], an ordered change stream, and the
+//! follower that turns committed changes into live snapshots.
+//!
+//! Writes to one tenant are serialised by that tenant's lock; writes to different tenants run in
+//! parallel. A write is: check the precondition (`If-Match` revision), compute row operations
+//! under the business rules, commit them to the store (durable before anything else happens),
+//! apply them to the in-memory document, publish the commit on the change bus. The follower
+//! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
+//! coalescing bursts.
+
+pub mod doc;
+pub mod follower;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, Mutex};
+
+pub use doc::TenantDoc;
+pub use rules::{Change, RuleError};
+
+use crate::model::file::DataFile;
+use crate::store::{Commit, Store, StoreError};
+
+/// Capacity of the in-process change bus; a follower that falls further behind resyncs.
+const BUS_CAPACITY: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("unknown tenant '{0}'")]
+    UnknownTenant(String),
+    #[error("{target} changed (revision {actual}, expected {expected}): reload and retry")]
+    Precondition {
+        target: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored data for tenant '{0}' cannot be read: {1}")]
+    Corrupt(String, String),
+}
+
+/// An `If-Match` precondition: the row must still be at this revision.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub kind: crate::store::Kind,
+    pub id: String,
+    pub revision: u64,
+}
+
+/// The result of a committed write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub revision: u64,
+    pub change: Change,
+}
+
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    tenants: DashMap<String, Arc<Mutex<TenantDoc>>>,
+    /// Serialises tenant creation (the map insert), not writes.
+    create: Mutex<()>,
+    bus: broadcast::Sender<Arc<Commit>>,
+}
+
+fn strip_rev(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.remove("_rev");
+    }
+    v
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Opens the control plane over `store`, loading every tenant.
+    pub async fn open(store: Arc<dyn Store>) -> Result<ControlPlane, ControlError> {
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let cp = ControlPlane {
+            store,
+            tenants: DashMap::new(),
+            create: Mutex::new(()),
+            bus,
+        };
+        for (id, _) in cp.store.tenants().await? {
+            let doc = cp.load_doc(&id).await?;
+            cp.tenants.insert(id, Arc::new(Mutex::new(doc)));
+        }
+        Ok(cp)
+    }
+
+    async fn load_doc(&self, tenant: &str) -> Result<TenantDoc, ControlError> {
+        let rows = self.store.load(tenant).await?.unwrap_or_default();
+        TenantDoc::from_rows(&rows)
+            .map_err(|e| ControlError::Corrupt(tenant.to_string(), e.to_string()))
+    }
+
+    pub fn store_engine(&self) -> &'static str {
+        self.store.engine()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Imports every tenant of `data` that the store does not have yet (one commit each).
+    /// Returns the ids imported.
+    pub async fn seed(&self, data: &DataFile, actor: &str) -> Result<Vec<String>, ControlError> {
+        let mut imported = Vec::new();
+        for t in &data.tenants {
+            if self.tenants.contains_key(&t.id) {
+                continue;
+            }
+            self.write_new(&t.id, actor, |_| {
+                rules::import(t, crate::engine::unix_now())
+            })
+            .await?;
+            imported.push(t.id.clone());
+        }
+        Ok(imported)
+    }
+
+    /// Subscribes to committed changes, in commit order per tenant.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
+        self.bus.subscribe()
+    }
+
+    /// Copies of every tenant document (for a follower starting up; subscribe first).
+    pub async fn docs(&self) -> HashMap<String, TenantDoc> {
+        let handles: Vec<(String, Arc<Mutex<TenantDoc>>)> = self
+            .tenants
+            .iter()
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
+            .collect();
+        let mut out = HashMap::with_capacity(handles.len());
+        for (id, h) in handles {
+            out.insert(id, h.lock().await.clone());
+        }
+        out
+    }
+
+    /// A copy of one tenant's document.
+    pub async fn doc(&self, tenant: &str) -> Option<TenantDoc> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()))?;
+        let d = h.lock().await.clone();
+        Some(d)
+    }
+
+    /// Runs `f` with read access to a tenant's document.
+    pub async fn read<R>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&TenantDoc) -> R,
+    ) -> Result<R, ControlError> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
+        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
+        let d = h.lock().await;
+        if d.settings.is_none() {
+            return Err(ControlError::UnknownTenant(tenant.to_string()));
+        }
+        Ok(f(&d))
+    }
+
+    /// Tenant ids with live settings, sorted.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tenants.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Writes to an existing tenant: `f` computes the change from the current document under
+    /// the business rules; `expected` is the caller's `If-Match` revision.
+    pub async fn write(
+        &self,
+        tenant: &str,
+        actor: &str,
+        expected: Option<Expect>,
+        f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
+    ) -> Result<Written, ControlError> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
+        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
+        let mut doc = h.lock().await;
+        if doc.settings.is_none() {
+            return Err(ControlError::UnknownTenant(tenant.to_string()));
+        }
+        if let Some(e) = expected {
+            let actual = doc.rev_of(e.kind, &e.id);
+            // An unknown entity (revision 0) is left to the rule, which answers "not found".
+            if actual != 0 && e.revision != actual {
+                return Err(ControlError::Precondition {
+                    target: format!("{} '{}'", e.kind.as_str(), e.id),
+                    expected: e.revision,
+                    actual,
+                });
+            }
+        }
+        let change = f(&doc)?;
+        self.commit(tenant, actor, &mut doc, change).await
+    }
+
+    /// Creates a tenant (or writes the first commit of one): fails if it exists.
+    pub async fn write_new(
+        &self,
+        tenant: &str,
+        actor: &str,
+        f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
+    ) -> Result<Written, ControlError> {
+        let _c = self.create.lock().await;
+        let h = match self.tenants.get(tenant).map(|e| Arc::clone(e.value())) {
+            Some(h) => h,
+            None => {
+                let h = Arc::new(Mutex::new(TenantDoc::default()));
+                self.tenants.insert(tenant.to_string(), Arc::clone(&h));
+                h
+            }
+        };
+        let mut doc = h.lock().await;
+        drop(_c);
+        if doc.settings.is_some() {
+            return Err(
+                RuleError::conflict("tenant", format!("tenant '{tenant}' already exists")).into(),
+            );
+        }
+        let result = match f(&doc) {
+            Ok(change) => self.commit(tenant, actor, &mut doc, change).await,
+            Err(e) => Err(e.into()),
+        };
+        if doc.settings.is_none() && doc.revision == 0 {
+            // Nothing was created: do not leave an empty entry behind.
+            drop(doc);
+            self.tenants.remove_if(tenant, |_, h| {
+                h.try_lock()
+                    .is_ok_and(|d| d.settings.is_none() && d.revision == 0)
+            });
+        }
+        result
+    }
+
+    async fn commit(
+        &self,
+        tenant: &str,
+        actor: &str,
+        doc: &mut TenantDoc,
+        mut change: Change,
+    ) -> Result<Written, ControlError> {
+        // Drop operations that change nothing (e.g. an empty PATCH): no revision, no audit entry.
+        change.ops.retain(|op| {
+            op.value.is_none()
+                || op.value.as_ref().map(strip_rev) != op.before.as_ref().map(strip_rev)
+        });
+        if change.ops.is_empty() {
+            return Ok(Written {
+                revision: doc.revision,
+                change,
+            });
+        }
+        let revision = doc.revision + 1;
+        let mut ops = change.ops.clone();
+        for op in &mut ops {
+            if let Some(serde_json::Value::Object(m)) = &mut op.value {
+                m.insert("_rev".into(), serde_json::Value::from(revision));
+            }
+        }
+        let commit = Commit {
+            tenant: tenant.to_string(),
+            revision,
+            actor: actor.to_string(),
+            at_ms: now_ms(),
+            action: change.action.clone(),
+            target: change.target.clone(),
+            ops,
+        };
+        match self.store.commit(&commit).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { actual, .. }) => {
+                // Another writer (another process on the same database) got there first: reload.
+                *doc = self.load_doc(tenant).await?;
+                return Err(ControlError::Precondition {
+                    target: format!("tenant '{tenant}'"),
+                    expected: revision - 1,
+                    actual,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = doc.apply(&commit) {
+            // The store has the commit; our copy disagrees. Reload from the store.
+            tracing::error!(tenant, error = %e, "in-memory apply failed after commit; reloading tenant");
+            *doc = self.load_doc(tenant).await?;
+        }
+        let _ = self.bus.send(Arc::new(commit));
+        Ok(Written { revision, change })
+    }
+}

@@ -1,0 +1,331 @@
+//! Server configuration: defaults < config file (YAML or JSON) < `PORTCULLIS_*` environment <
+//! command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data-plane (and, later, management) listen address.
+    pub listen: SocketAddr,
+    /// Data file to load; the bundled demo data when absent.
+    pub data: Option<PathBuf>,
+    /// Durable store: a directory (embedded engine) or `postgres://…`.
+    pub store: Option<String>,
+    /// Serve the management API on this separate address (and not on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the management API; a random one is generated and logged when absent.
+    pub admin_token: Option<String>,
+    pub limits: Limits,
+    pub metrics: MetricsConfig,
+    /// Token identities (JWT): keys and claim names. See `server::tokens`.
+    pub tokens: TokensConfig,
+    /// Forward-auth route tables for gateways. See `server::forward`.
+    pub forward_auth: ForwardAuthConfig,
+    /// Log filter (`tracing` env-filter syntax), e.g. `info` or `portcullis=debug`.
+    pub log: String,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (bytes); larger gets 413.
+    pub max_body_bytes: usize,
+    /// Most checks in one `/v1/check/batch`; more gets 413.
+    pub max_batch: usize,
+    /// Most resources in one `/v1/filter`; more gets 413.
+    pub max_filter: usize,
+    /// Time allowed to receive a request's headers (slowloris guard), milliseconds.
+    pub header_timeout_ms: u64,
+    /// Time allowed to receive a request's body, milliseconds.
+    pub body_timeout_ms: u64,
+    /// Longest wait for `min_revision` before answering 503, milliseconds.
+    pub max_revision_wait_ms: u64,
+    /// How long shutdown waits for in-flight requests, milliseconds.
+    pub drain_ms: u64,
+    /// Most concurrent connections; further connections wait in the accept queue.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Export per-tenant series (revision, snapshot age). Off by default: cardinality.
+    pub per_tenant: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8180))),
+            data: None,
+            store: None,
+            admin_listen: None,
+            admin_token: None,
+            limits: Limits::default(),
+            metrics: MetricsConfig::default(),
+            tokens: TokensConfig::default(),
+            forward_auth: ForwardAuthConfig::default(),
+            log: "info".to_string(),
+            log_format: "text".to_string(),
+        }
+    }
+}
+
+/// How JWTs are verified (`Authorization: Bearer`, the `"token"` field of data-plane requests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Claim holding the user id.
+    pub subject_claim: String,
+    /// Claim holding the tenant id.
+    pub tenant_claim: String,
+    /// When set, the `iss` claim must equal it.
+    pub issuer: Option<String>,
+    /// When set, the `aud` claim (a string or a list) must contain it.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
+    pub leeway_seconds: u64,
+    /// Longest token accepted, bytes.
+    pub max_token_bytes: usize,
+    /// Verification keys. A token's `kid` header selects one; without `kid`, the single key of
+    /// the token's algorithm is used.
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for TokensConfig {
+    fn default() -> TokensConfig {
+        TokensConfig {
+            subject_claim: "sub".into(),
+            tenant_claim: "tenant".into(),
+            issuer: None,
+            audience: None,
+            leeway_seconds: 30,
+            max_token_bytes: 8 * 1024,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One verification key. Exactly one of `secret`, `secret_file` (HS256) or `public_key`,
+/// `public_key_file` (RS256, EdDSA; PEM) is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id, matched against the token header's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `HS256`, `RS256` or `EdDSA` (Ed25519).
+    pub alg: String,
+    /// HS256 shared secret (at least 32 bytes), inline.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// HS256 shared secret read from a file (surrounding whitespace ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// RS256/EdDSA public key, PEM (`PUBLIC KEY`, or `RSA PUBLIC KEY` for RS256), inline.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// RS256/EdDSA public key, PEM, read from a file.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// Tenants this key may sign tokens for; any tenant when empty.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+}
+
+/// A secret that never appears in `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Forward-auth: the default route table (`/v1/forward-auth`) and named ones
+/// (`/v1/forward-auth@NAME`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardAuthConfig {
+    pub identity: IdentityConfig,
+    pub routes: Vec<RouteConfig>,
+    pub tables: BTreeMap<String, RouteTableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteTableConfig {
+    pub identity: IdentityConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Where a forward-auth request's identity comes from.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentityConfig {
+    /// `Authorization: Bearer <JWT>`, verified with `tokens`.
+    #[default]
+    Bearer,
+    /// A header set by the gateway after its own authentication, holding the user id. The
+    /// gateway must remove this header from client requests.
+    Header(String),
+}
+
+/// One route: a request matching `methods` and `path` is decided as `action` on `resource` in
+/// `tenant`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// HTTP methods; any method when empty or `["*"]`. `GET` includes `HEAD`.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path pattern: `/literal/{param}/...`, optionally ending in `/*` (any rest).
+    pub path: String,
+    pub tenant: SourceConfig,
+    pub action: SourceConfig,
+    pub resource: SourceConfig,
+}
+
+/// A value taken from the request: a literal (`femo`), a path parameter (`"{asset}"` or
+/// `{param: asset}`), a header (`{header: X-Tenant}`), or the token's tenant claim
+/// (`{claim: tenant}`, tenant only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SourceConfig {
+    Text(String),
+    Tagged(TaggedSource),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaggedSource {
+    Value(String),
+    Param(String),
+    Header(String),
+    Claim(String),
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1_000,
+            max_filter: 10_000,
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            max_revision_wait_ms: 2_000,
+            drain_ms: 10_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file '{path}': {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file '{path}': {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a config file (YAML or JSON).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text (YAML or JSON); `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .to_string(),
+        })
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_batch", l.max_batch as u64),
+            ("limits.max_filter", l.max_filter as u64),
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+            ("limits.max_connections", l.max_connections as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
+            }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
+        }
+        let t = &self.tokens;
+        if t.max_token_bytes < 64 {
+            return Err(ConfigError::Invalid(
+                "tokens.max_token_bytes must be at least 64".into(),
+            ));
+        }
+        const RESERVED: [&str; 5] = ["exp", "nbf", "iat", "iss", "aud"];
+        for (name, v) in [
+            ("tokens.subject_claim", &t.subject_claim),
+            ("tokens.tenant_claim", &t.tenant_claim),
+        ] {
+            if v.is_empty() || RESERVED.contains(&v.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} '{v}' must be a non-empty claim name other than {}",
+                    RESERVED.join(", ")
+                )));
+            }
+        }
+        if t.subject_claim == t.tenant_claim {
+            return Err(ConfigError::Invalid(format!(
+                "tokens.subject_claim and tokens.tenant_claim are both '{}'",
+                t.subject_claim
+            )));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format '{}' must be 'text' or 'json'",
+                self.log_format
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,329 @@
+//! Durable storage of the control plane's state, behind one trait with two engines:
+//! an embedded engine (a directory on local disk) and PostgreSQL.
+//!
+//! The store is deliberately generic: per tenant it keeps rows `(collection, id) → JSON document`,
+//! the tenant's current revision, and an append-only log of committed changes (which doubles as
+//! the audit log). Business rules live above it, in the control plane; the store only guarantees
+//! that a [`Commit`] is applied atomically, durably and in revision order.
+//!
+//! Engines: [`embedded::EmbeddedStore`] (redb, one file in a directory — the default) and
+//! [`postgres::PostgresStore`]. [`open`] picks one from a location string, the value of
+//! `portcullis serve --store`. Both pass the same conformance suite (`tests/store_conformance.rs`)
+//! and crash test (`tests/store_crash.rs`), so callers may rely on identical behaviour, including
+//! the input limits checked by [`Commit::validate`].
+
+pub mod embedded;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A boxed future, so that the trait stays object-safe (`Arc<dyn Store>`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Row collections of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The tenant's own settings (one row, id = tenant id).
+    Tenant,
+    Node,
+    Role,
+    User,
+    Group,
+    Assignment,
+    Plugin,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Tenant,
+        Kind::Node,
+        Kind::Role,
+        Kind::User,
+        Kind::Group,
+        Kind::Assignment,
+        Kind::Plugin,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tenant => "tenant",
+            Kind::Node => "node",
+            Kind::Role => "role",
+            Kind::User => "user",
+            Kind::Group => "group",
+            Kind::Assignment => "assignment",
+            Kind::Plugin => "plugin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One row change: `value: None` deletes the row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowOp {
+    pub kind: Kind,
+    pub id: String,
+    /// State after the change (`None` = row deleted).
+    pub value: Option<serde_json::Value>,
+    /// State before the change (`None` = row did not exist). Kept for the audit log.
+    pub before: Option<serde_json::Value>,
+}
+
+/// One committed change to one tenant: the unit of atomicity, of the change stream and of audit.
+/// Self-contained: applying `ops` to the tenant's rows at `revision - 1` yields the rows at
+/// `revision`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub tenant: String,
+    /// The tenant's revision after this commit (previous + 1; 1 for the first commit).
+    pub revision: u64,
+    /// Who made the change (user id, token name, `system`, `import`).
+    pub actor: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// What was done, e.g. `user.deactivate`, `assignment.create`, `import`.
+    pub action: String,
+    /// Main target, e.g. `user:alice`.
+    pub target: String,
+    pub ops: Vec<RowOp>,
+}
+
+/// The stored state of one tenant.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TenantRows {
+    pub tenant: String,
+    pub revision: u64,
+    /// All rows, sorted by `(kind, id)`.
+    pub rows: Vec<(Kind, String, serde_json::Value)>,
+}
+
+impl RowOp {
+    /// An insert or update of `(kind, id)` to `value`; `before` is its previous state, if any.
+    pub fn put(
+        kind: Kind,
+        id: impl Into<String>,
+        value: serde_json::Value,
+        before: Option<serde_json::Value>,
+    ) -> RowOp {
+        RowOp {
+            kind,
+            id: id.into(),
+            value: Some(value),
+            before,
+        }
+    }
+
+    /// A deletion of `(kind, id)`; `before` is its previous state, if any.
+    pub fn delete(kind: Kind, id: impl Into<String>, before: Option<serde_json::Value>) -> RowOp {
+        RowOp {
+            kind,
+            id: id.into(),
+            value: None,
+            before,
+        }
+    }
+}
+
+/// Longest tenant id, row id, `actor`, `action` or `target` a store accepts, in bytes (they are
+/// index keys; PostgreSQL's B-tree entries are limited to about 2.7 KB).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+impl Commit {
+    /// Checks what every engine can store identically, so that behaviour does not depend on the
+    /// engine: `revision` in `1..=i64::MAX` (PostgreSQL `bigint`), a non-empty tenant id, no string
+    /// longer than [`MAX_KEY_BYTES`] among the keys, no NUL character anywhere — neither in
+    /// the keys nor inside the JSON documents (PostgreSQL `text` and `jsonb` reject `\u0000`) —
+    /// and no document that is JSON `null` (it would read back from the log as a deletion).
+    /// Both engines call it first in [`Store::commit`]; callers may call it earlier.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.revision == 0 || self.revision > i64::MAX as u64 {
+            return Err(StoreError::Invalid(format!(
+                "revision {} of tenant '{}' is outside 1..={}",
+                self.revision,
+                self.tenant,
+                i64::MAX
+            )));
+        }
+        if self.tenant.is_empty() {
+            return Err(StoreError::Invalid("empty tenant id".into()));
+        }
+        let keys = [
+            ("tenant id", self.tenant.as_str()),
+            ("actor", self.actor.as_str()),
+            ("action", self.action.as_str()),
+            ("target", self.target.as_str()),
+        ];
+        for (what, value) in keys {
+            check_key(what, value)?;
+        }
+        for op in &self.ops {
+            check_key("row id", &op.id)?;
+            for doc in [&op.value, &op.before].into_iter().flatten() {
+                if doc.is_null() {
+                    // `Some(null)` would read back from the log as `None`, i.e. a deletion.
+                    return Err(StoreError::Invalid(format!(
+                        "document of {} '{}' is JSON null (a deletion is `value: None`)",
+                        op.kind.as_str(),
+                        op.id
+                    )));
+                }
+                if json_has_nul(doc) {
+                    return Err(StoreError::Invalid(format!(
+                        "document of {} '{}' contains a NUL character",
+                        op.kind.as_str(),
+                        op.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_key(what: &str, value: &str) -> Result<(), StoreError> {
+    if value.len() > MAX_KEY_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "{what} is {} bytes long, the limit is {MAX_KEY_BYTES}",
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(StoreError::Invalid(format!(
+            "{what} '{}' contains a NUL character",
+            value.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+fn json_has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Filters for reading the commit log (audit). All filters are conjunctive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Only this tenant (required unless the caller is a platform administrator).
+    pub tenant: Option<String>,
+    /// Revisions strictly greater than this — for replay and paging (meant for one tenant;
+    /// without `tenant` it applies to every tenant's revisions alike).
+    pub after_revision: Option<u64>,
+    pub actor: Option<String>,
+    /// Prefix match on `action`, e.g. `user.`.
+    pub action_prefix: Option<String>,
+    /// Exact match on `target`.
+    pub target: Option<String>,
+    /// Commit time window, unix milliseconds, inclusive.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// At most this many commits. `0` returns nothing (so `..Default::default()` must set it);
+    /// the engines impose no cap of their own — callers exposing the log over an API should.
+    pub limit: usize,
+}
+
+impl LogQuery {
+    /// Every commit of `tenant` after `after_revision`, at most `limit` — the replay query.
+    pub fn replay(tenant: impl Into<String>, after_revision: u64, limit: usize) -> LogQuery {
+        LogQuery {
+            tenant: Some(tenant.into()),
+            after_revision: Some(after_revision),
+            limit,
+            ..LogQuery::default()
+        }
+    }
+
+    /// Whether a commit with these header fields passes every filter (`limit` aside).
+    pub fn matches(
+        &self,
+        tenant: &str,
+        revision: u64,
+        actor: &str,
+        at_ms: i64,
+        action: &str,
+        target: &str,
+    ) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && self.after_revision.is_none_or(|after| revision > after)
+            && self.actor.as_deref().is_none_or(|a| a == actor)
+            && self
+                .action_prefix
+                .as_deref()
+                .is_none_or(|p| action.starts_with(p))
+            && self.target.as_deref().is_none_or(|t| t == target)
+            && self.since_ms.is_none_or(|since| at_ms >= since)
+            && self.until_ms.is_none_or(|until| at_ms <= until)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The tenant's revision is not `commit.revision - 1` (a concurrent writer won).
+    #[error("revision conflict on tenant '{tenant}': expected {expected}, store has {actual}")]
+    Conflict {
+        tenant: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid store location '{0}'")]
+    Location(String),
+    /// The commit cannot be stored as given (see [`Commit::validate`]); retrying cannot help.
+    #[error("invalid commit: {0}")]
+    Invalid(String),
+}
+
+/// A durable store. Every method is atomic; a successful [`Store::commit`] is durable (fsync'd /
+/// committed) before it returns.
+///
+/// Dropping a `commit` future after it was first polled does not cancel the commit: it may still
+/// be applied (as with any database, the outcome of an interrupted commit is unknown — reload).
+pub trait Store: Send + Sync + 'static {
+    /// Engine name for logs and metrics (`embedded`, `postgres`).
+    fn engine(&self) -> &'static str;
+
+    /// Applies `commit` atomically iff the tenant's stored revision is `commit.revision - 1`
+    /// (0 for a tenant never written), appending it to the log. Otherwise [`StoreError::Conflict`]
+    /// (`expected` = `commit.revision - 1`, `actual` = the stored revision) and nothing is applied.
+    /// Ops are applied in order (the last op on a row wins); deleting a missing row is a no-op.
+    /// A commit failing [`Commit::validate`] is [`StoreError::Invalid`].
+    fn commit<'a>(&'a self, commit: &'a Commit) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Ids and revisions of every tenant that has at least one commit, sorted by id.
+    fn tenants(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>>;
+
+    /// The current rows and revision of one tenant (`None` if never written).
+    fn load<'a>(&'a self, tenant: &'a str)
+        -> BoxFuture<'a, Result<Option<TenantRows>, StoreError>>;
+
+    /// Commits matching `query`, in (tenant, revision) order; at most `query.limit`.
+    fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>>;
+}
+
+/// Opens the store at `location`, the value of `portcullis serve --store`:
+/// `postgres://…` or `postgresql://…` is a PostgreSQL database (see [`postgres::PostgresStore::open`]
+/// for the extra `schema` and `pool_size` parameters); anything else is a directory for the
+/// embedded engine, created if missing.
+pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(location).await?))
+    } else if location.trim().is_empty() {
+        Err(StoreError::Location(location.to_string()))
+    } else {
+        Ok(Arc::new(
+            embedded::EmbeddedStore::open(std::path::Path::new(location)).await?,
+        ))
+    }
+}

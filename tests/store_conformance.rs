@@ -1,0 +1,1067 @@
+//! One conformance suite, run against every store engine: `embedded::*` and `postgres::*` are
+//! the same test functions. PostgreSQL tests need a server (`bash tests/run.sh` starts one); they
+//! fail, never skip, when it is unreachable. Each PostgreSQL test works in its own schema, dropped
+//! at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/store.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{commit, replay, rows_of, state_of, Engine, State, Target};
+use portcullis::store::{Commit, Kind, LogQuery, RowOp, StoreError, MAX_KEY_BYTES};
+use serde_json::{json, Value};
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let target = crate::common::Target::new(crate::common::Engine::Embedded).await;
+                    crate::$case(&target).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let target = crate::common::Target::new(crate::common::Engine::Postgres).await;
+                    crate::$case(&target).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    factory_picks_the_engine,
+    first_commit_is_revision_one,
+    revision_must_be_previous_plus_one,
+    ops_upsert_and_delete_rows,
+    documents_round_trip,
+    tenants_are_listed_in_byte_order,
+    log_queries_filter_limit_and_order,
+    tenants_are_isolated,
+    invalid_commits_are_rejected,
+    concurrent_commits_to_one_tenant,
+    concurrent_commits_to_different_tenants,
+    large_commit,
+    reopen_sees_everything,
+);
+
+fn conflict(result: Result<(), StoreError>) -> (String, u64, u64) {
+    match result {
+        Err(StoreError::Conflict {
+            tenant,
+            expected,
+            actual,
+        }) => (tenant, expected, actual),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn all(tenant: &str) -> LogQuery {
+    LogQuery::replay(tenant, 0, usize::MAX)
+}
+
+async fn factory_picks_the_engine(target: &Target) {
+    let store = target.open().await;
+    let expected = match target.engine {
+        Engine::Embedded => "embedded",
+        Engine::Postgres => "postgres",
+    };
+    assert_eq!(store.engine(), expected);
+    assert!(matches!(
+        portcullis::store::open("").await,
+        Err(StoreError::Location(_))
+    ));
+    if target.engine == Engine::Postgres {
+        let bad = common::with_schema(&common::pg_base_url(), "No-Such-Schema!");
+        assert!(matches!(
+            portcullis::store::open(&bad).await,
+            Err(StoreError::Location(_))
+        ));
+    }
+}
+
+async fn first_commit_is_revision_one(target: &Target) {
+    let store = target.open().await;
+    assert_eq!(store.load("t").await.unwrap(), None);
+    assert_eq!(store.tenants().await.unwrap(), vec![]);
+    assert_eq!(store.log(&all("t")).await.unwrap(), vec![]);
+
+    let op = || {
+        vec![RowOp::put(
+            Kind::Tenant,
+            "t",
+            json!({"rbac": "basic"}),
+            None,
+        )]
+    };
+    assert_eq!(
+        conflict(
+            store
+                .commit(&commit("t", 2, "alice", "tenant.create", op()))
+                .await
+        ),
+        ("t".to_string(), 1, 0)
+    );
+    assert!(matches!(
+        store
+            .commit(&commit("t", 0, "alice", "tenant.create", op()))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.load("t").await.unwrap(), None);
+    assert_eq!(store.tenants().await.unwrap(), vec![]);
+    assert_eq!(store.log(&all("t")).await.unwrap(), vec![]);
+
+    let first = commit("t", 1, "alice", "tenant.create", op());
+    store.commit(&first).await.unwrap();
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(loaded.tenant, "t");
+    assert_eq!(loaded.revision, 1);
+    assert_eq!(
+        loaded.rows,
+        vec![(Kind::Tenant, "t".to_string(), json!({"rbac": "basic"}))]
+    );
+    assert_eq!(store.tenants().await.unwrap(), vec![("t".to_string(), 1)]);
+    assert_eq!(store.log(&all("t")).await.unwrap(), vec![first]);
+}
+
+async fn revision_must_be_previous_plus_one(target: &Target) {
+    let store = target.open().await;
+    let first = commit(
+        "t",
+        1,
+        "alice",
+        "user.create",
+        vec![RowOp::put(Kind::User, "u", json!({"v": 1}), None)],
+    );
+    store.commit(&first).await.unwrap();
+    let other = |revision| {
+        commit(
+            "t",
+            revision,
+            "bob",
+            "user.update",
+            vec![
+                RowOp::put(Kind::User, "u", json!({"v": 99}), Some(json!({"v": 1}))),
+                RowOp::put(Kind::User, "w", json!({"v": 99}), None),
+            ],
+        )
+    };
+    assert_eq!(
+        conflict(store.commit(&other(1)).await),
+        ("t".to_string(), 0, 1)
+    );
+    assert_eq!(
+        conflict(store.commit(&other(3)).await),
+        ("t".to_string(), 2, 1)
+    );
+    assert_eq!(
+        conflict(store.commit(&other(i64::MAX as u64)).await),
+        ("t".to_string(), i64::MAX as u64 - 1, 1)
+    );
+    assert!(matches!(
+        store.commit(&other(i64::MAX as u64 + 1)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.commit(&other(u64::MAX)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Nothing of the rejected commits was applied.
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(loaded.revision, 1);
+    assert_eq!(
+        loaded.rows,
+        vec![(Kind::User, "u".to_string(), json!({"v": 1}))]
+    );
+    assert_eq!(store.log(&all("t")).await.unwrap(), vec![first.clone()]);
+
+    let second = other(2);
+    store.commit(&second).await.unwrap();
+    assert_eq!(store.load("t").await.unwrap().unwrap().revision, 2);
+    assert_eq!(store.tenants().await.unwrap(), vec![("t".to_string(), 2)]);
+    assert_eq!(store.log(&all("t")).await.unwrap(), vec![first, second]);
+}
+
+async fn ops_upsert_and_delete_rows(target: &Target) {
+    let store = target.open().await;
+    let c1 = commit(
+        "t",
+        1,
+        "import",
+        "import",
+        vec![
+            RowOp::put(Kind::User, "b", json!({"name": "B"}), None),
+            RowOp::put(Kind::User, "a", json!({"name": "A"}), None),
+            RowOp::put(Kind::Node, "n1", json!({"kind": "site"}), None),
+            RowOp::put(Kind::Role, "r", json!({"permissions": ["*"]}), None),
+            RowOp::put(Kind::Tenant, "t", json!({"rbac": "enterprise"}), None),
+            RowOp::put(Kind::Group, "g", json!({"members": ["a"]}), None),
+            RowOp::put(Kind::Assignment, "x", json!({"user": "a"}), None),
+            RowOp::put(Kind::Plugin, "p", json!({"wasm": "AAEC"}), None),
+        ],
+    );
+    store.commit(&c1).await.unwrap();
+    let loaded = store.load("t").await.unwrap().unwrap();
+    // Sorted by (kind, id), kinds in `Kind`'s order.
+    let order: Vec<(Kind, &str)> = loaded
+        .rows
+        .iter()
+        .map(|(k, id, _)| (*k, id.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (Kind::Tenant, "t"),
+            (Kind::Node, "n1"),
+            (Kind::Role, "r"),
+            (Kind::User, "a"),
+            (Kind::User, "b"),
+            (Kind::Group, "g"),
+            (Kind::Assignment, "x"),
+            (Kind::Plugin, "p"),
+        ]
+    );
+
+    let c2 = commit(
+        "t",
+        2,
+        "alice",
+        "mixed",
+        vec![
+            RowOp::put(
+                Kind::User,
+                "a",
+                json!({"name": "A2"}),
+                Some(json!({"name": "A"})),
+            ),
+            RowOp::delete(Kind::User, "b", Some(json!({"name": "B"}))),
+            RowOp::delete(Kind::User, "never-existed", None),
+            RowOp::put(Kind::Node, "n2", json!({"kind": "zone"}), None),
+            RowOp::delete(Kind::Node, "n2", Some(json!({"kind": "zone"}))),
+            RowOp::put(Kind::Role, "r2", json!({"v": 1}), None),
+            RowOp::put(Kind::Role, "r2", json!({"v": 2}), Some(json!({"v": 1}))),
+            RowOp::delete(Kind::Node, "n1", Some(json!({"kind": "site"}))),
+            RowOp::put(Kind::Node, "n1", json!({"kind": "building"}), None),
+        ],
+    );
+    store.commit(&c2).await.unwrap();
+    let mut expected = State::new();
+    expected.insert((Kind::Tenant, "t".into()), json!({"rbac": "enterprise"}));
+    expected.insert((Kind::Node, "n1".into()), json!({"kind": "building"}));
+    expected.insert((Kind::Role, "r".into()), json!({"permissions": ["*"]}));
+    expected.insert((Kind::Role, "r2".into()), json!({"v": 2}));
+    expected.insert((Kind::User, "a".into()), json!({"name": "A2"}));
+    expected.insert((Kind::Group, "g".into()), json!({"members": ["a"]}));
+    expected.insert((Kind::Assignment, "x".into()), json!({"user": "a"}));
+    expected.insert((Kind::Plugin, "p".into()), json!({"wasm": "AAEC"}));
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(loaded.revision, 2);
+    assert_eq!(loaded.rows, rows_of(&expected));
+    let log = store.log(&all("t")).await.unwrap();
+    assert_eq!(log, vec![c1, c2]);
+    assert_eq!(replay(&log), expected);
+
+    // Deleting every row leaves the tenant with its revision and no rows.
+    let ops = expected
+        .iter()
+        .map(|((k, id), v)| RowOp::delete(*k, id.clone(), Some(v.clone())))
+        .collect();
+    store
+        .commit(&commit("t", 3, "alice", "purge", ops))
+        .await
+        .unwrap();
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!((loaded.revision, loaded.rows.len()), (3, 0));
+    // An empty commit still advances the revision.
+    store
+        .commit(&commit("t", 4, "alice", "noop", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(store.tenants().await.unwrap(), vec![("t".to_string(), 4)]);
+}
+
+async fn documents_round_trip(target: &Target) {
+    let store = target.open().await;
+    let docs = [
+        json!({}),
+        json!([]),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(0.1),
+        json!(-1.5e300),
+        json!(1.0),
+        json!("plain"),
+        json!("quotes \" backslash \\ newline \n tab \t ctrl \u{1} é ß 漢字 🚪"),
+        json!({"nested": {"deep": [1, [2, [3, {"x": null}]]], "b": false}, "a": "z"}),
+        json!({"zeta": 1, "alpha": 2, "": 3, "é": 4}),
+    ];
+    let ops: Vec<RowOp> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| RowOp::put(Kind::Node, format!("n{i:02}"), d.clone(), None))
+        .chain([RowOp::put(
+            Kind::User,
+            "id with spaces/ünïcode 🚪",
+            json!({}),
+            Some(json!({"before": [1, 2]})),
+        )])
+        .collect();
+    let c = Commit {
+        target: "node:n00".into(),
+        at_ms: -5,
+        ..commit("tenant ü/🚪 'x'", 1, "actor \"q\"", "action.ü", ops)
+    };
+    store.commit(&c).await.unwrap();
+    let loaded = store.load(&c.tenant).await.unwrap().unwrap();
+    assert_eq!(state_of(&loaded), replay([&c]));
+    assert_eq!(loaded.rows, rows_of(&replay([&c])));
+    assert_eq!(store.log(&all(&c.tenant)).await.unwrap(), vec![c.clone()]);
+    assert_eq!(store.tenants().await.unwrap(), vec![(c.tenant.clone(), 1)]);
+}
+
+async fn tenants_are_listed_in_byte_order(target: &Target) {
+    let store = target.open().await;
+    let put = |t: &str, rev| {
+        commit(
+            t,
+            rev,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::Node, "n", json!(rev), None)],
+        )
+    };
+    for t in ["b", "a", "ä", "Z", "c-x", "a-b", "a b"] {
+        store.commit(&put(t, 1)).await.unwrap();
+    }
+    store.commit(&put("c-x", 2)).await.unwrap();
+    // A tenant whose only commit failed does not exist.
+    conflict(store.commit(&put("never", 2)).await);
+    assert_eq!(
+        store.tenants().await.unwrap(),
+        vec![
+            ("Z".to_string(), 1),
+            ("a".to_string(), 1),
+            ("a b".to_string(), 1),
+            ("a-b".to_string(), 1),
+            ("b".to_string(), 1),
+            ("c-x".to_string(), 2),
+            ("ä".to_string(), 1),
+        ]
+    );
+}
+
+/// The commits used by the log test: two tenants, varied headers.
+fn log_fixture() -> Vec<Commit> {
+    let spec: [(&str, &str, &str, &str, i64); 10] = [
+        ("a", "alice", "user.create", "user:u1", 1_000),
+        ("a", "bob", "user.delete", "user:u1", 2_000),
+        ("b", "alice", "role.update", "role:r", 2_000),
+        ("a", "system", "import", "tenant:a", 3_000),
+        ("b", "bob", "user_x.odd", "user:u1", 4_000),
+        ("a", "alice", "userXcreate", "user:u2", 5_000),
+        ("b", "alice", "user.create", "user:u2", 6_000),
+        ("a", "bob", "user.deactivate", "user:u2", 7_000),
+        ("b", "system", "user.create", "user:u3", 7_000),
+        ("a", "alice", "role.update", "role:r", 9_000),
+    ];
+    let mut revisions: BTreeMap<&str, u64> = BTreeMap::new();
+    spec.iter()
+        .enumerate()
+        .map(|(i, (tenant, actor, action, target, at_ms))| {
+            let rev = revisions.entry(tenant).or_insert(0);
+            *rev += 1;
+            Commit {
+                tenant: tenant.to_string(),
+                revision: *rev,
+                actor: actor.to_string(),
+                at_ms: *at_ms,
+                action: action.to_string(),
+                target: target.to_string(),
+                ops: vec![RowOp::put(
+                    Kind::User,
+                    format!("u{i}"),
+                    json!({"i": i}),
+                    None,
+                )],
+            }
+        })
+        .collect()
+}
+
+async fn log_queries_filter_limit_and_order(target: &Target) {
+    let store = target.open().await;
+    let commits = log_fixture();
+    for c in &commits {
+        store.commit(c).await.unwrap();
+    }
+    let mut ordered = commits.clone();
+    ordered.sort_by(|x, y| (&x.tenant, x.revision).cmp(&(&y.tenant, y.revision)));
+    let q = |f: &dyn Fn(&mut LogQuery)| {
+        let mut q = LogQuery {
+            limit: 100,
+            ..LogQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let heads = |log: Vec<Commit>| -> Vec<(String, u64)> {
+        log.into_iter().map(|c| (c.tenant, c.revision)).collect()
+    };
+    let h = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(t, r)| (t.to_string(), *r)).collect()
+    };
+
+    // Everything, in (tenant, revision) order, commits intact.
+    assert_eq!(store.log(&q(&|_| {})).await.unwrap(), ordered);
+    // Hand-checked cases.
+    let cases: Vec<(LogQuery, Vec<(String, u64)>)> = vec![
+        (
+            q(&|q| q.tenant = Some("a".into())),
+            h(&[("a", 1), ("a", 2), ("a", 3), ("a", 4), ("a", 5), ("a", 6)]),
+        ),
+        (
+            q(&|q| {
+                q.tenant = Some("a".into());
+                q.after_revision = Some(4);
+            }),
+            h(&[("a", 5), ("a", 6)]),
+        ),
+        (
+            q(&|q| q.after_revision = Some(3)),
+            h(&[("a", 4), ("a", 5), ("a", 6), ("b", 4)]),
+        ),
+        (
+            q(&|q| q.actor = Some("alice".into())),
+            h(&[("a", 1), ("a", 4), ("a", 6), ("b", 1), ("b", 3)]),
+        ),
+        (
+            q(&|q| q.action_prefix = Some("user.".into())),
+            h(&[("a", 1), ("a", 2), ("a", 5), ("b", 3), ("b", 4)]),
+        ),
+        // `_` and `%` are literal, not wildcards.
+        (
+            q(&|q| q.action_prefix = Some("user_".into())),
+            h(&[("b", 2)]),
+        ),
+        (q(&|q| q.action_prefix = Some("%".into())), h(&[])),
+        (
+            q(&|q| q.target = Some("user:u1".into())),
+            h(&[("a", 1), ("a", 2), ("b", 2)]),
+        ),
+        (
+            q(&|q| q.since_ms = Some(7_000)),
+            h(&[("a", 5), ("a", 6), ("b", 4)]),
+        ),
+        (
+            q(&|q| q.until_ms = Some(2_000)),
+            h(&[("a", 1), ("a", 2), ("b", 1)]),
+        ),
+        (
+            q(&|q| {
+                q.since_ms = Some(2_000);
+                q.until_ms = Some(4_000);
+            }),
+            h(&[("a", 2), ("a", 3), ("b", 1), ("b", 2)]),
+        ),
+        (
+            q(&|q| {
+                q.tenant = Some("b".into());
+                q.actor = Some("alice".into());
+                q.action_prefix = Some("user".into());
+                q.since_ms = Some(6_000);
+            }),
+            h(&[("b", 3)]),
+        ),
+        (
+            q(&|q| {
+                q.actor = Some("alice".into());
+                q.limit = 2;
+            }),
+            h(&[("a", 1), ("a", 4)]),
+        ),
+        (
+            q(&|q| {
+                q.tenant = Some("a".into());
+                q.limit = 0;
+            }),
+            h(&[]),
+        ),
+        (q(&|q| q.tenant = Some("nobody".into())), h(&[])),
+        (
+            q(&|q| {
+                q.tenant = Some("a".into());
+                q.after_revision = Some(u64::MAX);
+            }),
+            h(&[]),
+        ),
+        (q(&|q| q.actor = Some("ALICE".into())), h(&[])),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(
+            heads(store.log(&query).await.unwrap()),
+            expected,
+            "{query:?}"
+        );
+    }
+    // Every combination of one value per filter, against the reference filter.
+    let tenants = [None, Some("a"), Some("b")];
+    let actors = [None, Some("alice"), Some("bob")];
+    let prefixes = [None, Some("user."), Some("role"), Some("")];
+    let targets = [None, Some("user:u2")];
+    let windows = [
+        (None, None),
+        (Some(2_000), None),
+        (Some(3_000), Some(7_000)),
+    ];
+    let afters = [None, Some(2)];
+    let limits = [1, 3, usize::MAX];
+    let mut checked = 0;
+    for t in tenants {
+        for a in actors {
+            for p in prefixes {
+                for tg in targets {
+                    for (since, until) in windows {
+                        for after in afters {
+                            for limit in limits {
+                                let query = LogQuery {
+                                    tenant: t.map(String::from),
+                                    after_revision: after,
+                                    actor: a.map(String::from),
+                                    action_prefix: p.map(String::from),
+                                    target: tg.map(String::from),
+                                    since_ms: since,
+                                    until_ms: until,
+                                    limit,
+                                };
+                                let expected: Vec<Commit> = ordered
+                                    .iter()
+                                    .filter(|c| {
+                                        query.matches(
+                                            &c.tenant, c.revision, &c.actor, c.at_ms, &c.action,
+                                            &c.target,
+                                        )
+                                    })
+                                    .take(limit)
+                                    .cloned()
+                                    .collect();
+                                assert_eq!(store.log(&query).await.unwrap(), expected, "{query:?}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 3 * 4 * 2 * 3 * 2 * 3);
+}
+
+async fn tenants_are_isolated(target: &Target) {
+    let store = target.open().await;
+    for (t, v) in [("x", 1), ("y", 2)] {
+        store
+            .commit(&commit(
+                t,
+                1,
+                "a",
+                "import",
+                vec![
+                    RowOp::put(Kind::User, "alice", json!({"t": v}), None),
+                    RowOp::put(Kind::Node, "root", json!({"t": v}), None),
+                    RowOp::put(Kind::Tenant, "x", json!({"t": v}), None),
+                ],
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .commit(&commit(
+            "x",
+            2,
+            "a",
+            "user.delete",
+            vec![
+                RowOp::delete(Kind::User, "alice", None),
+                RowOp::put(Kind::Node, "root", json!({"t": 10}), None),
+            ],
+        ))
+        .await
+        .unwrap();
+    // y's revision is independent of x's.
+    assert_eq!(
+        conflict(store.commit(&commit("y", 3, "a", "x", vec![])).await),
+        ("y".to_string(), 2, 1)
+    );
+    let x = store.load("x").await.unwrap().unwrap();
+    let y = store.load("y").await.unwrap().unwrap();
+    assert_eq!(x.revision, 2);
+    assert_eq!(
+        x.rows,
+        vec![
+            (Kind::Tenant, "x".to_string(), json!({"t": 1})),
+            (Kind::Node, "root".to_string(), json!({"t": 10})),
+        ]
+    );
+    assert_eq!(y.revision, 1);
+    assert_eq!(
+        y.rows,
+        vec![
+            (Kind::Tenant, "x".to_string(), json!({"t": 2})),
+            (Kind::Node, "root".to_string(), json!({"t": 2})),
+            (Kind::User, "alice".to_string(), json!({"t": 2})),
+        ]
+    );
+    assert_eq!(store.log(&all("x")).await.unwrap().len(), 2);
+    assert_eq!(store.log(&all("y")).await.unwrap().len(), 1);
+    // A tenant id that is a prefix of another is a different tenant.
+    assert_eq!(store.load("").await.unwrap(), None);
+    assert_eq!(store.load("x ").await.unwrap(), None);
+}
+
+async fn invalid_commits_are_rejected(target: &Target) {
+    let store = target.open().await;
+    let ok = || vec![RowOp::put(Kind::User, "u", json!({}), None)];
+    let long = "x".repeat(MAX_KEY_BYTES + 1);
+    let invalid = vec![
+        commit("", 1, "a", "x", ok()),
+        commit("t\0", 1, "a", "x", ok()),
+        commit(&long, 1, "a", "x", ok()),
+        commit("t", 1, "a\0", "x", ok()),
+        commit("t", 1, "a", &long, ok()),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, "u\0", json!({}), None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, long.clone(), json!({}), None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, "u", json!({"k": "v\u{0}"}), None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, "u", json!({"k\u{0}": 1}), None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, "u", json!([[["\u{0}"]]]), None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::put(Kind::User, "u", Value::Null, None)],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::delete(Kind::User, "u", Some(json!("\u{0}")))],
+        ),
+        commit(
+            "t",
+            1,
+            "a",
+            "x",
+            vec![RowOp::delete(Kind::User, "u", Some(Value::Null))],
+        ),
+        Commit {
+            target: "x\0".into(),
+            ..commit("t", 1, "a", "x", ok())
+        },
+    ];
+    for c in &invalid {
+        assert!(c.validate().is_err(), "{c:?}");
+        match store.commit(c).await {
+            Err(StoreError::Invalid(_)) => {}
+            other => panic!("{c:?}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(store.tenants().await.unwrap(), vec![]);
+    // Exactly at the limits is fine.
+    let max = "k".repeat(MAX_KEY_BYTES);
+    let c = Commit {
+        target: max.clone(),
+        ..commit(
+            &max,
+            1,
+            &max,
+            &max,
+            vec![RowOp::put(Kind::User, max.clone(), json!({}), None)],
+        )
+    };
+    store.commit(&c).await.unwrap();
+    assert_eq!(store.log(&all(&max)).await.unwrap(), vec![c]);
+}
+
+/// Many tasks race for the revisions of one tenant: each revision has exactly one winner, no
+/// acknowledged commit is lost, and the rows are those the log replays to.
+async fn concurrent_commits_to_one_tenant(target: &Target) {
+    const TASKS: usize = 8;
+    const WINS: usize = 8;
+    let store = target.open().await;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0usize;
+            let mut next = 1u64;
+            while won.len() < WINS {
+                let c = commit(
+                    "hot",
+                    next,
+                    &format!("task-{task}"),
+                    "race",
+                    vec![
+                        RowOp::put(
+                            Kind::User,
+                            format!("task-{task}"),
+                            json!({"wins": won.len() + 1}),
+                            None,
+                        ),
+                        RowOp::put(Kind::Node, "shared", json!({"rev": next, "by": task}), None),
+                    ],
+                );
+                match store.commit(&c).await {
+                    Ok(()) => {
+                        won.push(next);
+                        next += 1;
+                    }
+                    Err(StoreError::Conflict {
+                        tenant,
+                        expected,
+                        actual,
+                    }) => {
+                        assert_eq!((tenant.as_str(), expected), ("hot", next - 1));
+                        assert_ne!(actual, expected);
+                        conflicts += 1;
+                        next = actual + 1;
+                    }
+                    Err(e) => panic!("task {task}: {e}"),
+                }
+            }
+            (task, won, conflicts)
+        }));
+    }
+    let mut winner_of: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut conflicts = 0;
+    for h in handles {
+        let (task, won, c) = h.await.unwrap();
+        conflicts += c;
+        for rev in won {
+            assert!(
+                winner_of.insert(rev, task).is_none(),
+                "revision {rev} acknowledged twice"
+            );
+        }
+    }
+    let total = (TASKS * WINS) as u64;
+    assert_eq!(
+        winner_of.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
+    let log = store.log(&all("hot")).await.unwrap();
+    assert_eq!(log.len() as u64, total);
+    for c in &log {
+        assert_eq!(c.actor, format!("task-{}", winner_of[&c.revision]));
+    }
+    let loaded = store.load("hot").await.unwrap().unwrap();
+    assert_eq!(loaded.revision, total);
+    assert_eq!(state_of(&loaded), replay(&log));
+    for task in 0..TASKS {
+        assert_eq!(
+            state_of(&loaded)[&(Kind::User, format!("task-{task}"))],
+            json!({"wins": WINS})
+        );
+    }
+    assert_eq!(
+        state_of(&loaded)[&(Kind::Node, "shared".to_string())],
+        json!({"rev": total, "by": winner_of[&total]})
+    );
+    eprintln!(
+        "{}: {total} revisions won by {TASKS} racing tasks ({conflicts} conflicts) in {:?}",
+        store.engine(),
+        started.elapsed()
+    );
+}
+
+/// Commits to different tenants never conflict and overlap in time instead of queueing one
+/// behind another: many tenants committing at once finish clearly faster than the same
+/// commits made one after another.
+async fn concurrent_commits_to_different_tenants(target: &Target) {
+    const TENANTS: usize = 8;
+    const COMMITS: u64 = 15;
+    let store = target.open().await;
+
+    let run = |prefix: &'static str, concurrent: bool| {
+        let store = Arc::clone(&store);
+        async move {
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let max_in_flight = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            let work = (0..TENANTS).map(|i| {
+                let store = Arc::clone(&store);
+                let in_flight = Arc::clone(&in_flight);
+                let max_in_flight = Arc::clone(&max_in_flight);
+                async move {
+                    let tenant = format!("{prefix}-{i}");
+                    for rev in 1..=COMMITS {
+                        let c = commit(
+                            &tenant,
+                            rev,
+                            "a",
+                            "x",
+                            vec![RowOp::put(Kind::Node, "n", json!(rev), None)],
+                        );
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        let result = store.commit(&c).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        result.unwrap_or_else(|e| panic!("{tenant}@{rev}: {e}"));
+                    }
+                }
+            });
+            if concurrent {
+                let handles: Vec<_> = work.map(tokio::spawn).collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+            } else {
+                for w in work {
+                    w.await;
+                }
+            }
+            (started.elapsed(), max_in_flight.load(Ordering::SeqCst))
+        }
+    };
+    // Timing on a shared machine is noisy: the best of three rounds counts.
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let (sequential, _) = run(["seq0", "seq1", "seq2"][round], false).await;
+        let (concurrent, max_in_flight) = run(["par0", "par1", "par2"][round], true).await;
+        eprintln!(
+            "{}: {} commits to {TENANTS} tenants: one after another {sequential:?}, concurrently \
+             {concurrent:?} (up to {max_in_flight} in flight)",
+            store.engine(),
+            TENANTS as u64 * COMMITS
+        );
+        assert!(max_in_flight >= 2, "commits never overlapped");
+        rounds.push((sequential, concurrent));
+        // Fully serialised commits would take about as long as the sequential run.
+        if concurrent.as_secs_f64() * 1.5 < sequential.as_secs_f64() {
+            break;
+        }
+    }
+    let tenants = store.tenants().await.unwrap();
+    assert_eq!(tenants.len(), 2 * TENANTS * rounds.len());
+    assert!(tenants.iter().all(|(_, rev)| *rev == COMMITS));
+    for (t, _) in &tenants {
+        let log = store.log(&all(t)).await.unwrap();
+        assert_eq!(
+            log.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            (1..=COMMITS).collect::<Vec<_>>()
+        );
+        let loaded = store.load(t).await.unwrap().unwrap();
+        assert_eq!(state_of(&loaded), replay(&log));
+    }
+    assert!(
+        rounds
+            .iter()
+            .any(|(seq, par)| par.as_secs_f64() * 1.5 < seq.as_secs_f64()),
+        "concurrent commits to different tenants were never clearly faster than sequential \
+         ones: {rounds:?}"
+    );
+}
+
+/// PostgreSQL only: a transaction holding one tenant's row lock holds up that tenant's commits
+/// and no other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_lock_on_one_tenant_does_not_block_another() {
+    let target = Target::new(Engine::Postgres).await;
+    let store = target.open().await;
+    for t in ["a", "b"] {
+        store.commit(&commit(t, 1, "x", "x", vec![])).await.unwrap();
+    }
+    let (client, conn) = common::pg_base_url()
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            &format!(
+                "SELECT revision FROM \"{}\".tenants WHERE id = 'a' FOR UPDATE",
+                target.schema().unwrap()
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let blocked = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.commit(&commit("a", 2, "x", "x", vec![])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "commit ignored the tenant lock");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        store.commit(&commit("b", 2, "x", "x", vec![])),
+    )
+    .await
+    .expect("commit to tenant b waited for tenant a's lock")
+    .unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    blocked.await.unwrap().unwrap();
+    assert_eq!(
+        store.tenants().await.unwrap(),
+        vec![("a".to_string(), 2), ("b".to_string(), 2)]
+    );
+}
+
+async fn large_commit(target: &Target) {
+    const N: usize = 10_000;
+    let store = target.open().await;
+    let ops: Vec<RowOp> = (0..N)
+        .map(|i| {
+            RowOp::put(
+                Kind::Node,
+                format!("node-{i:05}"),
+                json!({"kind": "asset", "parent": format!("node-{:05}", i / 10), "i": i}),
+                None,
+            )
+        })
+        .collect();
+    let big = commit("big", 1, "import", "import", ops);
+    let started = Instant::now();
+    store.commit(&big).await.unwrap();
+    let committed = started.elapsed();
+    let loaded = store.load("big").await.unwrap().unwrap();
+    let loaded_in = started.elapsed() - committed;
+    assert_eq!(loaded.rows.len(), N);
+    assert_eq!(loaded.rows, rows_of(&replay([&big])));
+    // Delete every other row and rewrite the rest, in one commit.
+    let ops: Vec<RowOp> = (0..N)
+        .map(|i| {
+            let id = format!("node-{i:05}");
+            if i % 2 == 0 {
+                RowOp::delete(Kind::Node, id, None)
+            } else {
+                RowOp::put(Kind::Node, id, json!({"i": i, "v": 2}), None)
+            }
+        })
+        .collect();
+    let second = commit("big", 2, "import", "import", ops);
+    store.commit(&second).await.unwrap();
+    let log = store.log(&all("big")).await.unwrap();
+    assert_eq!(log, vec![big, second]);
+    let loaded = store.load("big").await.unwrap().unwrap();
+    assert_eq!(loaded.rows.len(), N / 2);
+    assert_eq!(state_of(&loaded), replay(&log));
+    eprintln!(
+        "{}: {N}-op commit {committed:?}, load {loaded_in:?}, total {:?}",
+        store.engine(),
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+async fn reopen_sees_everything(target: &Target) {
+    let store = target.open().await;
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..30u64 {
+        let tenant = format!("t{}", i % 3);
+        let rev = next.entry(tenant.clone()).or_insert(0);
+        *rev += 1;
+        let mut ops = vec![RowOp::put(
+            Kind::User,
+            format!("u{}", i % 7),
+            json!({"i": i}),
+            None,
+        )];
+        if i % 4 == 0 {
+            ops.push(RowOp::delete(Kind::User, format!("u{}", (i + 3) % 7), None));
+        }
+        store
+            .commit(&commit(&tenant, *rev, "a", "x", ops))
+            .await
+            .unwrap();
+    }
+    let tenants = store.tenants().await.unwrap();
+    let everything = LogQuery {
+        limit: usize::MAX,
+        ..LogQuery::default()
+    };
+    let log = store.log(&everything).await.unwrap();
+    let mut loads = Vec::new();
+    for (t, _) in &tenants {
+        loads.push(store.load(t).await.unwrap().unwrap());
+    }
+    drop(store);
+
+    let store = target.open().await;
+    assert_eq!(store.tenants().await.unwrap(), tenants);
+    assert_eq!(store.log(&everything).await.unwrap(), log);
+    for loaded in &loads {
+        assert_eq!(&store.load(&loaded.tenant).await.unwrap().unwrap(), loaded);
+        let own: Vec<&Commit> = log.iter().filter(|c| c.tenant == loaded.tenant).collect();
+        assert_eq!(state_of(loaded), replay(own));
+    }
+    // The revision carries on from where it was.
+    assert_eq!(
+        conflict(store.commit(&commit("t0", 10, "a", "x", vec![])).await),
+        ("t0".to_string(), 9, 10)
+    );
+    store
+        .commit(&commit("t0", 11, "a", "x", vec![]))
+        .await
+        .unwrap();
+    drop(store);
+    let store = target.open().await;
+    assert_eq!(store.load("t0").await.unwrap().unwrap().revision, 11);
+    if target.engine == Engine::Embedded {
+        // One process, one open store: a second open is refused, not corrupting.
+        match portcullis::store::open(&target.location).await {
+            Err(StoreError::Unavailable(msg)) => assert!(msg.contains("already open"), "{msg}"),
+            Err(e) => panic!("second open: unexpected error {e}"),
+            Ok(_) => panic!("second open of the same directory succeeded"),
+        }
+    }
+}
