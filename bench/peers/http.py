@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""HTTP side of bench/peers.sh: Cerbos PDP vs `portcullis serve`, same requests, wrk on loopback.
+"""HTTP side of bench/peers.sh (bench/peers/http.sh): Cerbos PDP vs `portcullis serve`, same requests, wrk on loopback.
 
-Expects `PEERS_MODE=cerbos-prep cargo bench --bench peers` to have written bench/out/cerbos/<W>/
-and the Cerbos binary under bench/out/cerbos-bin/ (bench/peers_http.sh does both). For each
+Expects `PEERS_MODE=cerbos-prep cargo bench --manifest-path bench/peers/Cargo.toml --bench peers`
+to have written bench/out/cerbos/<W>/ and the Cerbos binary under bench/out/cerbos-bin/
+(bench/peers/http.sh does both). For each
 world: start the server on 127.0.0.1, check every prepared request against Portcullis'
 in-process decision, run wrk (bounded time), stop the server. Appends to bench/out/http.jsonl.
 """
@@ -16,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "bench", "out")
 CERBOS = os.path.join(OUT, "cerbos-bin", "package", "cerbos-linux-x64")
 PORTCULLIS = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
@@ -32,7 +33,7 @@ def post(url, body, timeout=10):
         return json.loads(r.read())
 
 
-def wait_ready(url, proc, secs=120):
+def wait_ready(url, proc, secs=900):
     t0 = time.time()
     while time.time() - t0 < secs:
         if proc.poll() is not None:
@@ -56,7 +57,7 @@ def to_ns(text):
 def wrk(url, bodies):
     env = dict(os.environ, BODIES=bodies)
     cmd = ["wrk", "-t2", f"-c{CONNS}", f"-d{SECS}s", "--latency", "-s",
-           os.path.join(ROOT, "bench", "peers_wrk.lua"), url]
+           os.path.join(ROOT, "bench", "peers", "wrk.lua"), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SECS + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))

@@ -1,6 +1,6 @@
 //! Portcullis tenant → Cerbos policies (YAML) and check requests (JSON) for the Cerbos PDP.
 //!
-//! Dev-only (the bench's `PEERS_MODE=cerbos-prep` writes the files; `bench/peers_http.sh` runs
+//! Dev-only (the bench's `PEERS_MODE=cerbos-prep` writes the files; `bench/peers/http.sh` runs
 //! the PDP). Cerbos keeps no user/group/hierarchy data: the PEP sends the principal's effective
 //! grants and the resource's ancestors as attributes with every request (see README).
 

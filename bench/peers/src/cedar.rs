@@ -1,6 +1,6 @@
 //! Portcullis tenant → Cedar (`cedar-policy` 4.x): entities + one policy set per tenant.
 //!
-//! Dev-only (benches and tests include it with `#[path]`); never part of the product.
+//! Dev-only (package `portcullis-peers`); never part of the product.
 //!
 //! Translation (see `bench/peers/README.md` for the reasoning):
 //! - Entities: `Tenant::"<id>"` {status, rbac}; `Node::"<id>"` {kind} in its parent node;

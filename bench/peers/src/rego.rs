@@ -1,6 +1,6 @@
 //! Portcullis tenant → Rego for `regorus` (0.14.x): one fixed policy plus a data document.
 //!
-//! Dev-only (benches include it with `#[path]`); never part of the product.
+//! Dev-only (package `portcullis-peers`); never part of the product.
 //!
 //! - The policy is the decision rule, written once; the tenant is data: users (status, kind,
 //!   groups), groups (active), every node's ancestor set (Rego has no recursion, so the

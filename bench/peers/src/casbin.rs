@@ -1,7 +1,7 @@
 //! Portcullis tenant → Casbin (`casbin` 2.x): an RBAC-with-domains model plus policy rows,
 //! loaded through the in-memory adapter.
 //!
-//! Dev-only (benches include it with `#[path]`); never part of the product.
+//! Dev-only (package `portcullis-peers`); never part of the product.
 //!
 //! - Domain = tenant. `g` links users to their active groups (and to two marker roles:
 //!   `kind:guest`, `rbac:none-active`); `g2` links every node to its parent (resource roles).

@@ -47,7 +47,8 @@ fn fmt_kb(kb: f64) -> String {
 }
 
 fn lock_version(name: &str) -> String {
-    let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"))
+        .unwrap_or_default();
     let key = format!("name = \"{name}\"");
     let mut it = lock.lines();
     while let Some(l) = it.next() {
@@ -88,12 +89,15 @@ fn machine() -> String {
     )
 }
 
-pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let agree = lines("bench/out/agree.jsonl");
-    let p99 = lines("bench/out/p99.jsonl");
-    let mem = lines("bench/out/mem.jsonl");
-    let http = lines("bench/out/http.jsonl");
+/// Writes `<out>/../PEERS.md` from the records in `out` (`bench/out`) and criterion's estimates.
+pub fn write(engines: &[&str], worlds: &[&str], out: &str) -> anyhow::Result<()> {
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let target =
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{manifest}/target"));
+    let agree = lines(&format!("{out}/agree.jsonl"));
+    let p99 = lines(&format!("{out}/p99.jsonl"));
+    let mem = lines(&format!("{out}/mem.jsonl"));
+    let http = lines(&format!("{out}/http.jsonl"));
     let rustc = std::process::Command::new("rustc")
         .arg("--version")
         .output()
@@ -112,7 +116,7 @@ pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
          final numbers.  \nPeers: cedar-policy {}, casbin {}, regorus {} (in-process, release \
          profile); {rustc}.  \nWorlds: `gen::world_s()` (1k nodes, 1k users, 5k assignments) and \
          `gen::world_m()` (50k nodes, 20k users, 100k assignments), time `gen::NOW`. Translations: \
-         `bench/peers/` (see its README).\n",
+         `bench/peers/src/` (see `bench/peers/README.md`).\n",
         machine(),
         lock_version("cedar-policy"),
         lock_version("casbin"),
@@ -132,7 +136,7 @@ pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
         s,
         "\nCases: the bench's allow and deny requests plus 200 generated requests of every kind \
          (unknown subjects and resources, inactive and deleted users, guests). The randomized \
-         differential test against Cedar is `tests/differential_cedar.rs`.\n"
+         differential test against Cedar is `bench/peers/tests/differential_cedar.rs`.\n"
     );
 
     let _ = writeln!(s, "## Median time per check (criterion, in-process)\n");
@@ -241,7 +245,7 @@ pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
         let _ = writeln!(
             s,
             "Not measured: `portcullis serve` (the data-plane HTTP server) is not on this branch \
-             yet. The Cerbos policies and request translation are in `bench/peers/cerbos.rs`.\n"
+             yet. The Cerbos policies and request translation are in `bench/peers/src/cerbos.rs`.\n"
         );
     } else {
         let _ = writeln!(
@@ -269,7 +273,7 @@ pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
     let _ = writeln!(
         s,
         "- Identical decisions on every generated case: {} (bench cases above; randomized \
-         differential test vs Cedar in `tests/differential_cedar.rs`).",
+         differential test vs Cedar in `bench/peers/tests/differential_cedar.rs`).",
         if all_agree { "yes" } else { "NO — see above" }
     );
     for (w, r) in &fastest_peer_ratio {
@@ -288,7 +292,8 @@ pub fn write(engines: &[&str], worlds: &[&str]) -> anyhow::Result<()> {
             }
         );
     }
-    std::fs::write(Path::new("bench/PEERS.md"), s)?;
-    eprintln!("wrote bench/PEERS.md");
+    let path = Path::new(out).join("../PEERS.md");
+    std::fs::write(&path, s)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

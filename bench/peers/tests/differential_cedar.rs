@@ -1,18 +1,16 @@
 //! Differential test: Portcullis `decide::check` against Cedar (`cedar-policy` 4.x) on random
 //! small worlds and random requests. Every case must agree.
 //!
-//! - Fast version (part of `cargo test`): `differential_fast`, a few tens of thousands of cases.
-//! - Long version (≥ 100k cases, ignored by default):
-//!   `cargo test --release --test differential_cedar -- --ignored`
+//! - Fast version: `differential_fast`, a few tens of thousands of cases, in
+//!   `cargo test --manifest-path bench/peers/Cargo.toml` (run by `tests/run.sh`).
+//! - Long version (500k cases, ignored by default):
+//!   `cargo test --manifest-path bench/peers/Cargo.toml --release --test differential_cedar -- --ignored`
 //!   (`PEERS_SEED=<n>` picks another seed, `PEERS_WORLDS=<n>` the number of worlds).
 //!
 //! On a disagreement the test prints the world as a data file and the request.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../bench/peers/cedar.rs"]
-mod cedar;
-
-use cedar::CedarWorld;
+use portcullis_peers::cedar::CedarWorld;
 use portcullis::decide;
 use portcullis::gen::{Rng, NOW};
 use portcullis::model::{
