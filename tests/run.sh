@@ -136,5 +136,12 @@ log "unit and integration tests: cargo test"
 # Benches are compiled (and linted) by clippy above; `cargo bench` runs them.
 cargo test
 
+# The peers (Cedar, Casbin, regorus) live in their own package so that their dependency features
+# never leak into the product's builds (bench/peers/README.md). Same target directory: artifacts
+# whose features agree are shared.
+log "peers: clippy and differential test against Cedar (bench/peers)"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo clippy --manifest-path bench/peers/Cargo.toml --all-targets -- -D warnings
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo test --manifest-path bench/peers/Cargo.toml
+
 log "demo data assertions: portcullis test deploy/demo.yaml"
 cargo run --quiet -- test deploy/demo.yaml
