@@ -74,6 +74,10 @@ install_gateways() {
 log "gateways for tests/gateways.rs"
 install_gateways
 
+log "example plugins for tests/plugins_examples.rs: plugins/build.sh"
+# Installs Debian rustc/cargo/libstd-rust-dev-wasm32/clang/lld when absent.
+bash plugins/build.sh
+
 log "lint: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
