@@ -9,6 +9,7 @@ pub mod decide;
 pub mod engine;
 pub mod gen;
 pub mod model;
+pub mod plugin;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -129,6 +129,10 @@ ensure_postgres() {
 
 ensure_postgres
 
+log "example plugins for tests/plugins_examples.rs: plugins/build.sh"
+# Installs Debian rustc/cargo/libstd-rust-dev-wasm32/clang/lld when absent.
+bash plugins/build.sh
+
 log "lint: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
