@@ -78,6 +78,32 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
     if words == 0 || words * 64 < roles || v.bitsets.len() % words != 0 || v.bitsets.is_empty() {
         return Err(bad("role bitsets have the wrong shape"));
     }
+    if v.memberships
+        .iter()
+        .any(|g| g.to_native() as usize >= v.groups.len())
+    {
+        return Err(bad("membership names an unknown group"));
+    }
+    for (i, u) in v.users.iter().enumerate() {
+        if !span_ok(&u.groups, v.memberships.len()) {
+            return Err(bad(format!("user {i} has memberships outside the table")));
+        }
+    }
+    check_grants(v)
+}
+
+/// The checks of what a rebuild after assignment changes writes anew (see
+/// `build::Compiled::snapshot`): permission maps, grant spans, grants and their metadata.
+pub(super) fn check_grants(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
+    let n = v.nodes.len();
+    let roles = v.roles.len();
+    let words = v.words.to_native() as usize;
+    if v.grants.len() >= NONE as usize {
+        return Err(bad("too many items"));
+    }
+    if words == 0 || v.bitsets.len() % words != 0 {
+        return Err(bad("role bitsets have the wrong shape"));
+    }
     let nsets = v.bitsets.len() / words;
     let set_ok = |s: u32| (s as usize) < nsets;
     if !set_ok(v.perm_all.to_native())
@@ -91,10 +117,9 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
     if v.grant_meta.len() != grants {
         return Err(bad("grant metadata does not match grants"));
     }
-    let groups = v.groups.len();
-    let check_slice = |span: &ArchivedSpan, who: &str| -> Result<(), SnapshotError> {
+    let check_slice = |span: &ArchivedSpan, who: &dyn Fn() -> String| -> Result<(), SnapshotError> {
         if !span_ok(span, grants) {
-            return Err(bad(format!("{who} has grants outside the grant table")));
+            return Err(bad(format!("{} has grants outside the grant table", who())));
         }
         let start = span.start.to_native();
         for gi in start..span.end.to_native() {
@@ -105,30 +130,22 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
                 || hi <= lo
                 || g.role.to_native() as usize >= roles
             {
-                return Err(bad(format!("grant {gi} of {who} is out of range")));
+                return Err(bad(format!("grant {gi} of {} is out of range", who())));
             }
             if up != NONE && (up < start || up >= gi) {
                 return Err(bad(format!(
-                    "grant {gi} of {who} links outside its principal"
+                    "grant {gi} of {} links outside its principal",
+                    who()
                 )));
             }
         }
         Ok(())
     };
     for (i, u) in v.users.iter().enumerate() {
-        check_slice(&u.grants, &format!("user {i}"))?;
-        if !span_ok(&u.groups, v.memberships.len()) {
-            return Err(bad(format!("user {i} has memberships outside the table")));
-        }
-    }
-    if v.memberships
-        .iter()
-        .any(|g| g.to_native() as usize >= groups)
-    {
-        return Err(bad("membership names an unknown group"));
+        check_slice(&u.grants, &|| format!("user {i}"))?;
     }
     for (i, g) in v.groups.iter().enumerate() {
-        check_slice(&g.grants, &format!("group {i}"))?;
+        check_slice(&g.grants, &|| format!("group {i}"))?;
     }
     if v.grant_meta.iter().any(|m| {
         let a = m.assigned_by.to_native();
