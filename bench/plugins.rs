@@ -19,7 +19,11 @@ fn input(ctx: &serde_json::Value) -> PluginInput<'_> {
         resource: "press-7",
         role: "night-shift-22-06",
         scope: "hawthorne",
-        path: &[("organisation", "femo"), ("site", "hawthorne"), ("asset", "press-7")],
+        path: &[
+            ("organisation", "femo"),
+            ("site", "hawthorne"),
+            ("asset", "press-7"),
+        ],
         attrs: &[("kind", "member"), ("email", "alice@femo.example")],
         context: Some(ctx),
     }
@@ -51,7 +55,9 @@ fn benches(c: &mut Criterion) {
         })
     });
     let p = host.load("femo", "allow", &allow).unwrap();
-    g.bench_function("call_allow", |b| b.iter(|| black_box(p.call(black_box(&buf)))));
+    g.bench_function("call_allow", |b| {
+        b.iter(|| black_box(p.call(black_box(&buf))))
+    });
     if let Some(shift) = shift {
         g.bench_function("compile_shift_hours", |b| {
             b.iter(|| {
@@ -61,7 +67,9 @@ fn benches(c: &mut Criterion) {
             })
         });
         let p = host.load("femo", "shift", &shift).unwrap();
-        g.bench_function("call_shift_hours", |b| b.iter(|| black_box(p.call(black_box(&buf)))));
+        g.bench_function("call_shift_hours", |b| {
+            b.iter(|| black_box(p.call(black_box(&buf))))
+        });
         g.bench_function("encode_and_call_shift_hours", |b| {
             b.iter(|| {
                 input(&ctx).encode(&mut buf);
@@ -69,7 +77,9 @@ fn benches(c: &mut Criterion) {
             })
         });
     } else {
-        eprintln!("plugins/out/shift-hours.wasm missing: run plugins/build.sh for the example bench");
+        eprintln!(
+            "plugins/out/shift-hours.wasm missing: run plugins/build.sh for the example bench"
+        );
     }
     g.finish();
 }

@@ -21,6 +21,7 @@
 //! - Calls are synchronous. On an async runtime worker a call blocks that worker for at most the
 //!   epoch deadline (plus one tick), which bounds the damage of a hostile plugin to that.
 
+pub mod bind;
 mod input;
 
 use std::collections::HashMap;
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Extern, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker,
-    Memory, Module, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    Caller, Config, Engine, Extern, ExternType, Instance, InstanceAllocationStrategy, InstancePre,
+    Linker, Memory, Module, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc,
 };
 
@@ -96,7 +97,11 @@ pub enum LoadError {
     #[error("plugin engine: {0}")]
     Engine(String),
     #[error("plugin '{name}' is {size} bytes; the limit is {max}")]
-    TooLarge { name: String, size: usize, max: usize },
+    TooLarge {
+        name: String,
+        size: usize,
+        max: usize,
+    },
     #[error("plugin '{name}' is not a valid wasm module: {msg}")]
     Invalid { name: String, msg: String },
     #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' (i32, i32) -> () is allowed")]
@@ -112,7 +117,11 @@ pub enum LoadError {
         ty: &'static str,
     },
     #[error("plugin '{name}' declares {bytes} bytes of initial memory; the limit is {max}")]
-    MemoryTooLarge { name: String, bytes: u64, max: usize },
+    MemoryTooLarge {
+        name: String,
+        bytes: u64,
+        max: usize,
+    },
     #[error("plugin '{name}' reports ABI version {got}; this host implements ABI version 1")]
     AbiVersion { name: String, got: i32 },
     #[error("plugin '{name}' failed to start: {msg}")]
@@ -279,6 +288,14 @@ impl Stats {
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
     }
+    /// Calls that failed (trap, timeout, limit, bad result, …).
+    pub fn failures(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_failure())
+            .map(|&o| self.count(o))
+            .sum()
+    }
 }
 
 /// A loaded plugin: one tenant's one module version.
@@ -292,6 +309,8 @@ pub struct Plugin {
     idle: Mutex<Vec<Live>>,
     stats: Stats,
     compile_time: Duration,
+    /// Unix second of the last failure logged (failures are logged at most once a second).
+    last_warn: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -446,7 +465,31 @@ impl Plugin {
     fn call_inner(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
         let outcome = self.run(input, reason);
         self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if outcome.is_failure() {
+            self.warn(outcome);
+        }
         outcome
+    }
+
+    /// Logs a failure, at most once a second per plugin (a hostile plugin must not flood logs;
+    /// the counters see every failure).
+    fn warn(&self, outcome: Outcome) {
+        let now = crate::engine::unix_now().max(0) as u64;
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                tenant = %self.tenant,
+                plugin = %self.name,
+                outcome = outcome.code(),
+                failures = self.stats.failures(),
+                "plugin call failed; the grant denies"
+            );
+        }
     }
 
     fn run(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
@@ -678,18 +721,18 @@ impl PluginHost {
             }
             _ => return Err(missing("memory", "a 32-bit unshared memory")),
         }
-        let func = |export: &'static str, params: usize, ty: &'static str| {
-            match module.get_export(export) {
-                Some(ExternType::Func(f))
-                    if f.params().len() == params
-                        && f.params().all(|p| p.is_i32())
-                        && f.results().len() == 1
-                        && f.results().all(|r| r.is_i32()) =>
-                {
-                    Ok(())
-                }
-                _ => Err(missing(export, ty)),
+        let func = |export: &'static str, params: usize, ty: &'static str| match module
+            .get_export(export)
+        {
+            Some(ExternType::Func(f))
+                if f.params().len() == params
+                    && f.params().all(|p| p.is_i32())
+                    && f.results().len() == 1
+                    && f.results().all(|r| r.is_i32()) =>
+            {
+                Ok(())
             }
+            _ => Err(missing(export, ty)),
         };
         func("portcullis_abi_version", 0, "func () -> i32")?;
         func("portcullis_alloc", 1, "func (i32) -> i32")?;
@@ -711,16 +754,17 @@ impl PluginHost {
             idle: Mutex::new(Vec::new()),
             stats: Stats::default(),
             compile_time,
+            last_warn: AtomicU64::new(0),
         };
         // Start one instance: runs the start function under the limits and checks the version.
-        let mut live = plugin.instantiate().map_err(|(o, msg)| LoadError::Instantiate {
-            name: n(),
-            msg: format!("{}: {msg}", o.code()),
-        })?;
-        let instance_version = abi_version(&mut live).map_err(|msg| LoadError::Instantiate {
-            name: n(),
-            msg,
-        })?;
+        let mut live = plugin
+            .instantiate()
+            .map_err(|(o, msg)| LoadError::Instantiate {
+                name: n(),
+                msg: format!("{}: {msg}", o.code()),
+            })?;
+        let instance_version =
+            abi_version(&mut live).map_err(|msg| LoadError::Instantiate { name: n(), msg })?;
         if instance_version != ABI_VERSION {
             return Err(LoadError::AbiVersion {
                 name: n(),

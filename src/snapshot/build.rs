@@ -3,8 +3,8 @@
 use rustc_hash::FxHashMap;
 
 use super::{
-    validate, Grant, GrantMeta, GroupRec, NodeRec, RoleRec, Snapshot, Span, TenantSnap, UserRec,
-    FORMAT_VERSION, NEVER, NONE,
+    validate, Grant, GrantMeta, GroupRec, NodeRec, PluginRec, RoleRec, Snapshot, Span, TenantSnap,
+    UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     GroupStatus, Part, Principal, Rbac, Tenant, TenantStatus, UserKind, UserStatus,
@@ -20,6 +20,8 @@ pub enum BuildError {
     },
     #[error("tenant '{0}' is too large to compile (more than 2^32-2 items)")]
     TooLarge(String),
+    #[error("tenant '{tenant}': {message}")]
+    Plugin { tenant: String, message: String },
     #[error("archiving tenant '{tenant}' failed: {message}")]
     Archive { tenant: String, message: String },
 }
@@ -53,6 +55,7 @@ pub(super) fn build(t: &Tenant) -> Result<Snapshot, BuildError> {
     Ok(Snapshot {
         bytes,
         loaded_at: crate::engine::unix_now(),
+        plugins: Box::default(),
     })
 }
 
@@ -172,6 +175,34 @@ pub(super) fn compile(t: &Tenant) -> Result<TenantSnap, BuildError> {
         .iter()
         .map(|(k, v)| ((*k).to_string(), new_bitset(v)))
         .collect();
+    // --- Plugins: slots in declaration order; roles naming one are flagged -------------------
+    let plugin_slot = |name: &str| {
+        t.plugins
+            .iter()
+            .position(|p| p.name == name)
+            .map_or(NONE, |i| i as u32)
+    };
+    let with_plugin: Vec<u32> = roles
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.plugin.is_some())
+        .map(|(i, _)| i as u32)
+        .collect();
+    let plugin_roles = if with_plugin.is_empty() {
+        0
+    } else {
+        new_bitset(&with_plugin)
+    };
+    let plugins: Vec<PluginRec> = t
+        .plugins
+        .iter()
+        .map(|p| PluginRec {
+            name: p.name.clone(),
+            sha256: p.sha256(),
+            description: p.description.clone(),
+            wasm: p.wasm.to_vec(),
+        })
+        .collect();
     let roles_rec: Vec<RoleRec> = roles
         .iter()
         .enumerate()
@@ -181,6 +212,7 @@ pub(super) fn compile(t: &Tenant) -> Result<TenantSnap, BuildError> {
             builtin: i < nbuiltin,
             permissions: r.permissions.iter().map(ToString::to_string).collect(),
             plugin: r.plugin.clone(),
+            plugin_slot: r.plugin.as_deref().map_or(NONE, plugin_slot),
         })
         .collect();
 
@@ -352,6 +384,8 @@ pub(super) fn compile(t: &Tenant) -> Result<TenantSnap, BuildError> {
         perm_resource,
         perm_action,
         perm_all,
+        plugin_roles,
+        plugins,
         grants,
         grant_meta,
         actors,

@@ -84,8 +84,26 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
         || v.perm_exact.iter().any(|(_, s)| !set_ok(s.to_native()))
         || v.perm_resource.iter().any(|(_, s)| !set_ok(s.to_native()))
         || v.perm_action.iter().any(|(_, s)| !set_ok(s.to_native()))
+        || !set_ok(v.plugin_roles.to_native())
     {
         return Err(bad("permission index points outside the bitsets"));
+    }
+    // Every role with a plugin condition points at a plugin, and is flagged in `plugin_roles`
+    // (the hot path consults the flag only); a flagged role without a plugin would deny.
+    let nplugins = v.plugins.len();
+    let flagged = |r: usize| {
+        let at = v.plugin_roles.to_native() as usize * words + r / 64;
+        v.bitsets
+            .get(at)
+            .is_some_and(|w| (w.to_native() >> (r % 64)) & 1 == 1)
+    };
+    for (i, r) in v.roles.iter().enumerate() {
+        let slot = r.plugin_slot.to_native();
+        let has = r.plugin.is_some();
+        if has != (slot != NONE) || (slot != NONE && slot as usize >= nplugins) || has != flagged(i)
+        {
+            return Err(bad(format!("role {i} has an inconsistent plugin slot")));
+        }
     }
     let grants = v.grants.len();
     if v.grant_meta.len() != grants {
@@ -167,7 +185,10 @@ mod tests {
         let snap = Snapshot::from_bytes(&bytes).unwrap();
         let v = snap.view();
         for (i, n) in t.nodes.iter().enumerate() {
-            assert_eq!(v.node_index.get(&n.id).map(|x| x.to_native()), Some(i as u32));
+            assert_eq!(
+                v.node_index.get(&n.id).map(|x| x.to_native()),
+                Some(i as u32)
+            );
         }
         assert_eq!(v.node_index.get("nowhere"), None);
         assert_eq!(v.user_index.get("u7").map(|x| x.to_native()), Some(7));
