@@ -36,6 +36,12 @@ enum Command {
     /// Mint a JWT for development and tests (production tokens come from your identity
     /// provider): signed with an HS256 key of the config, or with --private-key.
     Token(TokenArgs),
+    /// Tenant WASM plugins: validate a module locally, or upload, list, show and delete a
+    /// tenant's plugins through a running server's management API.
+    Plugin {
+        #[command(subcommand)]
+        cmd: portcullis::cli_plugin::PluginCommand,
+    },
     /// Write a generated benchmark world (s or m) as a JSON data file.
     Generate {
         /// World: `s` (1k nodes, 5k assignments) or `m` (50k nodes, 100k assignments).
@@ -138,6 +144,7 @@ fn run() -> Result<ExitCode, String> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Plugin { cmd } => portcullis::cli_plugin::run(cmd),
         Command::Test { file } => {
             let data = load(Some(&file))?;
             let reg = registry(&data)?;

@@ -377,3 +377,89 @@ tests:
         )
     );
 }
+
+#[test]
+fn the_cli_manages_plugins_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").to_string_lossy().into_owned();
+    let s = start(&store);
+    let (st, v) = call(&s, "POST", "/v1/tenants", Some(json!({"id": "plant"})));
+    assert_eq!(st, 201, "{v}");
+    let good = dir.path().join("allow.wasm");
+    std::fs::write(&good, fixture("allow")).unwrap();
+    let bad = dir.path().join("wasi.wasm");
+    std::fs::write(&bad, fixture("wasi")).unwrap();
+    let url = format!("http://{}", s.addr);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("plugin")
+            .args(args)
+            .env("PORTCULLIS_ADMIN_URL", &url)
+            .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = cli(&["validate", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok:") && out.contains("sha256"), "{out}");
+    let (code, out) = cli(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("wasi_snapshot_preview1"), "{out}");
+
+    let (code, out) = cli(&[
+        "upload",
+        "--tenant",
+        "plant",
+        "--name",
+        "gate",
+        "--description",
+        "lets all in",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"sha256\""), "{out}");
+    let (code, out) = cli(&[
+        "upload",
+        "--tenant",
+        "plant",
+        "--name",
+        "bad",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("422"), "{out}");
+    let (code, out) = cli(&["list", "--tenant", "plant"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"gate\"") && out.contains("lets all in"),
+        "{out}"
+    );
+    let (code, out) = cli(&["show", "--tenant", "plant", "--name", "gate"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&["delete", "--tenant", "plant", "--name", "gate"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&["show", "--tenant", "plant", "--name", "gate"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("404"), "{out}");
+    // A wrong token is refused, and said so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "plugin",
+            "list",
+            "--tenant",
+            "plant",
+            "--url",
+            &url,
+            "--token",
+            "wrong-token-wrong-token",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
