@@ -241,6 +241,52 @@ fn throughput() {
         eprintln!("{line}");
         lines.push(line);
     }
+    // Another tenant's checks while one tenant's plugin loops until its deadline, on one of
+    // the cores: latency of batches of 100 plain checks, without and with the spinner.
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        dir.path().join("loop.wasm"),
+        wat::parse_file(format!("{root}/tests/fixtures/plugins/loop.wat")).unwrap(),
+    )
+    .unwrap();
+    let evil = dir.path().join("evil.yaml");
+    std::fs::write(&evil, "tenants:\n  - id: evil\n    plugins: [{ name: spin, path: loop.wasm }]\n    nodes: [{ id: press-7, kind: asset }]\n    roles: [{ id: r, permissions: ['asset:operate'], plugin: spin }]\n    users: [{ id: alice, email: a@x.example }]\n    assignments: [{ user: alice, role: r, scope: press-7 }]\n").unwrap();
+    portcullis::engine::install_all(&reg, &file::load_path(&evil).unwrap()).unwrap();
+    let batches = |reg: &Registry| {
+        let snap = reg.get("femo").unwrap();
+        let mut v: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..100 {
+                    black_box(check(&snap, "asset:operate", None));
+                }
+                t.elapsed().as_secs_f64() * 1e9 / 100.0
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    let (q50, q99) = batches(&reg);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let (reg, stop) = (reg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let snap = reg.get("evil").unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += u64::from(!check(&snap, "asset:operate", None).allowed);
+            }
+            n
+        })
+    };
+    let (h50, h99) = batches(&reg);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let vetoed = spinner.join().unwrap();
+    let line = format!(
+        "other tenant's plain check, ns per check (batches of 100): quiet p50 {q50:.0} p99 {q99:.0}; while a looping plugin runs on another core ({vetoed} calls, all denied at the deadline): p50 {h50:.0} p99 {h99:.0}"
+    );
+    eprintln!("{line}");
+    lines.push(line);
     let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/out"));
     let _ = std::fs::write(
         concat!(

@@ -261,3 +261,30 @@ fn other_tenants_keep_working_while_one_misbehaves() {
     assert!(h.get("acme", "allow").is_none());
     assert!(h.get("globex", "allow").is_some());
 }
+
+#[test]
+fn state_kept_between_calls_never_crosses_tenants_or_versions() {
+    let h = host();
+    let bytes = wasm("counter");
+    let input = input();
+    let count = |p: &portcullis::plugin::Plugin| {
+        let mut r = String::new();
+        assert_eq!(p.call_with_reason(&input, &mut r), Outcome::Allow);
+        r
+    };
+    // Sequential calls reuse the tenant's live instance: its state survives (documented).
+    let a = h.load("acme", "counter", &bytes).unwrap();
+    assert_eq!(count(&a), "1");
+    assert_eq!(count(&a), "2");
+    assert_eq!(count(&a), "3");
+    // The same module in another tenant starts from scratch: no instance is shared.
+    let b = h.load("globex", "counter", &bytes).unwrap();
+    assert_eq!(count(&b), "1");
+    assert_eq!(count(&a), "4");
+    // A new version of the same plugin (other bytes) starts from scratch too.
+    let mut v2 = bytes.clone();
+    v2.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']); // a custom section: same code
+    let a2 = h.load("acme", "counter", &v2).unwrap();
+    assert_ne!(a2.version(), a.version());
+    assert_eq!(count(&a2), "1");
+}
