@@ -68,7 +68,7 @@ pub async fn start(
         }
         tracing::info!(tenants = cp.tenant_ids().len(), store = %location, engine = cp.store_engine(), "store opened");
     }
-    let registry = Arc::new(crate::engine::plugin_registry());
+    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
     follower::start(Arc::clone(&cp), Arc::clone(&registry)).await;
     let mut state = State::new(config, registry, Clock::ticking())?;
     state.control = Some(cp);

@@ -60,7 +60,12 @@ impl Clock {
 /// A registry with the plugin runtime (default limits). If the runtime cannot start, plugin
 /// conditions deny (fail closed) and the reason is logged.
 pub fn plugin_registry() -> Registry {
-    match crate::plugin::PluginHost::new(crate::plugin::Limits::default()) {
+    plugin_registry_with(crate::plugin::Limits::default())
+}
+
+/// [`plugin_registry`] with explicit limits.
+pub fn plugin_registry_with(limits: crate::plugin::Limits) -> Registry {
+    match crate::plugin::PluginHost::new(limits) {
         Ok(h) => Registry::with_plugins(std::sync::Arc::new(h)),
         Err(e) => {
             tracing::error!(error = %e, "plugin runtime unavailable; plugin conditions deny");
