@@ -19,7 +19,10 @@
 //!   cap (growth beyond it traps), wasm stack cap, input and reason size caps. Every failure is a
 //!   deny (fail closed) and is counted per plugin by [`Outcome`].
 //! - Calls are synchronous. On an async runtime worker a call blocks that worker for at most the
-//!   epoch deadline (plus one tick), which bounds the damage of a hostile plugin to that.
+//!   epoch deadline (plus one tick) while it runs; a call that the OS descheduled (it has burnt
+//!   under 1/8 of its fuel when the deadline passes) is granted more ticks up to
+//!   [`GRACE_FACTOR`] × the deadline, so a loaded machine does not turn well-behaved plugins into
+//!   timeouts. A busy hostile plugin is interrupted at the deadline or runs out of fuel first.
 
 pub mod bind;
 mod input;
@@ -221,7 +224,31 @@ struct HostState {
     reason: Vec<u8>,
     max_reason: usize,
     reason_too_long: bool,
+    /// Fuel given to the current call.
+    fuel_budget: u64,
+    /// Ticks the current call may still be granted past its deadline (see `on_deadline`).
+    grace_left: u64,
 }
+
+/// Called when a call's epoch deadline passes. A call that burnt little of its fuel by then was
+/// mostly descheduled by the OS (a loaded machine), not busy: it gets one more tick at a time,
+/// up to [`GRACE_FACTOR`] × its deadline of wall time. A busy call is interrupted.
+fn on_deadline(
+    mut ctx: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let remaining = ctx.get_fuel().unwrap_or(0);
+    let st = ctx.data_mut();
+    let used = st.fuel_budget.saturating_sub(remaining);
+    if st.grace_left > 0 && used < st.fuel_budget / 8 {
+        st.grace_left -= 1;
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    } else {
+        Ok(wasmtime::UpdateDeadline::Interrupt)
+    }
+}
+
+/// Wall-clock cap of a call that is descheduled rather than busy, in multiples of the deadline.
+pub const GRACE_FACTOR: u64 = 5;
 
 /// `StoreLimits` plus a note that a growth was refused (to classify the trap).
 struct Limiter {
@@ -371,19 +398,30 @@ impl Plugin {
                 reason: Vec::with_capacity(self.limits.max_reason_bytes),
                 max_reason: self.limits.max_reason_bytes,
                 reason_too_long: false,
+                fuel_budget: self.limits.fuel,
+                grace_left: 0,
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(on_deadline);
         store
+    }
+
+    /// Arms the per-call limits: deadline, its grace, fuel.
+    fn arm(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
+        store.set_epoch_deadline(self.limits.deadline_ticks);
+        {
+            let st = store.data_mut();
+            st.fuel_budget = self.limits.fuel;
+            st.grace_left = self.limits.deadline_ticks * (GRACE_FACTOR - 1);
+        }
+        store.set_fuel(self.limits.fuel)
     }
 
     /// Instantiate under the call limits (a start function is bounded too).
     fn instantiate(&self) -> Result<Live, (Outcome, String)> {
         let mut store = self.new_store();
-        store.set_epoch_deadline(self.limits.deadline_ticks);
-        store
-            .set_fuel(self.limits.fuel)
+        self.arm(&mut store)
             .map_err(|e| (Outcome::NoInstance, e.to_string()))?;
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let instance = match self.pre.instantiate(&mut store) {
@@ -425,8 +463,7 @@ impl Plugin {
             st.reason_too_long = false;
             st.limits.refused = false;
         }
-        store.set_epoch_deadline(self.limits.deadline_ticks);
-        if store.set_fuel(self.limits.fuel).is_err() {
+        if self.arm(store).is_err() {
             return Outcome::Trap;
         }
         let len = input.len() as i32;
