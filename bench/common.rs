@@ -218,7 +218,13 @@ pub struct FilterBatch {
 }
 
 /// `n` filter batches of `size` resources each, tenants weighted by size.
-pub fn filter_batches(world: &World, n: usize, size: usize, now: i64, seed: u64) -> Vec<FilterBatch> {
+pub fn filter_batches(
+    world: &World,
+    n: usize,
+    size: usize,
+    now: i64,
+    seed: u64,
+) -> Vec<FilterBatch> {
     let mut rng = Rng::new(seed);
     let weights = Weighted::by_assignments(world);
     let mut out = Vec::with_capacity(n);

@@ -104,9 +104,14 @@ fn bench_filter(c: &mut Criterion) {
             i = (i + 1) % batches.len();
             let snap = f.world.registry.get(&q.tenant).unwrap();
             let mut allowed = 0usize;
-            let d = decide::filter(snap.view(), &q.subject, &q.action, &q.resources, NOW, |_| {
-                allowed += 1
-            });
+            let d = decide::filter(
+                snap.view(),
+                &q.subject,
+                &q.action,
+                &q.resources,
+                NOW,
+                |_| allowed += 1,
+            );
             black_box((d, allowed))
         })
     });

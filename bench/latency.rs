@@ -516,7 +516,10 @@ fn main() {
 
     let crit = [
         ("build/S", "build, tenant S (5k assignments)"),
-        ("build/L-largest", "build, largest L tenant (1M assignments)"),
+        (
+            "build/L-largest",
+            "build, largest L tenant (1M assignments)",
+        ),
         ("check/S/allow", "check S allow"),
         ("check/S/deny", "check S deny"),
         ("check/L/allow", "check L allow"),
@@ -532,9 +535,17 @@ fn main() {
         .filter_map(|(id, name)| criterion_estimate(id).map(|e| (id, name, e)))
         .collect();
     if rows.is_empty() {
-        writeln!(w, "Criterion estimates: none found (run `cargo bench --bench core` first).").unwrap();
+        writeln!(
+            w,
+            "Criterion estimates: none found (run `cargo bench --bench core` first)."
+        )
+        .unwrap();
     } else {
-        writeln!(w, "Criterion (`cargo bench --bench core`), time per iteration:\n").unwrap();
+        writeln!(
+            w,
+            "Criterion (`cargo bench --bench core`), time per iteration:\n"
+        )
+        .unwrap();
         writeln!(w, "| Benchmark | id | mean | median |").unwrap();
         writeln!(w, "|---|---|---|---|").unwrap();
         for (id, name, (mean, median)) in rows {
@@ -543,7 +554,13 @@ fn main() {
             } else {
                 String::new()
             };
-            writeln!(w, "| {name} | `{id}` | {}{extra} | {} |", ns(mean), ns(median)).unwrap();
+            writeln!(
+                w,
+                "| {name} | `{id}` | {}{extra} | {} |",
+                ns(mean),
+                ns(median)
+            )
+            .unwrap();
         }
     }
     writeln!(w).unwrap();

@@ -6,7 +6,6 @@ use crate::control::{follower, ControlPlane};
 use crate::engine::Clock;
 use crate::model::file::DataFile;
 use crate::server::{self, Config, State};
-use crate::snapshot::Registry;
 
 /// Where the embedded store lives when `--store` is not given.
 pub const DEFAULT_STORE: &str = "portcullis-data";
@@ -69,7 +68,7 @@ pub async fn start(
         }
         tracing::info!(tenants = cp.tenant_ids().len(), store = %location, engine = cp.store_engine(), "store opened");
     }
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
     follower::start(Arc::clone(&cp), Arc::clone(&registry)).await;
     let mut state = State::new(config, registry, Clock::ticking())?;
     state.control = Some(cp);

@@ -57,8 +57,38 @@ impl Clock {
     }
 }
 
+/// A registry with the plugin runtime (default limits). If the runtime cannot start, plugin
+/// conditions deny (fail closed) and the reason is logged.
+pub fn plugin_registry() -> Registry {
+    plugin_registry_with(crate::plugin::Limits::default())
+}
+
+/// [`plugin_registry`] with explicit limits.
+pub fn plugin_registry_with(limits: crate::plugin::Limits) -> Registry {
+    match crate::plugin::PluginHost::new(limits) {
+        Ok(h) => Registry::with_plugins(std::sync::Arc::new(h)),
+        Err(e) => {
+            tracing::error!(error = %e, "plugin runtime unavailable; plugin conditions deny");
+            Registry::new()
+        }
+    }
+}
+
 /// Builds every tenant of a data file and installs it in `registry`.
 pub fn install_all(registry: &Registry, data: &DataFile) -> Result<(), BuildError> {
+    // A plugin that does not load is an error here (a data file is checked as a whole), not a
+    // silent deny later.
+    if let Some(host) = registry.plugin_host() {
+        for t in &data.tenants {
+            for p in &t.plugins {
+                host.load(&t.id, &p.name, &p.wasm)
+                    .map_err(|e| BuildError::Plugin {
+                        tenant: t.id.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
+    }
     let snaps = data
         .tenants
         .iter()
@@ -107,12 +137,24 @@ pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFail
     for c in &data.tests {
         let (allowed, reason) = match registry.get(&c.tenant) {
             Some(snap) => {
-                let d = decide::check(
+                let at = c.at.unwrap_or(now);
+                let ctx = c.context.as_ref().map(ToString::to_string);
+                let mut cond = crate::plugin::bind::SnapshotConditions::new(
+                    &snap,
+                    crate::plugin::bind::Request {
+                        subject: &c.subject,
+                        action: &c.action,
+                        now: at,
+                        context: ctx.as_deref(),
+                    },
+                );
+                let d = decide::check_with(
                     snap.view(),
                     &c.subject,
                     &c.action,
                     &c.resource,
-                    c.at.unwrap_or(now),
+                    at,
+                    &mut cond,
                 );
                 (d.allowed, d.reason)
             }

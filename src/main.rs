@@ -36,6 +36,12 @@ enum Command {
     /// Mint a JWT for development and tests (production tokens come from your identity
     /// provider): signed with an HS256 key of the config, or with --private-key.
     Token(TokenArgs),
+    /// Tenant WASM plugins: validate a module locally, or upload, list, show and delete a
+    /// tenant's plugins through a running server's management API.
+    Plugin {
+        #[command(subcommand)]
+        cmd: portcullis::cli_plugin::PluginCommand,
+    },
     /// Write a generated benchmark world (s or m) as a JSON data file.
     Generate {
         /// World: `s` (1k nodes, 5k assignments) or `m` (50k nodes, 100k assignments).
@@ -116,6 +122,9 @@ struct RequestArgs {
     /// Decide at this time (RFC 3339 or unix seconds) instead of now.
     #[arg(long)]
     at: Option<String>,
+    /// Request context (a JSON object) handed to plugin conditions.
+    #[arg(long)]
+    context: Option<String>,
 }
 
 fn load(path: Option<&PathBuf>) -> Result<DataFile, String> {
@@ -126,7 +135,7 @@ fn load(path: Option<&PathBuf>) -> Result<DataFile, String> {
 }
 
 fn registry(data: &DataFile) -> Result<Registry, String> {
-    let r = Registry::new();
+    let r = engine::plugin_registry();
     engine::install_all(&r, data).map_err(|e| e.to_string())?;
     Ok(r)
 }
@@ -135,6 +144,7 @@ fn run() -> Result<ExitCode, String> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Plugin { cmd } => portcullis::cli_plugin::run(cmd),
         Command::Test { file } => {
             let data = load(Some(&file))?;
             let reg = registry(&data)?;
@@ -180,7 +190,16 @@ fn run() -> Result<ExitCode, String> {
             let snap = reg
                 .get(&a.tenant)
                 .ok_or_else(|| format!("unknown tenant '{}'", a.tenant))?;
-            let d = decide::check(snap.view(), &a.subject, &a.action, &a.resource, now);
+            let ctx = context_arg(&a)?;
+            let mut cond = conditions(&snap, &a, now, ctx.as_deref());
+            let d = decide::check_with(
+                snap.view(),
+                &a.subject,
+                &a.action,
+                &a.resource,
+                now,
+                &mut cond,
+            );
             println!(
                 "{} ({}) at revision {}",
                 if d.allowed { "allow" } else { "deny" },
@@ -198,7 +217,16 @@ fn run() -> Result<ExitCode, String> {
             let snap = reg
                 .get(&a.tenant)
                 .ok_or_else(|| format!("unknown tenant '{}'", a.tenant))?;
-            let e = decide::explain(snap.view(), &a.subject, &a.action, &a.resource, now);
+            let ctx = context_arg(&a)?;
+            let mut cond = conditions(&snap, &a, now, ctx.as_deref());
+            let e = decide::explain_with(
+                snap.view(),
+                &a.subject,
+                &a.action,
+                &a.resource,
+                now,
+                &mut cond,
+            );
             println!(
                 "{}",
                 serde_json::to_string_pretty(&e).map_err(|e| e.to_string())?
@@ -261,6 +289,33 @@ fn mint(a: &TokenArgs) -> Result<String, String> {
         &SigningKey::Hs256(secret.as_bytes()),
         key.kid.as_deref(),
         &claims,
+    )
+}
+
+/// `--context`, checked to be JSON.
+fn context_arg(a: &RequestArgs) -> Result<Option<String>, String> {
+    match &a.context {
+        None => Ok(None),
+        Some(c) => serde_json::from_str::<serde_json::Value>(c)
+            .map(|_| Some(c.clone()))
+            .map_err(|e| format!("--context is not valid JSON: {e}")),
+    }
+}
+
+fn conditions<'a>(
+    snap: &'a portcullis::snapshot::SnapshotGuard,
+    a: &'a RequestArgs,
+    now: i64,
+    context: Option<&'a str>,
+) -> portcullis::plugin::bind::SnapshotConditions<'a> {
+    portcullis::plugin::bind::SnapshotConditions::new(
+        snap,
+        portcullis::plugin::bind::Request {
+            subject: &a.subject,
+            action: &a.action,
+            now,
+            context,
+        },
     )
 }
 

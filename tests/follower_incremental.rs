@@ -1,16 +1,20 @@
 //! The follower's assignment-only rebuilds (a compiled tenant patched in place) serve exactly
 //! the snapshot a full build of the same document gives, across creates, updates, deletes,
-//! bursts that coalesce several commits, and commits that force a full rebuild in between.
+//! bursts that coalesce several commits, and commits that force a full rebuild in between —
+//! also for a tenant with plugins, whose plugin roles gain and lose assignments incrementally
+//! while plugin and role changes take the full path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::control::rules::{self, AssignmentCreate, AssignmentPatch, UserCreate};
+use portcullis::control::rules::{
+    self, AssignmentCreate, AssignmentPatch, PluginUpload, RolePatch, UserCreate,
+};
 use portcullis::control::{follower, ControlPlane};
 use portcullis::gen::{self, Rng};
 use portcullis::model::file::DataFile;
-use portcullis::model::{UserKind, UserStatus};
+use portcullis::model::{PluginModule, Tenant, UserKind, UserStatus};
 use portcullis::snapshot::{Registry, Snapshot};
 
 async fn wait_for(reg: &Registry, tenant: &str, revision: u64) {
@@ -38,12 +42,37 @@ async fn assert_same_as_full_build(cp: &ControlPlane, reg: &Registry, step: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_rebuilds_match_full_builds() {
+    drive(gen::tenant("t", gen::S, 21), 5, &[]).await;
+}
+
+/// A tenant with two plugins and two roles naming them: half the new assignments (and some
+/// removals) are of those roles; the occasional plugin replacement or role change recompiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_rebuilds_match_full_builds_with_plugins() {
+    let mut t = gen::tenant("t", gen::S, 22);
+    t.plugins = vec![
+        PluginModule::new("first", b"\0asm-first".to_vec()),
+        PluginModule {
+            name: "second".into(),
+            description: Some("the second module".into()),
+            wasm: vec![7u8; 3000].into(),
+        },
+    ];
+    t.roles[0].plugin = Some("second".into());
+    t.roles[1].plugin = Some("first".into());
+    let favour = [t.roles[0].id.clone(), t.roles[1].id.clone()];
+    drive(t, 6, &favour).await;
+}
+
+/// Seeds `t` (as tenant `t`), follows it, and runs 60 bursts of random writes, comparing the
+/// served snapshot with a full build after each. Roles in `favour` get half of the new
+/// assignments and removals; with any, some full-rebuild writes change plugins or roles.
+async fn drive(t: Tenant, seed: u64, favour: &[String]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = portcullis::store::open(dir.path().to_str().expect("utf-8 path"))
         .await
         .expect("store");
     let cp = Arc::new(ControlPlane::open(store).await.expect("control plane"));
-    let t = gen::tenant("t", gen::S, 21);
     cp.seed(
         &DataFile {
             tenants: vec![t.clone()],
@@ -63,7 +92,7 @@ async fn incremental_rebuilds_match_full_builds() {
         .filter(|u| u.status != UserStatus::Deleted)
         .map(|u| u.id.clone())
         .collect();
-    let mut rng = Rng::new(5);
+    let mut rng = Rng::new(seed);
     for step in 1..=60 {
         // A burst of 1..=4 writes, not waiting in between (the follower coalesces them).
         let mut last = 0;
@@ -82,7 +111,11 @@ async fn incremental_rebuilds_match_full_builds() {
                     let req = AssignmentCreate {
                         user,
                         group,
-                        role: rng.pick(&t.all_roles()).id.clone(),
+                        role: if !favour.is_empty() && rng.chance(50) {
+                            rng.pick(favour).clone()
+                        } else {
+                            rng.pick(&t.all_roles()).id.clone()
+                        },
                         scope: rng.pick(&t.nodes).id.clone(),
                         expires_at: rng.chance(30).then_some(gen::NOW + 3600),
                     };
@@ -93,7 +126,15 @@ async fn incremental_rebuilds_match_full_builds() {
                     .await
                 }
                 5..=6 => {
-                    let id = rng.pick(&ids).clone();
+                    let favoured: Vec<&String> = ids
+                        .iter()
+                        .filter(|id| favour.iter().any(|r| id.contains(&format!("~{r}~"))))
+                        .collect();
+                    let id = if !favoured.is_empty() && rng.chance(50) {
+                        (*rng.pick(&favoured)).clone()
+                    } else {
+                        rng.pick(&ids).clone()
+                    };
                     cp.write("t", "admin", None, |d| rules::delete_assignment(d, &id))
                         .await
                 }
@@ -107,6 +148,31 @@ async fn incremental_rebuilds_match_full_builds() {
                     })
                     .await
                 }
+                _ if !favour.is_empty() && rng.chance(50) => {
+                    // Plugin and role rows are tenant state: the follower recompiles.
+                    if rng.chance(50) {
+                        let up = PluginUpload {
+                            name: "second".into(),
+                            description: Some(format!("version {step}-{k}")),
+                            wasm: vec![step as u8; 3000 + step].into(),
+                        };
+                        cp.write("t", "admin", None, |d| {
+                            rules::put_plugin(d, &up, "admin", gen::NOW)
+                        })
+                        .await
+                    } else {
+                        let role = rng.pick(favour).clone();
+                        let patch = RolePatch {
+                            name: None,
+                            permissions: None,
+                            plugin: Some(Some(
+                                if rng.chance(50) { "first" } else { "second" }.into(),
+                            )),
+                        };
+                        cp.write("t", "admin", None, |d| rules::update_role(d, &role, &patch))
+                            .await
+                    }
+                }
                 _ => {
                     // Not an assignment: the follower recompiles the tenant.
                     let id = format!("new-{step}-{k}");
@@ -117,8 +183,10 @@ async fn incremental_rebuilds_match_full_builds() {
                         kind: UserKind::Member,
                         status: None,
                     };
-                    cp.write("t", "admin", None, |d| rules::create_user(d, &req, gen::NOW))
-                        .await
+                    cp.write("t", "admin", None, |d| {
+                        rules::create_user(d, &req, gen::NOW)
+                    })
+                    .await
                 }
             };
             if let Ok(w) = w {

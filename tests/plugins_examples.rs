@@ -20,7 +20,10 @@ fn out_dir() -> PathBuf {
 fn build_once() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        if NAMES.iter().all(|n| out_dir().join(format!("{n}.wasm")).exists()) {
+        if NAMES
+            .iter()
+            .all(|n| out_dir().join(format!("{n}.wasm")).exists())
+        {
             return;
         }
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/build.sh");
@@ -35,8 +38,14 @@ fn build_once() {
 fn load(h: &PluginHost, name: &str) -> Arc<Plugin> {
     build_once();
     let bytes = std::fs::read(out_dir().join(format!("{name}.wasm"))).unwrap();
-    let p = h.load("femo", name, &bytes).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{name}: {} bytes, compiled in {:?}", bytes.len(), p.compile_time());
+    let p = h
+        .load("femo", name, &bytes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{name}: {} bytes, compiled in {:?}",
+        bytes.len(),
+        p.compile_time()
+    );
     p
 }
 
@@ -71,7 +80,11 @@ fn call(p: &Plugin, c: Case) -> (Outcome, String) {
         resource: "press-7",
         role: c.role,
         scope: "hawthorne",
-        path: &[("organisation", "femo"), ("site", "hawthorne"), ("asset", "press-7")],
+        path: &[
+            ("organisation", "femo"),
+            ("site", "hawthorne"),
+            ("asset", "press-7"),
+        ],
         attrs: &[("kind", c.kind), ("email", "alice@femo.example")],
         context: c.ctx.as_ref(),
     }
@@ -85,25 +98,78 @@ fn call(p: &Plugin, c: Case) -> (Outcome, String) {
 fn shift_hours() {
     let h = PluginHost::new(Limits::default()).unwrap();
     let p = load(&h, "shift-hours");
-    let night = |now| call(&p, Case { now, role: "night-shift-22-06", ..Case::default() }).0;
+    let night = |now| {
+        call(
+            &p,
+            Case {
+                now,
+                role: "night-shift-22-06",
+                ..Case::default()
+            },
+        )
+        .0
+    };
     assert_eq!(night(NOW), Outcome::Allow);
-    assert_eq!(night(NOW + 6 * 3600), Outcome::Allow, "04:13 is in the night shift");
+    assert_eq!(
+        night(NOW + 6 * 3600),
+        Outcome::Allow,
+        "04:13 is in the night shift"
+    );
     assert_eq!(night(NOW + 12 * 3600), Outcome::Abstain, "10:13 is not");
-    let (o, reason) = call(&p, Case { role: "day-shift-06-14", ..Case::default() });
+    let (o, reason) = call(
+        &p,
+        Case {
+            role: "day-shift-06-14",
+            ..Case::default()
+        },
+    );
     assert_eq!(o, Outcome::Abstain);
     assert_eq!(reason, "outside the role's shift hours");
     // Schedule from the context when the role names none.
     let ctx = |s, e| Some(json!({"shift_start": s, "shift_end": e}));
-    assert_eq!(call(&p, Case { ctx: ctx(20, 23), ..Case::default() }).0, Outcome::Allow);
-    assert_eq!(call(&p, Case { ctx: ctx(8, 16), ..Case::default() }).0, Outcome::Abstain);
-    assert_eq!(call(&p, Case::default()).0, Outcome::Deny, "no schedule at all");
+    assert_eq!(
+        call(
+            &p,
+            Case {
+                ctx: ctx(20, 23),
+                ..Case::default()
+            }
+        )
+        .0,
+        Outcome::Allow
+    );
+    assert_eq!(
+        call(
+            &p,
+            Case {
+                ctx: ctx(8, 16),
+                ..Case::default()
+            }
+        )
+        .0,
+        Outcome::Abstain
+    );
+    assert_eq!(
+        call(&p, Case::default()).0,
+        Outcome::Deny,
+        "no schedule at all"
+    );
 }
 
 #[test]
 fn channel() {
     let h = PluginHost::new(Limits::default()).unwrap();
     let p = load(&h, "channel");
-    let ch = |c: &str| call(&p, Case { ctx: Some(json!({"channel": c})), ..Case::default() }).0;
+    let ch = |c: &str| {
+        call(
+            &p,
+            Case {
+                ctx: Some(json!({"channel": c})),
+                ..Case::default()
+            },
+        )
+        .0
+    };
     assert_eq!(ch("console"), Outcome::Allow);
     assert_eq!(ch("mobile"), Outcome::Abstain);
     assert_eq!(call(&p, Case::default()).0, Outcome::Abstain);
@@ -115,7 +181,15 @@ fn device() {
     let p = load(&h, "device");
     let dev = |class: &str, verb| {
         let ctx = Some(json!({"device_class": class}));
-        call(&p, Case { verb, ctx, ..Case::default() }).0
+        call(
+            &p,
+            Case {
+                verb,
+                ctx,
+                ..Case::default()
+            },
+        )
+        .0
     };
     assert_eq!(dev("public", "read"), Outcome::Allow);
     assert_eq!(dev("public", "operate"), Outcome::Deny);
@@ -127,11 +201,31 @@ fn mfa() {
     let h = PluginHost::new(Limits::default()).unwrap();
     let p = load(&h, "mfa");
     let age = |a: Value, kind| {
-        call(&p, Case { kind, ctx: Some(json!({"mfa_age": a})), ..Case::default() })
+        call(
+            &p,
+            Case {
+                kind,
+                ctx: Some(json!({"mfa_age": a})),
+                ..Case::default()
+            },
+        )
     };
-    assert_eq!(call(&p, Case { verb: "read", ..Case::default() }).0, Outcome::Allow);
+    assert_eq!(
+        call(
+            &p,
+            Case {
+                verb: "read",
+                ..Case::default()
+            }
+        )
+        .0,
+        Outcome::Allow
+    );
     assert_eq!(age(json!(42), "member").0, Outcome::Allow);
-    assert_eq!(age(json!(900), "member"), (Outcome::Deny, "mfa is older than 300 s".into()));
+    assert_eq!(
+        age(json!(900), "member"),
+        (Outcome::Deny, "mfa is older than 300 s".into())
+    );
     assert_eq!(age(json!(42), "guest").0, Outcome::Deny);
     assert_eq!(call(&p, Case::default()).0, Outcome::Deny);
 }
@@ -141,7 +235,13 @@ fn c_weekdays() {
     let h = PluginHost::new(Limits::default()).unwrap();
     let p = load(&h, "c-weekdays");
     assert_eq!(call(&p, Case::default()).0, Outcome::Allow, "tuesday");
-    let (o, reason) = call(&p, Case { now: NOW + 4 * 86_400, ..Case::default() });
+    let (o, reason) = call(
+        &p,
+        Case {
+            now: NOW + 4 * 86_400,
+            ..Case::default()
+        },
+    );
     assert_eq!(o, Outcome::Abstain, "saturday");
     assert!(reason.starts_with("weekend"), "{reason}");
 }

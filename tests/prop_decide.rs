@@ -90,7 +90,10 @@ fn explain_matches(
         GrantOutcome::WouldGrant => !e.allowed,
         _ => true,
     });
-    prop_assert!(applicable_names_allowed, "also_grants only on allow, would_grant only on deny");
+    prop_assert!(
+        applicable_names_allowed,
+        "also_grants only on allow, would_grant only on deny"
+    );
     let mut got: Vec<ReportKey> = e
         .assignments
         .iter()

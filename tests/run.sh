@@ -149,3 +149,6 @@ CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" cargo test --manifest-path b
 
 log "demo data assertions: portcullis test deploy/demo.yaml"
 cargo run --quiet -- test deploy/demo.yaml
+
+log "plugin examples bound to roles: portcullis test deploy/plugins-demo.yaml"
+cargo run --quiet -- test deploy/plugins-demo.yaml

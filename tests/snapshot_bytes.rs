@@ -525,9 +525,35 @@ fn user_group_and_role_indexes_must_be_in_range() {
                     builtin: false,
                     permissions: r.permissions.clone(),
                     plugin: None,
+                    plugin_slot: portcullis::snapshot::NONE,
                 });
             }
         },
+    );
+    rejects(
+        "plugin slot past the plugins",
+        "inconsistent plugin slot",
+        |t| {
+            let r = t.roles.last_mut().unwrap();
+            r.plugin = Some("ghost".into());
+            r.plugin_slot = 0;
+        },
+    );
+    rejects("plugin role not flagged", "inconsistent plugin slot", |t| {
+        t.plugins.push(portcullis::snapshot::PluginRec {
+            name: "p".into(),
+            sha256: String::new(),
+            description: None,
+            wasm: vec![0, 97, 115, 109],
+        });
+        let r = t.roles.last_mut().unwrap();
+        r.plugin = Some("p".into());
+        r.plugin_slot = 0;
+    });
+    rejects(
+        "plugin_roles outside the bitsets",
+        "permission index points outside the bitsets",
+        |t| t.plugin_roles = 1_000_000,
     );
     rejects("unknown format", "format 99 is not supported", |t| {
         t.format = 99

@@ -47,6 +47,53 @@ pub struct AssignmentRow {
     pub assignment: Assignment,
 }
 
+/// A plugin row: the module (base64 in the row's JSON) and what the API shows of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRow {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Lowercase hex SHA-256 of the module: its version.
+    pub sha256: String,
+    pub size: usize,
+    #[serde(with = "wasm_b64")]
+    pub wasm: std::sync::Arc<[u8]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_by: Option<String>,
+    #[serde(default)]
+    pub uploaded_at: Timestamp,
+}
+
+impl PluginRow {
+    /// The row's JSON without the module bytes (for audit entries and API responses).
+    pub fn summary(v: &serde_json::Value) -> serde_json::Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("wasm");
+            m.remove("_rev");
+        }
+        v
+    }
+}
+
+mod wasm_b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &std::sync::Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::sync::Arc<[u8]>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Into::into)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The id of an assignment: `user~alice~machine-operator~hawthorne`. `~` never occurs in ids.
 pub fn assignment_id(principal: &Principal, role: &str, scope: &str) -> String {
     let (k, id) = match principal {
@@ -67,6 +114,7 @@ pub struct TenantDoc {
     pub users: BTreeMap<String, UserRow>,
     pub groups: BTreeMap<String, Group>,
     pub assignments: BTreeMap<String, AssignmentRow>,
+    pub plugins: BTreeMap<String, PluginRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +178,7 @@ impl TenantDoc {
             Kind::User => put(&mut self.users, op),
             Kind::Group => put(&mut self.groups, op),
             Kind::Assignment => put(&mut self.assignments, op),
-            Kind::Plugin => Ok(()), // plugins arrive with the plugin issue
+            Kind::Plugin => put(&mut self.plugins, op),
         }
     }
 
@@ -194,6 +242,15 @@ impl TenantDoc {
                 .values()
                 .map(|a| a.assignment.clone())
                 .collect(),
+            plugins: self
+                .plugins
+                .values()
+                .map(|p| crate::model::PluginModule {
+                    name: p.name.clone(),
+                    description: p.description.clone(),
+                    wasm: p.wasm.clone(),
+                })
+                .collect(),
             revision: self.revision,
         })
     }
@@ -222,6 +279,18 @@ impl TenantDoc {
             created_at: now,
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
+        for p in &t.plugins {
+            let p = PluginRow {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                sha256: p.sha256(),
+                size: p.wasm.len(),
+                wasm: p.wasm.clone(),
+                uploaded_by: None,
+                uploaded_at: now,
+            };
+            ops.push(row(Kind::Plugin, &p.name, json(&p)));
+        }
         for n in &t.nodes {
             ops.push(row(Kind::Node, &n.id, json(n)));
         }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::doc::{assignment_id, json, AssignmentRow, Settings, TenantDoc, UserRow};
+use super::doc::{assignment_id, json, AssignmentRow, PluginRow, Settings, TenantDoc, UserRow};
 use crate::model::{
     check_email, check_id, check_text, is_builtin_role, Assignment, Group, GroupStatus, Node,
     Permission, Principal, Quotas, Rbac, Role, Tenant, TenantStatus, Timestamp, User, UserKind,
@@ -248,6 +248,9 @@ pub fn delete_tenant(doc: &TenantDoc) -> Result<Change, RuleError> {
     }
     for (id, n) in &doc.nodes {
         ops.push(del(Kind::Node, id, json(n)));
+    }
+    for (id, p) in &doc.plugins {
+        ops.push(del(Kind::Plugin, id, PluginRow::summary(&json(p))));
     }
     ops.push(del(Kind::Tenant, &s.id, json(s)));
     Ok(change(
@@ -871,6 +874,18 @@ pub struct RolePatch {
     pub plugin: Option<Option<String>>,
 }
 
+/// A role's plugin must be a valid name of a plugin the tenant holds.
+fn check_plugin_ref(doc: &TenantDoc, p: &str, f: &mut Fields) {
+    if let Err(m) = check_id("plugin name", p) {
+        f.push("plugin", m);
+    } else if !doc.plugins.contains_key(p) {
+        f.push(
+            "plugin",
+            format!("no plugin '{p}' in this tenant; upload it first (PUT …/plugins/{p})"),
+        );
+    }
+}
+
 fn parse_perms(perms: &[String], f: &mut Fields) -> Vec<Permission> {
     let mut out = Vec::with_capacity(perms.len());
     for (i, p) in perms.iter().enumerate() {
@@ -893,7 +908,7 @@ pub fn create_role(doc: &TenantDoc, req: &RoleCreate) -> Result<Change, RuleErro
     f.check("name", check_text("name", &name));
     let perms = parse_perms(&req.permissions, &mut f);
     if let Some(p) = &req.plugin {
-        f.check("plugin", check_id("plugin name", p));
+        check_plugin_ref(doc, p, &mut f);
     }
     if doc.settings.as_ref().is_some_and(|s| s.rbac == Rbac::Basic) {
         f.push(
@@ -951,7 +966,7 @@ pub fn update_role(doc: &TenantDoc, id: &str, patch: &RolePatch) -> Result<Chang
     }
     if let Some(p) = &patch.plugin {
         if let Some(p) = p {
-            f.check("plugin", check_id("plugin name", p));
+            check_plugin_ref(doc, p, &mut f);
         }
         r.plugin = p.clone();
     }
@@ -992,6 +1007,137 @@ pub fn delete_role(doc: &TenantDoc, id: &str) -> Result<Change, RuleError> {
         format!("role:{id}"),
         vec![del(Kind::Role, id, json(cur))],
         serde_json::json!({"id": id, "deleted": true}),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugins
+
+/// An upload: the module bytes were already validated and compiled by the plugin runtime.
+#[derive(Debug, Clone)]
+pub struct PluginUpload {
+    pub name: String,
+    pub description: Option<String>,
+    pub wasm: std::sync::Arc<[u8]>,
+}
+
+/// A plugin name as the API takes it.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    check_id("plugin name", name)
+}
+
+/// Roles naming plugin `name`, sorted.
+pub fn plugin_users(doc: &TenantDoc, name: &str) -> Vec<String> {
+    doc.roles
+        .values()
+        .filter(|r| r.plugin.as_deref() == Some(name))
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+/// The API form of a plugin row: no module bytes, plus the roles using it.
+pub fn plugin_summary(doc: &TenantDoc, row: &PluginRow) -> serde_json::Value {
+    let mut v = PluginRow::summary(&json(row));
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("roles".into(), json(&plugin_users(doc, &row.name)));
+    }
+    v
+}
+
+/// Creates or replaces a plugin. Replacing with the same bytes and description changes nothing.
+pub fn put_plugin(
+    doc: &TenantDoc,
+    req: &PluginUpload,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Change, RuleError> {
+    let mut f = Fields::default();
+    f.check("name", check_id("plugin name", &req.name));
+    if let Some(d) = &req.description {
+        f.check("description", check_text("description", d));
+    }
+    if req.wasm.is_empty() || req.wasm.len() > crate::model::MAX_PLUGIN_BYTES {
+        f.push(
+            "wasm",
+            format!(
+                "a module must be 1 to {} bytes, got {}",
+                crate::model::MAX_PLUGIN_BYTES,
+                req.wasm.len()
+            ),
+        );
+    }
+    if doc
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.rbac != Rbac::Enterprise)
+    {
+        f.push("name", "plugins need rbac 'enterprise'");
+    }
+    f.done()?;
+    let cur = doc.plugins.get(&req.name);
+    if cur.is_none() && doc.plugins.len() >= crate::model::MAX_PLUGINS {
+        return Err(RuleError::conflict(
+            "quota_exceeded",
+            format!(
+                "a tenant holds at most {} plugins",
+                crate::model::MAX_PLUGINS
+            ),
+        ));
+    }
+    let sha256 = crate::model::sha256_hex(&req.wasm);
+    if let Some(c) = cur {
+        if c.sha256 == sha256 && c.description == req.description {
+            return Ok(change(
+                "plugin.replace",
+                format!("plugin:{}", req.name),
+                Vec::new(),
+                plugin_summary(doc, c),
+            ));
+        }
+    }
+    let row = PluginRow {
+        name: req.name.clone(),
+        description: req.description.clone(),
+        sha256,
+        size: req.wasm.len(),
+        wasm: req.wasm.clone(),
+        uploaded_by: Some(actor.to_string()),
+        uploaded_at: now,
+    };
+    let before = cur.map(|c| PluginRow::summary(&json(c)));
+    let action = if cur.is_some() {
+        "plugin.replace"
+    } else {
+        "plugin.create"
+    };
+    Ok(change(
+        action,
+        format!("plugin:{}", req.name),
+        vec![put(Kind::Plugin, &req.name, before, json(&row))],
+        plugin_summary(doc, &row),
+    ))
+}
+
+pub fn delete_plugin(doc: &TenantDoc, name: &str) -> Result<Change, RuleError> {
+    let cur = doc
+        .plugins
+        .get(name)
+        .ok_or_else(|| RuleError::not_found("plugin", name))?;
+    let roles = plugin_users(doc, name);
+    if !roles.is_empty() {
+        return Err(RuleError::conflict(
+            "in_use",
+            format!(
+                "plugin '{name}' is the condition of role(s) {}; change them first",
+                roles.join(", ")
+            ),
+        ));
+    }
+    Ok(change(
+        "plugin.delete",
+        format!("plugin:{name}"),
+        vec![del(Kind::Plugin, name, PluginRow::summary(&json(cur)))],
+        serde_json::json!({"id": name, "deleted": true}),
     ))
 }
 

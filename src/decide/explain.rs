@@ -3,8 +3,12 @@
 
 use serde::Serialize;
 
-use super::{check, grant_covers, node_path, perms, Decision, Reason};
+use super::{
+    bit, check_with, conditional_roles, grant_covers, node_path, perms, Conditions, Decision,
+    NoPlugins, Reason,
+};
 use crate::model::{format_timestamp, split_action};
+use crate::plugin::Verdict;
 use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,6 +28,47 @@ pub enum GrantOutcome {
     Expired,
     /// The assignment is via a group that is inactive.
     GroupInactive,
+    /// The role's plugin condition vetoed the request (or failed).
+    PluginDenied,
+    /// The role's plugin condition abstained: the assignment does not apply to this request.
+    ConditionNotMet,
+}
+
+/// What a plugin condition said about one assignment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConditionNote {
+    pub plugin: String,
+    /// Plugin version (SHA-256), when known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// `allow`, `deny`, `abstain`, or the failure (`timeout`, `trap`, `unavailable`, …).
+    pub outcome: &'static str,
+    /// The reason the plugin gave, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl ConditionNote {
+    /// A note naming grant `grant`'s plugin with a bare verdict.
+    pub fn of(v: &ArchivedTenantSnap, grant: u32, verdict: Verdict) -> ConditionNote {
+        let role = v
+            .grants
+            .get(grant as usize)
+            .and_then(|g| v.roles.get(g.role.to_native() as usize));
+        ConditionNote {
+            plugin: role
+                .and_then(|r| r.plugin.as_ref())
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: String::new(),
+            outcome: match verdict {
+                Verdict::Allow => "allow",
+                Verdict::Deny => "deny",
+                Verdict::Abstain => "abstain",
+            },
+            reason: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +85,9 @@ pub struct GrantReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     pub outcome: GrantOutcome,
+    /// The plugin condition's verdict, for assignments whose role has one and that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<ConditionNote>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,7 +113,20 @@ pub fn explain(
     resource: &str,
     now: i64,
 ) -> Explanation {
-    let d: Decision = check(v, subject, action, resource, now);
+    explain_with(v, subject, action, resource, now, &mut NoPlugins)
+}
+
+/// Explains the decision [`super::check_with`] makes with the same conditions: plugin
+/// conditions of matching assignments are run (again) and their verdicts reported.
+pub fn explain_with(
+    v: &ArchivedTenantSnap,
+    subject: &str,
+    action: &str,
+    resource: &str,
+    now: i64,
+    cond: &mut dyn Conditions,
+) -> Explanation {
+    let d: Decision = check_with(v, subject, action, resource, now, cond);
     let x = v.node_index.get(resource).map(|x| x.to_native());
     let mut out = Explanation {
         allowed: d.allowed,
@@ -86,6 +147,10 @@ pub fn explain(
         return out;
     };
     let ps = split_action(action).map(|(r, a)| perms(v, action, r, a));
+    let pbits = ps
+        .as_ref()
+        .and_then(|p| conditional_roles(v, p))
+        .unwrap_or(&[]);
     let mut slices = vec![(
         format!("user:{subject}"),
         true,
@@ -114,8 +179,23 @@ pub fn explain(
             };
             let role = v.roles.get(g.role.to_native() as usize);
             let scope = v.nodes.get(g.lo.to_native() as usize);
+            let mut condition = None;
+            let mut verdict = Verdict::Allow;
+            let applies = active
+                && g.expires.to_native() > now
+                && ps.is_some_and(|p| p.has(g.role.to_native()))
+                && x.is_some_and(|x| grant_covers(g, x));
+            if let (true, Some(x)) = (applies && bit(pbits, g.role.to_native()), x) {
+                let (vd, note) = cond.explain(v, gi, x);
+                verdict = vd;
+                condition = Some(note);
+            }
             let outcome = if gi == d.grant && d.reason == Reason::Granted {
                 GrantOutcome::Matched
+            } else if applies && verdict == Verdict::Deny {
+                GrantOutcome::PluginDenied
+            } else if applies && verdict == Verdict::Abstain {
+                GrantOutcome::ConditionNotMet
             } else if !active {
                 GrantOutcome::GroupInactive
             } else if g.expires.to_native() <= now {
@@ -146,6 +226,7 @@ pub fn explain(
                 assigned_at: (at != i64::MIN).then(|| format_timestamp(at)),
                 expires_at: (exp != NEVER).then(|| format_timestamp(exp)),
                 outcome,
+                condition,
             };
             if outcome == GrantOutcome::Matched {
                 out.matched = Some(report.clone());

@@ -17,7 +17,32 @@ use crate::snapshot::{
 /// One archived bitset word.
 type Word = Archived<u64>;
 
-pub use explain::{explain, Explanation, GrantOutcome, GrantReport};
+pub use explain::{explain, explain_with, ConditionNote, Explanation, GrantOutcome, GrantReport};
+
+use crate::plugin::Verdict;
+
+/// Evaluates the plugin condition of a matched grant (the plugin runtime implements it:
+/// `crate::plugin::bind`). Decisions call it only for grants that cover the resource, hold the
+/// permission, have not expired and whose role names a plugin.
+pub trait Conditions {
+    /// The verdict of the plugin of grant `grant`'s role for node `x`. Failures are `Deny`.
+    fn evaluate(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> Verdict;
+
+    /// As [`Conditions::evaluate`], with a description for explanations.
+    fn explain(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> (Verdict, ConditionNote) {
+        let verdict = self.evaluate(v, grant, x);
+        (verdict, ConditionNote::of(v, grant, verdict))
+    }
+}
+
+/// No plugin runtime: every plugin condition denies (fail closed).
+pub struct NoPlugins;
+
+impl Conditions for NoPlugins {
+    fn evaluate(&mut self, _: &ArchivedTenantSnap, _: u32, _: u32) -> Verdict {
+        Verdict::Deny
+    }
+}
 
 /// Why a decision came out the way it did. Stable codes for the wire and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,12 +63,14 @@ pub enum Reason {
     GuestReadOnly,
     /// No assignment of the subject (or its active groups) grants the permission on the resource.
     NoMatchingAssignment,
-    /// A plugin condition said no (or failed, which also denies).
+    /// A plugin condition vetoed the check (or failed, which also denies).
     PluginDenied,
+    /// Only grants with plugin conditions matched, and none of the plugins allowed.
+    ConditionNotMet,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Granted,
         Reason::RbacNone,
         Reason::TenantSuspended,
@@ -55,6 +82,7 @@ impl Reason {
         Reason::GuestReadOnly,
         Reason::NoMatchingAssignment,
         Reason::PluginDenied,
+        Reason::ConditionNotMet,
     ];
 
     pub fn code(self) -> &'static str {
@@ -70,6 +98,7 @@ impl Reason {
             Reason::GuestReadOnly => "guest_read_only",
             Reason::NoMatchingAssignment => "no_matching_assignment",
             Reason::PluginDenied => "plugin_denied",
+            Reason::ConditionNotMet => "condition_not_met",
         }
     }
 
@@ -87,7 +116,10 @@ impl Reason {
             Reason::NoMatchingAssignment => {
                 "no assignment grants the permission on this resource or its ancestors"
             }
-            Reason::PluginDenied => "a plugin condition denied",
+            Reason::PluginDenied => "a plugin condition vetoed the request (or failed)",
+            Reason::ConditionNotMet => {
+                "the only matching assignments have plugin conditions, and none applied"
+            }
         }
     }
 
@@ -147,6 +179,33 @@ impl Perms<'_> {
             .iter()
             .all(|s| s.iter().all(|w| w.to_native() == 0))
     }
+
+    /// Whether any role in `other` is in this set.
+    fn intersects(&self, other: &[Word]) -> bool {
+        other.iter().enumerate().any(|(w, o)| {
+            let word = |s: &[Word]| s.get(w).map_or(0, |x| x.to_native());
+            (word(self.sets[0]) | word(self.sets[1]) | word(self.sets[2])) & o.to_native() != 0
+        })
+    }
+}
+
+/// Whether bit `role` is set in a bitset.
+#[inline]
+fn bit(set: &[Word], role: u32) -> bool {
+    set.get((role / 64) as usize)
+        .is_some_and(|w| (w.to_native() >> (role % 64)) & 1 == 1)
+}
+
+/// The roles with plugin conditions that could grant `perms`, if any: the slow path is taken
+/// only then.
+#[inline]
+fn conditional_roles<'a>(v: &'a ArchivedTenantSnap, perms: &Perms) -> Option<&'a [Word]> {
+    let pr = v.plugin_roles.to_native();
+    if pr == 0 {
+        return None;
+    }
+    let set = bitset(v, pr);
+    perms.intersects(set).then_some(set)
 }
 
 #[inline]
@@ -340,7 +399,72 @@ fn decide_node(v: &ArchivedTenantSnap, s: &Subject, x: u32, now: i64) -> Decisio
     }
 }
 
-/// May `subject` perform `action` on `resource` at time `now` (unix seconds)?
+/// [`decide_node`] when some role that could grant the permission has a plugin condition:
+/// visits every matching grant. A plugin `Deny` vetoes the check; otherwise any plain grant or
+/// plugin `Allow` allows; a plugin `Abstain` makes its grant not apply.
+fn decide_node_with(
+    v: &ArchivedTenantSnap,
+    s: &Subject,
+    x: u32,
+    now: i64,
+    cond: &mut dyn Conditions,
+) -> Decision {
+    if s.rbac_none {
+        return Decision::allow(Reason::RbacNone, NONE);
+    }
+    let Some(pbits) = conditional_roles(v, &s.perms) else {
+        return decide_node(v, s, x, now);
+    };
+    let (mut allowed, mut veto, mut conditional) = (NONE, NONE, false);
+    for_each_slice(v, s.user, |start, end| {
+        let Some(slice) = v.grants.get(start as usize..end as usize) else {
+            return true;
+        };
+        let k = count_lo_le(slice, x);
+        if k == 0 {
+            return true;
+        }
+        let mut gi = start + k as u32 - 1;
+        while let Some(g) = v.grants.get(gi as usize) {
+            let role = g.role.to_native();
+            if x < g.hi.to_native() && g.expires.to_native() > now && s.perms.has(role) {
+                if !bit(pbits, role) {
+                    if allowed == NONE {
+                        allowed = gi;
+                    }
+                } else {
+                    conditional = true;
+                    match cond.evaluate(v, gi, x) {
+                        Verdict::Allow if allowed == NONE => allowed = gi,
+                        Verdict::Allow | Verdict::Abstain => {}
+                        Verdict::Deny => {
+                            veto = gi;
+                            return false;
+                        }
+                    }
+                }
+            }
+            gi = g.up.to_native();
+        }
+        true
+    });
+    if veto != NONE {
+        Decision {
+            allowed: false,
+            reason: Reason::PluginDenied,
+            grant: veto,
+        }
+    } else if allowed != NONE {
+        Decision::allow(Reason::Granted, allowed)
+    } else if conditional {
+        Decision::deny(Reason::ConditionNotMet)
+    } else {
+        Decision::deny(Reason::NoMatchingAssignment)
+    }
+}
+
+/// May `subject` perform `action` on `resource` at time `now` (unix seconds)? Plugin conditions
+/// deny ([`NoPlugins`]); use [`check_with`] to run them.
 #[inline]
 pub fn check(
     v: &ArchivedTenantSnap,
@@ -348,6 +472,20 @@ pub fn check(
     action: &str,
     resource: &str,
     now: i64,
+) -> Decision {
+    check_with(v, subject_id, action, resource, now, &mut NoPlugins)
+}
+
+/// [`check`], running plugin conditions through `cond`. Tenants (and permissions) without
+/// plugin roles take exactly the plain path.
+#[inline]
+pub fn check_with(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    action: &str,
+    resource: &str,
+    now: i64,
+    cond: &mut dyn Conditions,
 ) -> Decision {
     // The node lookup does not depend on the subject: issue it first so that its cache miss
     // overlaps the subject's. Subject reasons still take precedence over an unknown resource.
@@ -359,7 +497,7 @@ pub fn check(
     let Some(x) = x else {
         return Decision::deny(Reason::UnknownResource);
     };
-    decide_node(v, &s, x, now)
+    decide_node_with(v, &s, x, now, cond)
 }
 
 /// Largest number of covering intervals [`filter`] keeps on the stack (nested ones are dropped
@@ -436,6 +574,20 @@ pub fn filter<S: AsRef<str>>(
     action: &str,
     resources: &[S],
     now: i64,
+    emit: impl FnMut(usize),
+) -> Decision {
+    filter_with(v, subject_id, action, resources, now, &mut NoPlugins, emit)
+}
+
+/// [`filter`], running plugin conditions through `cond` (per resource, when a role that could
+/// grant the permission has one).
+pub fn filter_with<S: AsRef<str>>(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    action: &str,
+    resources: &[S],
+    now: i64,
+    cond: &mut dyn Conditions,
     mut emit: impl FnMut(usize),
 ) -> Decision {
     let s = match subject(v, subject_id, action) {
@@ -450,6 +602,20 @@ pub fn filter<S: AsRef<str>>(
             }
         }
         return Decision::allow(Reason::RbacNone, NONE);
+    }
+    if conditional_roles(v, &s.perms).is_some() {
+        let mut any = false;
+        for (i, r) in resources.iter().enumerate() {
+            if node(r).is_some_and(|x| decide_node_with(v, &s, x, now, cond).allowed) {
+                any = true;
+                emit(i);
+            }
+        }
+        return if any || resources.is_empty() {
+            Decision::allow(Reason::Granted, NONE)
+        } else {
+            Decision::deny(Reason::NoMatchingAssignment)
+        };
     }
     match Cover::collect(v, &s, now) {
         // No grant of the subject holds the permission anywhere: nothing can be permitted.
@@ -499,10 +665,13 @@ pub fn scopes(
     if s.perms.is_empty() {
         return Decision::deny(Reason::NoMatchingAssignment);
     }
+    // Grants with plugin conditions depend on the resource and the request: not listed.
+    let pbits = conditional_roles(v, &s.perms).unwrap_or(&[]);
     let mut iv: Vec<(u32, u32)> = Vec::new();
     for_each_slice(v, s.user, |start, end| {
         for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
-            if g.expires.to_native() > now && s.perms.has(g.role.to_native()) {
+            let role = g.role.to_native();
+            if g.expires.to_native() > now && s.perms.has(role) && !bit(pbits, role) {
                 iv.push((g.lo.to_native(), g.hi.to_native()));
             }
         }
@@ -521,6 +690,13 @@ pub fn scopes(
     } else {
         Decision::allow(Reason::Granted, NONE)
     }
+}
+
+/// Whether a role with a plugin condition could grant `action` to `subject_id` (then
+/// [`scopes`] leaves its grants out, and checks under any scope may be vetoed).
+pub fn has_conditions(v: &ArchivedTenantSnap, subject_id: &str, action: &str) -> bool {
+    subject(v, subject_id, action)
+        .is_ok_and(|s| !s.rbac_none && conditional_roles(v, &s.perms).is_some())
 }
 
 /// Ids of a node and its ancestors, root first.

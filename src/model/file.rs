@@ -41,6 +41,9 @@ pub struct TestCase {
     /// Expected reason code, if given (e.g. `subject_inactive`).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The request `context` handed to plugin conditions.
+    #[serde(default)]
+    pub context: Option<serde_json::Value>,
     /// 1-based line of the case in the file (0 when not from a file).
     #[serde(skip)]
     pub line: u64,
@@ -135,6 +138,18 @@ struct RawTenant {
     groups: Vec<Spanned<RawGroup>>,
     #[serde(default)]
     assignments: Vec<Spanned<RawAssignment>>,
+    #[serde(default)]
+    plugins: Vec<Spanned<RawPlugin>>,
+}
+
+/// A plugin declared by path (relative to the data file's directory).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: String,
+    path: String,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -225,11 +240,16 @@ pub fn load_path(path: &Path) -> Result<DataFile, LoadError> {
         path: path.display().to_string(),
         source,
     })?;
-    load_bytes(&text)
+    load_bytes_in(&text, path.parent())
 }
 
-/// Parses and validates a data file held in memory.
+/// Parses and validates a data file held in memory (plugin paths relative to the current
+/// directory).
 pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
+    load_bytes_in(bytes, None)
+}
+
+fn load_bytes_in(bytes: &[u8], base: Option<&Path>) -> Result<DataFile, LoadError> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(LoadError::TooLarge(bytes.len()));
     }
@@ -245,7 +265,7 @@ pub fn load_bytes(bytes: &[u8]) -> Result<DataFile, LoadError> {
             message: "data file is not valid UTF-8".into(),
         }]));
     };
-    load_str(text)
+    load_str_in(text, base)
 }
 
 /// serde-saphyr's default limits (alias expansion, nesting, anchors, documents), with the
@@ -262,8 +282,12 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
     options
 }
 
-/// Parses and validates a data file's text.
+/// Parses and validates a data file's text (plugin paths relative to the current directory).
 pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
+    load_str_in(text, None)
+}
+
+fn load_str_in(text: &str, base: Option<&Path>) -> Result<DataFile, LoadError> {
     let raw: RawFile = if text.trim().is_empty() {
         RawFile {
             tenants: Vec::new(),
@@ -289,10 +313,31 @@ pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
             }])
         })?
     };
-    convert(raw)
+    convert(raw, base)
 }
 
-fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
+/// Reads a declared plugin module, refusing anything but a regular file within the size cap.
+fn read_plugin(base: Option<&Path>, path: &str) -> Result<Vec<u8>, String> {
+    let full = match base {
+        Some(b) if !Path::new(path).is_absolute() => b.join(path),
+        _ => Path::new(path).to_path_buf(),
+    };
+    let meta = std::fs::metadata(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", full.display()));
+    }
+    if meta.len() > crate::model::MAX_PLUGIN_BYTES as u64 {
+        return Err(format!(
+            "{} is {} bytes; the limit is {}",
+            full.display(),
+            meta.len(),
+            crate::model::MAX_PLUGIN_BYTES
+        ));
+    }
+    std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))
+}
+
+fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
     let mut problems = Vec::new();
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut ids = HashSet::new();
@@ -311,6 +356,23 @@ fn convert(raw: RawFile) -> Result<DataFile, LoadError> {
         t.rbac = rt.rbac;
         t.status = rt.status;
         t.quotas = rt.quotas;
+        locs.push((
+            Collection::Plugins,
+            rt.plugins.iter().map(|s| s.referenced).collect(),
+        ));
+        for s in rt.plugins {
+            match read_plugin(base, &s.value.path) {
+                Ok(bytes) => t.plugins.push(crate::model::PluginModule {
+                    name: s.value.name,
+                    description: s.value.description,
+                    wasm: bytes.into(),
+                }),
+                Err(e) => problems.push(at(
+                    &s.referenced,
+                    format!("tenant '{tid}': plugin '{}': {e}", s.value.name),
+                )),
+            }
+        }
         locs.push((
             Collection::Nodes,
             rt.nodes.iter().map(|s| s.referenced).collect(),

@@ -165,6 +165,48 @@ pub struct Assignment {
     pub expires_at: Option<Timestamp>,
 }
 
+/// A tenant plugin: a WebAssembly module (`plugins/ABI.md`) that custom roles name as their
+/// condition. The model holds the bytes; compiling and running them is `crate::plugin`'s job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginModule {
+    pub name: String,
+    pub description: Option<String>,
+    /// The module bytes (shared: tenants are cloned on every rebuild).
+    pub wasm: std::sync::Arc<[u8]>,
+}
+
+impl PluginModule {
+    pub fn new(name: impl Into<String>, wasm: impl Into<std::sync::Arc<[u8]>>) -> PluginModule {
+        PluginModule {
+            name: name.into(),
+            description: None,
+            wasm: wasm.into(),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of the module bytes: the plugin's version.
+    pub fn sha256(&self) -> String {
+        sha256_hex(&self.wasm)
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Largest plugin module a tenant may hold (the plugin host enforces the same default).
+pub const MAX_PLUGIN_BYTES: usize = 4 << 20;
+/// Most plugins one tenant may hold.
+pub const MAX_PLUGINS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: String,
@@ -178,6 +220,10 @@ pub struct Tenant {
     pub users: Vec<User>,
     pub groups: Vec<Group>,
     pub assignments: Vec<Assignment>,
+    /// Plugin modules custom roles may name (not part of the serde form: data files declare
+    /// them by path, the management API uploads them).
+    #[serde(skip)]
+    pub plugins: Vec<PluginModule>,
     /// Revision of this state; every committed change raises it by one.
     pub revision: u64,
 }
@@ -191,6 +237,7 @@ pub enum Collection {
     Users,
     Groups,
     Assignments,
+    Plugins,
 }
 
 impl Collection {
@@ -202,6 +249,7 @@ impl Collection {
             Collection::Users => "users",
             Collection::Groups => "groups",
             Collection::Assignments => "assignments",
+            Collection::Plugins => "plugins",
         }
     }
 }
@@ -305,6 +353,7 @@ impl Tenant {
             users: Vec::new(),
             groups: Vec::new(),
             assignments: Vec::new(),
+            plugins: Vec::new(),
             revision: 1,
         }
     }
@@ -409,6 +458,44 @@ impl Tenant {
             }
         }
 
+        // Plugins: unique names, size caps.
+        let mut plugin_names: HashSet<&str> = HashSet::with_capacity(self.plugins.len());
+        if self.plugins.len() > MAX_PLUGINS {
+            err(
+                Collection::Plugins,
+                MAX_PLUGINS,
+                format!("at most {MAX_PLUGINS} plugins per tenant"),
+            );
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            if let Err(m) = check_id("plugin name", &p.name) {
+                err(Collection::Plugins, i, m);
+            }
+            if let Some(d) = &p.description {
+                if let Err(m) = check_text("plugin description", d) {
+                    err(Collection::Plugins, i, m);
+                }
+            }
+            if p.wasm.is_empty() || p.wasm.len() > MAX_PLUGIN_BYTES {
+                err(
+                    Collection::Plugins,
+                    i,
+                    format!(
+                        "plugin '{}' is {} bytes; a module must be 1 to {MAX_PLUGIN_BYTES} bytes",
+                        p.name,
+                        p.wasm.len()
+                    ),
+                );
+            }
+            if !plugin_names.insert(&p.name) {
+                err(
+                    Collection::Plugins,
+                    i,
+                    format!("duplicate plugin name '{}'", p.name),
+                );
+            }
+        }
+
         // Roles.
         let mut role_ids: HashSet<&str> = BUILTIN_ROLES.iter().map(|r| r.0).collect();
         for (i, r) in self.roles.iter().enumerate() {
@@ -444,6 +531,12 @@ impl Tenant {
             if let Some(p) = &r.plugin {
                 if let Err(m) = check_id("plugin name", p) {
                     err(Collection::Roles, i, m);
+                } else if !plugin_names.contains(p.as_str()) {
+                    err(
+                        Collection::Roles,
+                        i,
+                        format!("role '{}' names unknown plugin '{p}'", r.id),
+                    );
                 }
             }
         }

@@ -145,7 +145,10 @@ mod tests {
         input.encode(&mut b);
         assert_eq!(u32_at(&b, 0), 1);
         assert_eq!(u32_at(&b, 4) as usize, b.len());
-        assert_eq!(i64::from_le_bytes(b[8..16].try_into().unwrap()), 1_700_000_000);
+        assert_eq!(
+            i64::from_le_bytes(b[8..16].try_into().unwrap()),
+            1_700_000_000
+        );
         assert_eq!(str_at(&b, 16), "femo");
         assert_eq!(str_at(&b, 40), "read");
         assert_eq!(str_at(&b, 64), "hawthorne");
@@ -159,8 +162,9 @@ mod tests {
         assert_eq!(str_at(&b, attrs + 24), "alice@femo.example");
         let c = u32_at(&b, 96) as usize;
         assert_eq!(u32_at(&b, 100), 2, "only string and number members");
-        let members: Vec<(&str, &str)> =
-            (0..2).map(|i| (str_at(&b, c + 16 * i), str_at(&b, c + 16 * i + 8))).collect();
+        let members: Vec<(&str, &str)> = (0..2)
+            .map(|i| (str_at(&b, c + 16 * i), str_at(&b, c + 16 * i + 8)))
+            .collect();
         assert!(members.contains(&("channel", "console")));
         assert!(members.contains(&("mfa_age", "42")));
         assert_eq!(u32_at(&b, 104), 1);

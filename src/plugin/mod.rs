@@ -19,8 +19,12 @@
 //!   cap (growth beyond it traps), wasm stack cap, input and reason size caps. Every failure is a
 //!   deny (fail closed) and is counted per plugin by [`Outcome`].
 //! - Calls are synchronous. On an async runtime worker a call blocks that worker for at most the
-//!   epoch deadline (plus one tick), which bounds the damage of a hostile plugin to that.
+//!   epoch deadline (plus one tick) while it runs; a call that the OS descheduled (it has burnt
+//!   under 1/8 of its fuel when the deadline passes) is granted more ticks up to
+//!   [`GRACE_FACTOR`] × the deadline, so a loaded machine does not turn well-behaved plugins into
+//!   timeouts. A busy hostile plugin is interrupted at the deadline or runs out of fuel first.
 
+pub mod bind;
 mod input;
 
 use std::collections::HashMap;
@@ -31,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Extern, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Linker,
-    Memory, Module, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    Caller, Config, Engine, Extern, ExternType, Instance, InstanceAllocationStrategy, InstancePre,
+    Linker, Memory, Module, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc,
 };
 
@@ -96,7 +100,11 @@ pub enum LoadError {
     #[error("plugin engine: {0}")]
     Engine(String),
     #[error("plugin '{name}' is {size} bytes; the limit is {max}")]
-    TooLarge { name: String, size: usize, max: usize },
+    TooLarge {
+        name: String,
+        size: usize,
+        max: usize,
+    },
     #[error("plugin '{name}' is not a valid wasm module: {msg}")]
     Invalid { name: String, msg: String },
     #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' (i32, i32) -> () is allowed")]
@@ -112,7 +120,11 @@ pub enum LoadError {
         ty: &'static str,
     },
     #[error("plugin '{name}' declares {bytes} bytes of initial memory; the limit is {max}")]
-    MemoryTooLarge { name: String, bytes: u64, max: usize },
+    MemoryTooLarge {
+        name: String,
+        bytes: u64,
+        max: usize,
+    },
     #[error("plugin '{name}' reports ABI version {got}; this host implements ABI version 1")]
     AbiVersion { name: String, got: i32 },
     #[error("plugin '{name}' failed to start: {msg}")]
@@ -212,7 +224,31 @@ struct HostState {
     reason: Vec<u8>,
     max_reason: usize,
     reason_too_long: bool,
+    /// Fuel given to the current call.
+    fuel_budget: u64,
+    /// Ticks the current call may still be granted past its deadline (see `on_deadline`).
+    grace_left: u64,
 }
+
+/// Called when a call's epoch deadline passes. A call that burnt little of its fuel by then was
+/// mostly descheduled by the OS (a loaded machine), not busy: it gets one more tick at a time,
+/// up to [`GRACE_FACTOR`] × its deadline of wall time. A busy call is interrupted.
+fn on_deadline(
+    mut ctx: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let remaining = ctx.get_fuel().unwrap_or(0);
+    let st = ctx.data_mut();
+    let used = st.fuel_budget.saturating_sub(remaining);
+    if st.grace_left > 0 && used < st.fuel_budget / 8 {
+        st.grace_left -= 1;
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    } else {
+        Ok(wasmtime::UpdateDeadline::Interrupt)
+    }
+}
+
+/// Wall-clock cap of a call that is descheduled rather than busy, in multiples of the deadline.
+pub const GRACE_FACTOR: u64 = 5;
 
 /// `StoreLimits` plus a note that a growth was refused (to classify the trap).
 struct Limiter {
@@ -279,6 +315,14 @@ impl Stats {
     pub fn instantiations(&self) -> u64 {
         self.instantiations.load(Ordering::Relaxed)
     }
+    /// Calls that failed (trap, timeout, limit, bad result, …).
+    pub fn failures(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_failure())
+            .map(|&o| self.count(o))
+            .sum()
+    }
 }
 
 /// A loaded plugin: one tenant's one module version.
@@ -292,6 +336,8 @@ pub struct Plugin {
     idle: Mutex<Vec<Live>>,
     stats: Stats,
     compile_time: Duration,
+    /// Unix second of the last failure logged (failures are logged at most once a second).
+    last_warn: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -352,19 +398,30 @@ impl Plugin {
                 reason: Vec::with_capacity(self.limits.max_reason_bytes),
                 max_reason: self.limits.max_reason_bytes,
                 reason_too_long: false,
+                fuel_budget: self.limits.fuel,
+                grace_left: 0,
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(on_deadline);
         store
+    }
+
+    /// Arms the per-call limits: deadline, its grace, fuel.
+    fn arm(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
+        store.set_epoch_deadline(self.limits.deadline_ticks);
+        {
+            let st = store.data_mut();
+            st.fuel_budget = self.limits.fuel;
+            st.grace_left = self.limits.deadline_ticks * (GRACE_FACTOR - 1);
+        }
+        store.set_fuel(self.limits.fuel)
     }
 
     /// Instantiate under the call limits (a start function is bounded too).
     fn instantiate(&self) -> Result<Live, (Outcome, String)> {
         let mut store = self.new_store();
-        store.set_epoch_deadline(self.limits.deadline_ticks);
-        store
-            .set_fuel(self.limits.fuel)
+        self.arm(&mut store)
             .map_err(|e| (Outcome::NoInstance, e.to_string()))?;
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let instance = match self.pre.instantiate(&mut store) {
@@ -406,8 +463,7 @@ impl Plugin {
             st.reason_too_long = false;
             st.limits.refused = false;
         }
-        store.set_epoch_deadline(self.limits.deadline_ticks);
-        if store.set_fuel(self.limits.fuel).is_err() {
+        if self.arm(store).is_err() {
             return Outcome::Trap;
         }
         let len = input.len() as i32;
@@ -446,7 +502,31 @@ impl Plugin {
     fn call_inner(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
         let outcome = self.run(input, reason);
         self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if outcome.is_failure() {
+            self.warn(outcome);
+        }
         outcome
+    }
+
+    /// Logs a failure, at most once a second per plugin (a hostile plugin must not flood logs;
+    /// the counters see every failure).
+    fn warn(&self, outcome: Outcome) {
+        let now = crate::engine::unix_now().max(0) as u64;
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                tenant = %self.tenant,
+                plugin = %self.name,
+                outcome = outcome.code(),
+                failures = self.stats.failures(),
+                "plugin call failed; the grant denies"
+            );
+        }
     }
 
     fn run(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
@@ -678,18 +758,18 @@ impl PluginHost {
             }
             _ => return Err(missing("memory", "a 32-bit unshared memory")),
         }
-        let func = |export: &'static str, params: usize, ty: &'static str| {
-            match module.get_export(export) {
-                Some(ExternType::Func(f))
-                    if f.params().len() == params
-                        && f.params().all(|p| p.is_i32())
-                        && f.results().len() == 1
-                        && f.results().all(|r| r.is_i32()) =>
-                {
-                    Ok(())
-                }
-                _ => Err(missing(export, ty)),
+        let func = |export: &'static str, params: usize, ty: &'static str| match module
+            .get_export(export)
+        {
+            Some(ExternType::Func(f))
+                if f.params().len() == params
+                    && f.params().all(|p| p.is_i32())
+                    && f.results().len() == 1
+                    && f.results().all(|r| r.is_i32()) =>
+            {
+                Ok(())
             }
+            _ => Err(missing(export, ty)),
         };
         func("portcullis_abi_version", 0, "func () -> i32")?;
         func("portcullis_alloc", 1, "func (i32) -> i32")?;
@@ -711,16 +791,17 @@ impl PluginHost {
             idle: Mutex::new(Vec::new()),
             stats: Stats::default(),
             compile_time,
+            last_warn: AtomicU64::new(0),
         };
         // Start one instance: runs the start function under the limits and checks the version.
-        let mut live = plugin.instantiate().map_err(|(o, msg)| LoadError::Instantiate {
-            name: n(),
-            msg: format!("{}: {msg}", o.code()),
-        })?;
-        let instance_version = abi_version(&mut live).map_err(|msg| LoadError::Instantiate {
-            name: n(),
-            msg,
-        })?;
+        let mut live = plugin
+            .instantiate()
+            .map_err(|(o, msg)| LoadError::Instantiate {
+                name: n(),
+                msg: format!("{}: {msg}", o.code()),
+            })?;
+        let instance_version =
+            abi_version(&mut live).map_err(|msg| LoadError::Instantiate { name: n(), msg })?;
         if instance_version != ABI_VERSION {
             return Err(LoadError::AbiVersion {
                 name: n(),

@@ -340,6 +340,35 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             Ok(respond(StatusCode::OK, v, Some(rev), None))
         }
         (["tenants", t, coll], &Method::POST) => create(state, &cp, t, coll, actor, req).await,
+        (["tenants", t, "plugins", name], &Method::PUT) => {
+            upload_plugin(state, &cp, t, name, actor, &q, req).await
+        }
+        (["tenants", t, "plugins", name, "wasm"], &Method::GET) => {
+            let (wasm, etag) = cp
+                .read(t, |d| {
+                    (
+                        d.plugins.get(*name).map(|p| p.wasm.clone()),
+                        d.rev_of(Kind::Plugin, name),
+                    )
+                })
+                .await?;
+            let wasm = wasm.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("plugin '{name}' not found"),
+                )
+            })?;
+            let mut r = Response::new(Full::new(Bytes::copy_from_slice(&wasm)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/wasm"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            Ok(r)
+        }
         (["tenants", t, coll, id], &Method::GET) => get_one(&cp, t, coll, id).await,
         (["tenants", t, coll, id], &Method::PATCH) => {
             update(state, &cp, t, coll, id, actor, req).await
@@ -389,6 +418,76 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
     }
 }
 
+/// `PUT /v1/tenants/{t}/plugins/{name}` with the module as the body (`?description=` optional):
+/// validated and compiled by the plugin runtime first (422 with the reason when it is refused),
+/// then committed; the new version reaches checks with the tenant's next snapshot.
+async fn upload_plugin(
+    state: &State,
+    cp: &Arc<ControlPlane>,
+    t: &str,
+    name: &str,
+    actor: &str,
+    q: &BTreeMap<String, String>,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let e = if_match(&req, Kind::Plugin, name)?;
+    cp.read(t, |_| ()).await?;
+    let host = state.registry.plugin_host().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugins_unavailable",
+            "this process has no plugin runtime",
+        )
+    })?;
+    let max = host.limits().max_module_bytes;
+    let bytes = super::read_binary_body(state, req, max).await?;
+    if let Err(msg) = rules::check_plugin_name(name) {
+        return Err(ControlError::Rule(RuleError::invalid("name", msg)).into());
+    }
+    // Compile off the async workers. The compiled module lands in the runtime's cache, so the
+    // follower's load of the committed version is a cache hit; live snapshots keep their own
+    // versions whatever the cache holds.
+    let wasm: Arc<[u8]> = Arc::from(&bytes[..]);
+    let check = {
+        let (host, wasm, name, t) = (host.clone(), wasm.clone(), name.to_string(), t.to_string());
+        tokio::task::spawn_blocking(move || host.load(&t, &name, &wasm).map(|p| p.compile_time()))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+    };
+    let compile = check.map_err(|e| {
+        let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string());
+        let mut d = serde_json::Map::new();
+        d.insert(
+            "fields".into(),
+            json!([{"field": "wasm", "message": e.to_string()}]),
+        );
+        err.details = Some(d);
+        err
+    })?;
+    let upload = rules::PluginUpload {
+        name: name.to_string(),
+        description: q.get("description").cloned(),
+        wasm,
+    };
+    let n = now();
+    let existed = cp.read(t, |d| d.plugins.contains_key(name)).await?;
+    let actor_s = actor.to_string();
+    let w = cp
+        .write(t, actor, e, move |d| {
+            rules::put_plugin(d, &upload, &actor_s, n)
+        })
+        .await?;
+    let mut resp = written(w, !existed);
+    resp.headers_mut().insert(
+        "x-portcullis-compile-ms",
+        HeaderValue::from_str(&format!("{:.3}", compile.as_secs_f64() * 1e3))
+            .unwrap_or(HeaderValue::from_static("0")),
+    );
+    Ok(resp)
+}
+
 fn kind_of(coll: &str) -> Result<Kind, ApiError> {
     Ok(match coll {
         "nodes" => Kind::Node,
@@ -396,6 +495,7 @@ fn kind_of(coll: &str) -> Result<Kind, ApiError> {
         "groups" => Kind::Group,
         "roles" => Kind::Role,
         "assignments" => Kind::Assignment,
+        "plugins" => Kind::Plugin,
         other => return Err(ApiError::not_found(&format!("/v1/tenants/…/{other}"))),
     })
 }
@@ -502,6 +602,10 @@ async fn remove(
         Kind::Role => cp.write(t, actor, e, |d| rules::delete_role(d, id)).await?,
         Kind::Assignment => {
             cp.write(t, actor, e, |d| rules::delete_assignment(d, id))
+                .await?
+        }
+        Kind::Plugin => {
+            cp.write(t, actor, e, |d| rules::delete_plugin(d, id))
                 .await?
         }
         _ => return Err(method_not_allowed()),
@@ -664,6 +768,10 @@ async fn get_one(cp: &Arc<ControlPlane>, t: &str, coll: &str, id: &str) -> Resul
                     .map(|g| with_rev(to_json(g), d.rev_of(Kind::Group, id))),
                 Kind::Role => role_json(d, id, true),
                 Kind::Assignment => assignment_json(d, id),
+                Kind::Plugin => d
+                    .plugins
+                    .get(id)
+                    .map(|p| with_rev(rules::plugin_summary(d, p), d.rev_of(Kind::Plugin, id))),
                 _ => None,
             };
             (v, d.revision)
@@ -827,6 +935,13 @@ async fn list(
                     .chain(d.roles.keys().cloned())
                     .filter_map(|id| role_json(d, &id, false))
                     .collect(),
+                Kind::Plugin => d
+                    .plugins
+                    .iter()
+                    .map(|(id, p)| {
+                        with_rev(rules::plugin_summary(d, p), d.rev_of(Kind::Plugin, id))
+                    })
+                    .collect(),
                 Kind::Assignment => {
                     let via_groups = flag(q, "include_groups")?;
                     let user = q.get("user");
@@ -968,11 +1083,19 @@ async fn audit(
             json!({
                 "revision": c.revision, "actor": c.actor, "at": crate::model::format_timestamp(c.at_ms / 1000), "at_ms": c.at_ms,
                 "action": c.action, "target": c.target,
-                "changes": c.ops.iter().map(|o| json!({
-                    "kind": o.kind, "id": o.id,
-                    "before": o.before.as_ref().map(|v| strip_rev(v.clone())),
-                    "after": o.value.as_ref().map(|v| strip_rev(v.clone())),
-                })).collect::<Vec<_>>(),
+                "changes": c.ops.iter().map(|o| {
+                    // Plugin rows carry the module: the audit shows its hash and size.
+                    let show = |v: &Value| if o.kind == Kind::Plugin {
+                        crate::control::doc::PluginRow::summary(v)
+                    } else {
+                        strip_rev(v.clone())
+                    };
+                    json!({
+                        "kind": o.kind, "id": o.id,
+                        "before": o.before.as_ref().map(show),
+                        "after": o.value.as_ref().map(show),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -9,13 +9,33 @@ use std::io::Write;
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::State;
 use crate::decide::{self, Decision};
+use crate::plugin::bind::{Request as PluginRequest, SnapshotConditions};
 use crate::snapshot::SnapshotGuard;
+
+/// The plugin conditions of one request on `snap` (inert unless a plugin role could match).
+pub fn conditions<'a>(
+    snap: &'a SnapshotGuard,
+    subject: &'a str,
+    action: &'a str,
+    now: i64,
+    context: Option<&'a RawValue>,
+) -> SnapshotConditions<'a> {
+    SnapshotConditions::new(
+        snap,
+        PluginRequest {
+            subject,
+            action,
+            now,
+            context: context.map(RawValue::get),
+        },
+    )
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,8 +50,8 @@ pub struct CheckReq<'a> {
     pub action: Cow<'a, str>,
     #[serde(borrow)]
     pub resource: Cow<'a, str>,
-    #[serde(default)]
-    pub context: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    pub context: Option<&'a RawValue>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -47,8 +67,8 @@ pub struct BatchItem<'a> {
     pub action: Cow<'a, str>,
     #[serde(borrow)]
     pub resource: Cow<'a, str>,
-    #[serde(default)]
-    pub context: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    pub context: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -75,8 +95,8 @@ pub struct FilterReq<'a> {
     pub action: Cow<'a, str>,
     #[serde(borrow)]
     pub resources: Vec<Cow<'a, str>>,
-    #[serde(default)]
-    pub context: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    pub context: Option<&'a RawValue>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -92,8 +112,8 @@ pub struct ScopesReq<'a> {
     pub token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub action: Cow<'a, str>,
-    #[serde(default)]
-    pub context: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    pub context: Option<&'a RawValue>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -234,7 +254,15 @@ fn decision_fields(out: &mut Vec<u8>, d: Decision) {
 pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
     let now = state.clock.now();
-    let d = decide::check(snap.view(), &subject, &req.action, &req.resource, now);
+    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
+    let d = decide::check_with(
+        snap.view(),
+        &subject,
+        &req.action,
+        &req.resource,
+        now,
+        &mut cond,
+    );
     state.metrics.decision(d.reason);
     let mut out = Vec::with_capacity(64);
     out.push(b'{');
@@ -256,7 +284,15 @@ pub fn batch(state: &State, snap: &SnapshotGuard, req: &BatchReq) -> Result<Byte
             message: format!("checks[{i}]: {}", e.message),
             ..e
         })?;
-        let d = decide::check(snap.view(), &subject, &c.action, &c.resource, now);
+        let mut cond = conditions(snap, &subject, &c.action, now, c.context);
+        let d = decide::check_with(
+            snap.view(),
+            &subject,
+            &c.action,
+            &c.resource,
+            now,
+            &mut cond,
+        );
         state.metrics.decision(d.reason);
         if i > 0 {
             out.push(b',');
@@ -283,12 +319,14 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
     let mut out = Vec::with_capacity(16 * req.resources.len() + 64);
     out.extend_from_slice(b"{\"allowed\":[");
     let mut first = true;
-    let d = decide::filter(
+    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
+    let d = decide::filter_with(
         snap.view(),
         &subject,
         &req.action,
         &req.resources,
         now,
+        &mut cond,
         |i| {
             if !first {
                 out.push(b',');
@@ -312,6 +350,7 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
     let view = snap.view();
     let mut roots = Vec::new();
     let d = decide::scopes(view, &subject, &req.action, state.clock.now(), &mut roots);
+    let conditional = decide::has_conditions(view, &subject, &req.action);
     let mut out = Vec::with_capacity(16 * roots.len() + 64);
     out.extend_from_slice(b"{\"nodes\":[");
     for (i, &x) in roots.iter().enumerate() {
@@ -324,7 +363,7 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
     }
     let _ = write!(
         out,
-        "],\"reason\":\"{}\",\"revision\":{}}}",
+        "],\"reason\":\"{}\",\"conditional\":{conditional},\"revision\":{}}}",
         d.reason.code(),
         snap.revision()
     );
@@ -333,12 +372,15 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
 
 pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let e = decide::explain(
+    let now = state.clock.now();
+    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
+    let e = decide::explain_with(
         snap.view(),
         &subject,
         &req.action,
         &req.resource,
-        state.clock.now(),
+        now,
+        &mut cond,
     );
     let mut v = serde_json::to_value(&e)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -360,12 +402,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use proptest::prelude::*;
     use crate::engine::{self, Clock, DEMO_DATA};
     use crate::model::file;
     use crate::server::tokens::sign::{sign, SigningKey};
     use crate::server::Config;
     use crate::snapshot::Registry;
+    use proptest::prelude::*;
 
     const NOW: i64 = 1_800_000_000;
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

@@ -29,6 +29,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     /// Forward-auth route tables for gateways. See `server::forward`.
     pub forward_auth: ForwardAuthConfig,
+    /// Limits of tenant plugin calls (`plugins/ABI.md`).
+    pub plugins: PluginConfig,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `portcullis=debug`.
     pub log: String,
     /// Log format: `text` or `json`.
@@ -56,6 +58,54 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// Plugin runtime limits; defaults are `plugin::Limits::default()`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Wall-clock deadline of one call, milliseconds (epoch ticks of 1 ms).
+    pub deadline_ms: u64,
+    /// Fuel (roughly, wasm instructions) per call.
+    pub fuel: u64,
+    /// Linear memory cap per instance, bytes.
+    pub max_memory_bytes: usize,
+    /// Largest module accepted, bytes (at most 4 MiB, the store's cap).
+    pub max_module_bytes: usize,
+    /// Idle live instances kept per plugin version (0: a fresh instance per call).
+    pub idle_per_plugin: usize,
+    /// Live instances in the whole process (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for PluginConfig {
+    fn default() -> PluginConfig {
+        let l = crate::plugin::Limits::default();
+        PluginConfig {
+            deadline_ms: l.deadline().as_millis() as u64,
+            fuel: l.fuel,
+            max_memory_bytes: l.max_memory_bytes,
+            max_module_bytes: l.max_module_bytes,
+            idle_per_plugin: l.idle_per_plugin,
+            max_instances: l.max_instances,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// The runtime limits these settings describe.
+    pub fn limits(&self) -> crate::plugin::Limits {
+        let d = crate::plugin::Limits::default();
+        crate::plugin::Limits {
+            deadline_ticks: (self.deadline_ms.max(1) as u128 / d.tick.as_millis().max(1)) as u64,
+            fuel: self.fuel,
+            max_memory_bytes: self.max_memory_bytes,
+            max_module_bytes: self.max_module_bytes,
+            idle_per_plugin: self.idle_per_plugin,
+            max_instances: self.max_instances,
+            ..d
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -77,6 +127,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             tokens: TokensConfig::default(),
             forward_auth: ForwardAuthConfig::default(),
+            plugins: PluginConfig::default(),
             log: "info".to_string(),
             log_format: "text".to_string(),
         }
@@ -290,6 +341,31 @@ impl Config {
                     "{name} must be greater than 0"
                 )));
             }
+        }
+        let p = &self.plugins;
+        for (name, v) in [
+            ("plugins.deadline_ms", p.deadline_ms),
+            ("plugins.fuel", p.fuel),
+            ("plugins.max_memory_bytes", p.max_memory_bytes as u64),
+            ("plugins.max_module_bytes", p.max_module_bytes as u64),
+            ("plugins.max_instances", u64::from(p.max_instances)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
+            }
+        }
+        if p.max_module_bytes > crate::model::MAX_PLUGIN_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "plugins.max_module_bytes must be at most {}",
+                crate::model::MAX_PLUGIN_BYTES
+            )));
+        }
+        if p.deadline_ms > 10_000 {
+            return Err(ConfigError::Invalid(
+                "plugins.deadline_ms must be at most 10000 (a call blocks its worker)".into(),
+            ));
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::Invalid(

@@ -690,7 +690,10 @@ impl Req<'_> {
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;
         let resource = self.value(&self.route.resource, "resource", v)?;
-        let d = decide::check(view, subject, &action, &resource, state.clock.now());
+        let now = state.clock.now();
+        // Gateways send no request context: plugin conditions see none.
+        let mut cond = super::api::conditions(&snap, subject, &action, now, None);
+        let d = decide::check_with(view, subject, &action, &resource, now, &mut cond);
         state.metrics.decision(d.reason);
         let revision = snap.revision();
         if !d.allowed {

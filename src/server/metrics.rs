@@ -76,6 +76,7 @@ pub const ERROR_CODES: &[&str] = &[
     "invalid_state",
     "already_member",
     "store_unavailable",
+    "plugins_unavailable",
 ];
 
 pub struct Metrics {
@@ -88,6 +89,7 @@ pub struct Metrics {
     snapshot_max_age: IntGauge,
     tenant_revision: IntGaugeVec,
     tenant_age: IntGaugeVec,
+    plugin_calls: IntCounterVec,
     per_tenant: bool,
 }
 
@@ -139,6 +141,14 @@ impl Metrics {
             ),
             &["tenant"],
         )?;
+        let plugin_calls = IntCounterVec::new(
+            Opts::new(
+                "portcullis_plugin_calls_total",
+                "Plugin calls of the live plugin versions, by outcome (failures: timeout, out_of_fuel, memory_limit, stack_overflow, trap, bad_result, bad_alloc, reason_too_long, input_too_large, no_instance)",
+            ),
+            &["tenant", "plugin", "outcome"],
+        )?;
+        registry.register(Box::new(plugin_calls.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
         registry.register(Box::new(errors_vec.clone()))?;
@@ -178,6 +188,7 @@ impl Metrics {
             snapshot_max_age,
             tenant_revision,
             tenant_age,
+            plugin_calls,
             per_tenant,
         })
     }
@@ -217,7 +228,18 @@ impl Metrics {
             self.tenant_revision.reset();
             self.tenant_age.reset();
         }
+        self.plugin_calls.reset();
         for (id, s) in &tenants {
+            for p in s.attached_plugins() {
+                for o in crate::plugin::Outcome::ALL {
+                    let n = p.stats().count(o);
+                    if n > 0 {
+                        self.plugin_calls
+                            .with_label_values(&[id.as_str(), p.name(), o.code()])
+                            .inc_by(n);
+                    }
+                }
+            }
             let age = (now - s.loaded_at()).max(0);
             max_age = max_age.max(age);
             if self.per_tenant {

@@ -374,8 +374,48 @@ fn check_body_headers(state: &State, headers: &hyper::HeaderMap) -> Result<(), A
 /// level that holds a `Request` by value keeps its own copy in the handler future, which hyper
 /// moves per request.
 async fn read_body_limited(state: &State, body: Incoming) -> Result<Bytes, ApiError> {
+    read_body_max(state, body, state.config.limits.max_body_bytes).await
+}
+
+/// Reads a binary body (plugin uploads): `application/wasm`, `application/octet-stream` or no
+/// content type, at most `max` bytes.
+pub async fn read_binary_body(
+    state: &State,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ok = ct
+            .to_str()
+            .ok()
+            .and_then(|s| s.split(';').next())
+            .map(str::trim)
+            .is_some_and(|m| {
+                m.eq_ignore_ascii_case("application/wasm")
+                    || m.eq_ignore_ascii_case("application/octet-stream")
+            });
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "a plugin upload body must be application/wasm (or application/octet-stream)",
+            ));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::too_large("plugin module", max));
+    }
+    read_body_max(state, req.into_body(), max).await
+}
+
+async fn read_body_max(state: &State, body: Incoming, max: usize) -> Result<Bytes, ApiError> {
     let limits = &state.config.limits;
-    let mut collect = std::pin::pin!(Limited::new(body, limits.max_body_bytes).collect());
+    let mut collect = std::pin::pin!(Limited::new(body, max).collect());
     // A small body has almost always arrived with the headers: try once before arming the
     // timer (saves a clock read and a timer entry per request); the timeout applies as before
     // to a body that is still on its way.
@@ -399,7 +439,7 @@ async fn read_body_limited(state: &State, body: Incoming) -> Result<Bytes, ApiEr
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(ApiError::too_large("request body", limits.max_body_bytes))
+            Err(ApiError::too_large("request body", max))
         }
         Ok(Err(e)) => Err(ApiError::bad_request(format!(
             "cannot read request body: {e}"

@@ -1,9 +1,13 @@
 //! Compiling a [`Tenant`] into a [`TenantSnap`] archive, and keeping it compiled.
 //!
 //! An archive is written in two parts. The **base** — tenant id and name, nodes, the id
-//! indexes, users, groups, memberships, roles and role bitsets — is archived once into a block
-//! of bytes. The **tail** — the permission maps, every principal's grants, their metadata, the
-//! actors and the root — is archived after a copy of that block, the root pointing back into it.
+//! indexes, users, groups, memberships, roles and role bitsets (the permission bitsets and the
+//! `plugin_roles` flags) — is archived once into a block of bytes. The **tail** — the
+//! permission maps, the plugin modules, every principal's grants, their metadata, the actors
+//! and the root — is archived after a copy of that block, the root pointing back into it.
+//! Plugins follow the permission maps in [`TenantSnap`](super::TenantSnap), so they are tail
+//! parts: every archive writes them again from the records the compiled tenant keeps (they
+//! change only with a full compile, as do roles).
 //!
 //! Every part is archived in the order of [`TenantSnap`](super::TenantSnap)'s fields (the
 //! archive check requires it): the tenant id and name first, the root last.
@@ -28,8 +32,8 @@ use rustc_hash::FxHashMap;
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec, ArchivedSpan,
-    ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec, RoleRec, Snapshot,
-    Span, UserRec, FORMAT_VERSION, NEVER, NONE,
+    ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec, PluginRec, RoleRec,
+    Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     check_text, Assignment, GroupStatus, Part, Principal, Rbac, Tenant, TenantStatus, UserKind,
@@ -46,6 +50,8 @@ pub enum BuildError {
     },
     #[error("tenant '{0}' is too large to compile (more than 2^32-2 items)")]
     TooLarge(String),
+    #[error("tenant '{tenant}': {message}")]
+    Plugin { tenant: String, message: String },
     #[error("archiving tenant '{tenant}' failed: {message}")]
     Archive { tenant: String, message: String },
 }
@@ -292,6 +298,8 @@ struct SnapOut {
     perm_resource: FxHashMap<String, u32>,
     perm_action: FxHashMap<String, u32>,
     perm_all: u32,
+    plugin_roles: u32,
+    plugins: Vec<PluginRec>,
     grants: Vec<Grant>,
     grant_meta: Vec<GrantMeta>,
     actors: Vec<String>,
@@ -325,6 +333,10 @@ pub struct Compiled {
     perm_resource: FxHashMap<String, u32>,
     perm_action: FxHashMap<String, u32>,
     perm_all: u32,
+    plugin_roles: u32,
+    /// The tenant's plugin modules, archived in every tail (they change only with a full
+    /// compile).
+    plugins: Vec<PluginRec>,
     base: AlignedVec,
     at: BaseAt,
     /// True once an archive over this base passed the full check.
@@ -472,6 +484,36 @@ impl Compiled {
             .iter()
             .map(|(k, v)| ((*k).to_string(), new_bitset(v)))
             .collect();
+        // --- Plugins: slots in declaration order; roles naming one are flagged -------------
+        // The flag bitset is created after the permission bitsets, so it lands in the base
+        // block with them (bitsets are base parts) and never changes incrementally.
+        let plugin_slot = |name: &str| {
+            t.plugins
+                .iter()
+                .position(|p| p.name == name)
+                .map_or(NONE, |i| i as u32)
+        };
+        let with_plugin: Vec<u32> = roles
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.plugin.is_some())
+            .map(|(i, _)| i as u32)
+            .collect();
+        let plugin_roles = if with_plugin.is_empty() {
+            0
+        } else {
+            new_bitset(&with_plugin)
+        };
+        let plugins: Vec<PluginRec> = t
+            .plugins
+            .iter()
+            .map(|p| PluginRec {
+                name: p.name.clone(),
+                sha256: p.sha256(),
+                description: p.description.clone(),
+                wasm: p.wasm.to_vec(),
+            })
+            .collect();
         let roles_rec: Vec<RoleRec> = roles
             .iter()
             .enumerate()
@@ -481,6 +523,7 @@ impl Compiled {
                 builtin: i < nbuiltin,
                 permissions: r.permissions.iter().map(ToString::to_string).collect(),
                 plugin: r.plugin.clone(),
+                plugin_slot: r.plugin.as_deref().map_or(NONE, plugin_slot),
             })
             .collect();
 
@@ -599,6 +642,8 @@ impl Compiled {
             perm_resource,
             perm_action,
             perm_all,
+            plugin_roles,
+            plugins,
             base,
             at,
             base_checked: false,
@@ -811,6 +856,8 @@ impl Compiled {
             perm_resource: std::mem::take(&mut self.perm_resource),
             perm_action: std::mem::take(&mut self.perm_action),
             perm_all: self.perm_all,
+            plugin_roles: self.plugin_roles,
+            plugins: std::mem::take(&mut self.plugins),
             grants,
             grant_meta,
             actors: std::mem::take(&mut self.actors.ranked_mut().1),
@@ -821,6 +868,7 @@ impl Compiled {
         self.perm_exact = std::mem::take(&mut root.perm_exact);
         self.perm_resource = std::mem::take(&mut root.perm_resource);
         self.perm_action = std::mem::take(&mut root.perm_action);
+        self.plugins = std::mem::take(&mut root.plugins);
         self.actors.ranked_mut().1 = std::mem::take(&mut root.actors);
         let bytes = bytes.map_err(|e| archive_err(&self.id, e.to_string()))?;
         if self.base_checked {
@@ -838,6 +886,7 @@ impl Compiled {
         Ok(Snapshot {
             bytes,
             loaded_at: crate::engine::unix_now(),
+            plugins: Box::default(),
         })
     }
 }
@@ -878,32 +927,43 @@ mod tests {
         Snapshot::build(t).unwrap().as_bytes().to_vec()
     }
 
-    /// Random assignment edits applied incrementally give the bytes of a fresh build.
-    #[test]
-    fn incremental_equals_fresh_build() {
-        let mut t = gen::tenant("t", gen::S, 3);
+    /// Random assignment edits applied incrementally give the bytes of a fresh build. Roles in
+    /// `favour` get half of the new assignments.
+    fn incremental_matches_fresh(mut t: Tenant, seed: u64, favour: &[String]) {
         // Dedup (principal, role, scope), as the control plane's documents are.
         let mut seen = std::collections::HashSet::new();
         t.assignments
             .retain(|a| seen.insert((a.principal.clone(), a.role.clone(), a.scope.clone())));
         let mut c = Compiled::new(&t).unwrap();
         assert_eq!(c.snapshot().unwrap().as_bytes(), bytes_of(&t).as_slice());
-        let mut rng = Rng::new(11);
+        let mut rng = Rng::new(seed);
         for step in 0..60 {
             let mut removed = Vec::new();
             let mut added = Vec::new();
             for _ in 0..rng.below(4) {
                 if !t.assignments.is_empty() && rng.chance(50) {
-                    let i = rng.below(t.assignments.len());
+                    // Removals prefer the favoured roles' assignments too.
+                    let mut i = rng.below(t.assignments.len());
+                    if !favour.is_empty() && rng.chance(50) {
+                        if let Some(j) = t.assignments.iter().position(|a| favour.contains(&a.role))
+                        {
+                            i = j;
+                        }
+                    }
                     removed.push(t.assignments.swap_remove(i));
                 } else {
+                    let role = if !favour.is_empty() && rng.chance(50) {
+                        rng.pick(favour).clone()
+                    } else {
+                        rng.pick(&t.all_roles()).id.clone()
+                    };
                     let a = Assignment {
                         principal: if rng.chance(80) {
                             Principal::User(rng.pick(&t.users).id.clone())
                         } else {
                             Principal::Group(rng.pick(&t.groups).id.clone())
                         },
-                        role: rng.pick(&t.all_roles()).id.clone(),
+                        role,
                         scope: rng.pick(&t.nodes).id.clone(),
                         assigned_by: rng.chance(50).then(|| format!("actor-{}", rng.below(5))),
                         assigned_at: Some(gen::NOW),
@@ -927,6 +987,41 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn incremental_equals_fresh_build() {
+        incremental_matches_fresh(gen::tenant("t", gen::S, 3), 11, &[]);
+    }
+
+    /// The same with plugins: roles with a plugin condition (flagged in `plugin_roles`, a base
+    /// bitset) gaining and losing assignments; the plugin records are re-archived in every tail.
+    #[test]
+    fn incremental_equals_fresh_build_with_plugins() {
+        let mut t = gen::tenant("t", gen::S, 3);
+        t.plugins = vec![
+            crate::model::PluginModule::new("first", b"\0asm-first".to_vec()),
+            crate::model::PluginModule {
+                name: "second".into(),
+                description: Some("the second module".into()),
+                wasm: vec![7u8; 3000].into(),
+            },
+        ];
+        t.roles[0].plugin = Some("second".into());
+        t.roles[1].plugin = Some("first".into());
+        let favour = vec![t.roles[0].id.clone(), t.roles[1].id.clone()];
+        let mut c = Compiled::new(&t).unwrap();
+        {
+            let s = c.snapshot().unwrap();
+            let v = s.view();
+            assert_eq!(v.plugins.len(), 2);
+            assert_ne!(v.plugin_roles.to_native(), 0);
+            let nbuiltin = v.roles.len() - t.roles.len();
+            assert_eq!(v.roles[nbuiltin].plugin_slot.to_native(), 1);
+            assert_eq!(v.roles[nbuiltin + 1].plugin_slot.to_native(), 0);
+            assert_eq!(v.roles[nbuiltin + 2].plugin_slot.to_native(), NONE);
+        }
+        incremental_matches_fresh(t, 12, &favour);
     }
 
     #[test]

@@ -395,7 +395,15 @@ mod tests {
             for (k, &x) in &map {
                 assert_eq!(v.map.get(k).map(|x| x.to_native()), Some(x), "{k:?}");
             }
-            for miss in ["", "nowhere", "asset-", "a-rather-long-identifier-", "x1", "\0", "u"] {
+            for miss in [
+                "",
+                "nowhere",
+                "asset-",
+                "a-rather-long-identifier-",
+                "x1",
+                "\0",
+                "u",
+            ] {
                 if !map.contains_key(miss) {
                     assert_eq!(v.map.get(miss), None, "{miss:?}");
                 }
@@ -407,8 +415,9 @@ mod tests {
                 assert!(!v.map.matches(n, |i| ids[(i + 1) % n].0.as_str()));
                 assert!(!v.map.matches(n + 1, |i| ids[i % n].0.as_str()));
             }
-            let back: FxHashMap<String, u32> =
-                rkyv::deserialize::<Holder, rkyv::rancor::Error>(v).unwrap().map;
+            let back: FxHashMap<String, u32> = rkyv::deserialize::<Holder, rkyv::rancor::Error>(v)
+                .unwrap()
+                .map;
             assert_eq!(back, map);
         }
     }

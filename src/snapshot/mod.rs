@@ -48,7 +48,7 @@ pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -86,6 +86,10 @@ pub struct TenantSnap {
     pub perm_action: FxHashMap<String, u32>,
     /// Bitset of roles holding `*`.
     pub perm_all: u32,
+    /// Bitset of roles with a plugin condition (0, the empty bitset, when none).
+    pub plugin_roles: u32,
+    /// The tenant's plugin modules; roles point here with [`RoleRec::plugin_slot`].
+    pub plugins: Vec<PluginRec>,
     /// Every principal's grants, users' first then groups', each principal's slice sorted.
     pub grants: Vec<Grant>,
     /// Explanation data, parallel to `grants`.
@@ -139,6 +143,18 @@ pub struct RoleRec {
     pub builtin: bool,
     pub permissions: Vec<String>,
     pub plugin: Option<String>,
+    /// Index into [`TenantSnap::plugins`] of the role's plugin, or [`NONE`].
+    pub plugin_slot: u32,
+}
+
+/// A plugin module, shipped with the snapshot so that every follower runs the same version.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct PluginRec {
+    pub name: String,
+    /// Lowercase hex SHA-256 of `wasm` (the version).
+    pub sha256: String,
+    pub description: Option<String>,
+    pub wasm: Vec<u8>,
 }
 
 /// One assignment, compiled: scope interval, role, expiry and the nearest enclosing grant of the
@@ -169,6 +185,10 @@ pub struct Snapshot {
     bytes: AlignedVec,
     /// When this process created or received the snapshot (unix seconds).
     loaded_at: i64,
+    /// Compiled plugins, parallel to the archive's `plugins` (None: not compiled here, or
+    /// failed to compile; grants needing it deny). Swapped together with the archive, so a
+    /// check runs the plugin versions of the snapshot it started on.
+    plugins: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
 }
 
 impl Snapshot {
@@ -186,7 +206,53 @@ impl Snapshot {
         Ok(Snapshot {
             bytes: aligned,
             loaded_at: crate::engine::unix_now(),
+            plugins: Box::default(),
         })
+    }
+
+    /// Compiles (or takes from the host's cache) every plugin of this snapshot. A plugin that
+    /// fails to load leaves its slot empty, so grants needing it deny (fail closed); the errors
+    /// are returned for logging.
+    pub fn attach_plugins(
+        &mut self,
+        host: &crate::plugin::PluginHost,
+    ) -> Vec<crate::plugin::LoadError> {
+        let mut errors = Vec::new();
+        let loaded: Vec<_> = {
+            let v = self.view();
+            let tenant = v.id.as_str();
+            v.plugins
+                .iter()
+                .map(
+                    |p| match host.load(tenant, p.name.as_str(), p.wasm.as_slice()) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            errors.push(e);
+                            None
+                        }
+                    },
+                )
+                .collect()
+        };
+        self.plugins = loaded.into_boxed_slice();
+        errors
+    }
+
+    /// The compiled plugin in `slot`, if attached.
+    #[inline]
+    pub fn plugin(&self, slot: u32) -> Option<&std::sync::Arc<crate::plugin::Plugin>> {
+        self.plugins.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// The compiled plugins attached to this snapshot.
+    pub fn attached_plugins(&self) -> impl Iterator<Item = &std::sync::Arc<crate::plugin::Plugin>> {
+        self.plugins.iter().flatten()
+    }
+
+    /// Whether any role of this tenant has a plugin condition.
+    #[inline]
+    pub fn has_plugins(&self) -> bool {
+        !self.view().plugins.is_empty()
     }
 
     /// The archived view. Zero-copy, no checks: the bytes were validated when this snapshot

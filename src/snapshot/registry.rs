@@ -22,6 +22,9 @@ pub struct Registry {
     writer: Mutex<()>,
     /// Bumped after every install/removal, for waiters on a revision (`min_revision`).
     changed: tokio::sync::watch::Sender<u64>,
+    /// The plugin runtime: snapshots get their plugins compiled (or taken from its cache) as
+    /// they are installed. Without one, plugin conditions deny.
+    plugins: Option<Arc<crate::plugin::PluginHost>>,
 }
 
 impl Default for Registry {
@@ -30,6 +33,7 @@ impl Default for Registry {
             slots: ArcSwap::default(),
             writer: Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
+            plugins: None,
         }
     }
 }
@@ -37,6 +41,19 @@ impl Default for Registry {
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// A registry that runs tenant plugins on `host`.
+    pub fn with_plugins(host: Arc<crate::plugin::PluginHost>) -> Registry {
+        Registry {
+            plugins: Some(host),
+            ..Registry::default()
+        }
+    }
+
+    /// The plugin runtime, if any.
+    pub fn plugin_host(&self) -> Option<&Arc<crate::plugin::PluginHost>> {
+        self.plugins.as_ref()
     }
 
     /// A receiver that sees a new value after every install or removal.
@@ -57,7 +74,14 @@ impl Registry {
 
     /// Installs `snap` as its tenant's current snapshot. A snapshot older than the one installed
     /// is ignored (returns false), so out-of-order deliveries never roll a tenant back.
-    pub fn install(&self, snap: Snapshot) -> bool {
+    pub fn install(&self, mut snap: Snapshot) -> bool {
+        if let Some(host) = &self.plugins {
+            if snap.has_plugins() {
+                for e in snap.attach_plugins(host) {
+                    tracing::error!(tenant = snap.tenant_id(), error = %e, "plugin failed to load; its conditions deny");
+                }
+            }
+        }
         let installed = self.install_inner(snap);
         if installed {
             self.notify();
@@ -92,6 +116,9 @@ impl Registry {
         let mut next: Slots = (**current).clone();
         next.remove(tenant);
         self.slots.store(Arc::new(next));
+        if let Some(host) = &self.plugins {
+            host.unload(tenant, None);
+        }
         self.notify();
         true
     }

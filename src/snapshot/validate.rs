@@ -89,11 +89,37 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
             return Err(bad(format!("user {i} has memberships outside the table")));
         }
     }
-    check_grants(v)
+    check_grants(v)?;
+    check_plugins(v)
+}
+
+/// Roles against plugins (base parts and `plugin_roles`, which assignment changes never
+/// rewrite; `check_grants` checks `plugin_roles` names a bitset).
+fn check_plugins(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
+    let words = v.words.to_native() as usize;
+    // Every role with a plugin condition points at a plugin, and is flagged in `plugin_roles`
+    // (the hot path consults the flag only); a flagged role without a plugin would deny.
+    let nplugins = v.plugins.len();
+    let flagged = |r: usize| {
+        let at = v.plugin_roles.to_native() as usize * words + r / 64;
+        v.bitsets
+            .get(at)
+            .is_some_and(|w| (w.to_native() >> (r % 64)) & 1 == 1)
+    };
+    for (i, r) in v.roles.iter().enumerate() {
+        let slot = r.plugin_slot.to_native();
+        let has = r.plugin.is_some();
+        if has != (slot != NONE) || (slot != NONE && slot as usize >= nplugins) || has != flagged(i)
+        {
+            return Err(bad(format!("role {i} has an inconsistent plugin slot")));
+        }
+    }
+    Ok(())
 }
 
 /// The checks of what a rebuild after assignment changes writes anew (see
-/// `build::Compiled::snapshot`): permission maps, grant spans, grants and their metadata.
+/// `build::Compiled::snapshot`): permission maps and the `plugin_roles` index, grant spans,
+/// grants and their metadata.
 pub(super) fn check_grants(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
     let n = v.nodes.len();
     let roles = v.roles.len();
@@ -110,6 +136,7 @@ pub(super) fn check_grants(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> 
         || v.perm_exact.iter().any(|(_, s)| !set_ok(s.to_native()))
         || v.perm_resource.iter().any(|(_, s)| !set_ok(s.to_native()))
         || v.perm_action.iter().any(|(_, s)| !set_ok(s.to_native()))
+        || !set_ok(v.plugin_roles.to_native())
     {
         return Err(bad("permission index points outside the bitsets"));
     }
@@ -184,7 +211,10 @@ mod tests {
         let snap = Snapshot::from_bytes(&bytes).unwrap();
         let v = snap.view();
         for (i, n) in t.nodes.iter().enumerate() {
-            assert_eq!(v.node_index.get(&n.id).map(|x| x.to_native()), Some(i as u32));
+            assert_eq!(
+                v.node_index.get(&n.id).map(|x| x.to_native()),
+                Some(i as u32)
+            );
         }
         assert_eq!(v.node_index.get("nowhere"), None);
         assert_eq!(v.user_index.get("u7").map(|x| x.to_native()), Some(7));

@@ -1,7 +1,8 @@
 //! Device attribute, for kiosk roles: the grant applies only to reads (`*:read`) made from a
 //! device whose `context.device_class` is `public` (a shared kiosk screen). Anything else from a
 //! public device is vetoed, so a kiosk can never act through another grant of its user; other
-//! requests abstain (the kiosk grant simply does not apply).
+//! requests abstain (the kiosk grant simply does not apply). The host consults a plugin only for
+//! grants that match the request, so give the kiosk role the actions it must veto (e.g. `*`).
 #![no_std]
 
 use portcullis_plugin_sdk::{export_plugin, set_reason, Input, Verdict};
