@@ -218,7 +218,9 @@ fn main() {
             "| {n} | {copy_ms:.1} | {b:.1} | {inc:.2} | {:.1} |\n",
             bytes as f64 / n as f64
         ));
-        eprintln!("rebuild {n}: copy {copy_ms:.1} ms, build {b:.1} ms, after one assignment {inc:.2} ms");
+        eprintln!(
+            "rebuild {n}: copy {copy_ms:.1} ms, build {b:.1} ms, after one assignment {inc:.2} ms"
+        );
     }
 
     // 2. Write → visible, and sustained writes, per engine.

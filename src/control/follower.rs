@@ -214,7 +214,10 @@ async fn run(
                 Some(mut c)
                     if !p.full && p.deltas.first().map(|d| d.2) == Some(c.revision() + 1) =>
                 {
-                    if p.deltas.iter().all(|(old, new, rev)| c.apply(old, new, *rev)) {
+                    if p.deltas
+                        .iter()
+                        .all(|(old, new, rev)| c.apply(old, new, *rev))
+                    {
                         Job::Archive(Box::new(c))
                     } else {
                         Job::Full

@@ -22,8 +22,8 @@ use std::cmp::Ordering;
 use std::marker::PhantomData;
 
 use rkyv::rancor::{BoxedError, Fallible, Source, Strategy};
-use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::ser::{allocator::Arena, sharing::Share, Serializer};
+use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Archived, Place, Portable, Serialize, SerializeUnsized};
@@ -305,10 +305,8 @@ struct SnapOut {
     actors: Vec<String>,
 }
 
-type BaseSerializer<'a> = Strategy<
-    Serializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, Share>,
-    BoxedError,
->;
+type BaseSerializer<'a> =
+    Strategy<Serializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, Share>, BoxedError>;
 
 fn put<'a, T>(items: &[T], s: &mut BaseSerializer<'a>) -> Result<At, BoxedError>
 where

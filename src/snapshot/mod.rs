@@ -22,9 +22,9 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use rustc_hash::FxHashMap;
 
-pub use build::{BuildError, Compiled};
 #[doc(hidden)]
 pub use build::profile as profile_build;
+pub use build::{BuildError, Compiled};
 pub use index::{ArchivedIdIndex, AsIdIndex, IdIndex};
 pub use registry::{Registry, SnapshotGuard};
 pub use validate::SnapshotError;

@@ -144,30 +144,31 @@ pub(super) fn check_grants(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> 
     if v.grant_meta.len() != grants {
         return Err(bad("grant metadata does not match grants"));
     }
-    let check_slice = |span: &ArchivedSpan, who: &dyn Fn() -> String| -> Result<(), SnapshotError> {
-        if !span_ok(span, grants) {
-            return Err(bad(format!("{} has grants outside the grant table", who())));
-        }
-        let start = span.start.to_native();
-        for gi in start..span.end.to_native() {
-            let g = &v.grants[gi as usize];
-            let (lo, hi, up) = (g.lo.to_native(), g.hi.to_native(), g.up.to_native());
-            if lo as usize >= n
-                || hi as usize > n
-                || hi <= lo
-                || g.role.to_native() as usize >= roles
-            {
-                return Err(bad(format!("grant {gi} of {} is out of range", who())));
+    let check_slice =
+        |span: &ArchivedSpan, who: &dyn Fn() -> String| -> Result<(), SnapshotError> {
+            if !span_ok(span, grants) {
+                return Err(bad(format!("{} has grants outside the grant table", who())));
             }
-            if up != NONE && (up < start || up >= gi) {
-                return Err(bad(format!(
-                    "grant {gi} of {} links outside its principal",
-                    who()
-                )));
+            let start = span.start.to_native();
+            for gi in start..span.end.to_native() {
+                let g = &v.grants[gi as usize];
+                let (lo, hi, up) = (g.lo.to_native(), g.hi.to_native(), g.up.to_native());
+                if lo as usize >= n
+                    || hi as usize > n
+                    || hi <= lo
+                    || g.role.to_native() as usize >= roles
+                {
+                    return Err(bad(format!("grant {gi} of {} is out of range", who())));
+                }
+                if up != NONE && (up < start || up >= gi) {
+                    return Err(bad(format!(
+                        "grant {gi} of {} links outside its principal",
+                        who()
+                    )));
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     for (i, u) in v.users.iter().enumerate() {
         check_slice(&u.grants, &|| format!("user {i}"))?;
     }
