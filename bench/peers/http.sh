@@ -17,4 +17,4 @@ fi
 
 cargo build --release --bin portcullis
 PEERS_MODE=cerbos-prep cargo bench --manifest-path bench/peers/Cargo.toml --bench peers
-python3 bench/peers/http.py
+python3 bench/peers/http_compare.py

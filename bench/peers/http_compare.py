@@ -22,8 +22,20 @@ OUT = os.path.join(ROOT, "bench", "out")
 CERBOS = os.path.join(OUT, "cerbos-bin", "package", "cerbos-linux-x64")
 PORTCULLIS = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                           "release", "portcullis")
-SECS = int(os.environ.get("PEERS_HTTP_SECS", "20"))
+SECS = int(os.environ.get("PEERS_HTTP_SECS", "15"))
+WARM = int(os.environ.get("PEERS_HTTP_WARM", "3"))
 CONNS = int(os.environ.get("PEERS_HTTP_CONNS", "32"))
+# Same layout for both servers: wrk (1 thread) on CPU 0, the server on CPU 1 (taskset), so that
+# neither server competes with the load generator for a core, and both get one core (Go sizes
+# GOMAXPROCS and tokio its worker pool from the affinity mask). PEERS_HTTP_PIN=0: no pinning,
+# wrk with 2 threads, both processes free on both cores.
+PIN = os.environ.get("PEERS_HTTP_PIN", "1") != "0" and shutil.which("taskset") and os.cpu_count() >= 2
+GEN = ["taskset", "-c", "0"] if PIN else []
+SRV = ["taskset", "-c", "1"] if PIN else []
+WRK_THREADS = 1 if PIN else 2
+LAYOUT = (f"wrk ({WRK_THREADS} thread, {CONNS} keep-alive connections) pinned to CPU 0, the server to CPU 1 (taskset); "
+          f"{WARM} s warm-up run, then {SECS} s measured" if PIN else
+          f"no pinning; wrk {WRK_THREADS} threads, {CONNS} keep-alive connections; {WARM} s warm-up run, then {SECS} s measured")
 WORLDS = [w.strip() for w in os.environ.get("PEERS_WORLDS", "S,M").split(",") if w.strip()]
 
 
@@ -54,15 +66,28 @@ def to_ns(text):
     return float(m.group(1)) * {"us": 1e3, "ms": 1e6, "s": 1e9}[m.group(2)]
 
 
-def wrk(url, bodies):
+def cpu_ns(pid):
+    """User + system CPU time of a process (all its threads), in ns."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url, bodies, pid):
     env = dict(os.environ, BODIES=bodies)
-    cmd = ["wrk", "-t2", f"-c{CONNS}", f"-d{SECS}s", "--latency", "-s",
-           os.path.join(ROOT, "bench", "peers", "wrk.lua"), url]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SECS + 60).stdout
+    script = os.path.join(ROOT, "bench", "peers", "wrk.lua")
+    base = GEN + ["wrk", f"-t{WRK_THREADS}", f"-c{CONNS}", "-s", script]
+    if WARM > 0:
+        subprocess.run(base + [f"-d{WARM}s", url], env=env, capture_output=True, timeout=WARM + 60)
+    c0 = cpu_ns(pid)
+    out = subprocess.run(base + [f"-d{SECS}s", "--latency", url], env=env, capture_output=True,
+                         text=True, timeout=SECS + 60).stdout
+    cpu = cpu_ns(pid) - c0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50_ns": to_ns(lat.get("50", "")), "p99_ns": to_ns(lat.get("99", "")),
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "requests": total, "cpu_us_per_req": cpu / 1e3 / max(total, 1), "p50_ns": to_ns(lat.get("50", "")), "p99_ns": to_ns(lat.get("99", "")),
             "non_2xx": int(errors.group(1)) if errors else 0, "raw": out}
 
 
@@ -94,8 +119,15 @@ def has_serve():
     return r.returncode == 0
 
 
+def version(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "?"
+
+
 def main():
     records = []
+    common = {"tool": "wrk", "connections": CONNS, "layout": LAYOUT, "secs": SECS,
+              "cerbos_version": version([CERBOS, "--version"]), "wrk_version": version(["wrk", "-v"])}
     serve = has_serve()
     if not serve:
         print("portcullis has no `serve` subcommand on this branch: measuring Cerbos only", file=sys.stderr)
@@ -105,7 +137,10 @@ def main():
         cerbos_bodies = os.path.join(d, "cerbos.jsonl")
         port = 3592 + 10 * wi
         # --- Cerbos
-        proc = subprocess.Popen([CERBOS, "server", f"--config={os.path.join(d, 'config.yaml')}"],
+        # --log-level=warn: Cerbos logs every request at `info` ("Handled request"); Portcullis
+        # logs nothing per request at its default level, so per-request logging is off on both.
+        proc = subprocess.Popen(SRV + [CERBOS, "server", f"--config={os.path.join(d, 'config.yaml')}",
+                                       "--log-level=warn"],
                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "cerbos.log"), "w"),
                                 env=dict(os.environ, CERBOS_NO_TELEMETRY="1"))
         try:
@@ -116,18 +151,30 @@ def main():
                 got = res["results"][0]["actions"][exp["action"]] == "EFFECT_ALLOW"
                 differ += got != exp["allowed"]
             print(f"cerbos {w}: {differ} of {len(expected)} differ (ready in {ready:.1f}s)", file=sys.stderr)
-            r = wrk(f"http://127.0.0.1:{port}/api/check/resources", cerbos_bodies)
-            records.append({"world": w, "server": "cerbos", "tool": "wrk", "connections": CONNS,
+            r = wrk(f"http://127.0.0.1:{port}/api/check/resources", cerbos_bodies, proc.pid)
+            records.append({"world": w, "server": "cerbos", **common,
                             "cases": len(expected), "differ": differ, "peak_rss_kb": rss_kb(proc.pid),
                             **{k: v for k, v in r.items() if k != "raw"}})
             print(r["raw"], file=sys.stderr)
+            if wi == 0:
+                # Where the time goes: the same server on its cheapest body (a principal with no
+                # grants), sent over and over.
+                bodies = open(cerbos_bodies).read().splitlines()
+                cheapest = min(bodies, key=lambda b: len(json.loads(b)["principal"]["attr"]["grants"]))
+                floor = os.path.join(d, "cerbos-floor.jsonl")
+                with open(floor, "w") as f:
+                    f.write(cheapest + "\n")
+                r = wrk(f"http://127.0.0.1:{port}/api/check/resources", floor, proc.pid)
+                records.append({"world": w, "server": "cerbos-floor", **common, "cases": 0, "differ": 0,
+                                "peak_rss_kb": rss_kb(proc.pid), **{k: v for k, v in r.items() if k != "raw"}})
+                print(r["raw"], file=sys.stderr)
         finally:
             stop(proc)
         # --- Portcullis
         if serve:
             store = tempfile.mkdtemp(prefix="portcullis-store-")
             pport = 18080 + wi
-            proc = subprocess.Popen([PORTCULLIS, "serve", "--listen", f"127.0.0.1:{pport}", "--data",
+            proc = subprocess.Popen(SRV + [PORTCULLIS, "serve", "--listen", f"127.0.0.1:{pport}", "--data",
                                      os.path.join(d, "world.json"), "--store", store],
                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "portcullis.log"), "w"))
             try:
@@ -137,8 +184,8 @@ def main():
                     res = post(f"http://127.0.0.1:{pport}/v1/check", body)
                     differ += res["allowed"] != exp["allowed"]
                 print(f"portcullis {w}: {differ} of {len(expected)} differ", file=sys.stderr)
-                r = wrk(f"http://127.0.0.1:{pport}/v1/check", os.path.join(d, "portcullis.jsonl"))
-                records.append({"world": w, "server": "portcullis", "tool": "wrk", "connections": CONNS,
+                r = wrk(f"http://127.0.0.1:{pport}/v1/check", os.path.join(d, "portcullis.jsonl"), proc.pid)
+                records.append({"world": w, "server": "portcullis", **common,
                                 "cases": len(expected), "differ": differ, "peak_rss_kb": rss_kb(proc.pid),
                                 **{k: v for k, v in r.items() if k != "raw"}})
                 print(r["raw"], file=sys.stderr)
