@@ -22,9 +22,12 @@ OUT = os.path.join(ROOT, "bench", "out")
 CERBOS = os.path.join(OUT, "cerbos-bin", "package", "cerbos-linux-x64")
 PORTCULLIS = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                           "release", "portcullis")
-SECS = int(os.environ.get("PEERS_HTTP_SECS", "15"))
+SECS = int(os.environ.get("PEERS_HTTP_SECS", "10"))
 WARM = int(os.environ.get("PEERS_HTTP_WARM", "3"))
 CONNS = int(os.environ.get("PEERS_HTTP_CONNS", "32"))
+# Measured runs per server and world, alternating Cerbos and Portcullis; the report takes the
+# median of the rounds (a shared machine's stalls hit single runs).
+ROUNDS = int(os.environ.get("PEERS_HTTP_ROUNDS", "3"))
 # Same layout for both servers: wrk (1 thread) on CPU 0, the server on CPU 1 (taskset), so that
 # neither server competes with the load generator for a core, and both get one core (Go sizes
 # GOMAXPROCS and tokio its worker pool from the affinity mask). PEERS_HTTP_PIN=0: no pinning,
@@ -124,9 +127,18 @@ def version(cmd):
     return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "?"
 
 
+def start_cerbos(d):
+    # --log-level=warn: Cerbos logs every request at `info` ("Handled request"); Portcullis
+    # logs nothing per request at its default level, so per-request logging is off on both.
+    return subprocess.Popen(SRV + [CERBOS, "server", f"--config={os.path.join(d, 'config.yaml')}",
+                                   "--log-level=warn"],
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "cerbos.log"), "w"),
+                            env=dict(os.environ, CERBOS_NO_TELEMETRY="1"))
+
+
 def main():
     records = []
-    common = {"tool": "wrk", "connections": CONNS, "layout": LAYOUT, "secs": SECS,
+    common = {"tool": "wrk", "connections": CONNS, "layout": LAYOUT, "secs": SECS, "rounds": ROUNDS,
               "cerbos_version": version([CERBOS, "--version"]), "wrk_version": version(["wrk", "-v"])}
     serve = has_serve()
     if not serve:
@@ -135,63 +147,61 @@ def main():
         d = os.path.join(OUT, "cerbos", w)
         expected = [json.loads(l) for l in open(os.path.join(d, "expected.jsonl"))]
         cerbos_bodies = os.path.join(d, "cerbos.jsonl")
+        portcullis_bodies = os.path.join(d, "portcullis.jsonl")
         port = 3592 + 10 * wi
-        # --- Cerbos
-        # --log-level=warn: Cerbos logs every request at `info` ("Handled request"); Portcullis
-        # logs nothing per request at its default level, so per-request logging is off on both.
-        proc = subprocess.Popen(SRV + [CERBOS, "server", f"--config={os.path.join(d, 'config.yaml')}",
-                                       "--log-level=warn"],
-                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "cerbos.log"), "w"),
-                                env=dict(os.environ, CERBOS_NO_TELEMETRY="1"))
+        pport = 18080 + wi
+        store = tempfile.mkdtemp(prefix="portcullis-store-")
+        procs = {}
         try:
-            ready = wait_ready(f"http://127.0.0.1:{port}/_cerbos/health", proc)
-            differ = 0
+            # Both servers up (each idle while the other is measured), then the rounds alternate
+            # between them, so that both see the same stretches of a shared machine.
+            procs["cerbos"] = start_cerbos(d)
+            ready = wait_ready(f"http://127.0.0.1:{port}/_cerbos/health", procs["cerbos"])
+            differ = {}
+            differ["cerbos"] = 0
             for body, exp in zip(open(cerbos_bodies), expected):
                 res = post(f"http://127.0.0.1:{port}/api/check/resources", body)
                 got = res["results"][0]["actions"][exp["action"]] == "EFFECT_ALLOW"
-                differ += got != exp["allowed"]
-            print(f"cerbos {w}: {differ} of {len(expected)} differ (ready in {ready:.1f}s)", file=sys.stderr)
-            r = wrk(f"http://127.0.0.1:{port}/api/check/resources", cerbos_bodies, proc.pid)
-            records.append({"world": w, "server": "cerbos", **common,
-                            "cases": len(expected), "differ": differ, "peak_rss_kb": rss_kb(proc.pid),
-                            **{k: v for k, v in r.items() if k != "raw"}})
-            print(r["raw"], file=sys.stderr)
+                differ["cerbos"] += got != exp["allowed"]
+            print(f"cerbos {w}: {differ['cerbos']} of {len(expected)} differ (ready in {ready:.1f}s)", file=sys.stderr)
+            runs = [("cerbos", f"http://127.0.0.1:{port}/api/check/resources", cerbos_bodies)]
+            if serve:
+                procs["portcullis"] = subprocess.Popen(
+                    SRV + [PORTCULLIS, "serve", "--listen", f"127.0.0.1:{pport}", "--data",
+                           os.path.join(d, "world.json"), "--store", store],
+                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "portcullis.log"), "w"))
+                wait_ready(f"http://127.0.0.1:{pport}/readyz", procs["portcullis"])
+                differ["portcullis"] = 0
+                for body, exp in zip(open(portcullis_bodies), expected):
+                    res = post(f"http://127.0.0.1:{pport}/v1/check", body)
+                    differ["portcullis"] += res["allowed"] != exp["allowed"]
+                print(f"portcullis {w}: {differ['portcullis']} of {len(expected)} differ", file=sys.stderr)
+                runs.append(("portcullis", f"http://127.0.0.1:{pport}/v1/check", portcullis_bodies))
+            for rnd in range(1, ROUNDS + 1):
+                for server, url, bodies in runs:
+                    r = wrk(url, bodies, procs[server].pid)
+                    records.append({"world": w, "server": server, "round": rnd, **common,
+                                    "cases": len(expected), "differ": differ[server],
+                                    "peak_rss_kb": rss_kb(procs[server].pid),
+                                    **{k: v for k, v in r.items() if k != "raw"}})
+                    print(f"{w} {server} round {rnd}:\n{r['raw']}", file=sys.stderr)
             if wi == 0:
-                # Where the time goes: the same server on its cheapest body (a principal with no
-                # grants), sent over and over.
+                # Where Cerbos' time goes: the same server on its cheapest body (a principal with
+                # no grants), sent over and over.
                 bodies = open(cerbos_bodies).read().splitlines()
                 cheapest = min(bodies, key=lambda b: len(json.loads(b)["principal"]["attr"]["grants"]))
                 floor = os.path.join(d, "cerbos-floor.jsonl")
                 with open(floor, "w") as f:
                     f.write(cheapest + "\n")
-                r = wrk(f"http://127.0.0.1:{port}/api/check/resources", floor, proc.pid)
-                records.append({"world": w, "server": "cerbos-floor", **common, "cases": 0, "differ": 0,
-                                "peak_rss_kb": rss_kb(proc.pid), **{k: v for k, v in r.items() if k != "raw"}})
-                print(r["raw"], file=sys.stderr)
-        finally:
-            stop(proc)
-        # --- Portcullis
-        if serve:
-            store = tempfile.mkdtemp(prefix="portcullis-store-")
-            pport = 18080 + wi
-            proc = subprocess.Popen(SRV + [PORTCULLIS, "serve", "--listen", f"127.0.0.1:{pport}", "--data",
-                                     os.path.join(d, "world.json"), "--store", store],
-                                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "portcullis.log"), "w"))
-            try:
-                wait_ready(f"http://127.0.0.1:{pport}/readyz", proc)
-                differ = 0
-                for body, exp in zip(open(os.path.join(d, "portcullis.jsonl")), expected):
-                    res = post(f"http://127.0.0.1:{pport}/v1/check", body)
-                    differ += res["allowed"] != exp["allowed"]
-                print(f"portcullis {w}: {differ} of {len(expected)} differ", file=sys.stderr)
-                r = wrk(f"http://127.0.0.1:{pport}/v1/check", os.path.join(d, "portcullis.jsonl"), proc.pid)
-                records.append({"world": w, "server": "portcullis", **common,
-                                "cases": len(expected), "differ": differ, "peak_rss_kb": rss_kb(proc.pid),
+                r = wrk(f"http://127.0.0.1:{port}/api/check/resources", floor, procs["cerbos"].pid)
+                records.append({"world": w, "server": "cerbos-floor", "round": 1, **common, "cases": 0,
+                                "differ": 0, "peak_rss_kb": rss_kb(procs["cerbos"].pid),
                                 **{k: v for k, v in r.items() if k != "raw"}})
                 print(r["raw"], file=sys.stderr)
-            finally:
-                stop(proc)
-                shutil.rmtree(store, ignore_errors=True)
+        finally:
+            for p in procs.values():
+                stop(p)
+            shutil.rmtree(store, ignore_errors=True)
     with open(os.path.join(OUT, "http.jsonl"), "a") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
