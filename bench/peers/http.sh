@@ -2,7 +2,8 @@
 # HTTP comparison: `portcullis serve` vs the Cerbos PDP on loopback, same requests, with wrk.
 # Appends records to bench/out/http.jsonl (bench/peers.sh then writes bench/PEERS.md).
 # Installs what it needs: wrk (Debian), the Cerbos binary (npm package @cerbos/cerbos-linux-x64).
-# Usage: bash bench/peers/http.sh   (PEERS_WORLDS=S,M, PEERS_HTTP_SECS=20, PEERS_HTTP_CONNS=32)
+# Usage: bash bench/peers/http.sh   (PEERS_WORLDS=S,M, PEERS_HTTP_SECS=10, PEERS_HTTP_ROUNDS=3, PEERS_HTTP_CONNS=32,
+#        PEERS_HTTP_PIN=1; see http_compare.py)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -17,4 +18,4 @@ fi
 
 cargo build --release --bin portcullis
 PEERS_MODE=cerbos-prep cargo bench --manifest-path bench/peers/Cargo.toml --bench peers
-python3 bench/peers/http.py
+python3 bench/peers/http_compare.py

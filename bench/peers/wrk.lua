@@ -1,4 +1,4 @@
--- wrk script for bench/peers/http.py: POSTs the JSON bodies of the file named by $BODIES
+-- wrk script for bench/peers/http_compare.py: POSTs the JSON bodies of the file named by $BODIES
 -- (one per line) round-robin.
 local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do

@@ -6,7 +6,7 @@
 //! - unset: criterion, per world and engine, one check per iteration over allow requests and
 //!   over deny requests (`peers-S/cedar/allow`, …); medians land in `target/criterion`.
 //! - `agree`: every engine decides the bench requests; writes `bench/out/agree.jsonl`.
-//! - `p99`: each check timed on its own (a mixed allow/deny list); writes `bench/out/p99.jsonl`.
+//! - `p99`: each check timed on its own (allow list and deny list apart); writes `bench/out/p99.jsonl`.
 //! - `mem`: each engine loads each world in a child process; the child reports resident-set
 //!   growth and peak (`VmRSS`/`VmHWM`); writes `bench/out/mem.jsonl`.
 //! - `report`: writes `bench/PEERS.md` from the above.
@@ -241,7 +241,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Each check timed alone (`Instant` around one call; its own cost, ~20-30 ns, is included).
+/// Each check timed alone (`Instant` around one call; its own cost, ~20-30 ns, is included), on
+/// the allow list and on the deny list separately (one record per world, engine and kind).
 fn p99_mode() {
     let budget = std::env::var("PEERS_P99_SECS")
         .ok()
@@ -253,34 +254,31 @@ fn p99_mode() {
         let snap = Snapshot::build(&t).unwrap();
         let (allow, deny) = bench_requests(&t, &snap);
         drop(snap);
-        // Interleave allow and deny.
-        let mixed: Vec<Req> = allow
-            .iter()
-            .zip(&deny)
-            .flat_map(|(a, d)| [a.clone(), d.clone()])
-            .collect();
         for name in selected("PEERS_ENGINES", ENGINES) {
             let e = Engine::load(name, &t);
-            let per = probe(&e, &mixed).max(1e-9);
-            let n = ((budget / per) as usize).clamp(50, 200_000);
-            for r in mixed.iter().take(n.min(mixed.len()) / 4) {
-                black_box(e.check(r)); // warm-up
+            for (kind, reqs) in [("allow", &allow), ("deny", &deny)] {
+                let per = probe(&e, reqs).max(1e-9);
+                // Half the budget per kind.
+                let n = ((budget / 2.0 / per) as usize).clamp(50, 200_000);
+                for r in reqs.iter().take(n.min(reqs.len()) / 4) {
+                    black_box(e.check(r)); // warm-up
+                }
+                let mut ns: Vec<u64> = Vec::with_capacity(n);
+                for i in 0..n {
+                    let r = &reqs[i % reqs.len()];
+                    let t0 = Instant::now();
+                    black_box(e.check(black_box(r)));
+                    ns.push(t0.elapsed().as_nanos() as u64);
+                }
+                ns.sort_unstable();
+                let rec = serde_json::json!({
+                    "world": w, "engine": name, "kind": kind, "checks": n,
+                    "p50_ns": percentile(&ns, 0.50), "p99_ns": percentile(&ns, 0.99),
+                    "p999_ns": percentile(&ns, 0.999), "max_ns": ns.last().copied().unwrap_or(0),
+                });
+                eprintln!("p99 {rec}");
+                writeln!(out, "{rec}").unwrap();
             }
-            let mut ns: Vec<u64> = Vec::with_capacity(n);
-            for i in 0..n {
-                let r = &mixed[i % mixed.len()];
-                let t0 = Instant::now();
-                black_box(e.check(black_box(r)));
-                ns.push(t0.elapsed().as_nanos() as u64);
-            }
-            ns.sort_unstable();
-            let rec = serde_json::json!({
-                "world": w, "engine": name, "checks": n,
-                "p50_ns": percentile(&ns, 0.50), "p99_ns": percentile(&ns, 0.99),
-                "p999_ns": percentile(&ns, 0.999), "max_ns": ns.last().copied().unwrap_or(0),
-            });
-            eprintln!("p99 {rec}");
-            writeln!(out, "{rec}").unwrap();
         }
     }
 }

@@ -5,7 +5,7 @@
 //!   `cargo test --manifest-path bench/peers/Cargo.toml` (run by `tests/run.sh`).
 //! - Long version (500k cases, ignored by default):
 //!   `cargo test --manifest-path bench/peers/Cargo.toml --release --test differential_cedar -- --ignored`
-//!   (`PEERS_SEED=<n>` picks another seed, `PEERS_WORLDS=<n>` the number of worlds).
+//!   (`PEERS_SEED=<n>` picks another seed, `PEERS_DIFF_WORLDS=<n>` the number of worlds).
 //!
 //! On a disagreement the test prints the world as a data file and the request.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -246,7 +246,7 @@ fn differential_long() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_261_129);
-    let worlds = std::env::var("PEERS_WORLDS")
+    let worlds = std::env::var("PEERS_DIFF_WORLDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5_000);
