@@ -399,9 +399,9 @@ fn decide_node(v: &ArchivedTenantSnap, s: &Subject, x: u32, now: i64) -> Decisio
     }
 }
 
-/// [`decide_node`] when some role that could grant the permission has a plugin condition:
-/// visits every matching grant. A plugin `Deny` vetoes the check; otherwise any plain grant or
-/// plugin `Allow` allows; a plugin `Abstain` makes its grant not apply.
+/// [`decide_node`], running plugin conditions when some role that could grant the permission
+/// has one. The common case (no such role) stays inline on the plain path.
+#[inline]
 fn decide_node_with(
     v: &ArchivedTenantSnap,
     s: &Subject,
@@ -412,9 +412,23 @@ fn decide_node_with(
     if s.rbac_none {
         return Decision::allow(Reason::RbacNone, NONE);
     }
-    let Some(pbits) = conditional_roles(v, &s.perms) else {
-        return decide_node(v, s, x, now);
-    };
+    match conditional_roles(v, &s.perms) {
+        None => decide_node(v, s, x, now),
+        Some(pbits) => decide_conditional(v, s, x, now, pbits, cond),
+    }
+}
+
+/// Visits every matching grant. A plugin `Deny` vetoes the check; otherwise any plain grant or
+/// plugin `Allow` allows; a plugin `Abstain` makes its grant not apply.
+#[inline(never)]
+fn decide_conditional(
+    v: &ArchivedTenantSnap,
+    s: &Subject,
+    x: u32,
+    now: i64,
+    pbits: &[Word],
+    cond: &mut dyn Conditions,
+) -> Decision {
     let (mut allowed, mut veto, mut conditional) = (NONE, NONE, false);
     for_each_slice(v, s.user, |start, end| {
         let Some(slice) = v.grants.get(start as usize..end as usize) else {
