@@ -266,6 +266,20 @@ fn main() {
             phase_lines.push_str(&format!("- {name} {n}: {}\n", r.5));
             if name == "embedded" {
                 let _ = std::fs::remove_dir_all(&loc);
+            } else if let Some(schema) = loc.rsplit("schema=").next() {
+                // Leave the database as we found it.
+                let schema = schema.split('&').next().unwrap_or(schema).to_string();
+                let base = pg.clone();
+                rt.block_on(async move {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                            .await;
+                    }
+                });
             }
         }
     }
