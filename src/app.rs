@@ -38,7 +38,7 @@ pub fn random_token() -> String {
         let a = &b as *const _ as usize as u128;
         b = (t ^ a.rotate_left(64)).to_le_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::model::hex(&b)
 }
 
 /// Opens the store, seeds it from `data` when it has no tenants, starts the control plane and

@@ -293,6 +293,37 @@ pub(crate) fn count_lo_le(slice: &[ArchivedGrant], x: u32) -> usize {
     a + 1 + slice[a + 1..b].partition_point(|g| g.lo.to_native() <= x)
 }
 
+/// Calls `f(grant, role)` for each grant in a principal's slice `[start, end)` that covers node
+/// `x`, holds a role in `perms` and has not expired, innermost scope first, until `f` returns
+/// false.
+#[inline]
+fn each_matching(
+    v: &ArchivedTenantSnap,
+    start: u32,
+    end: u32,
+    x: u32,
+    perms: &Perms,
+    now: i64,
+    mut f: impl FnMut(u32, u32) -> bool,
+) {
+    let Some(slice) = v.grants.get(start as usize..end as usize) else {
+        return;
+    };
+    let k = count_lo_le(slice, x);
+    if k == 0 {
+        return;
+    }
+    let mut gi = start + k as u32 - 1;
+    // Each `up` points strictly backwards (checked at load), so this terminates.
+    while let Some(g) = v.grants.get(gi as usize) {
+        let role = g.role.to_native();
+        if x < g.hi.to_native() && g.expires.to_native() > now && perms.has(role) && !f(gi, role) {
+            return;
+        }
+        gi = g.up.to_native();
+    }
+}
+
 /// The first grant in a principal's slice `[start, end)` that covers node `x`, holds a role in
 /// `perms` and has not expired at `now`; or [`NONE`].
 #[inline]
@@ -304,22 +335,12 @@ pub(crate) fn find_grant(
     perms: &Perms,
     now: i64,
 ) -> u32 {
-    let Some(slice) = v.grants.get(start as usize..end as usize) else {
-        return NONE;
-    };
-    let k = count_lo_le(slice, x);
-    if k == 0 {
-        return NONE;
-    }
-    let mut gi = start + k as u32 - 1;
-    // Each `up` points strictly backwards (checked at load), so this terminates.
-    while let Some(g) = v.grants.get(gi as usize) {
-        if x < g.hi.to_native() && g.expires.to_native() > now && perms.has(g.role.to_native()) {
-            return gi;
-        }
-        gi = g.up.to_native();
-    }
-    NONE
+    let mut found = NONE;
+    each_matching(v, start, end, x, perms, now, |gi, _| {
+        found = gi;
+        false
+    });
+    found
 }
 
 /// Subject-level part of a decision, shared by check, filter and scopes.
@@ -431,36 +452,22 @@ fn decide_conditional(
 ) -> Decision {
     let (mut allowed, mut veto, mut conditional) = (NONE, NONE, false);
     for_each_slice(v, s.user, |start, end| {
-        let Some(slice) = v.grants.get(start as usize..end as usize) else {
-            return true;
-        };
-        let k = count_lo_le(slice, x);
-        if k == 0 {
-            return true;
-        }
-        let mut gi = start + k as u32 - 1;
-        while let Some(g) = v.grants.get(gi as usize) {
-            let role = g.role.to_native();
-            if x < g.hi.to_native() && g.expires.to_native() > now && s.perms.has(role) {
-                if !bit(pbits, role) {
-                    if allowed == NONE {
-                        allowed = gi;
-                    }
-                } else {
-                    conditional = true;
-                    match cond.evaluate(v, gi, x) {
-                        Verdict::Allow if allowed == NONE => allowed = gi,
-                        Verdict::Allow | Verdict::Abstain => {}
-                        Verdict::Deny => {
-                            veto = gi;
-                            return false;
-                        }
-                    }
+        each_matching(v, start, end, x, &s.perms, now, |gi, role| {
+            if !bit(pbits, role) {
+                if allowed == NONE {
+                    allowed = gi;
                 }
+                return true;
             }
-            gi = g.up.to_native();
-        }
-        true
+            conditional = true;
+            match cond.evaluate(v, gi, x) {
+                Verdict::Allow if allowed == NONE => allowed = gi,
+                Verdict::Allow | Verdict::Abstain => {}
+                Verdict::Deny => veto = gi,
+            }
+            veto == NONE
+        });
+        veto == NONE
     });
     if veto != NONE {
         Decision {

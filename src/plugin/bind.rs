@@ -37,9 +37,6 @@ pub struct SnapshotConditions<'a> {
     req: Request<'a>,
     /// Lazily parsed `context`: None = not parsed yet.
     context: Option<Option<Value>>,
-    /// Outcomes of the plugin calls of this request, for metrics (failures counted by the
-    /// plugin itself).
-    pub calls: u32,
 }
 
 impl<'a> SnapshotConditions<'a> {
@@ -48,7 +45,6 @@ impl<'a> SnapshotConditions<'a> {
             snap,
             req,
             context: None,
-            calls: 0,
         }
     }
 
@@ -69,7 +65,6 @@ impl<'a> SnapshotConditions<'a> {
             // Not compiled in this process (no runtime, or it failed to load): fail closed.
             return (Outcome::NoInstance, String::new());
         };
-        self.calls += 1;
         // The version (hex SHA-256) only for explanations: formatting it costs ~1 µs.
         let version = if reason.is_some() {
             plugin.version()

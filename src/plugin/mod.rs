@@ -370,7 +370,7 @@ impl Plugin {
     }
     /// Hex SHA-256 of the module bytes (the version).
     pub fn version(&self) -> String {
-        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+        crate::model::hex(&self.hash)
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
