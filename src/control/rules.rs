@@ -215,10 +215,11 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Result<Change, Rul
     if let Some(st) = patch.status {
         s.status = st;
     }
+    f.done()?;
     if let Some(q) = patch.quotas {
+        quotas_cover_usage(doc, &q)?;
         s.quotas = q;
     }
-    f.done()?;
     let v = json(&s);
     Ok(change(
         "tenant.update",
@@ -459,18 +460,58 @@ pub enum UserTransition {
     Login,
 }
 
-fn quota_check(doc: &TenantDoc, adding_user: bool, adding_admin: bool) -> Result<(), RuleError> {
-    let Some(s) = &doc.settings else {
-        return Ok(());
-    };
+/// What a tenant's quotas count: live (not deleted) users, live owners and admins, groups.
+struct Usage {
+    users: usize,
+    admins: usize,
+    groups: usize,
+}
+
+fn usage(doc: &TenantDoc) -> Usage {
     let live = || {
         doc.users
             .values()
             .filter(|u| u.user.status != UserStatus::Deleted)
     };
+    Usage {
+        users: live().count(),
+        admins: live()
+            .filter(|u| matches!(u.user.kind, UserKind::Owner | UserKind::Admin))
+            .count(),
+        groups: doc.groups.len(),
+    }
+}
+
+/// New quotas must not be below what the tenant already holds (409 `quota_exceeded`, like any
+/// change that would leave the tenant over a quota).
+fn quotas_cover_usage(doc: &TenantDoc, q: &Quotas) -> Result<(), RuleError> {
+    let u = usage(doc);
+    let over = [
+        ("max_users", q.max_users, u.users, "users"),
+        ("max_admins", q.max_admins, u.admins, "owners/admins"),
+        ("max_groups", q.max_groups, u.groups, "groups"),
+    ]
+    .into_iter()
+    .filter_map(|(name, max, n, what)| {
+        max.filter(|m| n > *m as usize)
+            .map(|m| format!("quotas.{name}: tenant has {n} {what}; cannot lower {name} to {m}"))
+    })
+    .collect::<Vec<_>>();
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(RuleError::conflict("quota_exceeded", over.join("; ")))
+    }
+}
+
+fn quota_check(doc: &TenantDoc, adding_user: bool, adding_admin: bool) -> Result<(), RuleError> {
+    let Some(s) = &doc.settings else {
+        return Ok(());
+    };
+    let u = usage(doc);
     if adding_user {
         if let Some(max) = s.quotas.max_users {
-            let n = live().count();
+            let n = u.users;
             if n >= max as usize {
                 return Err(RuleError::conflict(
                     "quota_exceeded",
@@ -481,9 +522,7 @@ fn quota_check(doc: &TenantDoc, adding_user: bool, adding_admin: bool) -> Result
     }
     if adding_admin {
         if let Some(max) = s.quotas.max_admins {
-            let n = live()
-                .filter(|u| matches!(u.user.kind, UserKind::Owner | UserKind::Admin))
-                .count();
+            let n = u.admins;
             if n >= max as usize {
                 return Err(RuleError::conflict(
                     "quota_exceeded",
