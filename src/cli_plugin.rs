@@ -251,17 +251,20 @@ async fn send(
         .map_err(|e| format!("cannot resolve '{}': {e}", target.authority))?
         .next()
         .ok_or_else(|| format!("cannot resolve '{}'", target.authority))?;
-    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("cannot connect to {addr}: timed out"))?
-        .map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                " (is `portcullis serve` running there? see --url / PORTCULLIS_ADMIN_URL)"
-            } else {
-                ""
-            };
-            format!("cannot connect to {addr}: {e}{hint}")
-        })?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to {addr}: timed out"))?
+    .map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            " (is `portcullis serve` running there? see --url / PORTCULLIS_ADMIN_URL)"
+        } else {
+            ""
+        };
+        format!("cannot connect to {addr}: {e}{hint}")
+    })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
         hyper_util::rt::TokioIo::new(stream),
     )
@@ -327,7 +330,10 @@ mod tests {
         };
         let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None);
         let head = t.join().unwrap();
-        assert!(head.starts_with("GET /base/v1/x?y=%20 HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.starts_with("GET /base/v1/x?y=%20 HTTP/1.1\r\n"),
+            "{head}"
+        );
         assert!(head.contains("authorization: Bearer t0k3n"), "{head}");
         r
     }
@@ -344,7 +350,8 @@ mod tests {
 
     #[test]
     fn a_truncated_answer_is_an_error_not_a_short_body() {
-        let e = against(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{\"a\"").unwrap_err();
+        let e = against(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{\"a\"")
+            .unwrap_err();
         assert!(e.contains("reading the answer"), "{e}");
         let e = against(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{\"a\"").unwrap_err();
         assert!(e.contains("reading the answer"), "{e}");
