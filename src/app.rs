@@ -23,22 +23,12 @@ pub enum StartError {
     Server(#[from] crate::server::StartError),
 }
 
-/// A random 128-bit token, hex-encoded, from the OS.
-pub fn random_token() -> String {
+/// A random 128-bit token, hex-encoded, from the OS random source; an error (and no token) when
+/// that source fails: a bearer secret is never derived from anything guessable.
+pub fn random_token() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    if b == [0u8; 16] {
-        // No /dev/urandom: fall back to time and address entropy (still unguessable in practice).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let a = &b as *const _ as usize as u128;
-        b = (t ^ a.rotate_left(64)).to_le_bytes();
-    }
-    crate::model::hex(&b)
+    getrandom::fill(&mut b)?;
+    Ok(crate::model::hex(&b))
 }
 
 /// Opens the store, seeds it from `data` when it has no tenants, starts the control plane and

@@ -1,13 +1,14 @@
 //! `portcullis plugin …`: validate a module locally, or manage a tenant's plugins through the
-//! management API of a running server (a small blocking HTTP/1.1 client: the CLI talks to one
-//! server, once, and needs neither TLS nor connection reuse — put a TLS proxy in front of a
-//! remote management listener).
+//! management API of a running server (hyper's HTTP/1.1 client on a current-thread runtime: the
+//! CLI talks to one server, once, and needs neither TLS nor connection reuse — put a TLS proxy in
+//! front of a remote management listener).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
 
 use crate::plugin::{Limits, PluginHost};
 
@@ -91,37 +92,44 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
                 path.push_str("?description=");
                 path.push_str(&seg(&d));
             }
-            (api, "PUT", path, Some(bytes))
+            (api, hyper::Method::PUT, path, Some(bytes))
         }
         PluginCommand::List { api, tenant } => (
             api,
-            "GET",
+            hyper::Method::GET,
             format!("/v1/tenants/{}/plugins", seg(&tenant)),
             None,
         ),
         PluginCommand::Show { api, tenant, name } => (
             api,
-            "GET",
+            hyper::Method::GET,
             format!("/v1/tenants/{}/plugins/{}", seg(&tenant), seg(&name)),
             None,
         ),
         PluginCommand::Delete { api, tenant, name } => (
             api,
-            "DELETE",
+            hyper::Method::DELETE,
             format!("/v1/tenants/{}/plugins/{}", seg(&tenant), seg(&name)),
             None,
         ),
     };
-    let (status, text) = request(&api, method, &path, body.as_deref())?;
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+    let (status, text) = request(&api, method, &path, body)?;
+    let json = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let pretty = json
+        .as_ref()
+        .and_then(|v| serde_json::to_string_pretty(v).ok())
         .unwrap_or(text);
-    if (200..300).contains(&status) {
+    if status.is_success() {
         println!("{pretty}");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("HTTP {status}\n{pretty}");
+        // The server's errors are `{"error": message, "code": code}`: say them first.
+        let summary = json
+            .as_ref()
+            .and_then(|v| Some((v.get("error")?.as_str()?, v.get("code")?.as_str()?)))
+            .map(|(msg, code)| format!(": {msg} ({code})"))
+            .unwrap_or_default();
+        eprintln!("HTTP {status}{summary}\n{pretty}");
         Ok(ExitCode::from(1))
     }
 }
@@ -152,95 +160,217 @@ fn validate(file: &PathBuf) -> Result<ExitCode, String> {
     }
 }
 
+/// Bytes left as they are in a path or query segment: RFC 3986 unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes one path or query segment.
 fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// One request on a fresh connection; returns (status, body text).
+/// Where `--url` points: `http://host[:port][/base]`.
+#[derive(Debug)]
+struct Target {
+    /// `host[:port]` as given, for the `host` header.
+    authority: String,
+    /// `host:port` to connect to (port 80 when omitted).
+    hostport: String,
+    /// Path prefix without a trailing `/`.
+    base: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, String> {
+        let bad = |why: &str| format!("bad --url '{url}': {why}");
+        if !url.starts_with("http://") {
+            return Err(format!("--url must start with http:// (got '{url}')"));
+        }
+        let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.host().is_empty() || authority.as_str().contains('@') {
+            return Err(bad("expected http://host[:port][/path]"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Target {
+            authority: authority.as_str().to_string(),
+            hostport: format!("{}:{port}", authority.host()),
+            base: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// One request on a fresh connection (hyper's HTTP/1.1 client); returns (status, body text).
+/// A body cut short (connection closed mid-chunk, short `content-length`) is an error.
 fn request(
     api: &ApiArgs,
-    method: &str,
+    method: hyper::Method,
     path: &str,
-    body: Option<&[u8]>,
-) -> Result<(u16, String), String> {
-    let rest = api
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--url must start with http:// (got '{}')", api.url))?;
-    let (authority, base) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let hostport = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{authority}': {e}"))?
+    body: Option<Vec<u8>>,
+) -> Result<(hyper::StatusCode, String), String> {
+    let target = Target::parse(&api.url)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(async {
+        match tokio::time::timeout(
+            Duration::from_secs(60),
+            send(&target, &api.token, method, path, body),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no complete answer from {} within 60 s",
+                target.hostport
+            )),
+        }
+    })
+}
+
+async fn send(
+    target: &Target,
+    token: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(hyper::StatusCode, String), String> {
+    use http_body_util::BodyExt;
+    use hyper::header;
+
+    let hp = &target.hostport;
+    let addr = tokio::net::lookup_host(hp.as_str())
+        .await
+        .map_err(|e| format!("cannot resolve '{}': {e}", target.authority))?
         .next()
-        .ok_or_else(|| format!("cannot resolve '{authority}'"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-    let body = body.unwrap_or(&[]);
-    let mut head = format!(
-        "{method} {base}{path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n",
-        api.token,
-        body.len()
-    );
-    if method == "PUT" {
-        head.push_str("content-type: application/wasm\r\n");
+        .ok_or_else(|| format!("cannot resolve '{}'", target.authority))?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to {addr}: timed out"))?
+    .map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            " (is `portcullis serve` running there? see --url / PORTCULLIS_ADMIN_URL)"
+        } else {
+            ""
+        };
+        format!("cannot connect to {addr}: {e}{hint}")
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    // Drives the connection; it ends when the response is read (the request says `close`).
+    let driver = tokio::spawn(conn);
+
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", target.base))
+        .header(header::HOST, &target.authority)
+        .header(header::CONNECTION, "close")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/wasm");
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .map_err(|e| format!("sending to {addr}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("reading from {addr}: {e}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("malformed HTTP status line")?;
-    let mut payload = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        payload = dechunk(&payload);
-    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request to {addr} failed: {e}"))?;
+    let status = resp.status();
+    let payload = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer from {addr}: {e}"))?
+        .to_bytes();
+    driver.abort();
     Ok((status, String::from_utf8_lossy(&payload).into_owned()))
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&b[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || b.len() < eol + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = b.get(eol + 4 + size..).unwrap_or(&[]);
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serves one connection with `answer` (raw HTTP bytes) and returns the client's result.
+    fn against(answer: &'static [u8]) -> Result<(hyper::StatusCode, String), String> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer).unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        let api = ApiArgs {
+            url: format!("http://{addr}/base/"),
+            token: "t0k3n".into(),
+        };
+        let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None);
+        let head = t.join().unwrap();
+        assert!(
+            head.starts_with("GET /base/v1/x?y=%20 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("authorization: Bearer t0k3n"), "{head}");
+        r
     }
-    out
+
+    #[test]
+    fn chunked_answers_are_read_whole() {
+        let (status, body) = against(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n6;ext=1\r\n\":[1]}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "{\"a\":[1]}");
+    }
+
+    #[test]
+    fn a_truncated_answer_is_an_error_not_a_short_body() {
+        let e = against(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{\"a\"")
+            .unwrap_err();
+        assert!(e.contains("reading the answer"), "{e}");
+        let e = against(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{\"a\"").unwrap_err();
+        assert!(e.contains("reading the answer"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(Target::parse("https://h").unwrap_err().contains("http://"));
+        assert!(Target::parse("http://").is_err());
+        assert!(Target::parse("http://u@h").is_err());
+        let t = Target::parse("http://h").unwrap();
+        assert_eq!((t.hostport.as_str(), t.base.as_str()), ("h:80", ""));
+        let t = Target::parse("http://h:81/p/").unwrap();
+        assert_eq!((t.authority.as_str(), t.base.as_str()), ("h:81", "/p"));
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(seg("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(seg("console only/é?"), "console%20only%2F%C3%A9%3F");
+    }
 }

@@ -364,7 +364,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let token = match config.admin_token.clone() {
         Some(t) => t,
         None => {
-            let t = portcullis::app::random_token();
+            let t = portcullis::app::random_token().map_err(|e| {
+                format!("no admin_token configured and the OS random source failed: {e}")
+            })?;
             tracing::warn!(token = %t, "no admin_token configured (PORTCULLIS_ADMIN_TOKEN); generated one for this run");
             t
         }
