@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis::decide;
-use portcullis::gen::{self, Rng};
+use portcullis::worlds::{self, Rng};
 use portcullis::snapshot::{Registry, Snapshot, STATUS_ACTIVE};
 
 /// Per-tenant numbers gathered while loading a world.
@@ -91,12 +91,12 @@ pub fn load(tenants: impl Iterator<Item = portcullis::model::Tenant>, label: &st
 
 /// World L (1,000 tenants, 10M assignments).
 pub fn load_l() -> World {
-    load(gen::world_l(), "L")
+    load(worlds::world_l(), "L")
 }
 
 /// World S (one tenant, 5k assignments).
 pub fn load_s() -> World {
-    load(gen::world_s().into_iter(), "S")
+    load(worlds::world_s().into_iter(), "S")
 }
 
 /// Requests `(tenant, subject, action, resource)` packed into one string arena, read in order:
@@ -159,10 +159,10 @@ impl Weighted {
 }
 
 fn random_action(rng: &mut Rng) -> String {
-    format!("{}:{}", rng.pick(gen::RESOURCES), rng.pick(gen::ACTIONS))
+    format!("{}:{}", rng.pick(worlds::RESOURCES), rng.pick(worlds::ACTIONS))
 }
 
-/// `n` requests across `world`: tenants weighted by size, then (like [`gen::requests`]) a uniform
+/// `n` requests across `world`: tenants weighted by size, then (like [`worlds::requests`]) a uniform
 /// user (2% unknown), a uniform node (2% unknown) and a uniform action of the generated
 /// vocabulary.
 pub fn requests(world: &World, n: usize, seed: u64) -> Pool {

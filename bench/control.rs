@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::control::rules::{self, AssignmentCreate, UserCreate};
 use portcullis::control::{follower, ControlPlane};
-use portcullis::gen;
+use portcullis::worlds;
 use portcullis::model::file::DataFile;
 use portcullis::model::{Assignment, Principal, UserKind};
 use portcullis::snapshot::{Compiled, Registry, Snapshot};
@@ -22,14 +22,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn tenant_with(assignments: usize) -> portcullis::model::Tenant {
-    let spec = gen::TenantSpec {
+    let spec = worlds::TenantSpec {
         nodes: (assignments / 2).clamp(100, 200_000),
         users: (assignments / 5).clamp(50, 100_000),
         groups: 200.min(assignments / 10 + 1),
         assignments,
         custom_roles: 20,
     };
-    gen::tenant("b", spec, 7)
+    worlds::tenant("b", spec, 7)
 }
 
 async fn open_cp(
@@ -76,7 +76,7 @@ async fn write_to_visible(
         let start = Instant::now();
         let w = match cp
             .write("b", "bench", None, |d| {
-                rules::create_assignment(d, &req, "bench", gen::NOW)
+                rules::create_assignment(d, &req, "bench", worlds::NOW)
             })
             .await
         {
@@ -147,7 +147,7 @@ async fn writes_per_second(cp: Arc<ControlPlane>, secs: f64) -> f64 {
                     };
                     if cp
                         .write("b", "bench", None, |d| {
-                            rules::create_user(d, &req, gen::NOW)
+                            rules::create_user(d, &req, worlds::NOW)
                         })
                         .await
                         .is_ok()
@@ -204,7 +204,7 @@ fn main() {
                 role: "viewer".into(),
                 scope: copy.nodes[(i * 7919 + 1) % copy.nodes.len()].id.clone(),
                 assigned_by: Some("bench".into()),
-                assigned_at: Some(gen::NOW),
+                assigned_at: Some(worlds::NOW),
                 expires_at: None,
             };
             let s = Instant::now();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use portcullis::decide;
-use portcullis::gen::{self, NOW};
+use portcullis::worlds::{self, NOW};
 use portcullis::snapshot::Snapshot;
 
 use common::{Pool, World};
@@ -53,11 +53,11 @@ fn bench_build(c: &mut Criterion) {
     let mut g = c.benchmark_group("build");
     g.sample_size(10);
     g.warm_up_time(Duration::from_secs(1));
-    let s = gen::world_s().remove(0);
+    let s = worlds::world_s().remove(0);
     g.throughput(Throughput::Elements(s.assignments.len() as u64));
     g.bench_function("S", |b| b.iter(|| Snapshot::build(black_box(&s)).unwrap()));
     drop(s);
-    let largest = gen::world_l().next().unwrap();
+    let largest = worlds::world_l().next().unwrap();
     g.throughput(Throughput::Elements(largest.assignments.len() as u64));
     g.measurement_time(Duration::from_secs(15));
     g.bench_function("L-largest", |b| {

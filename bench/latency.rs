@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use portcullis::decide;
-use portcullis::gen::{self, NOW};
+use portcullis::worlds::{self, NOW};
 use portcullis::snapshot::Snapshot;
 
 use common::{Pool, World};
@@ -329,7 +329,7 @@ fn main() {
 
     // --- Build of the largest tenant, twice more -----------------------------------------------
     let mut builds = vec![largest.build];
-    let t = gen::world_l().next().unwrap();
+    let t = worlds::world_l().next().unwrap();
     assert_eq!(t.id, largest.id);
     for _ in 0..2 {
         let t0 = Instant::now();

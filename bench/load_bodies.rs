@@ -1,6 +1,6 @@
 //! Request material for `bench/load.sh`, made from world S (`portcullis generate --world s`):
 //!
-//! - `DIR/checks.tsv`: `subject\taction\tresource\tallowed` lines from `gen::requests()`, chosen so
+//! - `DIR/checks.tsv`: `subject\taction\tresource\tallowed` lines from `worlds::requests()`, chosen so
 //!   that about `ALLOW_PCT` percent are allowed now (the rest are denies of every kind the mix
 //!   produces: no matching assignment, unknown/inactive subject, unknown resource…);
 //! - `DIR/filter.json`: a `/v1/filter` body with all 1,000 nodes of world S as resources, for a
@@ -14,8 +14,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use portcullis::decide;
-use portcullis::engine::unix_now;
-use portcullis::gen;
+use portcullis::clock::unix_now;
+use portcullis::worlds;
 use portcullis::snapshot::Snapshot;
 
 fn main() {
@@ -25,7 +25,7 @@ fn main() {
     let allow_pct: usize = args.next().map_or(50, |s| s.parse().expect("ALLOW_PCT"));
     std::fs::create_dir_all(&dir).expect("create DIR");
 
-    let t = gen::world_s().remove(0);
+    let t = worlds::world_s().remove(0);
     let snap = Snapshot::build(&t).expect("world S builds");
     let v = snap.view();
     let now = unix_now();
@@ -38,7 +38,7 @@ fn main() {
     let mut seed = 1;
     let mut drawn = 0usize;
     while (allow.len() < want_allow || deny.len() < want_deny) && seed < 1000 {
-        for (s, a, r) in gen::requests(&t, 10_000, seed) {
+        for (s, a, r) in worlds::requests(&t, 10_000, seed) {
             drawn += 1;
             let d = decide::check(v, &s, &a, &r, now);
             let (bucket, want) = if d.allowed {
@@ -81,8 +81,8 @@ fn main() {
     let resources: Vec<&str> = t.nodes.iter().map(|x| x.id.as_str()).collect();
     let mut best: Option<(String, String, usize)> = None;
     'search: for u in &t.users {
-        for res in gen::RESOURCES {
-            for act in gen::ACTIONS {
+        for res in worlds::RESOURCES {
+            for act in worlds::ACTIONS {
                 let action = format!("{res}:{act}");
                 let mut k = 0usize;
                 decide::filter(v, &u.id, &action, &resources, now, |_| k += 1);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use portcullis::decide;
 use portcullis::model::file;
-use portcullis::plugin::bind::{Request, SnapshotConditions};
+use portcullis::engine::conditions::{Request, SnapshotConditions};
 use portcullis::plugin::{Limits, PluginHost, PluginInput};
 use portcullis::snapshot::{Registry, SnapshotGuard};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::control::{follower, ControlPlane};
-use crate::engine::Clock;
+use crate::clock::Clock;
 use crate::model::file::DataFile;
 use crate::server::{self, Config, State};
 

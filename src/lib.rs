@@ -4,13 +4,14 @@
 //! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
 
 pub mod app;
+pub mod clock;
 pub mod cli_plugin;
 pub mod control;
 pub mod decide;
 pub mod engine;
-pub mod gen;
 pub mod model;
 pub mod plugin;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod worlds;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use portcullis::engine::{self, DEMO_DATA};
 use portcullis::model::file::{self, DataFile};
 use portcullis::snapshot::Registry;
-use portcullis::{decide, model};
+use portcullis::{clock, decide, model};
 
 #[derive(Parser)]
 #[command(
@@ -148,7 +148,7 @@ fn run() -> Result<ExitCode, String> {
         Command::Test { file } => {
             let data = load(Some(&file))?;
             let reg = registry(&data)?;
-            let failures = engine::run_tests(&reg, &data, engine::unix_now());
+            let failures = engine::run_tests(&reg, &data, clock::unix_now());
             for f in &failures {
                 println!("FAIL {f}");
             }
@@ -166,8 +166,8 @@ fn run() -> Result<ExitCode, String> {
         }
         Command::Generate { world, out } => {
             let tenants = match world.to_ascii_lowercase().as_str() {
-                "s" => portcullis::gen::world_s(),
-                "m" => portcullis::gen::world_m(),
+                "s" => portcullis::worlds::world_s(),
+                "m" => portcullis::worlds::world_m(),
                 other => return Err(format!("unknown world '{other}' (expected s or m)")),
             };
             let text = file::to_json(&tenants, &[]);
@@ -248,7 +248,7 @@ fn mint(a: &TokenArgs) -> Result<String, String> {
         None => Config::default(),
     };
     let t = &config.tokens;
-    let now = engine::unix_now();
+    let now = clock::unix_now();
     let mut claims = serde_json::Map::new();
     claims.insert(t.subject_claim.clone(), a.sub.clone().into());
     claims.insert(t.tenant_claim.clone(), a.tenant.clone().into());
@@ -307,10 +307,10 @@ fn conditions<'a>(
     a: &'a RequestArgs,
     now: i64,
     context: Option<&'a str>,
-) -> portcullis::plugin::bind::SnapshotConditions<'a> {
-    portcullis::plugin::bind::SnapshotConditions::new(
+) -> portcullis::engine::conditions::SnapshotConditions<'a> {
+    portcullis::engine::conditions::SnapshotConditions::new(
         snap,
-        portcullis::plugin::bind::Request {
+        portcullis::engine::conditions::Request {
             subject: &a.subject,
             action: &a.action,
             now,
@@ -323,7 +323,7 @@ fn request_setup(a: &RequestArgs) -> Result<(Registry, i64), String> {
     let data = load(a.data.as_ref())?;
     let now = match &a.at {
         Some(t) => model::parse_timestamp(t)?,
-        None => engine::unix_now(),
+        None => clock::unix_now(),
     };
     Ok((registry(&data)?, now))
 }

@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use common::*;
+use portcullis::clock;
 use portcullis::engine::{self, DEMO_DATA};
 use portcullis::model::file::{
     load_bytes, load_path, load_str, to_json, DataFile, LoadError, Problem,
@@ -640,7 +641,7 @@ fn demo_data_loads_and_its_tests_pass() {
     assert!(f.tests.len() >= 40, "{}", f.tests.len());
     let reg = Registry::new();
     engine::install_all(&reg, &f).unwrap();
-    let failures = engine::run_tests(&reg, &f, engine::unix_now());
+    let failures = engine::run_tests(&reg, &f, clock::unix_now());
     assert!(
         failures.is_empty(),
         "{}",
@@ -658,7 +659,7 @@ fn demo_data_loads_and_its_tests_pass() {
             &c.subject,
             &c.action,
             &c.resource,
-            c.at.unwrap_or(engine::unix_now()),
+            c.at.unwrap_or(clock::unix_now()),
         );
         assert_eq!(allowed, c.allowed, "line {}", c.line);
         if let Some(r) = &c.reason {
@@ -672,7 +673,7 @@ fn demo_data_loads_and_its_tests_pass() {
         1,
     );
     let f = load_str(&wrong).unwrap();
-    let failures = engine::run_tests(&reg, &f, engine::unix_now());
+    let failures = engine::run_tests(&reg, &f, clock::unix_now());
     assert_eq!(failures.len(), 1);
     let line = DEMO_DATA
         .lines()

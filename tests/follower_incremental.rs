@@ -12,7 +12,7 @@ use portcullis::control::rules::{
     self, AssignmentCreate, AssignmentPatch, PluginUpload, RolePatch, UserCreate,
 };
 use portcullis::control::{follower, ControlPlane};
-use portcullis::gen::{self, Rng};
+use portcullis::worlds::{self, Rng};
 use portcullis::model::file::DataFile;
 use portcullis::model::{PluginModule, Tenant, UserKind, UserStatus};
 use portcullis::snapshot::{Registry, Snapshot};
@@ -42,14 +42,14 @@ async fn assert_same_as_full_build(cp: &ControlPlane, reg: &Registry, step: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_rebuilds_match_full_builds() {
-    drive(gen::tenant("t", gen::S, 21), 5, &[]).await;
+    drive(worlds::tenant("t", worlds::S, 21), 5, &[]).await;
 }
 
 /// A tenant with two plugins and two roles naming them: half the new assignments (and some
 /// removals) are of those roles; the occasional plugin replacement or role change recompiles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_rebuilds_match_full_builds_with_plugins() {
-    let mut t = gen::tenant("t", gen::S, 22);
+    let mut t = worlds::tenant("t", worlds::S, 22);
     t.plugins = vec![
         PluginModule::new("first", b"\0asm-first".to_vec()),
         PluginModule {
@@ -117,11 +117,11 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                             rng.pick(&t.all_roles()).id.clone()
                         },
                         scope: rng.pick(&t.nodes).id.clone(),
-                        expires_at: rng.chance(30).then_some(gen::NOW + 3600),
+                        expires_at: rng.chance(30).then_some(worlds::NOW + 3600),
                     };
                     let actor = format!("admin-{}", rng.below(3));
                     cp.write("t", &actor, None, |d| {
-                        rules::create_assignment(d, &req, &actor, gen::NOW)
+                        rules::create_assignment(d, &req, &actor, worlds::NOW)
                     })
                     .await
                 }
@@ -141,10 +141,10 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                 7..=8 => {
                     let id = rng.pick(&ids).clone();
                     let patch = AssignmentPatch {
-                        expires_at: Some(rng.chance(50).then_some(gen::NOW + 7200)),
+                        expires_at: Some(rng.chance(50).then_some(worlds::NOW + 7200)),
                     };
                     cp.write("t", "admin", None, |d| {
-                        rules::update_assignment(d, &id, &patch, gen::NOW)
+                        rules::update_assignment(d, &id, &patch, worlds::NOW)
                     })
                     .await
                 }
@@ -157,7 +157,7 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                             wasm: vec![step as u8; 3000 + step].into(),
                         };
                         cp.write("t", "admin", None, |d| {
-                            rules::put_plugin(d, &up, "admin", gen::NOW)
+                            rules::put_plugin(d, &up, "admin", worlds::NOW)
                         })
                         .await
                     } else {
@@ -184,7 +184,7 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                         status: None,
                     };
                     cp.write("t", "admin", None, |d| {
-                        rules::create_user(d, &req, gen::NOW)
+                        rules::create_user(d, &req, worlds::NOW)
                     })
                     .await
                 }

@@ -620,7 +620,7 @@ fn data_plane_examples_are_what_the_handlers_answer() {
     let registry = portcullis::snapshot::Registry::new();
     portcullis::engine::install_all(&registry, &data).unwrap();
     // 2026-11-01: after the expiry of the demo's only expiring assignment.
-    let clock = portcullis::engine::Clock::fixed(1_793_491_200);
+    let clock = portcullis::clock::Clock::fixed(1_793_491_200);
     let state = State::new(Config::default(), Arc::new(registry), clock).unwrap();
 
     let answer = |path: &str, req: &Value| -> Value {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::decide::{self, GrantOutcome, Reason};
 use portcullis::model::file::{self, DataFile};
-use portcullis::plugin::bind::{Request, SnapshotConditions};
+use portcullis::engine::conditions::{Request, SnapshotConditions};
 use portcullis::plugin::{Limits, Outcome, PluginHost};
 use portcullis::snapshot::{Registry, Snapshot, SnapshotGuard};
 

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis::plugin::{Limits, LoadError, Outcome, PluginHost, PluginInput, Verdict};
+use portcullis::decide::Verdict;
+use portcullis::engine::conditions::verdict;
+use portcullis::plugin::{Limits, LoadError, Outcome, PluginHost, PluginInput};
 
 fn wasm(name: &str) -> Vec<u8> {
     let path = format!(
@@ -57,7 +59,7 @@ fn denies(h: &PluginHost, tenant: &str, fixture: &str, want: &[Outcome]) {
             want.contains(&o),
             "{fixture}: got {o:?}, want one of {want:?}"
         );
-        assert_eq!(o.verdict(), Verdict::Deny, "{fixture}");
+        assert_eq!(verdict(o), Verdict::Deny, "{fixture}");
         assert!(took < bound(h), "{fixture}: took {took:?}");
     }
     assert_eq!(want.iter().map(|w| p.stats().count(*w)).sum::<u64>(), 2);
@@ -248,7 +250,7 @@ fn other_tenants_keep_working_while_one_misbehaves() {
         std::thread::spawn(move || {
             for _ in 0..5 {
                 for p in &bad {
-                    assert_eq!(p.call(&input).verdict(), Verdict::Deny);
+                    assert_eq!(verdict(p.call(&input)), Verdict::Deny);
                 }
             }
         })

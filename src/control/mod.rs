@@ -123,7 +123,7 @@ impl ControlPlane {
                 continue;
             }
             self.write_new(&t.id, actor, |_| {
-                rules::import(t, crate::engine::unix_now())
+                rules::import(t, crate::clock::unix_now())
             })
             .await?;
             imported.push(t.id.clone());

@@ -8,7 +8,7 @@ use super::{
     NoPlugins, Reason,
 };
 use crate::model::{format_timestamp, split_action};
-use crate::plugin::Verdict;
+use super::Verdict;
 use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -19,10 +19,19 @@ type Word = Archived<u64>;
 
 pub use explain::{explain, explain_with, ConditionNote, Explanation, GrantOutcome, GrantReport};
 
-use crate::plugin::Verdict;
+/// A plugin condition's verdict on a matched grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The grant does not apply; other grants may still allow.
+    Abstain,
+    /// The grant applies.
+    Allow,
+    /// Veto the whole check.
+    Deny,
+}
 
-/// Evaluates the plugin condition of a matched grant (the plugin runtime implements it:
-/// `crate::plugin::bind`). Decisions call it only for grants that cover the resource, hold the
+/// Evaluates the plugin condition of a matched grant (the engine implements it over the wasm
+/// runtime: `crate::engine::conditions`). Decisions call it only for grants that cover the resource, hold the
 /// permission, have not expired and whose role names a plugin.
 pub trait Conditions {
     /// The verdict of the plugin of grant `grant`'s role for node `x`. Failures are `Deny`.
@@ -741,7 +750,7 @@ pub(crate) fn grant_covers(g: &ArchivedGrant, x: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gen::Rng;
+    use crate::worlds::Rng;
     use crate::snapshot::Grant;
 
     #[test]

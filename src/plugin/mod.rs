@@ -24,7 +24,6 @@
 //!   [`GRACE_FACTOR`] × the deadline, so a loaded machine does not turn well-behaved plugins into
 //!   timeouts. A busy hostile plugin is interrupted at the deadline or runs out of fuel first.
 
-pub mod bind;
 mod input;
 
 use std::collections::HashMap;
@@ -131,18 +130,8 @@ pub enum LoadError {
     Instantiate { name: String, msg: String },
 }
 
-/// The plugin's verdict on a matched grant (ABI values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The grant does not apply; other grants may still allow.
-    Abstain,
-    /// The grant applies.
-    Allow,
-    /// Veto the whole check.
-    Deny,
-}
-
-/// What happened in one call; every failure maps to [`Verdict::Deny`].
+/// What happened in one call. Every failure counts as a veto (`crate::engine::conditions`
+/// maps outcomes to decision verdicts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Outcome {
@@ -185,14 +174,6 @@ impl Outcome {
         Outcome::InputTooLarge,
         Outcome::NoInstance,
     ];
-
-    pub fn verdict(self) -> Verdict {
-        match self {
-            Outcome::Abstain => Verdict::Abstain,
-            Outcome::Allow => Verdict::Allow,
-            _ => Verdict::Deny,
-        }
-    }
 
     /// Whether the plugin failed (as opposed to answering).
     pub fn is_failure(self) -> bool {
@@ -511,7 +492,7 @@ impl Plugin {
     /// Logs a failure, at most once a second per plugin (a hostile plugin must not flood logs;
     /// the counters see every failure).
     fn warn(&self, outcome: Outcome) {
-        let now = crate::engine::unix_now().max(0) as u64;
+        let now = crate::clock::unix_now().max(0) as u64;
         let last = self.last_warn.load(Ordering::Relaxed);
         if now > last
             && self

@@ -254,10 +254,6 @@ fn method_not_allowed() -> ApiError {
     )
 }
 
-fn now() -> i64 {
-    crate::engine::unix_now()
-}
-
 /// Handles a management request. `path` starts with `/v1/`.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     if req.uri().path() == "/v1/openapi.json" && req.method() == Method::GET {
@@ -300,7 +296,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (["tenants"], &Method::POST) => {
             let r: rules::TenantCreate = body(state, req).await?;
             let id = r.id.clone();
-            let n = now();
+            let n = state.clock.now();
             Ok(written(
                 cp.write_new(&id, actor, |_| rules::create_tenant(&r, n))
                     .await?,
@@ -332,10 +328,10 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             ))
         }
         (["tenants", t, "audit"], &Method::GET) => audit(&cp, t, &q).await,
-        (["tenants", t, coll], &Method::GET) => list(&cp, t, coll, &q).await,
+        (["tenants", t, coll], &Method::GET) => list(&cp, t, coll, &q, state.clock.now()).await,
         (["tenants", t, "users", "overview"], &Method::GET) => {
             let (v, rev) = cp
-                .read(t, |d| (user_overview(d, now()), d.revision))
+                .read(t, |d| (user_overview(d, state.clock.now()), d.revision))
                 .await?;
             Ok(respond(StatusCode::OK, v, Some(rev), None))
         }
@@ -369,11 +365,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             }
             Ok(r)
         }
-        (["tenants", t, coll, id], &Method::GET) => get_one(&cp, t, coll, id).await,
+        (["tenants", t, coll, id], &Method::GET) => get_one(&cp, t, coll, id, state.clock.now()).await,
         (["tenants", t, coll, id], &Method::PATCH) => {
             update(state, &cp, t, coll, id, actor, req).await
         }
-        (["tenants", t, coll, id], &Method::DELETE) => remove(&cp, t, coll, id, actor, &req).await,
+        (["tenants", t, coll, id], &Method::DELETE) => remove(&cp, t, coll, id, actor, &req, state.clock.now()).await,
         (["tenants", t, "users", id, op], &Method::POST) => {
             let tr = match *op {
                 "activate" => UserTransition::Activate,
@@ -384,7 +380,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
                 _ => return Err(ApiError::not_found(&path)),
             };
             let e = if_match(&req, Kind::User, id)?;
-            let n = now();
+            let n = state.clock.now();
             Ok(written(
                 cp.write(t, actor, e, |d| rules::transition_user(d, id, tr, n))
                     .await?,
@@ -471,7 +467,7 @@ async fn upload_plugin(
         description: q.get("description").cloned(),
         wasm,
     };
-    let n = now();
+    let n = state.clock.now();
     let existed = cp.read(t, |d| d.plugins.contains_key(name)).await?;
     let actor_s = actor.to_string();
     let w = cp
@@ -508,7 +504,7 @@ async fn create(
     actor: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let n = now();
+    let n = state.clock.now();
     let f: RuleFn = match kind_of(coll)? {
         Kind::Node => {
             let r: rules::NodeCreate = body(state, req).await?;
@@ -547,7 +543,7 @@ async fn update(
 ) -> Result<Resp, ApiError> {
     let kind = kind_of(coll)?;
     let e = if_match(&req, kind, id)?;
-    let n = now();
+    let n = state.clock.now();
     let id2 = id.to_string();
     let f: RuleFn = match kind {
         Kind::Node => {
@@ -582,10 +578,10 @@ async fn remove(
     id: &str,
     actor: &str,
     req: &Request<Incoming>,
+    n: i64,
 ) -> Result<Resp, ApiError> {
     let kind = kind_of(coll)?;
     let e = if_match(req, kind, id)?;
-    let n = now();
     let w = match kind {
         Kind::Node => cp.write(t, actor, e, |d| rules::delete_node(d, id)).await?,
         // Users are soft-deleted (restorable).
@@ -743,19 +739,25 @@ fn user_json(d: &TenantDoc, u: &UserRow) -> Value {
     with_rev(v, d.rev_of(Kind::User, &u.user.id))
 }
 
-fn assignment_json(d: &TenantDoc, id: &str) -> Option<Value> {
+fn assignment_json(d: &TenantDoc, id: &str, now: i64) -> Option<Value> {
     let a = d.assignments.get(id)?;
     let mut v = to_json(a);
     if let Value::Object(m) = &mut v {
         let kind = d.nodes.get(&a.assignment.scope).map(|n| n.kind.clone());
         m.insert("scope_kind".into(), json!(kind));
-        let exp = a.assignment.expires_at.is_some_and(|e| e <= now());
+        let exp = a.assignment.expires_at.is_some_and(|e| e <= now);
         m.insert("expired".into(), json!(exp));
     }
     Some(with_rev(v, d.rev_of(Kind::Assignment, id)))
 }
 
-async fn get_one(cp: &Arc<ControlPlane>, t: &str, coll: &str, id: &str) -> Result<Resp, ApiError> {
+async fn get_one(
+    cp: &Arc<ControlPlane>,
+    t: &str,
+    coll: &str,
+    id: &str,
+    now: i64,
+) -> Result<Resp, ApiError> {
     let kind = kind_of(coll)?;
     let (v, rev) = cp
         .read(t, |d| {
@@ -767,7 +769,7 @@ async fn get_one(cp: &Arc<ControlPlane>, t: &str, coll: &str, id: &str) -> Resul
                     .get(id)
                     .map(|g| with_rev(to_json(g), d.rev_of(Kind::Group, id))),
                 Kind::Role => role_json(d, id, true),
-                Kind::Assignment => assignment_json(d, id),
+                Kind::Assignment => assignment_json(d, id, now),
                 Kind::Plugin => d
                     .plugins
                     .get(id)
@@ -904,6 +906,7 @@ async fn list(
     t: &str,
     coll: &str,
     q: &BTreeMap<String, String>,
+    now: i64,
 ) -> Result<Resp, ApiError> {
     let kind = kind_of(coll)?;
     let p = page(q)?;
@@ -954,7 +957,6 @@ async fn list(
                             .collect(),
                         _ => Vec::new(),
                     };
-                    let now = now();
                     let expired = q.get("expired").map(String::as_str).unwrap_or("include");
                     if !matches!(expired, "include" | "exclude" | "only") {
                         return Err(ApiError::bad_request(
@@ -991,7 +993,7 @@ async fn list(
                                 _ => true,
                             }
                         })
-                        .filter_map(|a| assignment_json(d, &a.id))
+                        .filter_map(|a| assignment_json(d, &a.id, now))
                         .collect()
                 }
                 _ => Vec::new(),

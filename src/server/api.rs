@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::State;
 use crate::decide::{self, Decision};
-use crate::plugin::bind::{Request as PluginRequest, SnapshotConditions};
+use crate::engine::conditions::{Request as PluginRequest, SnapshotConditions};
 use crate::snapshot::SnapshotGuard;
 
 /// The plugin conditions of one request on `snap` (inert unless a plugin role could match).
@@ -402,7 +402,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{self, Clock, DEMO_DATA};
+    use crate::clock::Clock;
+    use crate::engine::{self, DEMO_DATA};
     use crate::model::file;
     use crate::server::tokens::sign::{sign, SigningKey};
     use crate::server::Config;

@@ -727,7 +727,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::{self, Clock, DEMO_DATA};
+    use crate::clock::Clock;
+    use crate::engine::{self, DEMO_DATA};
     use crate::model::file;
     use crate::server::tokens::sign::{sign, SigningKey};
     use crate::server::Config;

@@ -30,7 +30,7 @@ use config::ConfigError;
 use error::ApiError;
 use metrics::{Endpoint, Metrics};
 
-use crate::engine::Clock;
+use crate::clock::Clock;
 use crate::snapshot::{Registry, SnapshotGuard};
 
 /// Everything a request handler needs. Shared by all connections.

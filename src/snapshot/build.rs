@@ -883,7 +883,7 @@ impl Compiled {
         self.base_checked = true;
         Ok(Snapshot {
             bytes,
-            loaded_at: crate::engine::unix_now(),
+            loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
         })
     }
@@ -919,7 +919,7 @@ fn patch_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gen::{self, Rng};
+    use crate::worlds::{self, Rng};
 
     fn bytes_of(t: &Tenant) -> Vec<u8> {
         Snapshot::build(t).unwrap().as_bytes().to_vec()
@@ -964,8 +964,8 @@ mod tests {
                         role,
                         scope: rng.pick(&t.nodes).id.clone(),
                         assigned_by: rng.chance(50).then(|| format!("actor-{}", rng.below(5))),
-                        assigned_at: Some(gen::NOW),
-                        expires_at: rng.chance(30).then_some(gen::NOW + 1000),
+                        assigned_at: Some(worlds::NOW),
+                        expires_at: rng.chance(30).then_some(worlds::NOW + 1000),
                     };
                     let key = (a.principal.clone(), a.role.clone(), a.scope.clone());
                     if seen.insert(key) {
@@ -989,14 +989,14 @@ mod tests {
 
     #[test]
     fn incremental_equals_fresh_build() {
-        incremental_matches_fresh(gen::tenant("t", gen::S, 3), 11, &[]);
+        incremental_matches_fresh(worlds::tenant("t", worlds::S, 3), 11, &[]);
     }
 
     /// The same with plugins: roles with a plugin condition (flagged in `plugin_roles`, a base
     /// bitset) gaining and losing assignments; the plugin records are re-archived in every tail.
     #[test]
     fn incremental_equals_fresh_build_with_plugins() {
-        let mut t = gen::tenant("t", gen::S, 3);
+        let mut t = worlds::tenant("t", worlds::S, 3);
         t.plugins = vec![
             crate::model::PluginModule::new("first", b"\0asm-first".to_vec()),
             crate::model::PluginModule {
@@ -1024,7 +1024,7 @@ mod tests {
 
     #[test]
     fn unknown_references_ask_for_a_full_build() {
-        let t = gen::tenant("t", gen::S, 3);
+        let t = worlds::tenant("t", worlds::S, 3);
         let mut a = t.assignments[0].clone();
         a.scope = "nowhere".into();
         assert!(!Compiled::new(&t).unwrap().apply(&[], &[a], 9));

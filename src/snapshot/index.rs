@@ -342,7 +342,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gen::Rng;
+    use crate::worlds::Rng;
 
     #[derive(Archive, Serialize, Deserialize)]
     struct Holder {

@@ -205,7 +205,7 @@ impl Snapshot {
         validate::validate(&aligned)?;
         Ok(Snapshot {
             bytes: aligned,
-            loaded_at: crate::engine::unix_now(),
+            loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
         })
     }

@@ -190,7 +190,7 @@ mod tests {
     use super::SnapshotError;
 
     fn owned() -> TenantSnap {
-        let t = crate::gen::tenant("t", crate::gen::S, 5);
+        let t = crate::worlds::tenant("t", crate::worlds::S, 5);
         let snap = Snapshot::build(&t).unwrap();
         rkyv::from_bytes::<TenantSnap, rkyv::rancor::BoxedError>(snap.as_bytes()).unwrap()
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use portcullis::decide::{self, Reason};
-use portcullis::gen::{self, NOW};
+use portcullis::worlds::{self, NOW};
 use portcullis::model::Tenant;
 use portcullis::snapshot::Snapshot;
 
@@ -47,17 +47,17 @@ fn selected(var: &str, all: &[&'static str]) -> Vec<&'static str> {
 
 fn world(name: &str) -> Tenant {
     match name {
-        "S" => gen::world_s().remove(0),
-        "M" => gen::world_m().remove(0),
+        "S" => worlds::world_s().remove(0),
+        "M" => worlds::world_m().remove(0),
         other => panic!("unknown world {other}"),
     }
 }
 
 /// The application's action vocabulary (Cedar declares it; see README).
 fn vocabulary() -> Vec<String> {
-    gen::RESOURCES
+    worlds::RESOURCES
         .iter()
-        .flat_map(|r| gen::ACTIONS.iter().map(move |a| format!("{r}:{a}")))
+        .flat_map(|r| worlds::ACTIONS.iter().map(move |a| format!("{r}:{a}")))
         .collect()
 }
 
@@ -66,7 +66,7 @@ fn vocabulary() -> Vec<String> {
 fn bench_requests(t: &Tenant, snap: &Snapshot) -> (Vec<Req>, Vec<Req>) {
     let mut allow = Vec::new();
     let mut deny = Vec::new();
-    for r in gen::requests(t, 200_000, 42) {
+    for r in worlds::requests(t, 200_000, 42) {
         let d = decide::check(snap.view(), &r.0, &r.1, &r.2, NOW);
         if d.allowed && allow.len() < PER_KIND {
             allow.push(r);
@@ -195,7 +195,7 @@ fn agree_mode() {
         let t = world(w);
         let snap = Snapshot::build(&t).unwrap();
         let (allow, deny) = bench_requests(&t, &snap);
-        let mixed: Vec<Req> = gen::requests(&t, 200, 7);
+        let mixed: Vec<Req> = worlds::requests(&t, 200, 7);
         let mut all: Vec<Req> = allow.into_iter().chain(deny).chain(mixed).collect();
         all.dedup();
         let expected: Vec<bool> = all
@@ -307,7 +307,7 @@ fn mem_child() {
     let rss1 = status_kb("VmRSS:");
     let hwm = status_kb("VmHWM:");
     // One check so the engine is "in use" (lazy structures, caches).
-    let r = gen::requests(&t, 1, 3).remove(0);
+    let r = worlds::requests(&t, 1, 3).remove(0);
     black_box(e.check(&r));
     let rss2 = status_kb("VmRSS:");
     println!(
@@ -347,7 +347,7 @@ fn mem_mode() {
 fn smoke_test() {
     let t = world("S");
     let snap = Snapshot::build(&t).unwrap();
-    let reqs = gen::requests(&t, 12, 5);
+    let reqs = worlds::requests(&t, 12, 5);
     for name in ENGINES {
         let e = Engine::load(name, &t);
         for r in &reqs {
@@ -384,7 +384,7 @@ fn cerbos_prep() {
         .unwrap();
         let pep = cerbos::Pep::new(&t);
         // `portcullis serve` decides at the wall clock, so both servers are compared at "now".
-        let now = portcullis::engine::unix_now();
+        let now = portcullis::clock::unix_now();
         let mut cb = String::new();
         let mut pb = String::new();
         let mut ex = String::new();

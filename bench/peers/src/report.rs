@@ -315,7 +315,7 @@ pub fn write(engines: &[&str], worlds: &[&str], out: &str) -> anyhow::Result<()>
     let _ = writeln!(s, "| tools | {rustc}; criterion {}; {wrk_version} |", lock_version("criterion"));
     let _ = writeln!(
         s,
-        "| worlds | S = `gen::world_s()` (1 tenant, 1k nodes, 1k users, 5k assignments); M = `gen::world_m()` (1 tenant, 50k nodes, 20k users, 200 groups, 100k assignments); time `gen::NOW` |"
+        "| worlds | S = `worlds::world_s()` (1 tenant, 1k nodes, 1k users, 5k assignments); M = `worlds::world_m()` (1 tenant, 50k nodes, 20k users, 200 groups, 100k assignments); time `worlds::NOW` |"
     );
     let _ = writeln!(
         s,

@@ -12,7 +12,7 @@
 
 use portcullis_peers::cedar::CedarWorld;
 use portcullis::decide;
-use portcullis::gen::{Rng, NOW};
+use portcullis::worlds::{Rng, NOW};
 use portcullis::model::{
     file, Assignment, Group, GroupStatus, Node, Principal, Rbac, Role, Tenant, TenantStatus, User,
     UserKind, UserStatus,

@@ -1,61 +1,14 @@
 //! Glue between the model and the registry: loading data files into live snapshots, running a
-//! data file's `tests:` assertions, and the clock.
+//! data file's `tests:` assertions.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub mod conditions;
 
 use crate::decide::{self, Reason};
 use crate::model::file::{DataFile, TestCase};
 use crate::snapshot::{BuildError, Registry, Snapshot};
 
 /// The demo data bundled into the binary (`deploy/demo.yaml`).
-pub const DEMO_DATA: &str = include_str!("../deploy/demo.yaml");
-
-/// Wall-clock unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A clock read on the hot path without a syscall: a background task refreshes it.
-#[derive(Clone)]
-pub struct Clock(Arc<AtomicI64>);
-
-impl Clock {
-    /// A clock that is refreshed by a background thread every 100 ms.
-    pub fn ticking() -> Clock {
-        let c = Clock::fixed(unix_now());
-        let weak = Arc::downgrade(&c.0);
-        std::thread::Builder::new()
-            .name("portcullis-clock".into())
-            .spawn(move || {
-                while let Some(cell) = weak.upgrade() {
-                    cell.store(unix_now(), Ordering::Relaxed);
-                    drop(cell);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-            .ok();
-        c
-    }
-
-    /// A clock stuck at `t` (tests).
-    pub fn fixed(t: i64) -> Clock {
-        Clock(Arc::new(AtomicI64::new(t)))
-    }
-
-    pub fn set(&self, t: i64) {
-        self.0.store(t, Ordering::Relaxed);
-    }
-
-    #[inline]
-    pub fn now(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub const DEMO_DATA: &str = include_str!("../../deploy/demo.yaml");
 
 /// A registry with the plugin runtime (default limits). If the runtime cannot start, plugin
 /// conditions deny (fail closed) and the reason is logged.
@@ -139,9 +92,9 @@ pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFail
             Some(snap) => {
                 let at = c.at.unwrap_or(now);
                 let ctx = c.context.as_ref().map(ToString::to_string);
-                let mut cond = crate::plugin::bind::SnapshotConditions::new(
+                let mut cond = crate::engine::conditions::SnapshotConditions::new(
                     &snap,
-                    crate::plugin::bind::Request {
+                    crate::engine::conditions::Request {
                         subject: &c.subject,
                         action: &c.action,
                         now: at,

@@ -9,10 +9,19 @@ use std::cell::RefCell;
 
 use serde_json::Value;
 
-use super::{Outcome, PluginInput, Verdict};
-use crate::decide::{ConditionNote, Conditions};
+use crate::decide::{ConditionNote, Conditions, Verdict};
+use crate::plugin::{Outcome, PluginInput};
 use crate::model::split_action;
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
+
+/// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
+pub fn verdict(outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Abstain => Verdict::Abstain,
+        Outcome::Allow => Verdict::Allow,
+        _ => Verdict::Deny,
+    }
+}
 
 /// Deepest node path handed to a plugin; deeper trees pass the nearest ancestors.
 const MAX_PATH: usize = 64;
@@ -139,13 +148,13 @@ impl<'a> SnapshotConditions<'a> {
 
 impl Conditions for SnapshotConditions<'_> {
     fn evaluate(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> Verdict {
-        self.run(v, grant, x, None).0.verdict()
+        verdict(self.run(v, grant, x, None).0)
     }
 
     fn explain(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> (Verdict, ConditionNote) {
         let mut reason = String::new();
         let (outcome, version) = self.run(v, grant, x, Some(&mut reason));
-        let verdict = outcome.verdict();
+        let verdict = verdict(outcome);
         let mut note = ConditionNote::of(v, grant, verdict);
         note.version = version;
         note.outcome = if outcome == Outcome::NoInstance {
