@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use portcullis::decide;
+use portcullis::engine::Request;
 use portcullis::worlds::{self, NOW};
 use portcullis::snapshot::Snapshot;
 
@@ -66,10 +67,32 @@ fn bench_build(c: &mut Criterion) {
     g.finish();
 }
 
-/// End to end as the server does it: registry lookup by tenant id, then `decide::check`.
+/// End to end as the server does it: registry lookup by tenant id, then the engine's door
+/// (`engine::Request::check`, plugin conditions wired). `check-decide/*` is the same pool
+/// through the bare `decide::check` (no conditions), so one run shows what the door costs.
 fn run_checks(c: &mut Criterion, world: &str) {
     let f = fixture(world);
     let mut g = c.benchmark_group("check");
+    g.measurement_time(Duration::from_secs(4));
+    for (kind, pool) in [("allow", &f.allow), ("deny", &f.deny)] {
+        g.bench_function(BenchmarkId::new(world, kind), |b| {
+            let mut i = 0usize;
+            b.iter(|| {
+                let [t, s, a, r] = pool.get(i);
+                i = if i + 1 == pool.len() { 0 } else { i + 1 };
+                let snap = f.world.registry.get(t).unwrap();
+                let req = Request {
+                    subject: s,
+                    action: a,
+                    now: NOW,
+                    context: None,
+                };
+                black_box(req.check(&snap, r))
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("check-decide");
     g.measurement_time(Duration::from_secs(4));
     for (kind, pool) in [("allow", &f.allow), ("deny", &f.deny)] {
         g.bench_function(BenchmarkId::new(world, kind), |b| {

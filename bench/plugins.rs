@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use portcullis::decide;
 use portcullis::model::file;
-use portcullis::engine::conditions::{Request, SnapshotConditions};
+use portcullis::engine::Request;
 use portcullis::plugin::{Limits, PluginHost, PluginInput};
 use portcullis::snapshot::{Registry, SnapshotGuard};
 
@@ -134,16 +134,13 @@ fn world(dir: &std::path::Path, shift: bool) -> Registry {
 }
 
 fn check(snap: &SnapshotGuard, action: &str, ctx: Option<&str>) -> decide::Decision {
-    let mut cond = SnapshotConditions::new(
-        snap,
-        Request {
-            subject: "alice",
-            action,
-            now: NOW,
-            context: ctx,
-        },
-    );
-    decide::check_with(snap.view(), "alice", action, "press-7", NOW, &mut cond)
+    Request {
+        subject: "alice",
+        action,
+        now: NOW,
+        context: ctx,
+    }
+    .check(snap, "press-7")
 }
 
 fn checks(c: &mut Criterion) {

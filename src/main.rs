@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use portcullis::engine::{self, DEMO_DATA};
 use portcullis::model::file::{self, DataFile};
 use portcullis::snapshot::Registry;
-use portcullis::{clock, decide, model};
+use portcullis::{clock, model};
 
 #[derive(Parser)]
 #[command(
@@ -185,59 +185,47 @@ fn run() -> Result<ExitCode, String> {
         Command::Check(a) | Command::Explain(a) if a.tenant.is_empty() => {
             Err("--tenant must not be empty".into())
         }
-        Command::Check(a) => {
-            let (reg, now) = request_setup(&a)?;
-            let snap = reg
-                .get(&a.tenant)
-                .ok_or_else(|| format!("unknown tenant '{}'", a.tenant))?;
-            let ctx = context_arg(&a)?;
-            let mut cond = conditions(&snap, &a, now, ctx.as_deref());
-            let d = decide::check_with(
-                snap.view(),
-                &a.subject,
-                &a.action,
-                &a.resource,
-                now,
-                &mut cond,
-            );
-            println!(
-                "{} ({}) at revision {}",
-                if d.allowed { "allow" } else { "deny" },
-                d.reason.code(),
-                snap.revision()
-            );
-            Ok(if d.allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
-        Command::Explain(a) => {
-            let (reg, now) = request_setup(&a)?;
-            let snap = reg
-                .get(&a.tenant)
-                .ok_or_else(|| format!("unknown tenant '{}'", a.tenant))?;
-            let ctx = context_arg(&a)?;
-            let mut cond = conditions(&snap, &a, now, ctx.as_deref());
-            let e = decide::explain_with(
-                snap.view(),
-                &a.subject,
-                &a.action,
-                &a.resource,
-                now,
-                &mut cond,
-            );
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&e).map_err(|e| e.to_string())?
-            );
-            Ok(if e.allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
+        Command::Check(a) => decide_one(&a, false),
+        Command::Explain(a) => decide_one(&a, true),
     }
+}
+
+/// `check` and `explain`: one decision on the data file, printed as a line or as the
+/// explanation's JSON; exit 0 on allow, 2 on deny.
+fn decide_one(a: &RequestArgs, explain: bool) -> Result<ExitCode, String> {
+    let (reg, now) = request_setup(a)?;
+    let snap = reg
+        .get(&a.tenant)
+        .ok_or_else(|| format!("unknown tenant '{}'", a.tenant))?;
+    let ctx = context_arg(a)?;
+    let req = engine::Request {
+        subject: &a.subject,
+        action: &a.action,
+        now,
+        context: ctx.as_deref(),
+    };
+    let allowed = if explain {
+        let e = req.explain(&snap, &a.resource);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).map_err(|e| e.to_string())?
+        );
+        e.allowed
+    } else {
+        let d = req.check(&snap, &a.resource);
+        println!(
+            "{} ({}) at revision {}",
+            if d.allowed { "allow" } else { "deny" },
+            d.reason.code(),
+            snap.revision()
+        );
+        d.allowed
+    };
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn mint(a: &TokenArgs) -> Result<String, String> {
@@ -300,23 +288,6 @@ fn context_arg(a: &RequestArgs) -> Result<Option<String>, String> {
             .map(|_| Some(c.clone()))
             .map_err(|e| format!("--context is not valid JSON: {e}")),
     }
-}
-
-fn conditions<'a>(
-    snap: &'a portcullis::snapshot::SnapshotGuard,
-    a: &'a RequestArgs,
-    now: i64,
-    context: Option<&'a str>,
-) -> portcullis::engine::conditions::SnapshotConditions<'a> {
-    portcullis::engine::conditions::SnapshotConditions::new(
-        snap,
-        portcullis::engine::conditions::Request {
-            subject: &a.subject,
-            action: &a.action,
-            now,
-            context,
-        },
-    )
 }
 
 fn request_setup(a: &RequestArgs) -> Result<(Registry, i64), String> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::decide::{self, GrantOutcome, Reason};
 use portcullis::model::file::{self, DataFile};
-use portcullis::engine::conditions::{Request, SnapshotConditions};
+use portcullis::engine::Request;
 use portcullis::plugin::{Limits, Outcome, PluginHost};
 use portcullis::snapshot::{Registry, Snapshot, SnapshotGuard};
 
@@ -99,16 +99,13 @@ fn check(
     resource: &str,
     ctx: Option<&str>,
 ) -> decide::Decision {
-    let mut cond = SnapshotConditions::new(
-        snap,
-        Request {
-            subject,
-            action,
-            now: NOW,
-            context: ctx,
-        },
-    );
-    decide::check_with(snap.view(), subject, action, resource, NOW, &mut cond)
+    Request {
+        subject,
+        action,
+        now: NOW,
+        context: ctx,
+    }
+    .check(snap, resource)
 }
 
 #[test]
@@ -199,25 +196,14 @@ fn filter_scopes_and_explain_run_the_conditions() {
     let s = reg.get("plant").unwrap();
     let resources = ["press-1", "press-2", "site", "ghost"];
     let filter = |subject: &str, ctx: Option<&str>| {
-        let mut cond = SnapshotConditions::new(
-            &s,
-            Request {
-                subject,
-                action: "asset:operate",
-                now: NOW,
-                context: ctx,
-            },
-        );
         let mut out = Vec::new();
-        decide::filter_with(
-            s.view(),
+        Request {
             subject,
-            "asset:operate",
-            &resources,
-            NOW,
-            &mut cond,
-            |i| out.push(resources[i]),
-        );
+            action: "asset:operate",
+            now: NOW,
+            context: ctx,
+        }
+        .filter(&s, &resources, |i| out.push(resources[i]));
         out
     };
     assert_eq!(filter("f", Some("{}")), vec!["press-1", "press-2"]);
@@ -226,26 +212,29 @@ fn filter_scopes_and_explain_run_the_conditions() {
 
     // Scopes leave conditional grants out, and say so.
     let mut roots = Vec::new();
-    decide::scopes(s.view(), "c", "asset:operate", NOW, &mut roots);
+    let scopes = |action| Request {
+        subject: "c",
+        action,
+        now: NOW,
+        context: None,
+    };
+    let sc = scopes("asset:operate").scopes(&s, &mut roots);
     let ids: Vec<&str> = roots
         .iter()
         .map(|&x| s.view().nodes[x as usize].id.as_str())
         .collect();
     assert_eq!(ids, vec!["org"]);
-    assert!(decide::has_conditions(s.view(), "c", "asset:operate"));
-    assert!(!decide::has_conditions(s.view(), "c", "asset:read"));
+    assert!(sc.conditional);
+    assert!(!scopes("asset:read").scopes(&s, &mut Vec::new()).conditional);
 
     // Explain: the vetoing assignment with the plugin's reason and version.
-    let mut cond = SnapshotConditions::new(
-        &s,
-        Request {
-            subject: "d",
-            action: "asset:operate",
-            now: NOW,
-            context: None,
-        },
-    );
-    let e = decide::explain_with(s.view(), "d", "asset:operate", "press-1", NOW, &mut cond);
+    let e = Request {
+        subject: "d",
+        action: "asset:operate",
+        now: NOW,
+        context: None,
+    }
+    .explain(&s, "press-1");
     assert!(!e.allowed);
     assert_eq!(e.reason, "plugin_denied");
     let veto = e.assignments.iter().find(|a| a.role == "op-deny").unwrap();

@@ -139,11 +139,7 @@ pub fn explain_with(
         matched: None,
         assignments: Vec::new(),
     };
-    let Some(user) = v
-        .user_index
-        .get(subject)
-        .and_then(|u| v.users.get(u.to_native() as usize))
-    else {
+    let Some(user) = super::user(v, subject) else {
         return out;
     };
     let ps = split_action(action).map(|(r, a)| perms(v, action, r, a));

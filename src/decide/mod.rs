@@ -359,6 +359,27 @@ struct Subject<'a> {
     rbac_none: bool,
 }
 
+/// The user `id` of the tenant, whatever its status: the one place a user is looked up.
+#[inline]
+pub fn user<'a>(v: &'a ArchivedTenantSnap, id: &str) -> Option<&'a ArchivedUserRec> {
+    v.user_index
+        .get(id)
+        .and_then(|u| v.users.get(u.to_native() as usize))
+}
+
+/// The user `id` if it exists and is active, else why not (`unknown_subject`,
+/// `subject_deleted`, `subject_inactive`): the one place a user's status is judged. Decisions
+/// deny with the reason; identity checks (tokens, gateway headers) refuse with it.
+#[inline]
+pub fn active_user<'a>(v: &'a ArchivedTenantSnap, id: &str) -> Result<&'a ArchivedUserRec, Reason> {
+    let user = user(v, id).ok_or(Reason::UnknownSubject)?;
+    match user.status {
+        STATUS_ACTIVE => Ok(user),
+        STATUS_DELETED => Err(Reason::SubjectDeleted),
+        _ => Err(Reason::SubjectInactive),
+    }
+}
+
 #[inline]
 fn subject<'a>(
     v: &'a ArchivedTenantSnap,
@@ -368,16 +389,7 @@ fn subject<'a>(
     if v.suspended {
         return Err(Reason::TenantSuspended);
     }
-    let user = v
-        .user_index
-        .get(subject)
-        .and_then(|u| v.users.get(u.to_native() as usize))
-        .ok_or(Reason::UnknownSubject)?;
-    match user.status {
-        STATUS_ACTIVE => {}
-        STATUS_DELETED => return Err(Reason::SubjectDeleted),
-        _ => return Err(Reason::SubjectInactive),
-    }
+    let user = active_user(v, subject)?;
     let (res, act) = split_action(action).ok_or(Reason::InvalidAction)?;
     if user.kind == KIND_GUEST && act != "read" {
         return Err(Reason::GuestReadOnly);

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 
 use serde_json::Value;
 
+use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
 use crate::plugin::{Outcome, PluginInput};
 use crate::model::split_action;
@@ -28,16 +29,6 @@ const MAX_PATH: usize = 64;
 
 thread_local! {
     static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The request-side facts plugins see.
-#[derive(Clone, Copy)]
-pub struct Request<'a> {
-    pub subject: &'a str,
-    pub action: &'a str,
-    pub now: i64,
-    /// The request's `context` as raw JSON, if any.
-    pub context: Option<&'a str>,
 }
 
 /// Runs the plugins attached to `snap` (see [`Snapshot::attach_plugins`]) for one request.
@@ -86,10 +77,7 @@ impl<'a> SnapshotConditions<'a> {
                 .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
         });
         let (action_resource, verb) = split_action(req.action).unwrap_or(("", ""));
-        let user = v
-            .user_index
-            .get(req.subject)
-            .and_then(|u| v.users.get(u.to_native() as usize));
+        let user = crate::decide::user(v, req.subject);
         let kind = match user.map(|u| u.kind) {
             Some(KIND_OWNER) => "owner",
             Some(KIND_ADMIN) => "admin",

@@ -1,14 +1,110 @@
-//! Glue between the model and the registry: loading data files into live snapshots, running a
-//! data file's `tests:` assertions.
+//! The engine: the one door through which every decision is asked ([`Request`]), over a
+//! tenant's compiled [`Snapshot`] with its plugins; loading data files into live snapshots;
+//! running a data file's `tests:` assertions.
+//!
+//! The HTTP data plane, forward-auth, the CLI and `tests:` all decide through [`Request`]'s
+//! methods: the plain path (no plugin role can match) is `decide`'s allocation-free check, and
+//! plugin conditions run through [`conditions::SnapshotConditions`] only when a plugin role
+//! matches.
 
 pub mod conditions;
 
-use crate::decide::{self, Reason};
+use crate::decide::{self, Decision, Explanation, Reason};
 use crate::model::file::{DataFile, TestCase};
 use crate::snapshot::{BuildError, Registry, Snapshot};
 
 /// The demo data bundled into the binary (`deploy/demo.yaml`).
 pub const DEMO_DATA: &str = include_str!("../../deploy/demo.yaml");
+
+/// One authorization question on a tenant: who asks to do what, when, with which request
+/// context (raw JSON, what plugin conditions see). The same request value answers a check, a
+/// filter over many resources, the scope roots, or an explanation.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub subject: &'a str,
+    pub action: &'a str,
+    /// Unix seconds the decision is taken at.
+    pub now: i64,
+    /// The request's `context` as raw JSON, if any.
+    pub context: Option<&'a str>,
+}
+
+/// The answer of [`Request::scopes`].
+#[derive(Clone, Copy, Debug)]
+pub struct Scopes {
+    pub decision: Decision,
+    /// Whether some matching grant has a plugin condition (the scope roots are then an
+    /// over-approximation: each resource still needs a check).
+    pub conditional: bool,
+}
+
+impl<'a> Request<'a> {
+    fn conditions<'s>(&self, snap: &'s Snapshot) -> conditions::SnapshotConditions<'s>
+    where
+        'a: 's,
+    {
+        conditions::SnapshotConditions::new(snap, *self)
+    }
+
+    /// May the subject perform the action on `resource`?
+    #[inline]
+    pub fn check(&self, snap: &Snapshot, resource: &str) -> Decision {
+        let mut cond = self.conditions(snap);
+        decide::check_with(
+            snap.view(),
+            self.subject,
+            self.action,
+            resource,
+            self.now,
+            &mut cond,
+        )
+    }
+
+    /// Which of `resources` may the subject act on? Calls `emit(i)` for each allowed index, in
+    /// order; the decision's reason is the subject-level one (`granted` when any is allowed).
+    #[inline]
+    pub fn filter<S: AsRef<str>>(
+        &self,
+        snap: &Snapshot,
+        resources: &[S],
+        emit: impl FnMut(usize),
+    ) -> Decision {
+        let mut cond = self.conditions(snap);
+        decide::filter_with(
+            snap.view(),
+            self.subject,
+            self.action,
+            resources,
+            self.now,
+            &mut cond,
+            emit,
+        )
+    }
+
+    /// The roots of the subtrees where the subject may perform the action, into `out` (node
+    /// indices).
+    pub fn scopes(&self, snap: &Snapshot, out: &mut Vec<u32>) -> Scopes {
+        let v = snap.view();
+        let decision = decide::scopes(v, self.subject, self.action, self.now, out);
+        Scopes {
+            decision,
+            conditional: decide::has_conditions(v, self.subject, self.action),
+        }
+    }
+
+    /// The decision on `resource` with every assignment considered (not on the hot path).
+    pub fn explain(&self, snap: &Snapshot, resource: &str) -> Explanation {
+        let mut cond = self.conditions(snap);
+        decide::explain_with(
+            snap.view(),
+            self.subject,
+            self.action,
+            resource,
+            self.now,
+            &mut cond,
+        )
+    }
+}
 
 /// A registry with the plugin runtime (default limits). If the runtime cannot start, plugin
 /// conditions deny (fail closed) and the reason is logged.
@@ -90,25 +186,14 @@ pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFail
     for c in &data.tests {
         let (allowed, reason) = match registry.get(&c.tenant) {
             Some(snap) => {
-                let at = c.at.unwrap_or(now);
                 let ctx = c.context.as_ref().map(ToString::to_string);
-                let mut cond = crate::engine::conditions::SnapshotConditions::new(
-                    &snap,
-                    crate::engine::conditions::Request {
-                        subject: &c.subject,
-                        action: &c.action,
-                        now: at,
-                        context: ctx.as_deref(),
-                    },
-                );
-                let d = decide::check_with(
-                    snap.view(),
-                    &c.subject,
-                    &c.action,
-                    &c.resource,
-                    at,
-                    &mut cond,
-                );
+                let d = Request {
+                    subject: &c.subject,
+                    action: &c.action,
+                    now: c.at.unwrap_or(now),
+                    context: ctx.as_deref(),
+                }
+                .check(&snap, &c.resource);
                 (d.allowed, d.reason)
             }
             None => (false, Reason::UnknownSubject),

@@ -14,28 +14,9 @@ use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::State;
-use crate::decide::{self, Decision};
-use crate::engine::conditions::{Request as PluginRequest, SnapshotConditions};
+use crate::decide::Decision;
+use crate::engine::Request;
 use crate::snapshot::SnapshotGuard;
-
-/// The plugin conditions of one request on `snap` (inert unless a plugin role could match).
-pub fn conditions<'a>(
-    snap: &'a SnapshotGuard,
-    subject: &'a str,
-    action: &'a str,
-    now: i64,
-    context: Option<&'a RawValue>,
-) -> SnapshotConditions<'a> {
-    SnapshotConditions::new(
-        snap,
-        PluginRequest {
-            subject,
-            action,
-            now,
-            context: context.map(RawValue::get),
-        },
-    )
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,16 +234,13 @@ fn decision_fields(out: &mut Vec<u8>, d: Decision) {
 
 pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let now = state.clock.now();
-    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
-    let d = decide::check_with(
-        snap.view(),
-        &subject,
-        &req.action,
-        &req.resource,
-        now,
-        &mut cond,
-    );
+    let d = Request {
+        subject: &subject,
+        action: &req.action,
+        now: state.clock.now(),
+        context: req.context.map(RawValue::get),
+    }
+    .check(snap, &req.resource);
     state.metrics.decision(d.reason);
     let mut out = Vec::with_capacity(64);
     out.push(b'{');
@@ -284,15 +262,13 @@ pub fn batch(state: &State, snap: &SnapshotGuard, req: &BatchReq) -> Result<Byte
             message: format!("checks[{i}]: {}", e.message),
             ..e
         })?;
-        let mut cond = conditions(snap, &subject, &c.action, now, c.context);
-        let d = decide::check_with(
-            snap.view(),
-            &subject,
-            &c.action,
-            &c.resource,
+        let d = Request {
+            subject: &subject,
+            action: &c.action,
             now,
-            &mut cond,
-        );
+            context: c.context.map(RawValue::get),
+        }
+        .check(snap, &c.resource);
         state.metrics.decision(d.reason);
         if i > 0 {
             out.push(b',');
@@ -315,26 +291,22 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
         ));
     }
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let now = state.clock.now();
     let mut out = Vec::with_capacity(16 * req.resources.len() + 64);
     out.extend_from_slice(b"{\"allowed\":[");
     let mut first = true;
-    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
-    let d = decide::filter_with(
-        snap.view(),
-        &subject,
-        &req.action,
-        &req.resources,
-        now,
-        &mut cond,
-        |i| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json_str(&mut out, &req.resources[i]);
-        },
-    );
+    let d = Request {
+        subject: &subject,
+        action: &req.action,
+        now: state.clock.now(),
+        context: req.context.map(RawValue::get),
+    }
+    .filter(snap, &req.resources, |i| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_str(&mut out, &req.resources[i]);
+    });
     state.metrics.filtered(req.resources.len());
     let _ = write!(
         out,
@@ -349,8 +321,14 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
     let subject = subject(state, snap, &req.subject, &req.token)?;
     let view = snap.view();
     let mut roots = Vec::new();
-    let d = decide::scopes(view, &subject, &req.action, state.clock.now(), &mut roots);
-    let conditional = decide::has_conditions(view, &subject, &req.action);
+    let scopes = Request {
+        subject: &subject,
+        action: &req.action,
+        now: state.clock.now(),
+        context: req.context.map(RawValue::get),
+    }
+    .scopes(snap, &mut roots);
+    let (d, conditional) = (scopes.decision, scopes.conditional);
     let mut out = Vec::with_capacity(16 * roots.len() + 64);
     out.extend_from_slice(b"{\"nodes\":[");
     for (i, &x) in roots.iter().enumerate() {
@@ -372,16 +350,13 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
 
 pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let now = state.clock.now();
-    let mut cond = conditions(snap, &subject, &req.action, now, req.context);
-    let e = decide::explain_with(
-        snap.view(),
-        &subject,
-        &req.action,
-        &req.resource,
-        now,
-        &mut cond,
-    );
+    let e = Request {
+        subject: &subject,
+        action: &req.action,
+        now: state.clock.now(),
+        context: req.context.map(RawValue::get),
+    }
+    .explain(snap, &req.resource);
     let mut v = serde_json::to_value(&e)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if let Some(m) = v.as_object_mut() {

@@ -31,7 +31,6 @@ use super::config::{
 use super::error::{clip, ApiError};
 use super::tokens::{Tokens, Verified};
 use super::State;
-use crate::decide;
 use crate::model::split_action;
 
 /// The path of the endpoint; sub-paths and `@NAME` select tables and carry Envoy's target.
@@ -611,20 +610,19 @@ fn user_check<'s>(
     view: &'s crate::snapshot::ArchivedTenantSnap,
     id: &str,
 ) -> Result<&'s str, ApiError> {
-    use crate::snapshot::{STATUS_ACTIVE, STATUS_DELETED};
-    let user = view
-        .user_index
-        .get(id)
-        .and_then(|i| view.users.get(i.to_native() as usize))
-        .ok_or_else(|| ApiError::unauthenticated(format!("unknown user '{}'", clip(id))))?;
-    match user.status {
-        STATUS_ACTIVE => Ok(user.id.as_str()),
-        STATUS_DELETED => Err(ApiError::unauthenticated(format!(
+    use crate::decide::Reason;
+    match crate::decide::active_user(view, id) {
+        Ok(user) => Ok(user.id.as_str()),
+        Err(Reason::SubjectDeleted) => Err(ApiError::unauthenticated(format!(
             "user '{}' is deleted",
             clip(id)
         ))),
-        _ => Err(ApiError::unauthenticated(format!(
+        Err(Reason::SubjectInactive) => Err(ApiError::unauthenticated(format!(
             "user '{}' is inactive",
+            clip(id)
+        ))),
+        Err(_) => Err(ApiError::unauthenticated(format!(
+            "unknown user '{}'",
             clip(id)
         ))),
     }
@@ -690,10 +688,14 @@ impl Req<'_> {
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;
         let resource = self.value(&self.route.resource, "resource", v)?;
-        let now = state.clock.now();
         // Gateways send no request context: plugin conditions see none.
-        let mut cond = super::api::conditions(&snap, subject, &action, now, None);
-        let d = decide::check_with(view, subject, &action, &resource, now, &mut cond);
+        let d = crate::engine::Request {
+            subject,
+            action: &action,
+            now: state.clock.now(),
+            context: None,
+        }
+        .check(&snap, &resource);
         state.metrics.decision(d.reason);
         let revision = snap.revision();
         if !d.allowed {

@@ -36,7 +36,8 @@ use sha2::Sha256;
 
 use super::config::{ConfigError, KeyConfig, TokensConfig};
 use super::error::{clip, ApiError};
-use crate::snapshot::{ArchivedTenantSnap, Snapshot, STATUS_ACTIVE, STATUS_DELETED};
+use crate::decide::Reason;
+use crate::snapshot::{ArchivedTenantSnap, Snapshot};
 
 /// Signature algorithms we accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,16 +430,11 @@ impl Tokens {
             .subject
             .as_deref()
             .ok_or_else(|| TokenError::MissingClaim(self.subject_claim.to_string()))?;
-        let user = view
-            .user_index
-            .get(sub)
-            .and_then(|i| view.users.get(i.to_native() as usize))
-            .ok_or_else(|| TokenError::UnknownUser(clip(sub)))?;
-        match user.status {
-            STATUS_ACTIVE => {}
-            STATUS_DELETED => return Err(TokenError::UserDeleted(clip(sub))),
-            _ => return Err(TokenError::UserInactive(clip(sub))),
-        }
+        let user = crate::decide::active_user(view, sub).map_err(|r| match r {
+            Reason::SubjectDeleted => TokenError::UserDeleted(clip(sub)),
+            Reason::SubjectInactive => TokenError::UserInactive(clip(sub)),
+            _ => TokenError::UnknownUser(clip(sub)),
+        })?;
         let epoch = user.session_epoch.to_native();
         if epoch > 0 {
             // A token without `iat` cannot prove it is newer than the epoch.
