@@ -39,6 +39,7 @@ fn input(ctx: &serde_json::Value) -> PluginInput<'_> {
         ],
         attrs: &[("kind", "member"), ("email", "alice@femo.example")],
         context: Some(ctx),
+        context_raw: None,
     }
 }
 

@@ -280,13 +280,13 @@ fn mint(a: &TokenArgs) -> Result<String, String> {
     )
 }
 
-/// `--context`, checked to be JSON.
+/// `--context`, checked as the server checks a request's context.
 fn context_arg(a: &RequestArgs) -> Result<Option<String>, String> {
     match &a.context {
         None => Ok(None),
-        Some(c) => serde_json::from_str::<serde_json::Value>(c)
-            .map(|_| Some(c.clone()))
-            .map_err(|e| format!("--context is not valid JSON: {e}")),
+        Some(c) => portcullis::plugin::check_context(c)
+            .map(|()| Some(c.clone()))
+            .map_err(|e| format!("--context: {e}")),
     }
 }
 

@@ -181,6 +181,35 @@ fn plugins_over_the_management_api() {
     let v = check(&s, "ann", Some(json!({"channel": "console"})), rev);
     assert_eq!(v["allowed"], true, "{v}");
 
+    // A context the plugin layer could not read is refused, never turned into no context
+    // (a veto plugin would then be skipped); duplicate keys are refused too.
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for (ctx, needle) in [
+        (r#"{"channel":"console","pad":1e400}"#.to_string(), "out of range"),
+        (r#"{"channel":"console","pad":-1e999}"#.to_string(), "out of range"),
+        (format!(r#"{{"channel":"console","pad":{deep}}}"#), "nested deeper"),
+        (r#"{"channel":"other","channel":"console"}"#.to_string(), "duplicate key"),
+    ] {
+        for path in ["/v1/check", "/v1/explain"] {
+            let body = format!(
+                r#"{{"tenant":"plant","subject":"ann","action":"asset:operate","resource":"press-1","context":{ctx}}}"#
+            );
+            let (st, e) = s.post_json(path, &body);
+            assert_eq!((st, e["code"].as_str()), (400, Some("malformed_json")), "{path} {ctx}: {e}");
+            assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
+        }
+        let body = format!(
+            r#"{{"tenant":"plant","checks":[{{"subject":"ann","action":"asset:operate","resource":"press-1","context":{ctx}}}]}}"#
+        );
+        let (st, e) = s.post_json("/v1/check/batch", &body);
+        assert_eq!(st, 400, "batch {ctx}: {e}");
+        let body = format!(
+            r#"{{"tenant":"plant","subject":"ann","action":"asset:operate","resources":["press-1"],"context":{ctx}}}"#
+        );
+        let (st, e) = s.post_json("/v1/filter", &body);
+        assert_eq!(st, 400, "filter {ctx}: {e}");
+    }
+
     // Replace atomically with a vetoing version; read-your-write through min_revision.
     let (st, _, v) = upload(&s, "console", &fixture("deny"), "application/wasm");
     assert_eq!(st, 200, "{v}");

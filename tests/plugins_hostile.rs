@@ -32,6 +32,7 @@ fn input() -> Vec<u8> {
         path: &[("organisation", "acme"), ("asset", "press-7")],
         attrs: &[("kind", "member"), ("email", "alice@acme.example")],
         context: Some(&ctx),
+        context_raw: None,
     }
     .encode(&mut b);
     b

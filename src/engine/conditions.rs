@@ -35,8 +35,8 @@ thread_local! {
 pub struct SnapshotConditions<'a> {
     snap: &'a Snapshot,
     req: Request<'a>,
-    /// Lazily parsed `context`: None = not parsed yet.
-    context: Option<Option<Value>>,
+    /// Lazily parsed `context`: None = not parsed yet; `Err` = it could not be read.
+    context: Option<Result<Option<Value>, ()>>,
 }
 
 impl<'a> SnapshotConditions<'a> {
@@ -72,10 +72,20 @@ impl<'a> SnapshotConditions<'a> {
             String::new()
         };
         let req = self.req;
-        let context = self.context.get_or_insert_with(|| {
-            req.context
-                .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+        // Requests arrive with their context checked (`plugin::check_context`), so this parse
+        // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
+        // that was sent never becomes no context).
+        let context = self.context.get_or_insert_with(|| match req.context {
+            None => Ok(None),
+            Some(raw) => crate::plugin::check_context(raw)
+                .ok()
+                .and_then(|()| serde_json::from_str::<Value>(raw).ok())
+                .map(Some)
+                .ok_or(()),
         });
+        let Ok(context) = context else {
+            return (Outcome::NoInstance, String::new());
+        };
         let (action_resource, verb) = split_action(req.action).unwrap_or(("", ""));
         let user = crate::decide::user(v, req.subject);
         let kind = match user.map(|u| u.kind) {
@@ -121,6 +131,7 @@ impl<'a> SnapshotConditions<'a> {
             path: &path[..depth],
             attrs: &[("kind", kind), ("email", email)],
             context: context.as_ref(),
+            context_raw: req.context,
         };
         let outcome = INPUT.with(|buf| {
             let mut buf = buf.borrow_mut();

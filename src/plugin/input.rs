@@ -25,8 +25,11 @@ pub struct PluginInput<'a> {
     pub path: &'a [(&'a str, &'a str)],
     /// Subject attributes (`kind`, `email`).
     pub attrs: &'a [(&'a str, &'a str)],
-    /// The request `context`.
+    /// The request `context`, parsed (its string and number members go into the member table).
     pub context: Option<&'a Value>,
+    /// The request `context` exactly as the caller sent it, for the raw slot; when `None`, the
+    /// raw slot holds `context` serialized.
+    pub context_raw: Option<&'a str>,
 }
 
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
@@ -72,9 +75,13 @@ impl PluginInput<'_> {
         put_ref(out, 64, self.scope.as_bytes());
         // Raw context JSON.
         let start = out.len();
-        if let Some(ctx) = self.context {
+        match (self.context_raw, self.context) {
+            (Some(raw), _) => out.extend_from_slice(raw.as_bytes()),
             // Writing a Value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, ctx);
+            (None, Some(ctx)) => {
+                let _ = serde_json::to_writer(&mut *out, ctx);
+            }
+            (None, None) => {}
         }
         let raw_len = out.len() - start;
         put_u32(out, 72, start as u32);
@@ -140,6 +147,7 @@ mod tests {
             path: &[("organisation", "femo"), ("asset", "press-7")],
             attrs: &[("kind", "member"), ("email", "alice@femo.example")],
             context: Some(&ctx),
+            context_raw: None,
         };
         let mut b = Vec::new();
         input.encode(&mut b);
@@ -168,6 +176,21 @@ mod tests {
         assert!(members.contains(&("channel", "console")));
         assert!(members.contains(&("mfa_age", "42")));
         assert_eq!(u32_at(&b, 104), 1);
+    }
+
+    #[test]
+    fn raw_context_is_passed_byte_for_byte() {
+        let raw = r#"{ "channel" : "console",  "n": 1.50 }"#;
+        let ctx: Value = serde_json::from_str(raw).unwrap();
+        let input = PluginInput {
+            context: Some(&ctx),
+            context_raw: Some(raw),
+            ..PluginInput::default()
+        };
+        let mut b = Vec::new();
+        input.encode(&mut b);
+        assert_eq!(str_at(&b, 72), raw);
+        assert_eq!(u32_at(&b, 100), 2);
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!   [`GRACE_FACTOR`] × the deadline, so a loaded machine does not turn well-behaved plugins into
 //!   timeouts. A busy hostile plugin is interrupted at the deadline or runs out of fuel first.
 
+mod context;
 mod input;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use wasmtime::{
     StoreLimitsBuilder, Trap, TypedFunc,
 };
 
+pub use context::{check_context, ContextError, MAX_CONTEXT_DEPTH};
 pub use input::{PluginInput, HEADER_LEN};
 
 /// The ABI versions this host implements.

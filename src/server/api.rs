@@ -18,6 +18,26 @@ use crate::decide::Decision;
 use crate::engine::Request;
 use crate::snapshot::SnapshotGuard;
 
+/// A request `context`, checked when the body is parsed (`plugin::check_context`: finite
+/// numbers, bounded depth, no duplicate keys; otherwise the request is a 400) and kept as the
+/// raw bytes the caller sent.
+#[derive(Clone, Copy)]
+pub struct Context<'a>(&'a RawValue);
+
+impl<'a> Context<'a> {
+    pub fn get(self) -> &'a str {
+        self.0.get()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Context<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'a RawValue>::deserialize(d)?;
+        crate::plugin::check_context(raw.get()).map_err(serde::de::Error::custom)?;
+        Ok(Context(raw))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckReq<'a> {
@@ -32,7 +52,7 @@ pub struct CheckReq<'a> {
     #[serde(borrow)]
     pub resource: Cow<'a, str>,
     #[serde(borrow, default)]
-    pub context: Option<&'a RawValue>,
+    pub context: Option<Context<'a>>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -49,7 +69,7 @@ pub struct BatchItem<'a> {
     #[serde(borrow)]
     pub resource: Cow<'a, str>,
     #[serde(borrow, default)]
-    pub context: Option<&'a RawValue>,
+    pub context: Option<Context<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +97,7 @@ pub struct FilterReq<'a> {
     #[serde(borrow)]
     pub resources: Vec<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub context: Option<&'a RawValue>,
+    pub context: Option<Context<'a>>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -94,7 +114,7 @@ pub struct ScopesReq<'a> {
     #[serde(borrow)]
     pub action: Cow<'a, str>,
     #[serde(borrow, default)]
-    pub context: Option<&'a RawValue>,
+    pub context: Option<Context<'a>>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -238,7 +258,7 @@ pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Byte
         subject: &subject,
         action: &req.action,
         now: state.clock.now(),
-        context: req.context.map(RawValue::get),
+        context: req.context.map(Context::get),
     }
     .check(snap, &req.resource);
     state.metrics.decision(d.reason);
@@ -266,7 +286,7 @@ pub fn batch(state: &State, snap: &SnapshotGuard, req: &BatchReq) -> Result<Byte
             subject: &subject,
             action: &c.action,
             now,
-            context: c.context.map(RawValue::get),
+            context: c.context.map(Context::get),
         }
         .check(snap, &c.resource);
         state.metrics.decision(d.reason);
@@ -298,7 +318,7 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
         subject: &subject,
         action: &req.action,
         now: state.clock.now(),
-        context: req.context.map(RawValue::get),
+        context: req.context.map(Context::get),
     }
     .filter(snap, &req.resources, |i| {
         if !first {
@@ -325,7 +345,7 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
         subject: &subject,
         action: &req.action,
         now: state.clock.now(),
-        context: req.context.map(RawValue::get),
+        context: req.context.map(Context::get),
     }
     .scopes(snap, &mut roots);
     let (d, conditional) = (scopes.decision, scopes.conditional);
@@ -354,7 +374,7 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
         subject: &subject,
         action: &req.action,
         now: state.clock.now(),
-        context: req.context.map(RawValue::get),
+        context: req.context.map(Context::get),
     }
     .explain(snap, &req.resource);
     let mut v = serde_json::to_value(&e)
