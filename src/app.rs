@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::control::{follower, ControlPlane};
 use crate::clock::Clock;
+use crate::control::{follower, ControlPlane};
 use crate::model::file::DataFile;
 use crate::server::{self, Config, State};
 
@@ -20,7 +20,7 @@ pub enum StartError {
     #[error("control plane: {0}")]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
-    Server(#[from] crate::server::StartError),
+    Server(#[from] crate::server::StateError),
 }
 
 /// A random 128-bit token, hex-encoded, from the OS random source; an error (and no token) when

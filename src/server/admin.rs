@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::State;
 use crate::control::doc::{json as to_json, TenantDoc, UserRow};
 use crate::control::rules::{self, Change, RuleError, UserTransition};
@@ -34,49 +34,6 @@ pub const OPENAPI: &str = include_str!("../../deploy/openapi.json");
 /// Largest page a list endpoint returns.
 pub const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 50;
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> ApiError {
-        match e {
-            ControlError::Rule(RuleError::NotFound { what, id }) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("{what} '{id}' not found"),
-            ),
-            ControlError::Rule(RuleError::Invalid(fields)) => {
-                let msg = RuleError::Invalid(fields.clone()).to_string();
-                let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg);
-                let mut d = serde_json::Map::new();
-                d.insert("fields".into(), to_json(&fields));
-                e.details = Some(d);
-                e
-            }
-            ControlError::Rule(RuleError::Conflict { code, message }) => {
-                ApiError::new(StatusCode::CONFLICT, code, message)
-            }
-            ControlError::UnknownTenant(t) => ApiError::unknown_tenant(&t),
-            e @ ControlError::Precondition { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "revision_conflict", e.to_string())
-            }
-            ControlError::Store(e) => {
-                tracing::error!(error = %e, "store error");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    e.to_string(),
-                )
-            }
-            ControlError::Corrupt(t, m) => {
-                tracing::error!(tenant = %t, error = %m, "corrupt stored data");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("stored data of tenant '{t}' is unreadable"),
-                )
-            }
-        }
-    }
-}
 
 fn respond(status: StatusCode, body: Value, revision: Option<u64>, etag: Option<u64>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -248,8 +205,7 @@ fn paged(items: Vec<Value>, p: &Page, revision: u64) -> Resp {
 
 fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this resource",
     )
 }
@@ -267,8 +223,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
     authorize(state, &req)?;
     let Some(cp) = state.control.clone() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "this process has no control plane",
         ));
     };
@@ -349,11 +304,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
                 })
                 .await?;
             let wasm = wasm.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("plugin '{name}' not found"),
-                )
+                ApiError::new(ErrorCode::NotFound, format!("plugin '{name}' not found"))
             })?;
             let mut r = Response::new(Full::new(Bytes::copy_from_slice(&wasm)));
             r.headers_mut().insert(
@@ -365,11 +316,15 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             }
             Ok(r)
         }
-        (["tenants", t, coll, id], &Method::GET) => get_one(&cp, t, coll, id, state.clock.now()).await,
+        (["tenants", t, coll, id], &Method::GET) => {
+            get_one(&cp, t, coll, id, state.clock.now()).await
+        }
         (["tenants", t, coll, id], &Method::PATCH) => {
             update(state, &cp, t, coll, id, actor, req).await
         }
-        (["tenants", t, coll, id], &Method::DELETE) => remove(&cp, t, coll, id, actor, &req, state.clock.now()).await,
+        (["tenants", t, coll, id], &Method::DELETE) => {
+            remove(&cp, t, coll, id, actor, &req, state.clock.now()).await
+        }
         (["tenants", t, "users", id, op], &Method::POST) => {
             let tr = match *op {
                 "activate" => UserTransition::Activate,
@@ -430,8 +385,7 @@ async fn upload_plugin(
     cp.read(t, |_| ()).await?;
     let host = state.registry.plugin_host().cloned().ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "plugins_unavailable",
+            ErrorCode::PluginsUnavailable,
             "this process has no plugin runtime",
         )
     })?;
@@ -448,12 +402,10 @@ async fn upload_plugin(
         let (host, wasm, name, t) = (host.clone(), wasm.clone(), name.to_string(), t.to_string());
         tokio::task::spawn_blocking(move || host.load(&t, &name, &wasm).map(|p| p.compile_time()))
             .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
     };
     let compile = check.map_err(|e| {
-        let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string());
+        let mut err = ApiError::new(ErrorCode::Invalid, e.to_string());
         let mut d = serde_json::Map::new();
         d.insert(
             "fields".into(),
@@ -781,8 +733,7 @@ async fn get_one(
         .await?;
     let v = v.ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("{} '{id}' not found", kind.as_str()),
         )
     })?;

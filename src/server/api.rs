@@ -8,11 +8,10 @@ use std::borrow::Cow;
 use std::io::Write;
 
 use bytes::Bytes;
-use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::State;
 use crate::decide::Decision;
 use crate::engine::Request;
@@ -377,8 +376,8 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
         context: req.context.map(Context::get),
     }
     .explain(snap, &req.resource);
-    let mut v = serde_json::to_value(&e)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut v =
+        serde_json::to_value(&e).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     if let Some(m) = v.as_object_mut() {
         m.insert(
             "tenant".into(),
@@ -394,6 +393,7 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
     use std::sync::Arc;
 
     use super::*;

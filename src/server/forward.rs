@@ -23,12 +23,13 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, Response};
 
+use super::body::Resp;
 use super::config::{
     ConfigError, ForwardAuthConfig, IdentityConfig, RouteConfig, SourceConfig, TaggedSource,
 };
-use super::error::{clip, ApiError};
+use super::error::{clip, ApiError, ErrorCode};
 use super::tokens::{Tokens, Verified};
 use super::State;
 use crate::model::split_action;
@@ -300,10 +301,8 @@ fn compile_route(r: &RouteConfig, identity: &Identity, tokens: &Tokens) -> Resul
     Ok(route)
 }
 
-type Resp = Response<Full<Bytes>>;
-
 fn bad_target(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "bad_target", message)
+    ApiError::new(ErrorCode::BadTarget, message)
 }
 
 /// The target request: method (when known) and raw URI (path and query).
@@ -510,8 +509,7 @@ pub fn handle(
             let (name, suffix) = r.find('/').map_or((r, ""), |i| r.split_at(i));
             let t = fa.tables.iter().find(|t| &*t.name == name).ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
+                    ErrorCode::NotFound,
                     format!("no forward-auth route table '{}'", clip(name)),
                 )
             })?;
@@ -569,8 +567,7 @@ pub fn handle(
 
 fn no_route(method: &str, path: &str) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "no_route",
+        ErrorCode::NoRoute,
         format!("no route for {} {}", clip(method), clip(path)),
     )
 }
@@ -677,13 +674,10 @@ impl Req<'_> {
             // requested tenant exists.
             state.tokens.check_tenant(v, &tenant)?;
         }
-        let snap = state.registry.get(&tenant).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "unknown_tenant",
-                format!("unknown tenant '{}'", clip(&tenant)),
-            )
-        })?;
+        let snap = state
+            .registry
+            .get(&tenant)
+            .ok_or_else(|| ApiError::unknown_tenant(&tenant).for_gateway())?;
         let view = snap.view();
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;
@@ -699,11 +693,7 @@ impl Req<'_> {
         state.metrics.decision(d.reason);
         let revision = snap.revision();
         if !d.allowed {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "access denied",
-            ));
+            return Err(ApiError::new(ErrorCode::Forbidden, "access denied"));
         }
         let mut r = Response::new(Full::new(Bytes::new()));
         let h = r.headers_mut();
@@ -712,8 +702,7 @@ impl Req<'_> {
         let (Ok(subject), Ok(tenant)) = (subject, tenant) else {
             // Fail closed: an id that cannot travel in a header is never an allow.
             return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "subject or tenant id cannot be sent in a header",
             ));
         };
@@ -726,6 +715,7 @@ impl Req<'_> {
 
 #[cfg(test)]
 mod tests {
+    use hyper::StatusCode;
     use std::sync::Arc;
 
     use super::*;

@@ -6,6 +6,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry as PromRegistry, TextEncoder,
 };
 
+use super::error::ErrorCode;
 use crate::decide::Reason;
 use crate::snapshot::Registry;
 
@@ -48,36 +49,16 @@ impl Endpoint {
     }
 }
 
-/// Error codes that get their own counter (see `server::error`).
-pub const ERROR_CODES: &[&str] = &[
-    "bad_request",
-    "malformed_json",
-    "unsupported_media_type",
-    "payload_too_large",
-    "batch_too_large",
-    "unknown_tenant",
-    "not_found",
-    "method_not_allowed",
-    "revision_unavailable",
-    "request_timeout",
-    "unauthenticated",
-    "forbidden",
-    "no_route",
-    "bad_target",
-    "internal",
-    "not_ready",
-    "invalid",
-    "already_exists",
-    "duplicate_email",
-    "revision_conflict",
-    "in_use",
-    "read_only",
-    "quota_exceeded",
-    "invalid_state",
-    "already_member",
-    "store_unavailable",
-    "plugins_unavailable",
-];
+/// Error codes that get their own counter: every [`ErrorCode`], in its order.
+pub const ERROR_CODES: [&str; ErrorCode::ALL.len()] = {
+    let mut out = [""; ErrorCode::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = ErrorCode::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 pub struct Metrics {
     registry: PromRegistry,
@@ -213,9 +194,9 @@ impl Metrics {
     }
 
     #[inline]
-    pub fn error(&self, code: &str) {
-        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
-            self.errors[i].inc();
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(c) = self.errors.get(code as usize) {
+            c.inc();
         }
     }
 

@@ -1,0 +1,146 @@
+//! Listening: the accept loop with its connection limit, HTTP/1.1 and h2c on one port, graceful
+//! drain, the optional separate management listener, and the shutdown signals.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::router::{handle, Surface};
+use super::State;
+
+/// Serves until `shutdown` resolves, then drains in-flight requests (up to `limits.drain_ms`).
+pub async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    surface: Surface,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = &state.config.limits;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let st = Arc::clone(&state);
+        let svc = hyper::service::service_fn(move |req| {
+            let st = Arc::clone(&st);
+            async move { Ok::<_, Infallible>(handle(st, surface, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_millis(state.config.limits.drain_ms);
+    tracing::info!(connections = graceful.count(), "draining");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Binds the configured listener(s) and serves until SIGINT/SIGTERM.
+pub async fn run(state: Arc<State>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(state.config.listen).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin = match state.config.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a).await?;
+            let admin_addr = l.local_addr()?;
+            tracing::info!(addr = %admin_addr, "management API listening");
+            Some(tokio::spawn(serve(
+                Arc::clone(&state),
+                l,
+                Surface::Admin,
+                stopped(),
+            )))
+        }
+        None => None,
+    };
+    let surface = if admin.is_some() {
+        Surface::DataPlane
+    } else {
+        Surface::All
+    };
+    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let main = serve(state, listener, surface, stopped()).await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    main
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutdown signal received");
+}

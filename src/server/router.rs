@@ -1,0 +1,160 @@
+//! Routing: which listener serves which routes, the health, readiness and metrics endpoints,
+//! and the data-plane dispatch. Every answer is counted in the metrics here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::body::{check_body_headers, json, read_body_limited, Resp};
+use super::error::{ApiError, ErrorCode};
+use super::metrics::Endpoint;
+use super::{admin, api, forward, snapshot_at, State};
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Data plane and management API (no separate admin listener).
+    All,
+    /// Data plane only (the management API has its own listener).
+    DataPlane,
+    /// Management API only (plus health).
+    Admin,
+}
+
+pub(super) async fn handle(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Resp {
+    let start = Instant::now();
+    let (endpoint, result) = route(&state, surface, req).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.error(e.code);
+            e.into_response()
+        }
+    };
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && endpoint == Endpoint::Other {
+        state.metrics.error(ErrorCode::NotReady);
+    }
+    state
+        .metrics
+        .latency(endpoint, start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn route(
+    state: &State,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> (Endpoint, Result<Resp, ApiError>) {
+    let path = req.uri().path();
+    let admin_path =
+        path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
+    if surface == Surface::Admin && !admin_path && path != "/healthz" {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if surface == Surface::DataPlane && admin_path {
+        return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    if let Some(rest) = path.strip_prefix(forward::PREFIX) {
+        if forward::is_forward_auth(path) {
+            // Any method; the body (if any) is ignored.
+            let r = forward::handle(state, req.method(), rest, req.uri().query(), req.headers());
+            return (Endpoint::ForwardAuth, r);
+        }
+    }
+    let endpoint = match path {
+        "/v1/check" => Endpoint::Check,
+        "/v1/check/batch" => Endpoint::Batch,
+        "/v1/filter" => Endpoint::Filter,
+        "/v1/scopes" => Endpoint::Scopes,
+        "/v1/explain" => Endpoint::Explain,
+        _ => Endpoint::Other,
+    };
+    let method = req.method().clone();
+    let result = match (path, &method) {
+        ("/healthz", &Method::GET | &Method::HEAD) => Ok(json(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"status\":\"ok\"}"),
+        )),
+        ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
+        ("/metrics", &Method::GET | &Method::HEAD) => {
+            let mut r = Response::new(Full::new(Bytes::from(
+                state.metrics.render(&state.registry, state.clock.now()),
+            )));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        (_, &Method::POST) if endpoint != Endpoint::Other => {
+            match check_body_headers(state, req.headers()) {
+                Ok(()) => data_plane(state, endpoint, req.into_body()).await,
+                Err(e) => Err(e),
+            }
+        }
+        (_, _) if admin_path => {
+            return (Endpoint::Admin, admin::handle(state, req).await);
+        }
+        ("/healthz" | "/readyz" | "/metrics", _) => Err(ApiError::method_not_allowed("GET, HEAD")),
+        (_, _) if endpoint != Endpoint::Other => Err(ApiError::method_not_allowed("POST")),
+        _ => Err(ApiError::not_found(path)),
+    };
+    (endpoint, result)
+}
+
+fn readyz(state: &State) -> Resp {
+    let n = state.registry.len();
+    if state.ready.load(Ordering::Acquire) {
+        json(
+            StatusCode::OK,
+            Bytes::from(format!("{{\"status\":\"ready\",\"tenants\":{n}}}")),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"{\"status\":\"loading\",\"code\":\"not_ready\"}"),
+        )
+    }
+}
+
+/// A data-plane POST whose headers passed [`check_body_headers`].
+async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result<Resp, ApiError> {
+    let body = read_body_limited(state, body).await?;
+    // Each arm: parse (borrowing from `body`), pin the snapshot, decide synchronously.
+    let out = match endpoint {
+        Endpoint::Check | Endpoint::Explain => {
+            let r = api::parse_check(&body)?;
+            let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
+            if endpoint == Endpoint::Check {
+                api::check(state, &snap, &r)?
+            } else {
+                api::explain(state, &snap, &r)?
+            }
+        }
+        Endpoint::Batch => {
+            let r: api::BatchReq = api::parse(&body)?;
+            let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
+            api::batch(state, &snap, &r)?
+        }
+        Endpoint::Filter => {
+            let r: api::FilterReq = api::parse(&body)?;
+            let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
+            api::filter(state, &snap, &r)?
+        }
+        Endpoint::Scopes => {
+            let r: api::ScopesReq = api::parse(&body)?;
+            let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
+            api::scopes(state, &snap, &r)?
+        }
+        Endpoint::ForwardAuth | Endpoint::Admin | Endpoint::Other => {
+            return Err(ApiError::not_found(""))
+        }
+    };
+    Ok(json(StatusCode::OK, out))
+}

@@ -1,0 +1,96 @@
+//! The shared state every handler reads ([`State`]), its construction, and the wait for a
+//! tenant snapshot at a minimum revision.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::{Config, ConfigError};
+use super::error::{ApiError, ErrorCode};
+use super::metrics::Metrics;
+use super::{forward, tokens};
+use crate::clock::Clock;
+use crate::snapshot::{Registry, SnapshotGuard};
+
+/// Everything a request handler needs. Shared by all connections.
+pub struct State {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub tokens: tokens::Tokens,
+    pub forward: forward::ForwardAuth,
+    pub ready: AtomicBool,
+    /// The control plane, when this process runs one (`portcullis serve`).
+    pub control: Option<Arc<crate::control::ControlPlane>>,
+    /// Bearer token of the management API.
+    pub admin_token: Option<String>,
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl State {
+    /// Builds the shared state: parses token keys and compiles forward-auth routes, so a bad
+    /// key or route stops the server before it binds.
+    pub fn new(config: Config, registry: Arc<Registry>, clock: Clock) -> Result<State, StateError> {
+        config.validate()?;
+        let metrics = Metrics::new(config.metrics.per_tenant)?;
+        let tokens = tokens::Tokens::new(&config.tokens)?;
+        let forward = forward::ForwardAuth::new(&config.forward_auth, &tokens)?;
+        Ok(State {
+            config,
+            registry,
+            clock,
+            metrics,
+            tokens,
+            forward,
+            ready: AtomicBool::new(false),
+            control: None,
+            admin_token: None,
+        })
+    }
+}
+
+/// The snapshot of `tenant`, waiting (bounded) until it reaches `min_revision`.
+pub async fn snapshot_at(
+    state: &State,
+    tenant: &str,
+    min_revision: Option<u64>,
+) -> Result<SnapshotGuard, ApiError> {
+    let Some(min) = min_revision else {
+        return state
+            .registry
+            .get(tenant)
+            .ok_or_else(|| ApiError::unknown_tenant(tenant));
+    };
+    let mut changes = state.registry.subscribe();
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(state.config.limits.max_revision_wait_ms);
+    loop {
+        let current = state.registry.get(tenant).map(|s| s.revision());
+        if current.is_some_and(|r| r >= min) {
+            if let Some(s) = state.registry.get(tenant) {
+                return Ok(s);
+            }
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => {
+                return Err(match current {
+                    None => ApiError::unknown_tenant(tenant),
+                    Some(r) => ApiError::new(
+                        ErrorCode::RevisionUnavailable,
+                        format!("tenant '{tenant}' is at revision {r}; min_revision {min} not reached in time"),
+                    ),
+                })
+            }
+        }
+    }
+}
