@@ -11,6 +11,7 @@
 pub mod doc;
 pub mod follower;
 pub mod rules;
+pub mod views;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,542 @@
+//! Read models of the management API, beside the write rules: the JSON views of tenants and
+//! entities, the user overview, and list filtering, sorting and paging driven by typed queries.
+//! The HTTP layer parses a request's query string once into these queries (refusing bad values)
+//! and answers what these functions return.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::doc::{json as to_json, PluginRow, TenantDoc, UserRow};
+use super::{rules, ControlError, ControlPlane};
+use crate::model::{is_builtin_role, Part, Principal, UserKind, UserStatus, BUILTIN_ROLES};
+use crate::store::{Commit, Kind, LogQuery};
+
+/// Largest page a list endpoint returns.
+pub const MAX_PAGE: usize = 1000;
+/// Page size (and audit limit) when the request names none.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// One page of a list: `page_size` items from the `page_token` offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl Default for PageQuery {
+    fn default() -> PageQuery {
+        PageQuery {
+            offset: 0,
+            size: DEFAULT_PAGE,
+        }
+    }
+}
+
+/// Which users a listing keeps by status (deleted users are governed by `include_deleted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    #[default]
+    All,
+    Active,
+    Inactive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserSort {
+    #[default]
+    Name,
+    Email,
+    Created,
+    LastLogin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// A user listing (per tenant or platform-wide).
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Case-insensitive substring of name or email.
+    pub q: Option<String>,
+    pub status: StatusFilter,
+    pub include_deleted: bool,
+    pub sort: UserSort,
+    pub order: Order,
+    pub page: PageQuery,
+}
+
+/// A node listing.
+#[derive(Debug, Clone, Default)]
+pub struct NodeQuery {
+    pub kind: Option<String>,
+    pub parent: Option<String>,
+    pub page: PageQuery,
+}
+
+/// How an assignment listing treats expired assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpiredFilter {
+    #[default]
+    Include,
+    Exclude,
+    Only,
+}
+
+/// An assignment listing.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentQuery {
+    pub role: Option<String>,
+    pub scope: Option<String>,
+    pub scope_kind: Option<String>,
+    pub group: Option<String>,
+    pub user: Option<String>,
+    /// With `user`: also the assignments of the groups the user is a member of.
+    pub include_groups: bool,
+    pub expired: ExpiredFilter,
+    pub page: PageQuery,
+}
+
+/// A listing of one of a tenant's collections.
+#[derive(Debug, Clone)]
+pub enum ListQuery {
+    Nodes(NodeQuery),
+    Users(UserQuery),
+    Groups(PageQuery),
+    Roles(PageQuery),
+    Assignments(AssignmentQuery),
+    Plugins(PageQuery),
+}
+
+/// A tenant's audit log: the store's log query (`tenant` is set by [`audit`]; `limit`, the
+/// entries per answer, is 1..=[`MAX_PAGE`]).
+pub type AuditQuery = LogQuery;
+
+/// `{"items","total","next_page_token","revision"}` for one page of `items`.
+pub fn paged(items: Vec<Value>, p: &PageQuery, revision: u64) -> Value {
+    let total = items.len();
+    let end = p.offset.saturating_add(p.size).min(total);
+    let slice: Vec<Value> = items.into_iter().skip(p.offset).take(p.size).collect();
+    let next = (end < total).then(|| end.to_string());
+    json!({ "items": slice, "total": total, "next_page_token": next, "revision": revision })
+}
+
+/// The entity's JSON without storage bookkeeping, with its `etag`.
+fn with_rev(mut v: Value, rev: u64) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.remove("_rev");
+        m.insert("etag".into(), Value::String(format!("\"{rev}\"")));
+    }
+    v
+}
+
+fn strip_rev(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.remove("_rev");
+    }
+    v
+}
+
+/// A tenant's settings with its revision and entity counts.
+pub fn tenant_summary(d: &TenantDoc) -> Value {
+    let mut v = d.settings.as_ref().map(to_json).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("revision".into(), json!(d.revision));
+        m.insert(
+            "counts".into(),
+            json!({
+                "nodes": d.nodes.len(), "roles": d.roles.len() + BUILTIN_ROLES.len(),
+                "users": d.users.values().filter(|u| u.user.status != UserStatus::Deleted).count(),
+                "groups": d.groups.len(), "assignments": d.assignments.len(),
+            }),
+        );
+    }
+    v
+}
+
+/// A node with its path from the root and its number of children.
+pub fn node_json(d: &TenantDoc, id: &str) -> Option<Value> {
+    let n = d.nodes.get(id)?;
+    let mut path = vec![n.id.clone()];
+    let mut cur = n.parent.clone();
+    while let Some(c) = cur {
+        if path.len() > d.nodes.len() {
+            break;
+        }
+        path.push(c.clone());
+        cur = d.nodes.get(&c).and_then(|x| x.parent.clone());
+    }
+    path.reverse();
+    let children = d
+        .nodes
+        .values()
+        .filter(|x| x.parent.as_deref() == Some(id))
+        .count();
+    let mut v = to_json(n);
+    if let Value::Object(m) = &mut v {
+        m.insert("path".into(), json!(path));
+        m.insert("children".into(), json!(children));
+    }
+    Some(with_rev(v, d.rev_of(Kind::Node, id)))
+}
+
+/// A role (built-in or the tenant's); `detail` adds permissions by resource and the holders.
+pub fn role_json(d: &TenantDoc, id: &str, detail: bool) -> Option<Value> {
+    let (role, builtin) = if is_builtin_role(id) {
+        let (rid, name, perms) = BUILTIN_ROLES.iter().find(|r| r.0 == id)?;
+        (
+            crate::model::Role {
+                id: (*rid).to_string(),
+                name: (*name).to_string(),
+                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
+                plugin: None,
+            },
+            true,
+        )
+    } else {
+        (d.roles.get(id)?.clone(), false)
+    };
+    let mut v = to_json(&role);
+    if let Value::Object(m) = &mut v {
+        m.insert("builtin".into(), json!(builtin));
+        if detail {
+            let mut by_res: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for p in &role.permissions {
+                let res = match &p.resource {
+                    Part::Any => "*".to_string(),
+                    Part::Name(n) => n.clone(),
+                };
+                let act = match &p.action {
+                    Part::Any => "*".to_string(),
+                    Part::Name(n) => n.clone(),
+                };
+                by_res.entry(res).or_default().push(act);
+            }
+            m.insert("permissions_by_resource".into(), json!(by_res));
+            let mut holders = Vec::new();
+            for a in d.assignments.values().filter(|a| a.assignment.role == id) {
+                match &a.assignment.principal {
+                    Principal::User(u) => holders
+                        .push(json!({"user": u, "via": "direct", "scope": a.assignment.scope})),
+                    Principal::Group(g) => {
+                        for mbr in d.groups.get(g).map(|g| g.members.as_slice()).unwrap_or(&[]) {
+                            holders.push(json!({"user": mbr, "via": format!("group:{g}"), "scope": a.assignment.scope}));
+                        }
+                    }
+                }
+            }
+            m.insert("holders".into(), json!(holders));
+        }
+    }
+    Some(with_rev(
+        v,
+        if builtin { 0 } else { d.rev_of(Kind::Role, id) },
+    ))
+}
+
+/// A user with the groups it is a member of.
+pub fn user_json(d: &TenantDoc, u: &UserRow) -> Value {
+    let mut v = to_json(u);
+    if let Value::Object(m) = &mut v {
+        let groups: Vec<&str> = d
+            .groups
+            .values()
+            .filter(|g| g.members.iter().any(|x| x == &u.user.id))
+            .map(|g| g.id.as_str())
+            .collect();
+        m.insert("groups".into(), json!(groups));
+    }
+    with_rev(v, d.rev_of(Kind::User, &u.user.id))
+}
+
+/// An assignment with the kind of its scope and whether it has expired at `now`.
+pub fn assignment_json(d: &TenantDoc, id: &str, now: i64) -> Option<Value> {
+    let a = d.assignments.get(id)?;
+    let mut v = to_json(a);
+    if let Value::Object(m) = &mut v {
+        let kind = d.nodes.get(&a.assignment.scope).map(|n| n.kind.clone());
+        m.insert("scope_kind".into(), json!(kind));
+        let exp = a.assignment.expires_at.is_some_and(|e| e <= now);
+        m.insert("expired".into(), json!(exp));
+    }
+    Some(with_rev(v, d.rev_of(Kind::Assignment, id)))
+}
+
+fn group_json(d: &TenantDoc, id: &str) -> Option<Value> {
+    let g = d.groups.get(id)?;
+    Some(with_rev(to_json(g), d.rev_of(Kind::Group, id)))
+}
+
+fn plugin_json(d: &TenantDoc, id: &str) -> Option<Value> {
+    let p = d.plugins.get(id)?;
+    Some(with_rev(
+        rules::plugin_summary(d, p),
+        d.rev_of(Kind::Plugin, id),
+    ))
+}
+
+/// One entity of a collection, as `GET …/{collection}/{id}` answers it.
+pub fn entity(d: &TenantDoc, kind: Kind, id: &str, now: i64) -> Option<Value> {
+    match kind {
+        Kind::Node => node_json(d, id),
+        Kind::User => d.users.get(id).map(|u| user_json(d, u)),
+        Kind::Group => group_json(d, id),
+        Kind::Role => role_json(d, id, true),
+        Kind::Assignment => assignment_json(d, id, now),
+        Kind::Plugin => plugin_json(d, id),
+        _ => None,
+    }
+}
+
+/// Counts for the users page: live users, administrators, active, new in the last 7 days.
+pub fn user_overview(d: &TenantDoc, now: i64) -> Value {
+    let live: Vec<&UserRow> = d
+        .users
+        .values()
+        .filter(|u| u.user.status != UserStatus::Deleted)
+        .collect();
+    let admins = live
+        .iter()
+        .filter(|u| {
+            matches!(u.user.kind, UserKind::Owner | UserKind::Admin)
+                || d.assignments.values().any(|a| {
+                    a.assignment.role == "administrator"
+                        && a.assignment.principal == Principal::User(u.user.id.clone())
+                })
+        })
+        .count();
+    json!({
+        "total": live.len(),
+        "administrators": admins,
+        "active": live.iter().filter(|u| u.user.status == UserStatus::Active).count(),
+        "new_last_7_days": live.iter().filter(|u| u.created_at > now - 7 * 86_400).count(),
+    })
+}
+
+fn contains_ci(hay: &str, needle_lc: &str) -> bool {
+    hay.to_ascii_lowercase().contains(needle_lc)
+}
+
+/// Filters and sorts users per the query (shared by the tenant and platform listings).
+fn select_users<'a, T>(users: Vec<(T, &'a UserRow)>, q: &UserQuery) -> Vec<(T, &'a UserRow)> {
+    let needle = q.q.as_ref().map(|s| s.to_ascii_lowercase());
+    let mut out: Vec<(T, &UserRow)> = users
+        .into_iter()
+        .filter(|(_, u)| q.include_deleted || u.user.status != UserStatus::Deleted)
+        .filter(|(_, u)| match q.status {
+            StatusFilter::Active => u.user.status == UserStatus::Active,
+            StatusFilter::Inactive => u.user.status == UserStatus::Inactive,
+            StatusFilter::All => true,
+        })
+        .filter(|(_, u)| {
+            needle
+                .as_deref()
+                .is_none_or(|n| contains_ci(&u.user.name, n) || contains_ci(&u.user.email, n))
+        })
+        .collect();
+    match q.sort {
+        UserSort::Name => out.sort_by(|(_, a), (_, b)| {
+            a.user
+                .name
+                .to_lowercase()
+                .cmp(&b.user.name.to_lowercase())
+                .then(a.user.id.cmp(&b.user.id))
+        }),
+        UserSort::Email => out.sort_by(|(_, a), (_, b)| {
+            a.user
+                .email
+                .to_lowercase()
+                .cmp(&b.user.email.to_lowercase())
+        }),
+        UserSort::Created => out.sort_by(|(_, a), (_, b)| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.user.id.cmp(&b.user.id))
+        }),
+        UserSort::LastLogin => out.sort_by(|(_, a), (_, b)| {
+            a.last_login_at
+                .cmp(&b.last_login_at)
+                .then(a.user.id.cmp(&b.user.id))
+        }),
+    }
+    if q.order == Order::Desc {
+        out.reverse();
+    }
+    out
+}
+
+fn assignments(d: &TenantDoc, q: &AssignmentQuery, now: i64) -> Vec<Value> {
+    let groups_of_user: Vec<&str> = match &q.user {
+        Some(u) if q.include_groups => d
+            .groups
+            .values()
+            .filter(|g| g.members.iter().any(|m| m == u))
+            .map(|g| g.id.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    d.assignments
+        .values()
+        .filter(|a| q.role.as_ref().is_none_or(|r| &a.assignment.role == r))
+        .filter(|a| q.scope.as_ref().is_none_or(|s| &a.assignment.scope == s))
+        .filter(|a| {
+            q.scope_kind.as_ref().is_none_or(|k| {
+                d.nodes
+                    .get(&a.assignment.scope)
+                    .is_some_and(|n| &n.kind == k)
+            })
+        })
+        .filter(|a| {
+            q.group
+                .as_ref()
+                .is_none_or(|g| a.assignment.principal == Principal::Group(g.clone()))
+        })
+        .filter(|a| {
+            q.user
+                .as_ref()
+                .is_none_or(|u| match &a.assignment.principal {
+                    Principal::User(x) => x == u,
+                    Principal::Group(g) => groups_of_user.contains(&g.as_str()),
+                })
+        })
+        .filter(|a| {
+            let ex = a.assignment.expires_at.is_some_and(|e| e <= now);
+            match q.expired {
+                ExpiredFilter::Exclude => !ex,
+                ExpiredFilter::Only => ex,
+                ExpiredFilter::Include => true,
+            }
+        })
+        .filter_map(|a| assignment_json(d, &a.id, now))
+        .collect()
+}
+
+/// One page of a tenant's collection, filtered and sorted per the query.
+pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
+    let (items, page): (Vec<Value>, &PageQuery) = match q {
+        ListQuery::Nodes(q) => (
+            d.nodes
+                .values()
+                .filter(|n| q.kind.as_ref().is_none_or(|k| &n.kind == k))
+                .filter(|n| {
+                    q.parent
+                        .as_ref()
+                        .is_none_or(|pa| n.parent.as_deref() == Some(pa.as_str()))
+                })
+                .filter_map(|n| node_json(d, &n.id))
+                .collect(),
+            &q.page,
+        ),
+        ListQuery::Users(q) => (
+            select_users(d.users.values().map(|u| ((), u)).collect(), q)
+                .into_iter()
+                .map(|(_, u)| user_json(d, u))
+                .collect(),
+            &q.page,
+        ),
+        ListQuery::Groups(p) => (
+            d.groups.keys().filter_map(|id| group_json(d, id)).collect(),
+            p,
+        ),
+        ListQuery::Roles(p) => (
+            BUILTIN_ROLES
+                .iter()
+                .map(|r| r.0.to_string())
+                .chain(d.roles.keys().cloned())
+                .filter_map(|id| role_json(d, &id, false))
+                .collect(),
+            p,
+        ),
+        ListQuery::Plugins(p) => (
+            d.plugins
+                .keys()
+                .filter_map(|id| plugin_json(d, id))
+                .collect(),
+            p,
+        ),
+        ListQuery::Assignments(q) => (assignments(d, q, now), &q.page),
+    };
+    paged(items, page, d.revision)
+}
+
+/// One page of the summaries of every tenant.
+pub async fn tenants(cp: &ControlPlane, p: &PageQuery) -> Value {
+    let mut items = Vec::new();
+    for id in cp.tenant_ids() {
+        if let Ok(v) = cp.read(&id, tenant_summary).await {
+            items.push(v);
+        }
+    }
+    paged(items, p, 0)
+}
+
+/// One page of the users of every tenant (each with its `tenant`).
+pub async fn platform_users(cp: &ControlPlane, q: &UserQuery) -> Value {
+    let mut all: Vec<(String, UserRow)> = Vec::new();
+    for t in cp.tenant_ids() {
+        if let Ok(users) = cp
+            .read(&t, |d| d.users.values().cloned().collect::<Vec<_>>())
+            .await
+        {
+            all.extend(users.into_iter().map(|u| (t.clone(), u)));
+        }
+    }
+    let selected = select_users(all.iter().map(|(t, u)| (t.as_str(), u)).collect(), q);
+    let items: Vec<Value> = selected
+        .into_iter()
+        .map(|(tenant, u)| {
+            let mut v = to_json(u);
+            if let Value::Object(m) = &mut v {
+                m.remove("_rev");
+                m.insert("tenant".into(), json!(tenant));
+            }
+            v
+        })
+        .collect();
+    paged(items, &q.page, 0)
+}
+
+/// One audit entry: the commit with its row changes (plugin modules shown by hash and size).
+pub fn audit_entry(c: &Commit) -> Value {
+    json!({
+        "revision": c.revision, "actor": c.actor, "at": crate::model::format_timestamp(c.at_ms / 1000), "at_ms": c.at_ms,
+        "action": c.action, "target": c.target,
+        "changes": c.ops.iter().map(|o| {
+            let show = |v: &Value| if o.kind == Kind::Plugin {
+                PluginRow::summary(v)
+            } else {
+                strip_rev(v.clone())
+            };
+            json!({
+                "kind": o.kind, "id": o.id,
+                "before": o.before.as_ref().map(show),
+                "after": o.value.as_ref().map(show),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// A tenant's audit log per the query: `{"items","next_after_revision"}`.
+pub async fn audit(cp: &ControlPlane, tenant: &str, q: &AuditQuery) -> Result<Value, ControlError> {
+    cp.read(tenant, |_| ()).await?;
+    // One more than asked: whether there is a next page.
+    let query = LogQuery {
+        tenant: Some(tenant.to_string()),
+        limit: q.limit.saturating_add(1),
+        ..q.clone()
+    };
+    let mut commits = cp.store().log(&query).await?;
+    let more = commits.len() > q.limit;
+    commits.truncate(q.limit);
+    let next = if more {
+        commits.last().map(|c| c.revision.to_string())
+    } else {
+        None
+    };
+    let items: Vec<Value> = commits.iter().map(audit_entry).collect();
+    Ok(json!({"items": items, "next_after_revision": next}))
+}

@@ -1,0 +1,215 @@
+//! The management API (`/v1/tenants/…`, `/v1/users`, `/v1/openapi.json`): its router.
+//!
+//! Every call needs `Authorization: Bearer <admin token>`. Writes return the tenant's new
+//! revision (body `revision`, header `X-Portcullis-Revision`) so that a client can `check` with
+//! `min_revision` and read its own write; single entities carry an `ETag` (the revision at which
+//! the entity last changed), which `If-Match` on updates must match (409 otherwise).
+//!
+//! [`http`]: bearer check, path/query decoding, typed queries, answers; [`reads`] and
+//! [`writes`]: the handlers over `control::views` and `control::rules`; [`plugins`]: module
+//! upload and download.
+
+pub mod http;
+pub mod plugins;
+pub mod reads;
+pub mod writes;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response};
+
+use self::http::{authorize, segments, Query};
+use self::writes::{Op, Writer};
+use super::error::ApiError;
+use super::{Resp, State};
+use crate::control::rules::UserTransition;
+use crate::store::Kind;
+
+pub use crate::control::views::MAX_PAGE;
+
+/// The OpenAPI 3 document of the whole HTTP API (also in the repository at `deploy/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../../deploy/openapi.json");
+
+/// A tenant's entity collection, as named in paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coll {
+    Nodes,
+    Users,
+    Groups,
+    Roles,
+    Assignments,
+    Plugins,
+}
+
+impl Coll {
+    fn parse(s: &str) -> Option<Coll> {
+        Some(match s {
+            "nodes" => Coll::Nodes,
+            "users" => Coll::Users,
+            "groups" => Coll::Groups,
+            "roles" => Coll::Roles,
+            "assignments" => Coll::Assignments,
+            "plugins" => Coll::Plugins,
+            _ => return None,
+        })
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Coll::Nodes => Kind::Node,
+            Coll::Users => Kind::User,
+            Coll::Groups => Kind::Group,
+            Coll::Roles => Kind::Role,
+            Coll::Assignments => Kind::Assignment,
+            Coll::Plugins => Kind::Plugin,
+        }
+    }
+}
+
+/// A management path, decoded.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    OpenApi,
+    PlatformUsers,
+    Tenants,
+    Tenant(&'a str),
+    Audit(&'a str),
+    List(&'a str, Coll),
+    Entity(&'a str, Coll, &'a str),
+    PluginWasm(&'a str, &'a str),
+    UserOp(&'a str, &'a str, UserTransition),
+    Members(&'a str, &'a str),
+    Member(&'a str, &'a str, &'a str),
+}
+
+impl<'a> Route<'a> {
+    fn parse(segs: &[&'a str]) -> Option<Route<'a>> {
+        Some(match *segs {
+            ["openapi.json"] => Route::OpenApi,
+            ["users"] => Route::PlatformUsers,
+            ["tenants"] => Route::Tenants,
+            ["tenants", t] => Route::Tenant(t),
+            ["tenants", t, "audit"] => Route::Audit(t),
+            ["tenants", t, c] => Route::List(t, Coll::parse(c)?),
+            ["tenants", t, c, id] => Route::Entity(t, Coll::parse(c)?, id),
+            ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
+            ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
+            ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "users", id, op] => Route::UserOp(
+                t,
+                id,
+                match op {
+                    "activate" => UserTransition::Activate,
+                    "deactivate" => UserTransition::Deactivate,
+                    "restore" => UserTransition::Restore,
+                    "delete" => UserTransition::Delete,
+                    "login" => UserTransition::Login,
+                    _ => return None,
+                },
+            ),
+            _ => return None,
+        })
+    }
+
+    /// The methods the path accepts (the `Allow` header of its 405).
+    fn allow(self) -> &'static str {
+        match self {
+            Route::OpenApi | Route::PlatformUsers | Route::Audit(..) | Route::PluginWasm(..) => {
+                "GET"
+            }
+            Route::List(_, Coll::Plugins) => "GET",
+            Route::Tenants | Route::List(..) => "GET, POST",
+            Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
+            Route::Tenant(_) | Route::Entity(..) => "GET, PATCH, DELETE",
+            Route::UserOp(..) | Route::Members(..) => "POST",
+            Route::Member(..) => "DELETE",
+        }
+    }
+}
+
+fn openapi() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Handles a management request. `path` starts with `/v1/`.
+pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    if req.uri().path() == "/v1/openapi.json" && req.method() == Method::GET {
+        return Ok(openapi());
+    }
+    authorize(state, &req)?;
+    let Some(cp) = state.control.clone() else {
+        return Err(ApiError::new(
+            super::error::ErrorCode::NotFound,
+            "this process has no control plane",
+        ));
+    };
+    let cp = &*cp;
+    let path = req.uri().path().to_string();
+    let segs = segments(&path)?;
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let route = Route::parse(&segs).ok_or_else(|| ApiError::not_found(&path))?;
+    let method = req.method().clone();
+    let q = Query::of(&req);
+    let now = state.clock.now();
+    let w = |tenant| Writer {
+        state,
+        cp,
+        tenant,
+        actor: "admin",
+    };
+    use Route::*;
+    match (route, method) {
+        (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
+        (Tenants, Method::GET) => reads::tenants(cp, &q).await,
+        (Tenants, Method::POST) => w("").create_tenant(req).await,
+        (Tenant(t), Method::GET) => reads::tenant(cp, t).await,
+        (Tenant(t), Method::PATCH) => w(t).update_tenant(req).await,
+        (Tenant(t), Method::DELETE) => w(t).delete_tenant(&req).await,
+        (Audit(t), Method::GET) => reads::audit(cp, t, &q).await,
+        (List(t, c), Method::GET) => reads::list(cp, t, c, &q, now).await,
+        (Entity(t, Coll::Users, "overview"), Method::GET) => reads::user_overview(cp, t, now).await,
+        (Entity(t, c, id), Method::GET) => reads::entity(cp, t, c, id, now).await,
+        (Entity(t, Coll::Plugins, name), Method::PUT) => {
+            plugins::upload(&w(t), name, &q, req).await
+        }
+        (Entity(t, Coll::Plugins, name), Method::DELETE) => w(t).delete_plugin(name, &req).await,
+        (PluginWasm(t, name), Method::GET) => plugins::download(cp, t, name).await,
+        (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
+        (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
+        (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
+        (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,
+        (Entity(t, c, id), Method::PATCH) if c != Coll::Plugins => {
+            crud(&w(t), c, Op::Update(id), req).await
+        }
+        (Entity(t, c, id), Method::DELETE) => crud(&w(t), c, Op::Delete(id), req).await,
+        (r, _) => Err(ApiError::method_not_allowed(r.allow())),
+    }
+}
+
+/// The generic create/update/delete of an entity collection (plugins have their own upload).
+async fn crud(
+    w: &Writer<'_>,
+    c: Coll,
+    op: Op<'_>,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    match c {
+        Coll::Nodes => w.crud::<writes::Nodes>(op, req).await,
+        Coll::Users => w.crud::<writes::Users>(op, req).await,
+        Coll::Groups => w.crud::<writes::Groups>(op, req).await,
+        Coll::Roles => w.crud::<writes::Roles>(op, req).await,
+        Coll::Assignments => w.crud::<writes::Assignments>(op, req).await,
+        // Routed to `plugins` and `Writer::delete_plugin` before reaching here.
+        Coll::Plugins => Err(ApiError::method_not_allowed(match op {
+            Op::Create => Route::List("", c).allow(),
+            Op::Update(_) | Op::Delete(_) => Route::Entity("", c, "").allow(),
+        })),
+    }
+}

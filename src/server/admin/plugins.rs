@@ -1,0 +1,102 @@
+//! Plugin modules over the management API: upload (validated and compiled before the commit)
+//! and download. Listing, reading and deleting go the way of the other collections.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response};
+use serde_json::json;
+
+use super::http::{if_match, Query};
+use super::writes::Writer;
+use crate::control::rules::{self, RuleError};
+use crate::control::{ControlError, ControlPlane};
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::Resp;
+use crate::store::Kind;
+
+/// `PUT /v1/tenants/{t}/plugins/{name}` with the module as the body (`?description=` optional):
+/// validated and compiled by the plugin runtime first (422 with the reason when it is refused),
+/// then committed; the new version reaches checks with the tenant's next snapshot.
+pub async fn upload(
+    w: &Writer<'_>,
+    name: &str,
+    q: &Query,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let (state, cp, t) = (w.state, w.cp, w.tenant);
+    let e = if_match(&req, Kind::Plugin, name)?;
+    cp.read(t, |_| ()).await?;
+    let host = state.registry.plugin_host().cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::PluginsUnavailable,
+            "this process has no plugin runtime",
+        )
+    })?;
+    let max = host.limits().max_module_bytes;
+    let bytes = crate::server::read_binary_body(state, req, max).await?;
+    if let Err(msg) = rules::check_plugin_name(name) {
+        return Err(ControlError::Rule(RuleError::invalid("name", msg)).into());
+    }
+    // Compile off the async workers. The compiled module lands in the runtime's cache, so the
+    // follower's load of the committed version is a cache hit; live snapshots keep their own
+    // versions whatever the cache holds.
+    let wasm: Arc<[u8]> = Arc::from(&bytes[..]);
+    let check = {
+        let (host, wasm, name, t) = (host.clone(), wasm.clone(), name.to_string(), t.to_string());
+        tokio::task::spawn_blocking(move || host.load(&t, &name, &wasm).map(|p| p.compile_time()))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    };
+    let compile = check.map_err(|e| {
+        ApiError::invalid(
+            e.to_string(),
+            json!([{"field": "wasm", "message": e.to_string()}]),
+        )
+    })?;
+    let upload = rules::PluginUpload {
+        name: name.to_string(),
+        description: q.get("description").map(str::to_string),
+        wasm,
+    };
+    let n = state.clock.now();
+    let existed = cp.read(t, |d| d.plugins.contains_key(name)).await?;
+    let actor = w.actor.to_string();
+    let mut resp = w
+        .commit(e, !existed, move |d| {
+            rules::put_plugin(d, &upload, &actor, n)
+        })
+        .await?;
+    resp.headers_mut().insert(
+        "x-portcullis-compile-ms",
+        HeaderValue::from_str(&format!("{:.3}", compile.as_secs_f64() * 1e3))
+            .unwrap_or(HeaderValue::from_static("0")),
+    );
+    Ok(resp)
+}
+
+/// `GET /v1/tenants/{t}/plugins/{name}/wasm`: the module as uploaded.
+pub async fn download(cp: &ControlPlane, t: &str, name: &str) -> Result<Resp, ApiError> {
+    let (wasm, etag) = cp
+        .read(t, |d| {
+            (
+                d.plugins.get(name).map(|p| p.wasm.clone()),
+                d.rev_of(Kind::Plugin, name),
+            )
+        })
+        .await?;
+    let wasm = wasm
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("plugin '{name}' not found")))?;
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(&wasm)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/wasm"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}

@@ -1,0 +1,101 @@
+//! Management reads: each parses its typed query and answers a read model of
+//! `control::views` with the tenant's revision (and the entity's `ETag`).
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use super::http::{respond, Query};
+use super::Coll;
+use crate::control::views::{self, ListQuery};
+use crate::control::ControlPlane;
+use crate::server::error::{ApiError, ErrorCode};
+use crate::server::Resp;
+use crate::store::Kind;
+
+/// `GET /v1/tenants/{t}`.
+pub async fn tenant(cp: &ControlPlane, t: &str) -> Result<Resp, ApiError> {
+    let (v, rev, etag) = cp
+        .read(t, |d| {
+            (
+                views::tenant_summary(d),
+                d.revision,
+                d.rev_of(Kind::Tenant, t),
+            )
+        })
+        .await?;
+    Ok(respond(StatusCode::OK, v, Some(rev), Some(etag)))
+}
+
+/// `GET /v1/tenants`.
+pub async fn tenants(cp: &ControlPlane, q: &Query) -> Result<Resp, ApiError> {
+    let v = views::tenants(cp, &q.page()?).await;
+    Ok(respond(StatusCode::OK, v, Some(0), None))
+}
+
+/// `GET /v1/users`: the users of every tenant.
+pub async fn platform_users(cp: &ControlPlane, q: &Query) -> Result<Resp, ApiError> {
+    let v = views::platform_users(cp, &q.users()?).await;
+    Ok(respond(StatusCode::OK, v, Some(0), None))
+}
+
+/// `GET /v1/tenants/{t}/{collection}`.
+pub async fn list(
+    cp: &ControlPlane,
+    t: &str,
+    coll: Coll,
+    q: &Query,
+    now: i64,
+) -> Result<Resp, ApiError> {
+    let lq = match coll {
+        Coll::Nodes => ListQuery::Nodes(q.nodes()?),
+        Coll::Users => ListQuery::Users(q.users()?),
+        Coll::Groups => ListQuery::Groups(q.page()?),
+        Coll::Roles => ListQuery::Roles(q.page()?),
+        Coll::Assignments => ListQuery::Assignments(q.assignments()?),
+        Coll::Plugins => ListQuery::Plugins(q.page()?),
+    };
+    let (v, rev) = cp
+        .read(t, |d| (views::list(d, &lq, now), d.revision))
+        .await?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
+}
+
+/// `GET /v1/tenants/{t}/{collection}/{id}`.
+pub async fn entity(
+    cp: &ControlPlane,
+    t: &str,
+    coll: Coll,
+    id: &str,
+    now: i64,
+) -> Result<Resp, ApiError> {
+    let kind = coll.kind();
+    let (v, rev) = cp
+        .read(t, |d| (views::entity(d, kind, id, now), d.revision))
+        .await?;
+    let v = v.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("{} '{id}' not found", kind.as_str()),
+        )
+    })?;
+    let etag = v
+        .get("etag")
+        .and_then(Value::as_str)
+        .and_then(|s| s.trim_matches('"').parse().ok());
+    Ok(respond(StatusCode::OK, v, Some(rev), etag))
+}
+
+/// `GET /v1/tenants/{t}/users/overview`.
+pub async fn user_overview(cp: &ControlPlane, t: &str, now: i64) -> Result<Resp, ApiError> {
+    let (v, rev) = cp
+        .read(t, |d| (views::user_overview(d, now), d.revision))
+        .await?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
+}
+
+/// `GET /v1/tenants/{t}/audit`.
+pub async fn audit(cp: &ControlPlane, t: &str, q: &Query) -> Result<Resp, ApiError> {
+    let q = q.audit()?;
+    let v = views::audit(cp, t, &q).await?;
+    Ok(respond(StatusCode::OK, v, None, None))
+}
