@@ -668,3 +668,82 @@ fn kill_9_loses_no_acknowledged_write() {
     );
     assert_eq!(v["revision"].as_u64(), Some(rev + 1));
 }
+
+/// The value of header `name` in a response head.
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn management_405s_list_the_allowed_methods() {
+    let a = Admin::start();
+    setup_acme(&a);
+    for (method, path, allow) in [
+        ("DELETE", "/v1/users", "GET"),
+        ("PUT", "/v1/tenants", "GET, POST"),
+        ("POST", "/v1/tenants/acme", "GET, PATCH, DELETE"),
+        ("POST", "/v1/tenants/acme/audit", "GET"),
+        ("PUT", "/v1/tenants/acme/nodes", "GET, POST"),
+        ("POST", "/v1/tenants/acme/plugins", "GET"),
+        ("PUT", "/v1/tenants/acme/users/ann", "GET, PATCH, DELETE"),
+        ("PATCH", "/v1/tenants/acme/plugins/p", "GET, PUT, DELETE"),
+        ("DELETE", "/v1/tenants/acme/plugins/p/wasm", "GET"),
+        ("GET", "/v1/tenants/acme/users/ann/activate", "POST"),
+        ("GET", "/v1/tenants/acme/groups/g/members", "POST"),
+        ("GET", "/v1/tenants/acme/groups/g/members/ann", "DELETE"),
+    ] {
+        let (st, v, head) = a.call(method, path, None, &[]);
+        assert_eq!(st, 405, "{method} {path}: {v}");
+        assert_eq!(v["code"], "method_not_allowed", "{method} {path}");
+        assert_eq!(
+            header_of(&head, "allow").as_deref(),
+            Some(allow),
+            "{method} {path}: {head}"
+        );
+    }
+    // Unknown paths stay 404.
+    let (st, v, _) = a.call("PUT", "/v1/tenants/acme/widgets/x", None, &[]);
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
+}
+
+#[test]
+fn path_segments_keep_plus_and_refuse_encoded_slash_and_nul() {
+    let a = Admin::start();
+    setup_acme(&a);
+    // `+` is a plain character in a path: the id is `a+b`, not `a b`.
+    let (st, v, _) = a.call("GET", "/v1/tenants/a+b", None, &[]);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (404, Some("unknown_tenant")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("'a+b'"), "{v}");
+    let (st, v, _) = a.call("GET", "/v1/tenants/acme/users/x+y", None, &[]);
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("'x+y'"), "{v}");
+    // Percent-encoded ordinary characters are decoded.
+    let (st, v, _) = a.call("GET", "/v1/tenants/%61cme/users/ann", None, &[]);
+    assert_eq!(st, 200, "{v}");
+    // A segment that decodes to `/` or NUL (or to invalid UTF-8) is refused.
+    for p in [
+        "/v1/tenants/acme%2Fusers",
+        "/v1/tenants/acme/users/ann%2f..",
+        "/v1/tenants/acme/users/ann%00",
+        "/v1/tenants/acme/users/%ff",
+    ] {
+        let (st, v, _) = a.call("GET", p, None, &[]);
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (400, Some("bad_request")),
+            "{p}: {v}"
+        );
+    }
+    // In a query string `+` is still a space.
+    let (st, v, _) = a.call("GET", "/v1/tenants/acme/users?q=Ann+Adams", None, &[]);
+    assert_eq!(st, 200, "{v}");
+}

@@ -325,3 +325,38 @@ fn bad_config_exits_before_binding() {
     assert!(err.contains("/nonexistent/data.yaml"), "{err}");
     assert!(!err.contains("listening"), "{err}");
 }
+
+/// The value of header `name` in a response head (lowercase name).
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn every_405_lists_the_allowed_methods() {
+    let s = demo();
+    for (method, path, allow) in [
+        ("GET", "/v1/check", "POST"),
+        ("PUT", "/v1/check/batch", "POST"),
+        ("GET", "/v1/filter", "POST"),
+        ("DELETE", "/v1/scopes", "POST"),
+        ("GET", "/v1/explain", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("DELETE", "/readyz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+    ] {
+        let (st, head, b) = s.request(method, path, &[], b"");
+        assert_eq!(st, 405, "{method} {path}: {b}");
+        assert_eq!(
+            header_of(&head, "allow").as_deref(),
+            Some(allow),
+            "{method} {path}: {head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["code"], "method_not_allowed");
+    }
+}

@@ -15,11 +15,11 @@ use portcullis::model::{GroupStatus, Quotas, Rbac, TenantStatus, UserKind, UserS
 use portcullis::server::{api, metrics::ERROR_CODES, Config, State};
 use portcullis::store::Kind;
 
-/// Every (method, path template) the server answers, read off `route` in `src/server/mod.rs`
-/// and `handle` in `src/server/admin.rs`. A route added to the code must be added here and to
+/// Every (method, path template) the server answers, read off `route` in `src/server/router.rs`
+/// and `handle` in `src/server/admin/mod.rs`. A route added to the code must be added here and to
 /// the document; a path in the document that the code does not route fails too.
 const ROUTES: &[(&str, &str)] = &[
-    // src/server/mod.rs
+    // src/server/router.rs
     ("get", "/healthz"),
     ("head", "/healthz"),
     ("get", "/readyz"),
@@ -30,7 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/filter"),
     ("post", "/v1/scopes"),
     ("post", "/v1/explain"),
-    // src/server/admin.rs
+    // src/server/admin/mod.rs
     ("get", "/v1/openapi.json"),
     ("get", "/v1/users"),
     ("get", "/v1/tenants"),
