@@ -540,3 +540,84 @@ pub async fn audit(cp: &ControlPlane, tenant: &str, q: &AuditQuery) -> Result<Va
     let items: Vec<Value> = commits.iter().map(audit_entry).collect();
     Ok(json!({"items": items, "next_after_revision": next}))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::model::User;
+
+    fn user(id: &str, name: &str, status: UserStatus, created_at: i64) -> UserRow {
+        UserRow {
+            user: User {
+                id: id.into(),
+                email: format!("{id}@x.example"),
+                name: name.into(),
+                status,
+                kind: UserKind::Member,
+                session_epoch: 0,
+            },
+            created_at,
+            updated_at: created_at,
+            last_login_at: None,
+        }
+    }
+
+    fn doc() -> TenantDoc {
+        let mut d = TenantDoc::default();
+        for u in [
+            user("b", "bea", UserStatus::Active, 3),
+            user("a", "Al", UserStatus::Inactive, 2),
+            user("c", "cy", UserStatus::Deleted, 1),
+        ] {
+            d.users.insert(u.user.id.clone(), u);
+        }
+        d.revision = 7;
+        d
+    }
+
+    fn ids(v: &Value) -> Vec<&str> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn user_listing_filters_sorts_and_pages() {
+        let d = doc();
+        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0);
+        let v = list_users(UserQuery::default());
+        assert_eq!(
+            (ids(&v), &v["total"], &v["revision"]),
+            (vec!["a", "b"], &json!(2), &json!(7))
+        );
+        let v = list_users(UserQuery {
+            include_deleted: true,
+            sort: UserSort::Created,
+            order: Order::Desc,
+            ..UserQuery::default()
+        });
+        assert_eq!(ids(&v), ["b", "a", "c"]);
+        let v = list_users(UserQuery {
+            status: StatusFilter::Active,
+            ..UserQuery::default()
+        });
+        assert_eq!(ids(&v), ["b"]);
+        let v = list_users(UserQuery {
+            q: Some("BE".into()),
+            ..UserQuery::default()
+        });
+        assert_eq!(ids(&v), ["b"]);
+        let v = list_users(UserQuery {
+            include_deleted: true,
+            page: PageQuery { offset: 1, size: 1 },
+            ..UserQuery::default()
+        });
+        assert_eq!((ids(&v), &v["next_page_token"]), (vec!["b"], &json!("2")));
+        assert_eq!(v["items"][0]["etag"], "\"0\"");
+        assert!(v["items"][0].get("_rev").is_none());
+    }
+}
