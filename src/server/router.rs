@@ -27,6 +27,8 @@ pub enum Surface {
     Admin,
 }
 
+/// Answers one request: routes it, turns an error into its `{"error","code"}` answer, and
+/// records the error code and the latency.
 pub(super) async fn handle(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Resp {
     let start = Instant::now();
     let (endpoint, result) = route(&state, surface, req).await;

@@ -27,7 +27,7 @@ pub struct State {
     pub admin_token: Option<String>,
 }
 
-/// Why the server cannot start.
+/// Why the shared state cannot be built (the server does not start).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("metrics: {0}")]
