@@ -123,10 +123,8 @@ impl ControlPlane {
             if self.tenants.contains_key(&t.id) {
                 continue;
             }
-            self.write_new(&t.id, actor, |_| {
-                rules::import(t, crate::clock::unix_now())
-            })
-            .await?;
+            self.write_new(&t.id, actor, |_| rules::import(t, crate::clock::unix_now()))
+                .await?;
             imported.push(t.id.clone());
         }
         Ok(imported)
@@ -218,6 +216,15 @@ impl ControlPlane {
         f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
     ) -> Result<Written, ControlError> {
         let _c = self.create.lock().await;
+        if let Some(twin) = self.tenants.iter().find_map(|e| {
+            (e.key() != tenant && e.key().eq_ignore_ascii_case(tenant)).then(|| e.key().clone())
+        }) {
+            return Err(RuleError::conflict(
+                "tenant",
+                format!("tenant '{tenant}' differs from existing tenant '{twin}' only in case"),
+            )
+            .into());
+        }
         let h = match self.tenants.get(tenant).map(|e| Arc::clone(e.value())) {
             Some(h) => h,
             None => {

@@ -344,8 +344,16 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
     for rt in raw.tenants {
         let tloc = rt.referenced;
         let rt = rt.value;
-        if !ids.insert(rt.id.clone()) {
-            problems.push(at(&tloc, format!("duplicate tenant id '{}'", rt.id)));
+        // Tenant ids are compared without case: `FEMO` beside `femo` would be two tenants
+        // that people, logs and URLs confuse.
+        if !ids.insert(rt.id.to_ascii_lowercase()) {
+            problems.push(at(
+                &tloc,
+                format!(
+                    "duplicate tenant id '{}' (ids differing only in case are the same)",
+                    rt.id
+                ),
+            ));
         }
         let tid = rt.id.clone();
         let mut locs: Vec<(Collection, Vec<Location>)> = Vec::new();

@@ -276,10 +276,14 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// Checks an identifier: 1..=128 bytes of ASCII letters, digits and `_ - . @ :`.
+/// Checks an identifier: 1..=128 bytes of ASCII letters, digits and `_ - . @ :`, not only
+/// dots (`.` and `..` would read as path steps in URLs).
 pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("{what} must not be empty"));
+    }
+    if id.bytes().all(|b| b == b'.') {
+        return Err(format!("{what} '{id}' is made of dots only"));
     }
     if id.len() > MAX_ID_LEN {
         return Err(format!(

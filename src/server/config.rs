@@ -54,8 +54,17 @@ pub struct Limits {
     pub max_revision_wait_ms: u64,
     /// How long shutdown waits for in-flight requests, milliseconds.
     pub drain_ms: u64,
-    /// Most concurrent connections; further connections wait in the accept queue.
+    /// Most connections that have sent a request (the serving limit); at the limit a new
+    /// connection's first request is answered 503 and the connection closed.
     pub max_connections: usize,
+    /// Most connections that have not sent a request yet; beyond it the oldest is closed.
+    pub max_pending_connections: usize,
+    /// Time from accept to a connection's first request (first byte / HTTP/2 preface
+    /// timeout), milliseconds; a connection that has sent nothing by then is closed.
+    pub first_request_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive,
+    /// HTTP/2 PING-only clients), milliseconds.
+    pub idle_timeout_ms: u64,
 }
 
 /// Plugin runtime limits; defaults are `plugin::Limits::default()`.
@@ -281,6 +290,9 @@ impl Default for Limits {
             max_revision_wait_ms: 2_000,
             drain_ms: 10_000,
             max_connections: 10_000,
+            max_pending_connections: 1_024,
+            first_request_timeout_ms: 5_000,
+            idle_timeout_ms: 120_000,
         }
     }
 }
@@ -334,6 +346,15 @@ impl Config {
             ("limits.header_timeout_ms", l.header_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),
             ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.max_pending_connections",
+                l.max_pending_connections as u64,
+            ),
+            (
+                "limits.first_request_timeout_ms",
+                l.first_request_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
         ];
         for (name, v) in positive {
             if v == 0 {

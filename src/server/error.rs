@@ -42,11 +42,12 @@ pub enum ErrorCode {
     AlreadyMember,
     StoreUnavailable,
     PluginsUnavailable,
+    TooManyConnections,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -74,6 +75,7 @@ impl ErrorCode {
         ErrorCode::AlreadyMember,
         ErrorCode::StoreUnavailable,
         ErrorCode::PluginsUnavailable,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The code as answered.
@@ -106,6 +108,7 @@ impl ErrorCode {
             ErrorCode::AlreadyMember => "already_member",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::PluginsUnavailable => "plugins_unavailable",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -139,6 +142,7 @@ impl ErrorCode {
             ErrorCode::AlreadyMember => StatusCode::CONFLICT,
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

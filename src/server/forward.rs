@@ -836,7 +836,7 @@ forward_auth:
         let (s, code, _) = run(&st, Method::POST, "/t/femo/assets/robot-12/operate", &envoy);
         assert_eq!((s, code.as_str()), (403, "forbidden"));
         // Decisions are counted.
-        let m = String::from_utf8(st.metrics.render(&st.registry, NOW)).unwrap();
+        let m = String::from_utf8(st.metrics.render(&st.registry, &st.conns, NOW)).unwrap();
         assert!(
             m.contains(r#"portcullis_decisions_total{reason="granted",result="allow"} 4"#),
             "{m}"

@@ -1,4 +1,4 @@
-//! Listening: the accept loop with its connection limit, HTTP/1.1 and h2c on one port, graceful
+//! Listening: the accept loop with connection admission (`server::conn`), HTTP/1.1 and h2c on one port, graceful
 //! drain, the optional separate management listener, and the shutdown signals.
 
 use std::convert::Infallible;
@@ -9,8 +9,10 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
+use super::body::Resp;
+use super::conn;
+use super::error::{ApiError, ErrorCode};
 use super::router::{handle, Surface};
 use super::State;
 
@@ -37,13 +39,17 @@ pub async fn serve(
         .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = conn::Admission::new(
+        conn::ConnLimits {
+            first_request: Duration::from_millis(limits.first_request_timeout_ms),
+            idle: Duration::from_millis(limits.idle_timeout_ms),
+            max_pending: limits.max_pending_connections,
+            max_serving: limits.max_connections,
+        },
+        Arc::clone(&state.conns),
+    );
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -57,18 +63,32 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Pending until its first request; the oldest pending connection makes room.
+        let admitted = admission.accept();
         let st = Arc::clone(&state);
+        let c = Arc::clone(&admitted);
         let svc = hyper::service::service_fn(move |req| {
             let st = Arc::clone(&st);
-            async move { Ok::<_, Infallible>(handle(st, surface, req).await) }
+            let c = Arc::clone(&c);
+            async move {
+                let resp = match c.begin() {
+                    Ok(_in_flight) => handle(st, surface, req).await,
+                    Err(_) => too_many_connections(&st),
+                };
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            // Dropping the connection future closes the socket.
+            let closed = tokio::select! {
+                _ = conn => None,
+                r = admitted.watchdog() => Some(r),
+            };
+            admitted.finish(closed);
         });
     }
     drop(listener);
@@ -81,6 +101,21 @@ pub async fn serve(
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// The answer to a first request that finds the serving limit reached; the connection closes.
+fn too_many_connections(state: &State) -> Resp {
+    let e = ApiError::new(
+        ErrorCode::TooManyConnections,
+        "the server is at its connection limit; retry on a new connection",
+    );
+    state.metrics.error(e.code);
+    let mut r = e.into_response();
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// Binds the configured listener(s) and serves until SIGINT/SIGTERM.

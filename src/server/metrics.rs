@@ -6,6 +6,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry as PromRegistry, TextEncoder,
 };
 
+use super::conn::{Closed, ConnStats};
 use super::error::ErrorCode;
 use crate::decide::Reason;
 use crate::snapshot::Registry;
@@ -71,6 +72,9 @@ pub struct Metrics {
     tenant_revision: IntGaugeVec,
     tenant_age: IntGaugeVec,
     plugin_calls: IntCounterVec,
+    conns_closed: IntCounterVec,
+    conns_open: IntGaugeVec,
+    conns_accepted: IntCounter,
     per_tenant: bool,
 }
 
@@ -129,6 +133,27 @@ impl Metrics {
             ),
             &["tenant", "plugin", "outcome"],
         )?;
+        let conns_closed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_closed_total",
+                "Connections closed by the server, by reason (first_request_timeout, idle_timeout, evicted, refused)",
+            ),
+            &["reason"],
+        )?;
+        let conns_open = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_connections_open",
+                "Open connections: pending (no request yet) or serving",
+            ),
+            &["state"],
+        )?;
+        let conns_accepted = IntCounter::new(
+            "portcullis_connections_accepted_total",
+            "Connections accepted, all listeners",
+        )?;
+        registry.register(Box::new(conns_closed.clone()))?;
+        registry.register(Box::new(conns_open.clone()))?;
+        registry.register(Box::new(conns_accepted.clone()))?;
         registry.register(Box::new(plugin_calls.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
@@ -170,6 +195,9 @@ impl Metrics {
             tenant_revision,
             tenant_age,
             plugin_calls,
+            conns_closed,
+            conns_open,
+            conns_accepted,
             per_tenant,
         })
     }
@@ -200,8 +228,21 @@ impl Metrics {
         }
     }
 
-    /// Renders the text exposition format, refreshing snapshot gauges from `snapshots`.
-    pub fn render(&self, snapshots: &Registry, now: i64) -> Vec<u8> {
+    /// Renders the text exposition format, refreshing snapshot gauges from `snapshots` and
+    /// connection gauges and counters from `conns`.
+    pub fn render(&self, snapshots: &Registry, conns: &ConnStats, now: i64) -> Vec<u8> {
+        for r in Closed::ALL {
+            let c = self.conns_closed.with_label_values(&[r.code()]);
+            c.inc_by(conns.closed(r).saturating_sub(c.get()));
+        }
+        self.conns_open
+            .with_label_values(&["pending"])
+            .set(conns.pending());
+        self.conns_open
+            .with_label_values(&["serving"])
+            .set(conns.serving());
+        self.conns_accepted
+            .inc_by(conns.accepted().saturating_sub(self.conns_accepted.get()));
         let tenants = snapshots.tenant_snapshots();
         self.tenants.set(tenants.len() as i64);
         let mut max_age = 0;

@@ -2,7 +2,7 @@
 //! port, strict input limits, graceful shutdown.
 //!
 //! - [`state`]: the shared [`State`] and the wait for a snapshot at a revision;
-//! - [`listen`]: accept loop, listeners, drain, signals;
+//! - [`listen`]: accept loop, listeners, drain, signals; [`conn`]: connection admission;
 //! - [`router`]: surfaces, routes, health/readiness/metrics, data-plane dispatch;
 //! - [`body`]: request bodies and the JSON response helper;
 //! - [`error`]: the error codes and their HTTP statuses;
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod api;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod listen;

@@ -86,7 +86,9 @@ async fn route(
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
         ("/metrics", &Method::GET | &Method::HEAD) => {
             let mut r = Response::new(Full::new(Bytes::from(
-                state.metrics.render(&state.registry, state.clock.now()),
+                state
+                    .metrics
+                    .render(&state.registry, &state.conns, state.clock.now()),
             )));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -25,6 +25,8 @@ pub struct State {
     pub control: Option<Arc<crate::control::ControlPlane>>,
     /// Bearer token of the management API.
     pub admin_token: Option<String>,
+    /// Connection admission counters of every listener (`server::conn`).
+    pub conns: Arc<super::conn::ConnStats>,
 }
 
 /// Why the shared state cannot be built (the server does not start).
@@ -54,6 +56,7 @@ impl State {
             ready: AtomicBool::new(false),
             control: None,
             admin_token: None,
+            conns: Arc::new(super::conn::ConnStats::default()),
         })
     }
 }

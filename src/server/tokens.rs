@@ -437,9 +437,12 @@ impl Tokens {
         })?;
         let epoch = user.session_epoch.to_native();
         if epoch > 0 {
-            // A token without `iat` cannot prove it is newer than the epoch.
+            // A token without `iat` cannot prove it is newer than the epoch. `iat` has
+            // one-second granularity: a token issued in the very second of a revocation may
+            // predate it, so it is refused too (it would otherwise live again after a
+            // re-activation in that second).
             let iat = c.iat.unwrap_or(i64::MIN);
-            if iat < i64::try_from(epoch).unwrap_or(i64::MAX) {
+            if iat <= i64::try_from(epoch).unwrap_or(i64::MAX) {
                 return Err(TokenError::Revoked(clip(sub)));
             }
         }
@@ -1203,7 +1206,12 @@ tenants:
         );
         // Without iat a token cannot prove it is newer.
         refused(go(&c), "were revoked");
-        assert_eq!(go(&with(c.clone(), "iat", epoch.into())).unwrap(), "rita");
+        // Issued in the second of the revocation: it may predate it, so it is refused.
+        refused(go(&with(c.clone(), "iat", epoch.into())), "were revoked");
+        assert_eq!(
+            go(&with(c.clone(), "iat", (epoch + 1).into())).unwrap(),
+            "rita"
+        );
         assert_eq!(go(&with(c, "iat", (epoch + 30).into())).unwrap(), "rita");
     }
 
