@@ -279,8 +279,10 @@ async fn open_store(
             .map_err(|e| StartError::Demo(e.to_string()))?;
         Some(&demo)
     } else {
-        if created {
-            tracing::warn!(store = %at, "creating a new, empty store at {at}");
+        match (created, data) {
+            (true, Some(_)) => tracing::warn!(store = %at, "creating a new store at {at}"),
+            (true, None) => tracing::warn!(store = %at, "creating a new, empty store at {at}"),
+            (false, _) => {}
         }
         data
     };
