@@ -496,3 +496,66 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
     check_admin_token(token).map_err(bad)?;
     Ok(token.to_string())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_need_length_variety_and_visible_ascii() {
+        assert!(check_admin_token("0123456789abcdef").is_ok());
+        assert!(check_admin_token(&"x".repeat(15)).is_err());
+        for bad in [
+            " ".repeat(16),
+            "a".repeat(16),
+            "abcabcabcabcabcabc".into(),
+            "0123456789abcde\u{7f}".into(),
+            "0123456789 abcdef".into(),
+            "0123456789abcdéf".into(),
+        ] {
+            let e = check_admin_token(&bad).unwrap_err();
+            assert!(bad.trim().is_empty() || !e.contains(&bad), "{e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn token_files_lose_one_trailing_newline_and_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t");
+        for (text, token) in [
+            ("0123456789abcdef\n", Some("0123456789abcdef")),
+            ("0123456789abcdef\r\n", Some("0123456789abcdef")),
+            ("0123456789abcdef", Some("0123456789abcdef")),
+            ("0123456789abcdef\n\n", None),
+            ("", None),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(read_token_file(&p).ok().as_deref(), token, "{text:?}");
+        }
+        std::fs::write(&p, "0123456789abcdef").unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token_file(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(read_token_file(&p).is_ok());
+        let e = read_token_file(d.path()).unwrap_err().to_string();
+        assert!(e.contains("regular file"), "{e}");
+    }
+
+    #[test]
+    fn both_token_settings_at_once_are_refused() {
+        let c =
+            Config::parse("admin_token: 0123456789abcdef\nadmin_token_file: /x\n", "t").unwrap();
+        assert!(c
+            .resolve_admin_token()
+            .unwrap_err()
+            .to_string()
+            .contains("give one"));
+    }
+}
