@@ -48,6 +48,8 @@ pub enum StartError {
          away to start with a new, empty store)"
     )]
     NotAStore { path: String, problem: String },
+    #[error("store '{0}' is a file, not a directory: give the directory that holds {FILE_NAME}")]
+    NotADirectory(String),
     #[error("bundled demo data: {0}")]
     Demo(String),
     #[error("control plane: {0}")]
@@ -235,6 +237,9 @@ impl Location {
         let Some(dir) = self.dir() else {
             return Ok(None);
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(StartError::NotADirectory(self.text.clone()));
+        }
         let file = dir.join(FILE_NAME);
         let refuse = |problem: String| StartError::NotAStore {
             path: file.display().to_string(),
@@ -397,6 +402,8 @@ mod tests {
         assert!(e.contains("not a Portcullis store"), "{e}");
         std::fs::write(&file, b"redb\x1a\x0a").unwrap();
         assert!(matches!(at(d.path()).inspect(), Ok(None)));
+        let e = at(&file).inspect().err().unwrap().to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
         let pg = Location {
             text: "postgres://u@h/db".into(),
             default: false,
