@@ -1,26 +1,73 @@
-//! Assembling the `serve` process: store → control plane → follower → registry → HTTP.
+//! Assembling the `serve` process, in an order where a failed start leaves nothing behind:
+//! configuration and data are checked, the listeners are bound, then the store is opened (and,
+//! when asked, created and seeded), the follower compiles every tenant, and only then are
+//! requests served.
+//!
+//! Which store gets seeded with what:
+//! - the default location ([`DEFAULT_STORE`], no `store` setting) when its store file does not
+//!   exist yet: created and seeded with `--data FILE`, else with the bundled demo data (the quick
+//!   start);
+//! - an explicit location whose store does not exist: created empty, seeded from `--data` only;
+//! - an existing store with no tenants: seeded from `--data` only;
+//! - an existing store file that is empty or not a store: refused, never re-created.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::control::{follower, ControlPlane};
-use crate::clock::Clock;
-use crate::model::file::DataFile;
-use crate::server::{self, Config, State};
+use tokio::net::TcpListener;
 
-/// Where the embedded store lives when `--store` is not given.
+use crate::clock::Clock;
+use crate::control::{follower, ControlPlane};
+use crate::model::file::DataFile;
+use crate::server::{self, Config, State, Surface};
+use crate::store::embedded::FILE_NAME;
+
+/// Where the embedded store lives when no `store` is configured.
 pub const DEFAULT_STORE: &str = "portcullis-data";
+
+/// The file, in the embedded store's directory, that receives a generated admin token.
+pub const TOKEN_FILE: &str = "admin-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("store '{location}': {source}")]
     Store {
         location: String,
         source: crate::store::StoreError,
     },
+    #[error(
+        "store file '{path}' {problem}: refusing to start (restore it from a backup, or move it \
+         away to start with a new, empty store)"
+    )]
+    NotAStore { path: String, problem: String },
+    #[error("store '{0}' is a file, not a directory: give the directory that holds {FILE_NAME}")]
+    NotADirectory(String),
+    #[error("bundled demo data: {0}")]
+    Demo(String),
     #[error("control plane: {0}")]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     Server(#[from] crate::server::StateError),
+    #[error(
+        "no admin token configured: a PostgreSQL store has no directory to keep a generated one \
+         in; set admin_token_file (--admin-token-file, PORTCULLIS_ADMIN_TOKEN_FILE)"
+    )]
+    NoAdminToken,
+    #[error("no admin token configured and the OS random source failed: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot write the generated admin token to '{path}': {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A random 128-bit token, hex-encoded, from the OS random source; an error (and no token) when
@@ -31,46 +78,358 @@ pub fn random_token() -> Result<String, getrandom::Error> {
     Ok(crate::model::hex(&b))
 }
 
-/// Opens the store, seeds it from `data` when it has no tenants, starts the control plane and
-/// the follower, and returns the shared server state (ready).
+/// A process ready to serve: its state (ready) and its bound listeners.
+pub struct Started {
+    pub state: Arc<State>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+impl Started {
+    /// The data-plane (and, without a separate one, management) address.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Starts everything `portcullis serve` runs, without serving yet. `data` is the data file of
+/// `config.data`, already loaded; `admin_token` the configured token (`None`: generate one into
+/// the embedded store's directory, see [`TOKEN_FILE`]).
 pub async fn start(
     config: Config,
-    data: &DataFile,
+    data: Option<&DataFile>,
     admin_token: Option<String>,
-) -> Result<Arc<State>, StartError> {
-    let location = config
-        .store
-        .clone()
-        .unwrap_or_else(|| DEFAULT_STORE.to_string());
-    let store = crate::store::open(&location)
+) -> Result<Started, StartError> {
+    let location = Location::of(&config);
+    if admin_token.is_none() && location.dir().is_none() {
+        return Err(StartError::NoAdminToken);
+    }
+    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
+    let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
+
+    // Listeners first: a port in use stops the start before any store is touched.
+    let listener = bind(state.config.listen).await?;
+    let admin = match state.config.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+
+    let created = location.inspect()?;
+    let opened = open_store(&location, created.is_some(), data).await;
+    let (cp, token) = match opened {
+        Ok(cp) => match issue_token(&location, admin_token) {
+            Ok(t) => (cp, t),
+            Err(e) => {
+                drop(cp);
+                remove_created(created.as_ref());
+                return Err(e);
+            }
+        },
+        Err(e) => {
+            remove_created(created.as_ref());
+            return Err(e);
+        }
+    };
+    follower::start(Arc::clone(&cp), registry).await;
+    state.control = Some(cp);
+    state.admin_token = Some(token);
+    state.ready.store(true, Ordering::Release);
+    Ok(Started {
+        state: Arc::new(state),
+        listener,
+        admin,
+    })
+}
+
+/// Serves a started process until SIGINT/SIGTERM, then drains (`limits.drain_ms`).
+pub async fn serve(started: Started) -> std::io::Result<()> {
+    let Started {
+        state,
+        listener,
+        admin,
+    } = started;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut surface = Surface::All;
+    let mut admin_task = None;
+    if let Some(l) = admin {
+        tracing::info!(addr = %l.local_addr()?, "management API listening");
+        surface = Surface::DataPlane;
+        let serving = server::serve(Arc::clone(&state), l, Surface::Admin, until_stopped());
+        admin_task = Some(tokio::spawn(serving));
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let result = server::serve(state, listener, surface, until_stopped()).await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    result
+}
+
+/// [`start`], then [`serve`].
+pub async fn run(
+    config: Config,
+    data: Option<&DataFile>,
+    admin_token: Option<String>,
+) -> Result<(), RunError> {
+    let started = start(config, data, admin_token).await?;
+    serve(started).await.map_err(RunError::Serve)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The configured store.
+struct Location {
+    /// As configured (a directory or a `postgres://` URL).
+    text: String,
+    /// No `store` setting: the quick start's location.
+    default: bool,
+}
+
+/// What a start created, to remove when it fails before serving.
+enum Created {
+    Dir(PathBuf),
+    File(PathBuf),
+}
+
+impl Location {
+    fn of(config: &Config) -> Location {
+        Location {
+            text: config
+                .store
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STORE.to_string()),
+            default: config.store.is_none(),
+        }
+    }
+
+    /// The embedded store's directory; `None` for PostgreSQL.
+    fn dir(&self) -> Option<&Path> {
+        let pg = self.text.starts_with("postgres://") || self.text.starts_with("postgresql://");
+        (!pg).then(|| Path::new(&self.text))
+    }
+
+    /// For an embedded store: refuses a store file that is empty or not a redb database, and
+    /// says what opening it will create (`None`: nothing).
+    fn inspect(&self) -> Result<Option<Created>, StartError> {
+        let Some(dir) = self.dir() else {
+            return Ok(None);
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(StartError::NotADirectory(self.text.clone()));
+        }
+        let file = dir.join(FILE_NAME);
+        let refuse = |problem: String| StartError::NotAStore {
+            path: file.display().to_string(),
+            problem,
+        };
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() && m.len() == 0 => Err(refuse("is empty (0 bytes)".into())),
+            Ok(m) if m.is_file() => {
+                let mut magic = [0u8; 4];
+                let read = std::fs::File::open(&file)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+                match read {
+                    Ok(()) if &magic == b"redb" => Ok(None),
+                    Ok(()) => Err(refuse("is not a Portcullis store (no redb header)".into())),
+                    Err(e) => Err(refuse(format!("cannot be read ({e})"))),
+                }
+            }
+            Ok(_) => Err(refuse("is not a regular file".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(if dir.exists() {
+                Created::File(file)
+            } else {
+                Created::Dir(dir.to_path_buf())
+            })),
+            Err(e) => Err(refuse(format!("cannot be read ({e})"))),
+        }
+    }
+}
+
+/// Opens the store and seeds it when it holds no tenants: from `data`, else with the demo data
+/// when the quick start's store was just created.
+async fn open_store(
+    location: &Location,
+    created: bool,
+    data: Option<&DataFile>,
+) -> Result<Arc<ControlPlane>, StartError> {
+    let at = location.text.as_str();
+    let quick_start = created && location.default && data.is_none();
+    let demo;
+    let seed = if quick_start {
+        tracing::warn!(store = %at, "creating store {at} and seeding the bundled demo data");
+        demo = crate::model::file::load_str(crate::engine::DEMO_DATA)
+            .map_err(|e| StartError::Demo(e.to_string()))?;
+        Some(&demo)
+    } else {
+        match (created, data) {
+            (true, Some(_)) => tracing::warn!(store = %at, "creating a new store at {at}"),
+            (true, None) => tracing::warn!(store = %at, "creating a new, empty store at {at}"),
+            (false, _) => {}
+        }
+        data
+    };
+    let store = crate::store::open(at)
         .await
         .map_err(|source| StartError::Store {
-            location: location.clone(),
+            location: at.to_string(),
             source,
         })?;
     let cp = Arc::new(ControlPlane::open(store).await?);
-    if cp.tenant_ids().is_empty() {
-        let imported = cp.seed(data, "import").await?;
-        tracing::info!(tenants = imported.len(), store = %location, engine = cp.store_engine(), "store seeded from data file");
-    } else {
-        if config.data.is_some() {
-            tracing::warn!(store = %location, "store already holds tenants; --data ignored");
+    let engine = cp.store_engine();
+    if !cp.tenant_ids().is_empty() {
+        if data.is_some() {
+            tracing::warn!(store = %at, "store already holds tenants; --data ignored");
         }
-        tracing::info!(tenants = cp.tenant_ids().len(), store = %location, engine = cp.store_engine(), "store opened");
+        tracing::info!(tenants = cp.tenant_ids().len(), store = %at, engine, "store opened");
+    } else if let Some(seed) = seed {
+        let imported = cp.seed(seed, "import").await?;
+        tracing::info!(tenants = imported.len(), store = %at, engine, "store seeded from data file");
+    } else {
+        tracing::warn!(
+            store = %at,
+            engine,
+            "the store holds no tenants: create them through the management API, or start \
+             once with --data FILE"
+        );
     }
-    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
-    follower::start(Arc::clone(&cp), Arc::clone(&registry)).await;
-    let mut state = State::new(config, registry, Clock::ticking())?;
-    state.control = Some(cp);
-    state.admin_token = admin_token;
-    let state = Arc::new(state);
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
-    Ok(state)
+    Ok(cp)
 }
 
-/// Serves `state` until SIGINT/SIGTERM.
-pub async fn serve(state: Arc<State>) -> std::io::Result<()> {
-    server::run(state).await
+/// The management API token: the configured one, or a generated one written to a 0600 file in
+/// the embedded store's directory. Its path is logged, never the token; the token itself is
+/// printed to standard error only when that is a terminal.
+fn issue_token(location: &Location, configured: Option<String>) -> Result<String, StartError> {
+    if let Some(t) = configured {
+        return Ok(t);
+    }
+    let dir = location.dir().ok_or(StartError::NoAdminToken)?;
+    let token = random_token().map_err(StartError::Random)?;
+    let path = dir.join(TOKEN_FILE);
+    write_private(&path, &token).map_err(|source| StartError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    tracing::warn!(
+        file = %path.display(),
+        "no admin token configured (admin_token_file, PORTCULLIS_ADMIN_TOKEN_FILE); generated \
+         one for this run into the file"
+    );
+    let mut err = std::io::stderr();
+    if std::io::IsTerminal::is_terminal(&err) {
+        let _ = writeln!(err, "management API token for this run: {token}");
+    }
+    Ok(token)
+}
+
+/// Writes `token` and a newline to `path`, readable by its owner only, replacing the file
+/// atomically.
+fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes what a failed start created (best effort; the error being reported matters more).
+fn remove_created(created: Option<&Created>) {
+    let removed = match created {
+        Some(Created::Dir(d)) => std::fs::remove_dir_all(d).map(|()| d),
+        Some(Created::File(f)) => std::fs::remove_file(f).map(|()| f),
+        None => return,
+    };
+    match removed {
+        Ok(p) => tracing::info!(path = %p.display(), "start failed; removed the store it created"),
+        Err(e) => tracing::warn!(error = %e, "start failed; could not remove the store it created"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn at(dir: &Path) -> Location {
+        Location {
+            text: dir.display().to_string(),
+            default: false,
+        }
+    }
+
+    #[test]
+    fn store_files_that_are_not_stores_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            at(&d.path().join("new")).inspect(),
+            Ok(Some(Created::Dir(_)))
+        ));
+        assert!(matches!(at(d.path()).inspect(), Ok(Some(Created::File(_)))));
+        let file = d.path().join(FILE_NAME);
+        std::fs::write(&file, b"").unwrap();
+        let e = at(d.path()).inspect().err().unwrap().to_string();
+        assert!(e.contains("is empty") && e.contains(FILE_NAME), "{e}");
+        std::fs::write(&file, b"hello").unwrap();
+        let e = at(d.path()).inspect().err().unwrap().to_string();
+        assert!(e.contains("not a Portcullis store"), "{e}");
+        std::fs::write(&file, b"redb\x1a\x0a").unwrap();
+        assert!(matches!(at(d.path()).inspect(), Ok(None)));
+        let e = at(&file).inspect().err().unwrap().to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        let pg = Location {
+            text: "postgres://u@h/db".into(),
+            default: false,
+        };
+        assert!(pg.dir().is_none() && matches!(pg.inspect(), Ok(None)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_generated_token_is_written_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let t = issue_token(&at(d.path()), None).unwrap();
+        let path = d.path().join(TOKEN_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(crate::server::config::read_token_file(&path).unwrap(), t);
+        let again = issue_token(&at(d.path()), None).unwrap();
+        assert_ne!(t, again, "a new token every run");
+        let pg = Location {
+            text: "postgres://u@h/db".into(),
+            default: false,
+        };
+        assert!(matches!(
+            issue_token(&pg, None),
+            Err(StartError::NoAdminToken)
+        ));
+    }
 }

@@ -5,7 +5,6 @@
 
 pub mod app;
 pub mod clock;
-pub mod cli_plugin;
 pub mod control;
 pub mod decide;
 pub mod engine;

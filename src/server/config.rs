@@ -5,25 +5,29 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8180";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Data-plane (and, later, management) listen address.
+    /// Data-plane (and management API) listen address.
     pub listen: SocketAddr,
-    /// Data file to load; the bundled demo data when absent.
+    /// Data file that seeds a store holding no tenants yet.
     pub data: Option<PathBuf>,
-    /// Durable store: a directory (embedded engine) or `postgres://…`.
+    /// Durable store: a directory (embedded engine) or `postgres://…`; `portcullis-data` (with
+    /// the bundled demo data on its first start) when absent.
     pub store: Option<String>,
     /// Serve the management API on this separate address (and not on `listen`).
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer token of the management API; a random one is generated and logged when absent.
-    pub admin_token: Option<String>,
-    pub limits: Limits,
+    /// Bearer token of the management API, inline. Prefer `admin_token_file`.
+    pub admin_token: Option<Secret>,
+    /// File holding the management API's bearer token (one line; not readable or writable by
+    /// group or others). With neither this nor `admin_token`, `serve` generates a token.
+    pub admin_token_file: Option<PathBuf>,
+    pub limits: ServerLimits,
     pub metrics: MetricsConfig,
     /// Token identities (JWT): keys and claim names. See `server::tokens`.
     pub tokens: TokensConfig,
@@ -37,9 +41,9 @@ pub struct Config {
     pub log_format: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub struct ServerLimits {
     /// Largest request body accepted (bytes); larger gets 413.
     pub max_body_bytes: usize,
     /// Most checks in one `/v1/check/batch`; more gets 413.
@@ -68,7 +72,7 @@ pub struct Limits {
 }
 
 /// Plugin runtime limits; defaults are `plugin::Limits::default()`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {
     /// Wall-clock deadline of one call, milliseconds (epoch ticks of 1 ms).
@@ -115,7 +119,7 @@ impl PluginConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Export per-tenant series (revision, snapshot age). Off by default: cardinality.
@@ -132,7 +136,8 @@ impl Default for Config {
             store: None,
             admin_listen: None,
             admin_token: None,
-            limits: Limits::default(),
+            admin_token_file: None,
+            limits: ServerLimits::default(),
             metrics: MetricsConfig::default(),
             tokens: TokensConfig::default(),
             forward_auth: ForwardAuthConfig::default(),
@@ -144,7 +149,7 @@ impl Default for Config {
 }
 
 /// How JWTs are verified (`Authorization: Bearer`, the `"token"` field of data-plane requests).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
     /// Claim holding the user id.
@@ -180,7 +185,7 @@ impl Default for TokensConfig {
 
 /// One verification key. Exactly one of `secret`, `secret_file` (HS256) or `public_key`,
 /// `public_key_file` (RS256, EdDSA; PEM) is given.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key id, matched against the token header's `kid`.
@@ -205,7 +210,7 @@ pub struct KeyConfig {
     pub tenants: Vec<String>,
 }
 
-/// A secret that never appears in `Debug` output.
+/// A secret that never appears in `Debug` output nor when serialized.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
@@ -216,9 +221,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
 /// Forward-auth: the default route table (`/v1/forward-auth`) and named ones
 /// (`/v1/forward-auth@NAME`).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardAuthConfig {
     pub identity: IdentityConfig,
@@ -226,7 +237,7 @@ pub struct ForwardAuthConfig {
     pub tables: BTreeMap<String, RouteTableConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteTableConfig {
     pub identity: IdentityConfig,
@@ -234,7 +245,7 @@ pub struct RouteTableConfig {
 }
 
 /// Where a forward-auth request's identity comes from.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum IdentityConfig {
     /// `Authorization: Bearer <JWT>`, verified with `tokens`.
@@ -247,7 +258,7 @@ pub enum IdentityConfig {
 
 /// One route: a request matching `methods` and `path` is decided as `action` on `resource` in
 /// `tenant`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// HTTP methods; any method when empty or `["*"]`. `GET` includes `HEAD`.
@@ -263,14 +274,14 @@ pub struct RouteConfig {
 /// A value taken from the request: a literal (`femo`), a path parameter (`"{asset}"` or
 /// `{param: asset}`), a header (`{header: X-Tenant}`), or the token's tenant claim
 /// (`{claim: tenant}`, tenant only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SourceConfig {
     Text(String),
     Tagged(TaggedSource),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaggedSource {
     Value(String),
@@ -279,9 +290,9 @@ pub enum TaggedSource {
     Claim(String),
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
             max_body_bytes: 1024 * 1024,
             max_batch: 1_000,
             max_filter: 10_000,
@@ -308,6 +319,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("token file '{path}': {message}")]
+    TokenFile { path: String, message: String },
 }
 
 impl Config {
@@ -334,6 +347,19 @@ impl Config {
                 .unwrap_or("invalid")
                 .to_string(),
         })
+    }
+
+    /// The management API token this configuration gives: `admin_token`, or the content of
+    /// `admin_token_file` (see [`read_token_file`]); `None` when neither is set.
+    pub fn resolve_admin_token(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), None) => Ok(Some(t.0.clone())),
+            (None, Some(p)) => read_token_file(p).map(Some),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "admin_token and admin_token_file are both set: give one".into(),
+            )),
+        }
     }
 
     /// Checks values that would make the server misbehave.
@@ -388,10 +414,9 @@ impl Config {
                 "plugins.deadline_ms must be at most 10000 (a call blocks its worker)".into(),
             ));
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err(ConfigError::Invalid(
-                "admin_token must be at least 16 characters".into(),
-            ));
+        if let Some(t) = &self.admin_token {
+            check_admin_token(&t.0)
+                .map_err(|e| ConfigError::Invalid(format!("admin_token: {e}")))?;
         }
         let t = &self.tokens;
         if t.max_token_bytes < 64 {
@@ -424,5 +449,134 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+/// Shortest management API token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+/// Fewest distinct characters in a management API token (`aaaaaaaaaaaaaaaa` is refused).
+pub const MIN_ADMIN_TOKEN_DISTINCT: usize = 8;
+
+/// Checks a management API token: visible ASCII only (it travels in an HTTP header, so no
+/// whitespace or control characters), at least [`MIN_ADMIN_TOKEN_CHARS`] long and at least
+/// [`MIN_ADMIN_TOKEN_DISTINCT`] distinct characters. The message never quotes the token.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if let Some(i) = token.chars().position(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "the token has a space, control or non-ASCII character (at position {}); use visible \
+             ASCII only, e.g. `openssl rand -hex 32`",
+            i + 1
+        ));
+    }
+    if token.len() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token has {} characters; at least {MIN_ADMIN_TOKEN_CHARS} are needed",
+            token.len()
+        ));
+    }
+    let mut seen = [false; 128];
+    let distinct = token
+        .bytes()
+        .filter(|b| !std::mem::replace(&mut seen[usize::from(*b & 0x7f)], true))
+        .count();
+    if distinct < MIN_ADMIN_TOKEN_DISTINCT {
+        return Err(format!(
+            "the token is too guessable ({distinct} distinct characters; at least \
+             {MIN_ADMIN_TOKEN_DISTINCT} are needed)"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a token file: its content without one trailing newline (`\n` or `\r\n`), refused when
+/// the file is readable or writable by group or others, and checked with [`check_admin_token`].
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let bad = |message: String| ConfigError::TokenFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o066 != 0 {
+            return Err(bad(format!(
+                "mode {mode:03o} lets group or others read or write it; `chmod 600` it"
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    check_admin_token(token).map_err(bad)?;
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_need_length_variety_and_visible_ascii() {
+        assert!(check_admin_token("0123456789abcdef").is_ok());
+        assert!(check_admin_token(&"x".repeat(15)).is_err());
+        for bad in [
+            " ".repeat(16),
+            "a".repeat(16),
+            "abcabcabcabcabcabc".into(),
+            "0123456789abcde\u{7f}".into(),
+            "0123456789 abcdef".into(),
+            "0123456789abcdéf".into(),
+        ] {
+            let e = check_admin_token(&bad).unwrap_err();
+            assert!(bad.trim().is_empty() || !e.contains(&bad), "{e}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn token_files_lose_one_trailing_newline_and_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t");
+        for (text, token) in [
+            ("0123456789abcdef\n", Some("0123456789abcdef")),
+            ("0123456789abcdef\r\n", Some("0123456789abcdef")),
+            ("0123456789abcdef", Some("0123456789abcdef")),
+            ("0123456789abcdef\n\n", None),
+            ("", None),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(read_token_file(&p).ok().as_deref(), token, "{text:?}");
+        }
+        std::fs::write(&p, "0123456789abcdef").unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token_file(&p).unwrap_err().to_string();
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(read_token_file(&p).is_ok());
+        let e = read_token_file(d.path()).unwrap_err().to_string();
+        assert!(e.contains("regular file"), "{e}");
+    }
+
+    #[test]
+    fn both_token_settings_at_once_are_refused() {
+        let c =
+            Config::parse("admin_token: 0123456789abcdef\nadmin_token_file: /x\n", "t").unwrap();
+        assert!(c
+            .resolve_admin_token()
+            .unwrap_err()
+            .to_string()
+            .contains("give one"));
     }
 }

@@ -1,8 +1,7 @@
-//! Listening: the accept loop with connection admission (`server::conn`), HTTP/1.1 and h2c on one port, graceful
-//! drain, the optional separate management listener, and the shutdown signals.
+//! Listening: the accept loop with connection admission (`server::conn`), HTTP/1.1 and h2c on
+//! one port, graceful drain, and the shutdown signals. `app` binds the listeners.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,48 +115,6 @@ fn too_many_connections(state: &State) -> Resp {
         hyper::header::HeaderValue::from_static("close"),
     );
     r
-}
-
-/// Binds the configured listener(s) and serves until SIGINT/SIGTERM.
-pub async fn run(state: Arc<State>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(state.config.listen).await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let admin = match state.config.admin_listen {
-        Some(a) => {
-            let l = TcpListener::bind(a).await?;
-            let admin_addr = l.local_addr()?;
-            tracing::info!(addr = %admin_addr, "management API listening");
-            Some(tokio::spawn(serve(
-                Arc::clone(&state),
-                l,
-                Surface::Admin,
-                stopped(),
-            )))
-        }
-        None => None,
-    };
-    let surface = if admin.is_some() {
-        Surface::DataPlane
-    } else {
-        Surface::All
-    };
-    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let main = serve(state, listener, surface, stopped()).await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
-    main
 }
 
 /// Resolves on SIGINT or SIGTERM.

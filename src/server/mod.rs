@@ -23,10 +23,6 @@ pub mod tokens;
 
 pub use body::{json, read_binary_body, read_body, Resp};
 pub use config::Config;
-pub use listen::{run, serve, shutdown_signal};
+pub use listen::{serve, shutdown_signal};
 pub use router::Surface;
 pub use state::{snapshot_at, State, StateError};
-
-/// The former name of [`StateError`], kept while other branches still use it.
-#[doc(hidden)]
-pub type StartError = StateError;

@@ -26,12 +26,18 @@ impl Drop for Server {
 
 impl Server {
     /// Starts `portcullis serve --listen 127.0.0.1:0` with extra args and waits until it is ready.
+    /// Without `--data`, the store is seeded with the demo data (`deploy/demo.yaml`) when it has
+    /// no tenants.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(args);
+        if !args.contains(&"--data") {
+            cmd.arg("--data")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo.yaml"));
+        }
         let store_dir = if args.contains(&"--store") {
             None
         } else {

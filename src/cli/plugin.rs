@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::plugin::{Limits, PluginHost};
+use portcullis::plugin::{Limits, PluginHost};
+
+use super::{err, out};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
@@ -22,11 +24,7 @@ pub enum PluginCommand {
     /// Upload a module as tenant plugin NAME (creates it, or replaces it atomically).
     Upload {
         #[command(flatten)]
-        api: ApiArgs,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        name: String,
+        plugin: Named,
         /// Free-text description.
         #[arg(long)]
         description: Option<String>,
@@ -41,23 +39,30 @@ pub enum PluginCommand {
         tenant: String,
     },
     /// Show one plugin: version (SHA-256), size, uploader, the roles using it.
-    Show {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        name: String,
-    },
+    Show(Named),
     /// Delete a plugin (refused while a role names it).
-    Delete {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        name: String,
-    },
+    Delete(Named),
+}
+
+/// One tenant plugin on a server.
+#[derive(clap::Args)]
+pub struct Named {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    name: String,
+}
+
+impl Named {
+    fn path(&self) -> String {
+        format!(
+            "/v1/tenants/{}/plugins/{}",
+            seg(&self.tenant),
+            seg(&self.name)
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -69,9 +74,29 @@ pub struct ApiArgs {
         default_value = "http://127.0.0.1:8180"
     )]
     url: String,
-    /// Management API bearer token.
+    /// File holding the management API bearer token, e.g. portcullis-data/admin-token.
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Management API bearer token (visible in `ps` when given here: prefer the variable or
+    /// --token-file).
     #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn token(&self) -> Result<String, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(p)) => {
+                portcullis::server::config::read_token_file(p).map_err(|e| e.to_string())
+            }
+            (None, None) => Err(
+                "no management API token: give --token-file (PORTCULLIS_ADMIN_TOKEN_FILE) or \
+                 PORTCULLIS_ADMIN_TOKEN"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// Runs a plugin command; prints the server's JSON answer. Exit 0 on 2xx, 1 otherwise.
@@ -79,20 +104,18 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     let (api, method, path, body) = match cmd {
         PluginCommand::Validate { file } => return validate(&file),
         PluginCommand::Upload {
-            api,
-            tenant,
-            name,
+            plugin,
             description,
             file,
         } => {
             let bytes = std::fs::read(&file)
                 .map_err(|e| format!("cannot read '{}': {e}", file.display()))?;
-            let mut path = format!("/v1/tenants/{}/plugins/{}", seg(&tenant), seg(&name));
+            let mut path = plugin.path();
             if let Some(d) = description {
                 path.push_str("?description=");
                 path.push_str(&seg(&d));
             }
-            (api, hyper::Method::PUT, path, Some(bytes))
+            (plugin.api, hyper::Method::PUT, path, Some(bytes))
         }
         PluginCommand::List { api, tenant } => (
             api,
@@ -100,18 +123,14 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
             format!("/v1/tenants/{}/plugins", seg(&tenant)),
             None,
         ),
-        PluginCommand::Show { api, tenant, name } => (
-            api,
-            hyper::Method::GET,
-            format!("/v1/tenants/{}/plugins/{}", seg(&tenant), seg(&name)),
-            None,
-        ),
-        PluginCommand::Delete { api, tenant, name } => (
-            api,
-            hyper::Method::DELETE,
-            format!("/v1/tenants/{}/plugins/{}", seg(&tenant), seg(&name)),
-            None,
-        ),
+        PluginCommand::Show(p) => {
+            let path = p.path();
+            (p.api, hyper::Method::GET, path, None)
+        }
+        PluginCommand::Delete(p) => {
+            let path = p.path();
+            (p.api, hyper::Method::DELETE, path, None)
+        }
     };
     let (status, text) = request(&api, method, &path, body)?;
     let json = serde_json::from_str::<serde_json::Value>(&text).ok();
@@ -120,7 +139,7 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
         .and_then(|v| serde_json::to_string_pretty(v).ok())
         .unwrap_or(text);
     if status.is_success() {
-        println!("{pretty}");
+        out(&pretty)?;
         Ok(ExitCode::SUCCESS)
     } else {
         // The server's errors are `{"error": message, "code": code}`: say them first.
@@ -129,7 +148,7 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
             .and_then(|v| Some((v.get("error")?.as_str()?, v.get("code")?.as_str()?)))
             .map(|(msg, code)| format!(": {msg} ({code})"))
             .unwrap_or_default();
-        eprintln!("HTTP {status}{summary}\n{pretty}");
+        err(&format!("HTTP {status}{summary}\n{pretty}"));
         Ok(ExitCode::from(1))
     }
 }
@@ -144,17 +163,17 @@ fn validate(file: &PathBuf) -> Result<ExitCode, String> {
         .unwrap_or("plugin");
     match host.load("local", name, &bytes) {
         Ok(p) => {
-            println!(
+            out(&format!(
                 "ok: {} bytes, ABI version {}, sha256 {}, compiled in {:.1} ms",
                 bytes.len(),
-                crate::plugin::ABI_VERSION,
+                portcullis::plugin::ABI_VERSION,
                 p.version(),
                 p.compile_time().as_secs_f64() * 1e3
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("refused: {e}");
+            err(&format!("refused: {e}"));
             Ok(ExitCode::from(1))
         }
     }
@@ -215,6 +234,7 @@ fn request(
     body: Option<Vec<u8>>,
 ) -> Result<(hyper::StatusCode, String), String> {
     let target = Target::parse(&api.url)?;
+    let token = api.token()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,7 +242,7 @@ fn request(
     rt.block_on(async {
         match tokio::time::timeout(
             Duration::from_secs(60),
-            send(&target, &api.token, method, path, body),
+            send(&target, &token, method, path, body),
         )
         .await
         {
@@ -326,7 +346,8 @@ mod tests {
         });
         let api = ApiArgs {
             url: format!("http://{addr}/base/"),
-            token: "t0k3n".into(),
+            token: Some("t0k3n".into()),
+            token_file: None,
         };
         let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None);
         let head = t.join().unwrap();
