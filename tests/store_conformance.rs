@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{commit, replay, rows_of, state_of, Engine, State, Target};
+use common::{
+    commit, replay, revs_after, revs_of, rows_of, state_of, triples, Engine, State, Target,
+};
 use portcullis::store::embedded::EmbeddedStore;
 use portcullis::store::{Commit, Kind, LogQuery, RowOp, Store, StoreError, MAX_KEY_BYTES};
 use serde_json::{json, Value};
@@ -129,7 +131,7 @@ async fn first_commit_is_revision_one(target: &Target) {
     assert_eq!(loaded.tenant, "t");
     assert_eq!(loaded.revision, 1);
     assert_eq!(
-        loaded.rows,
+        triples(&loaded),
         vec![(Kind::Tenant, "t".to_string(), json!({"rbac": "basic"}))]
     );
     assert_eq!(store.tenants().await.unwrap(), vec![("t".to_string(), 1)]);
@@ -182,7 +184,7 @@ async fn revision_must_be_previous_plus_one(target: &Target) {
     let loaded = store.load("t").await.unwrap().unwrap();
     assert_eq!(loaded.revision, 1);
     assert_eq!(
-        loaded.rows,
+        triples(&loaded),
         vec![(Kind::User, "u".to_string(), json!({"v": 1}))]
     );
     assert_eq!(store.log(&all("t")).await.unwrap(), vec![first.clone()]);
@@ -218,7 +220,7 @@ async fn ops_upsert_and_delete_rows(target: &Target) {
     let order: Vec<(Kind, &str)> = loaded
         .rows
         .iter()
-        .map(|(k, id, _)| (*k, id.as_str()))
+        .map(|r| (r.kind, r.id.as_str()))
         .collect();
     assert_eq!(
         order,
@@ -268,10 +270,14 @@ async fn ops_upsert_and_delete_rows(target: &Target) {
     expected.insert((Kind::Plugin, "p".into()), json!({"wasm": "AAEC"}));
     let loaded = store.load("t").await.unwrap().unwrap();
     assert_eq!(loaded.revision, 2);
-    assert_eq!(loaded.rows, rows_of(&expected));
+    assert_eq!(triples(&loaded), rows_of(&expected));
     let log = store.log(&all("t")).await.unwrap();
     assert_eq!(log, vec![c1, c2]);
     assert_eq!(replay(&log), expected);
+    // Each row carries the revision of the commit that last wrote it; untouched rows keep theirs.
+    assert_eq!(revs_of(&loaded), revs_after(&log));
+    assert_eq!(revs_of(&loaded)[&(Kind::Role, "r".to_string())], 1);
+    assert_eq!(revs_of(&loaded)[&(Kind::Node, "n1".to_string())], 2);
 
     // Deleting every row leaves the tenant with its revision and no rows.
     let ops = expected
@@ -329,7 +335,7 @@ async fn documents_round_trip(target: &Target) {
     store.commit(&c).await.unwrap();
     let loaded = store.load(&c.tenant).await.unwrap().unwrap();
     assert_eq!(state_of(&loaded), replay([&c]));
-    assert_eq!(loaded.rows, rows_of(&replay([&c])));
+    assert_eq!(triples(&loaded), rows_of(&replay([&c])));
     assert_eq!(store.log(&all(&c.tenant)).await.unwrap(), vec![c.clone()]);
     assert_eq!(store.tenants().await.unwrap(), vec![(c.tenant.clone(), 1)]);
 }
@@ -611,7 +617,7 @@ async fn tenants_are_isolated(target: &Target) {
     let y = store.load("y").await.unwrap().unwrap();
     assert_eq!(x.revision, 2);
     assert_eq!(
-        x.rows,
+        triples(&x),
         vec![
             (Kind::Tenant, "x".to_string(), json!({"t": 1})),
             (Kind::Node, "root".to_string(), json!({"t": 10})),
@@ -619,7 +625,7 @@ async fn tenants_are_isolated(target: &Target) {
     );
     assert_eq!(y.revision, 1);
     assert_eq!(
-        y.rows,
+        triples(&y),
         vec![
             (Kind::Tenant, "x".to_string(), json!({"t": 2})),
             (Kind::Node, "root".to_string(), json!({"t": 2})),
@@ -996,7 +1002,7 @@ async fn large_commit(target: &Target) {
     let loaded = store.load("big").await.unwrap().unwrap();
     let loaded_in = started.elapsed() - committed;
     assert_eq!(loaded.rows.len(), N);
-    assert_eq!(loaded.rows, rows_of(&replay([&big])));
+    assert_eq!(triples(&loaded), rows_of(&replay([&big])));
     // Delete every other row and rewrite the rest, in one commit.
     let ops: Vec<RowOp> = (0..N)
         .map(|i| {
@@ -1062,6 +1068,7 @@ async fn reopen_sees_everything(target: &Target) {
     for loaded in &loads {
         assert_eq!(&store.load(&loaded.tenant).await.unwrap().unwrap(), loaded);
         let own: Vec<&Commit> = log.iter().filter(|c| c.tenant == loaded.tenant).collect();
+        assert_eq!(revs_of(loaded), revs_after(own.iter().copied()));
         assert_eq!(state_of(loaded), replay(own));
     }
     // The revision carries on from where it was.
