@@ -56,6 +56,9 @@ conformance!(
     concurrent_commits_to_different_tenants,
     large_commit,
     reopen_sees_everything,
+    old_layout_is_upgraded,
+    old_control_plane_store_loads,
+    corrupt_rows_and_commits_are_refused,
 );
 
 fn conflict(result: Result<(), StoreError>) -> (String, u64, u64) {
@@ -1091,4 +1094,349 @@ async fn reopen_sees_everything(target: &Target) {
             Ok(_) => panic!("second open of the same directory succeeded"),
         }
     }
+}
+
+// ---- layout upgrade, checksums -------------------------------------------------------------------
+
+/// Writes `log` (one tenant's commits, documents carrying `_rev` as the code before layout 2 put
+/// it there) the way a store of layout/schema version 1 held it, then closes it.
+async fn write_v1(target: &Target, log: &[Commit]) {
+    let tenant = log[0].tenant.clone();
+    let revision = log.last().unwrap().revision;
+    let rows = replay(log);
+    match target.engine {
+        Engine::Embedded => {
+            use portcullis::store::embedded::{kind_code, v1, FILE_NAME};
+            let dir = std::path::Path::new(&target.location);
+            std::fs::create_dir_all(dir).unwrap();
+            let db = redb::Database::create(dir.join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(v1::META)
+                    .unwrap()
+                    .insert("schema_version", 1u64)
+                    .unwrap();
+                let mut t = txn.open_table(v1::ROWS).unwrap();
+                for ((kind, id), doc) in &rows {
+                    let bytes = serde_json::to_vec(doc).unwrap();
+                    t.insert(
+                        (tenant.as_str(), kind_code(*kind), id.as_str()),
+                        bytes.as_slice(),
+                    )
+                    .unwrap();
+                }
+                txn.open_table(v1::TENANTS)
+                    .unwrap()
+                    .insert(tenant.as_str(), revision)
+                    .unwrap();
+                let mut commits = txn.open_table(v1::COMMITS).unwrap();
+                let mut metas = txn.open_table(v1::COMMIT_META).unwrap();
+                for c in log {
+                    let body = serde_json::to_vec(c).unwrap();
+                    let meta = serde_json::to_vec(&json!({"actor": c.actor, "at_ms": c.at_ms,
+                        "action": c.action, "target": c.target}))
+                    .unwrap();
+                    commits
+                        .insert((tenant.as_str(), c.revision), body.as_slice())
+                        .unwrap();
+                    metas
+                        .insert((tenant.as_str(), c.revision), meta.as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        Engine::Postgres => {
+            let s = format!("\"{}\"", target.schema().unwrap());
+            let client = pg_client().await;
+            client
+                .batch_execute(&format!(
+                    r#"CREATE SCHEMA {s};
+CREATE TABLE {s}.schema_version (version int NOT NULL);
+INSERT INTO {s}.schema_version VALUES (1);
+CREATE TABLE {s}.tenants (id text COLLATE "C" PRIMARY KEY, revision bigint NOT NULL);
+CREATE TABLE {s}.rows (tenant text COLLATE "C" NOT NULL, kind text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL, doc jsonb NOT NULL, PRIMARY KEY (tenant, kind, id));
+CREATE TABLE {s}.commits (tenant text COLLATE "C" NOT NULL, revision bigint NOT NULL,
+    actor text COLLATE "C" NOT NULL, at_ms bigint NOT NULL, action text COLLATE "C" NOT NULL,
+    target text COLLATE "C" NOT NULL, ops jsonb NOT NULL, PRIMARY KEY (tenant, revision));"#
+                ))
+                .await
+                .unwrap();
+            client
+                .execute(
+                    &format!("INSERT INTO {s}.tenants VALUES ($1, $2)"),
+                    &[&tenant, &(revision as i64)],
+                )
+                .await
+                .unwrap();
+            for ((kind, id), doc) in &rows {
+                client
+                    .execute(
+                        &format!("INSERT INTO {s}.rows VALUES ($1, $2, $3, $4)"),
+                        &[&tenant, &kind.as_str(), id, doc],
+                    )
+                    .await
+                    .unwrap();
+            }
+            for c in log {
+                client
+                    .execute(
+                        &format!("INSERT INTO {s}.commits VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                        &[
+                            &tenant,
+                            &(c.revision as i64),
+                            &c.actor,
+                            &c.at_ms,
+                            &c.action,
+                            &c.target,
+                            &serde_json::to_value(&c.ops).unwrap(),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn pg_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&common::pg_base_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// `v` with `"_rev": rev` added, as the control plane wrote documents before layout 2.
+fn with_rev(mut v: Value, rev: u64) -> Value {
+    v.as_object_mut().unwrap().insert("_rev".into(), json!(rev));
+    v
+}
+
+fn without_revs(mut c: Commit) -> Commit {
+    for op in &mut c.ops {
+        for doc in [&mut op.value, &mut op.before].into_iter().flatten() {
+            doc.as_object_mut().unwrap().remove("_rev");
+        }
+    }
+    c
+}
+
+async fn old_layout_is_upgraded(target: &Target) {
+    let old = vec![
+        commit(
+            "legacy",
+            1,
+            "import",
+            "import",
+            vec![
+                RowOp::put(
+                    Kind::Tenant,
+                    "legacy",
+                    with_rev(json!({"name": "L"}), 1),
+                    None,
+                ),
+                RowOp::put(
+                    Kind::User,
+                    "alice",
+                    with_rev(json!({"email": "a@x"}), 1),
+                    None,
+                ),
+                RowOp::put(Kind::Role, "r", with_rev(json!({"p": [1.5, 2]}), 1), None),
+            ],
+        ),
+        commit(
+            "legacy",
+            2,
+            "kim",
+            "user.update",
+            vec![
+                RowOp::put(
+                    Kind::User,
+                    "alice",
+                    with_rev(json!({"email": "b@x"}), 2),
+                    Some(json!({"email": "a@x"})),
+                ),
+                RowOp::put(Kind::Node, "n", with_rev(json!({"kind": "site"}), 2), None),
+            ],
+        ),
+    ];
+    write_v1(target, &old).await;
+    let store = target.open().await;
+    let loaded = store.load("legacy").await.unwrap().unwrap();
+    assert_eq!(loaded.revision, 2);
+    assert_eq!(
+        triples(&loaded),
+        vec![
+            (Kind::Tenant, "legacy".to_string(), json!({"name": "L"})),
+            (Kind::Node, "n".to_string(), json!({"kind": "site"})),
+            (Kind::Role, "r".to_string(), json!({"p": [1.5, 2]})),
+            (Kind::User, "alice".to_string(), json!({"email": "b@x"})),
+        ]
+    );
+    let expected_log: Vec<Commit> = old.iter().cloned().map(without_revs).collect();
+    assert_eq!(revs_of(&loaded), revs_after(&expected_log));
+    assert_eq!(store.log(&all("legacy")).await.unwrap(), expected_log);
+    // Writes carry on, and the upgraded store reopens as it is.
+    let c3 = commit(
+        "legacy",
+        3,
+        "kim",
+        "node.delete",
+        vec![RowOp::delete(
+            Kind::Node,
+            "n",
+            Some(json!({"kind": "site"})),
+        )],
+    );
+    store.commit(&c3).await.unwrap();
+    drop(store);
+    let store = target.open().await;
+    let loaded = store.load("legacy").await.unwrap().unwrap();
+    assert_eq!((loaded.revision, loaded.rows.len()), (3, 3));
+    assert_eq!(store.log(&all("legacy")).await.unwrap().len(), 3);
+}
+
+/// A store the control plane wrote before layout 2 (the demo tenant imported, documents with
+/// `_rev`): it loads, ETags come from the moved revisions, and new change events and audit
+/// entries carry no `_rev`.
+async fn old_control_plane_store_loads(target: &Target) {
+    use portcullis::control::{rules, ControlPlane};
+    let data = portcullis::model::file::load_str(portcullis::engine::DEMO_DATA).unwrap();
+    let femo = data.tenants.iter().find(|t| t.id == "femo").unwrap();
+    let mut ops = rules::import(femo, 1_700_000_000).unwrap().ops;
+    for op in &mut ops {
+        if let Some(v) = &mut op.value {
+            *v = with_rev(v.clone(), 1);
+        }
+    }
+    let user = ops
+        .iter()
+        .find(|o| o.kind == Kind::User)
+        .unwrap()
+        .id
+        .clone();
+    write_v1(target, &[commit("femo", 1, "import", "import", ops)]).await;
+    let cp = ControlPlane::open(target.open().await).await.unwrap();
+    let doc = cp.doc("femo").await.unwrap();
+    assert_eq!(doc.revision, 1);
+    assert_eq!(doc.rev_of(Kind::User, &user), 1);
+    assert_eq!(doc.rev_of(Kind::Tenant, "femo"), 1);
+    assert!(doc.to_tenant().unwrap().validate().is_empty());
+    let mut events = cp.subscribe();
+    let w = cp
+        .write("femo", "kim", None, |d| {
+            let patch = rules::UserPatch {
+                name: Some("Renamed".into()),
+                kind: None,
+                email: None,
+            };
+            rules::update_user(d, &user, &patch, 1_700_000_100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.revision, 2);
+    let event = events.recv().await.unwrap();
+    let doc = cp.doc("femo").await.unwrap();
+    assert_eq!(doc.rev_of(Kind::User, &user), 2);
+    let log = cp.store().log(&all("femo")).await.unwrap();
+    assert_eq!(log.len(), 2);
+    for c in log.iter().chain([event.as_ref()]) {
+        let text = serde_json::to_string(c).unwrap();
+        assert!(!text.contains("_rev"), "{text}");
+    }
+}
+
+async fn corrupt_rows_and_commits_are_refused(target: &Target) {
+    let store = target.open().await;
+    let c1 = commit(
+        "t",
+        1,
+        "a",
+        "import",
+        vec![
+            RowOp::put(Kind::Tenant, "t", json!({"name": "T"}), None),
+            RowOp::put(
+                Kind::User,
+                "alice",
+                json!({"email": "alice@corrupt.example"}),
+                None,
+            ),
+        ],
+    );
+    let c2 = commit(
+        "t",
+        2,
+        "a",
+        "marker.action.zz",
+        vec![RowOp::put(Kind::Node, "n", json!({"kind": "site"}), None)],
+    );
+    store.commit(&c1).await.unwrap();
+    store.commit(&c2).await.unwrap();
+    drop(store);
+    match target.engine {
+        Engine::Embedded => {
+            let path =
+                std::path::Path::new(&target.location).join(portcullis::store::embedded::FILE_NAME);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut flipped = 0;
+            for needle in [&b"alice@corrupt.example"[..], &b"marker.action.zz"[..]] {
+                let at: Vec<usize> = bytes
+                    .windows(needle.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == needle)
+                    .map(|(i, _)| i)
+                    .collect();
+                assert!(!at.is_empty());
+                for i in at {
+                    bytes[i] ^= 0x01;
+                    flipped += 1;
+                }
+            }
+            assert!(flipped >= 2);
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        Engine::Postgres => {
+            let s = format!("\"{}\"", target.schema().unwrap());
+            let client = pg_client().await;
+            client
+                .batch_execute(&format!(
+                    "UPDATE {s}.rows SET doc = jsonb_set(doc, '{{email}}', '\"mallory@x\"') \
+                     WHERE id = 'alice'; \
+                     UPDATE {s}.commits SET action = 'something.else' WHERE revision = 2;"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let store = target.open().await;
+    let err = store.load("t").await.unwrap_err();
+    match &err {
+        StoreError::Corrupt { tenant, what } => {
+            assert_eq!(tenant, "t");
+            assert!(what.starts_with("row user/alice"), "{what}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("store corrupt: tenant 't', row user/alice"),
+        "{err}"
+    );
+    let err = store.log(&LogQuery::replay("t", 1, 10)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { tenant, what } if tenant == "t" && what.contains("revision 2")),
+        "{err:?}"
+    );
+    // Start is refused with the same clear message, no panic text.
+    let err = match portcullis::control::ControlPlane::open(store).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a corrupt store must not open"),
+    };
+    assert!(
+        err.contains("store corrupt: tenant 't', row user/alice"),
+        "{err}"
+    );
+    assert!(!err.contains("panick"), "{err}");
 }

@@ -213,26 +213,30 @@ fn open_record<'a>(
     Ok(body)
 }
 
-/// A tenant record as stored: revision, checksum.
-fn seal_tenant(tenant: &str, revision: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + SUM_LEN);
+/// A tenant record as stored: revision, number of rows, checksum. The row count lets a load
+/// notice a row that vanished or appeared (damage to the B-tree rather than to a row).
+fn seal_tenant(tenant: &str, revision: u64, rows: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + SUM_LEN);
     out.extend_from_slice(&revision.to_le_bytes());
-    out.extend_from_slice(&tenant_sum(tenant, revision));
+    out.extend_from_slice(&rows.to_le_bytes());
+    out.extend_from_slice(&tenant_sum(tenant, revision, rows));
     out
 }
 
-fn tenant_sum(tenant: &str, revision: u64) -> Sum {
-    integrity::record_sum("tenant", tenant, revision, b"")
+fn tenant_sum(tenant: &str, revision: u64, rows: u64) -> Sum {
+    integrity::record_sum("tenant", tenant, revision, &rows.to_le_bytes())
 }
 
-fn open_tenant(tenant: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+/// The revision and row count of a stored tenant record, after checking its checksum.
+fn open_tenant(tenant: &str, bytes: &[u8]) -> Result<(u64, u64), StoreError> {
     let bad = || StoreError::corrupt(tenant, "tenant record: checksum mismatch");
-    let (rev, sum) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
-    let rev = u64::from_le_bytes(*rev);
-    if sum != tenant_sum(tenant, rev).as_slice() {
+    let (rev, rest) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (rows, sum) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (rev, rows) = (u64::from_le_bytes(*rev), u64::from_le_bytes(*rows));
+    if sum != tenant_sum(tenant, rev, rows).as_slice() {
         return Err(bad());
     }
-    Ok(rev)
+    Ok((rev, rows))
 }
 
 // ---- panics -------------------------------------------------------------------------------------
@@ -315,7 +319,6 @@ struct Job {
     rows: Vec<RowWrite>,
     meta: Vec<u8>,
     commit: Vec<u8>,
-    tenant_record: Vec<u8>,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -548,7 +551,6 @@ impl EmbeddedStore {
             rows: job_rows,
             meta: seal_record("meta", &commit.tenant, commit.revision, &meta),
             commit: seal_record("commit", &commit.tenant, commit.revision, &body),
-            tenant_record: seal_tenant(&commit.tenant, commit.revision),
             reply,
         };
         let queue = self
@@ -667,6 +669,7 @@ fn verify_schema(db: &Database) -> Result<(), StoreError> {
 /// old tables are deleted. Returns the numbers of rows and commits.
 fn upgrade_v1(txn: &WriteTransaction) -> Result<(usize, usize), StoreError> {
     let mut counts = (0, 0);
+    let mut per_tenant: HashMap<String, u64> = HashMap::new();
     {
         let old = txn.open_table(v1::ROWS).map_err(storage)?;
         let mut new = txn.open_table(ROWS).map_err(storage)?;
@@ -686,6 +689,7 @@ fn upgrade_v1(txn: &WriteTransaction) -> Result<(usize, usize), StoreError> {
                 seal_row(tenant, kind, id, rev, &json).as_slice(),
             )
             .map_err(storage)?;
+            *per_tenant.entry(tenant.to_string()).or_insert(0) += 1;
             counts.0 += 1;
         }
     }
@@ -695,8 +699,12 @@ fn upgrade_v1(txn: &WriteTransaction) -> Result<(usize, usize), StoreError> {
         for entry in old.iter().map_err(storage)? {
             let (tenant, revision) = entry.map_err(storage)?;
             let tenant = tenant.value();
-            new.insert(tenant, seal_tenant(tenant, revision.value()).as_slice())
-                .map_err(storage)?;
+            let rows = per_tenant.get(tenant).copied().unwrap_or(0);
+            new.insert(
+                tenant,
+                seal_tenant(tenant, revision.value(), rows).as_slice(),
+            )
+            .map_err(storage)?;
         }
     }
     {
@@ -887,15 +895,17 @@ fn apply_batch(
     let mut metas = txn.open_table(COMMIT_META).map_err(storage)?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let actual = match tenants.get(job.tenant.as_str()).map_err(storage)? {
-            None => 0,
-            Some(v) => match open_tenant(&job.tenant, v.value()) {
-                Ok(rev) => rev,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            },
+        let record = tenants
+            .get(job.tenant.as_str())
+            .map_err(storage)?
+            .map(|v| open_tenant(&job.tenant, v.value()));
+        let (actual, mut count) = match record {
+            None => (0, 0),
+            Some(Ok(record)) => record,
+            Some(Err(e)) => {
+                results.push(Err(e));
+                continue;
+            }
         };
         if actual != job.revision - 1 {
             results.push(Err(StoreError::Conflict {
@@ -909,10 +919,14 @@ fn apply_batch(
             let key = (job.tenant.as_str(), *kind, id.as_str());
             match value {
                 Some(doc) => {
-                    rows.insert(key, doc.as_slice()).map_err(storage)?;
+                    if rows.insert(key, doc.as_slice()).map_err(storage)?.is_none() {
+                        count += 1;
+                    }
                 }
                 None => {
-                    rows.remove(key).map_err(storage)?;
+                    if rows.remove(key).map_err(storage)?.is_some() {
+                        count = count.saturating_sub(1);
+                    }
                 }
             }
         }
@@ -921,8 +935,9 @@ fn apply_batch(
             .insert(key, job.commit.as_slice())
             .map_err(storage)?;
         metas.insert(key, job.meta.as_slice()).map_err(storage)?;
+        let record = seal_tenant(&job.tenant, job.revision, count);
         tenants
-            .insert(job.tenant.as_str(), job.tenant_record.as_slice())
+            .insert(job.tenant.as_str(), record.as_slice())
             .map_err(storage)?;
         results.push(Ok(()));
     }
@@ -937,7 +952,7 @@ fn load_blocking(db: &Database, tenant: &str) -> Result<Option<TenantRows>, Stor
     let Some(record) = tenants.get(tenant).map_err(storage)? else {
         return Ok(None);
     };
-    let revision = open_tenant(tenant, record.value())?;
+    let (revision, count) = open_tenant(tenant, record.value())?;
     let table = txn.open_table(ROWS).map_err(storage)?;
     let mut rows = Vec::new();
     for entry in table
@@ -969,6 +984,12 @@ fn load_blocking(db: &Database, tenant: &str) -> Result<Option<TenantRows>, Stor
             value: doc,
         });
     }
+    if rows.len() as u64 != count {
+        return Err(StoreError::corrupt(
+            tenant,
+            format!("{} rows found, {count} recorded", rows.len()),
+        ));
+    }
     // Kind codes follow `Kind`'s order today (a no-op check); stay correct if a future kind does not.
     super::sort_rows(&mut rows);
     Ok(Some(TenantRows {
@@ -985,7 +1006,7 @@ fn tenants_blocking(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
     for entry in table.iter().map_err(storage)? {
         let (k, v) = entry.map_err(storage)?;
         let tenant = k.value();
-        out.push((tenant.to_string(), open_tenant(tenant, v.value())?));
+        out.push((tenant.to_string(), open_tenant(tenant, v.value())?.0));
     }
     Ok(out)
 }
