@@ -1440,3 +1440,119 @@ async fn corrupt_rows_and_commits_are_refused(target: &Target) {
     );
     assert!(!err.contains("panick"), "{err}");
 }
+
+// ---- disk full ----------------------------------------------------------------------------------
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file; returns its path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.write_all(&[0u8; 512]);
+    let _ = f.sync_all();
+    path
+}
+
+/// Commits a 48 KB user row `u{i}` at `revision + 1`.
+async fn attempt(store: &EmbeddedStore, i: u64, revision: u64) -> (Result<(), StoreError>, Commit) {
+    let blob = json!({"i": i, "pad": "x".repeat(48 << 10)});
+    let c = commit(
+        "t",
+        revision + 1,
+        "a",
+        "x",
+        vec![RowOp::put(Kind::User, format!("u{i}"), blob, None)],
+    );
+    (store.commit(&c).await, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_recovers_from_a_full_disk() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        eprintln!("SKIPPED embedded_recovers_from_a_full_disk: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let location = fs.dir.path().join("store");
+    let store = EmbeddedStore::open(&location).await.unwrap();
+    let mut acked: Vec<Commit> = Vec::new();
+    let mut revision = 0;
+    for i in 0..5 {
+        let (r, c) = attempt(&store, i, revision).await;
+        r.unwrap();
+        revision += 1;
+        acked.push(c);
+    }
+    assert!(store.health().is_ok());
+
+    let filler = fill(fs.dir.path());
+    let mut failures = 0;
+    for i in 5..60 {
+        let (r, c) = attempt(&store, i, revision).await;
+        match r {
+            Ok(()) => {
+                revision += 1;
+                acked.push(c);
+            }
+            Err(StoreError::Unavailable(m)) => {
+                assert!(!m.contains("panick"), "{m}");
+                failures += 1;
+                if failures == 3 {
+                    break;
+                }
+            }
+            Err(e) => panic!("unexpected error on a full disk: {e:?}"),
+        }
+    }
+    assert_eq!(failures, 3, "writes never failed on a full disk");
+    assert!(!store.health().is_ok());
+
+    std::fs::remove_file(&filler).unwrap();
+    // Writes work again once space is back: no "Previous I/O error" for ever after.
+    let (r, c) = attempt(&store, 100, revision).await;
+    r.unwrap();
+    revision += 1;
+    acked.push(c);
+    let (r, c) = attempt(&store, 101, revision).await;
+    r.unwrap();
+    acked.push(c);
+    assert!(store.health().is_ok());
+    assert_eq!(store.log(&all("t")).await.unwrap(), acked);
+    drop(store);
+
+    // Every acknowledged write is there after a restart.
+    let store = EmbeddedStore::open(&location).await.unwrap();
+    assert_eq!(store.log(&all("t")).await.unwrap(), acked);
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(state_of(&loaded), replay(&acked));
+    assert_eq!(revs_of(&loaded), revs_after(&acked));
+    drop(store);
+    drop(fs);
+}
