@@ -1324,6 +1324,7 @@ async fn old_control_plane_store_loads(target: &Target) {
     assert_eq!(doc.rev_of(Kind::User, &user), 1);
     assert_eq!(doc.rev_of(Kind::Tenant, "femo"), 1);
     assert!(doc.to_tenant().unwrap().validate().is_empty());
+    assert!(cp.store_health().is_ok());
     let mut events = cp.subscribe();
     let w = cp
         .write("femo", "kim", None, |d| {
@@ -1501,7 +1502,11 @@ async fn embedded_recovers_from_a_full_disk() {
         return;
     };
     let location = fs.dir.path().join("store");
-    let store = EmbeddedStore::open(&location).await.unwrap();
+    let store = Arc::new(EmbeddedStore::open(&location).await.unwrap());
+    // The control plane reports the store's health (the coordinator wires it into /readyz).
+    let cp = portcullis::control::ControlPlane::open(Arc::clone(&store) as Arc<dyn Store>)
+        .await
+        .unwrap();
     let mut acked: Vec<Commit> = Vec::new();
     let mut revision = 0;
     for i in 0..5 {
@@ -1533,6 +1538,13 @@ async fn embedded_recovers_from_a_full_disk() {
     }
     assert_eq!(failures, 3, "writes never failed on a full disk");
     assert!(!store.health().is_ok());
+    match cp.store_health() {
+        portcullis::store::StoreHealth::Degraded { error, failures } => {
+            assert!(error.contains("No space left on device"), "{error}");
+            assert!(failures >= 3);
+        }
+        ok => panic!("store health should be degraded, is {ok:?}"),
+    }
 
     std::fs::remove_file(&filler).unwrap();
     // Writes work again once space is back: no "Previous I/O error" for ever after.
@@ -1542,9 +1554,39 @@ async fn embedded_recovers_from_a_full_disk() {
     acked.push(c);
     let (r, c) = attempt(&store, 101, revision).await;
     r.unwrap();
+    revision += 1;
     acked.push(c);
     assert!(store.health().is_ok());
+    assert!(cp.store_health().is_ok());
+
+    // Full again; this time nobody writes after space is back: health recovers on its own.
+    let filler = fill(fs.dir.path());
+    let mut failed = false;
+    for i in 200..260 {
+        let (r, c) = attempt(&store, i, revision).await;
+        match r {
+            Ok(()) => {
+                revision += 1;
+                acked.push(c);
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed && !store.health().is_ok());
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.health().is_ok() {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, c) = attempt(&store, 300, revision).await;
+    r.unwrap();
+    acked.push(c);
     assert_eq!(store.log(&all("t")).await.unwrap(), acked);
+    drop(cp);
     drop(store);
 
     // Every acknowledged write is there after a restart.

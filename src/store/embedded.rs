@@ -809,9 +809,12 @@ fn writer_loop(shared: &Shared, mut queue: mpsc::Receiver<Msg>) {
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(same_error(&e)));
                 }
-                // redb's I/O errors are sticky: start afresh (the next write retries if this fails).
+                // redb's I/O errors are sticky: start afresh (the next write, or the retry a second
+                // from now, opens it again if this fails).
                 shared.close();
-                recover(shared);
+                if let Err(e) = shared.open() {
+                    shared.health.fail(Op::Write, "embedded store reopen", &e);
+                }
             }
         }
     }
@@ -830,8 +833,9 @@ fn same_error(e: &StoreError) -> StoreError {
     }
 }
 
-/// While unhealthy: opens the database if it is closed, then probes it with a small durable
-/// write, so that health comes back once writes work again even if nobody writes.
+/// While unhealthy and idle (every [`RETRY`]): opens the database if it is closed, then probes
+/// it with a durable write of [`PROBE_BYTES`], so that health comes back once writes work again
+/// even if nobody writes.
 fn recover(shared: &Shared) {
     let db = match shared.open() {
         Ok(db) => db,
@@ -859,19 +863,30 @@ fn recover(shared: &Shared) {
     }
 }
 
+/// Size of the write that probes an unhealthy store.
+const PROBE_BYTES: usize = 64 << 10;
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+
+/// Writes [`PROBE_BYTES`] durably, then removes them durably.
 fn probe(db: &Database) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_quick_repair(true);
-    {
-        let mut meta = txn.open_table(META).map_err(storage)?;
-        let n = meta
-            .get("probe")
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        meta.insert("probe", n.wrapping_add(1)).map_err(storage)?;
+    let fill = vec![0u8; PROBE_BYTES];
+    for value in [Some(fill.as_slice()), None] {
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_quick_repair(true);
+        {
+            let mut table = txn.open_table(PROBE).map_err(storage)?;
+            match value {
+                Some(v) => {
+                    table.insert("probe", v).map_err(storage)?;
+                }
+                None => {
+                    table.remove("probe").map_err(storage)?;
+                }
+            }
+        }
+        txn.commit().map_err(storage)?;
     }
-    txn.commit().map_err(storage)
+    Ok(())
 }
 
 /// Applies a batch in one durable write transaction. Per-commit results (`Ok`, `Conflict`, or

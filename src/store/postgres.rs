@@ -429,6 +429,17 @@ impl PostgresStore {
         let revision = commit.revision as i64;
         let expected = commit.revision - 1;
         let (upserts, deletes) = collapse_ops(&commit.ops);
+        // Checksums of the rows as this commit leaves them (revision = the commit's).
+        let up_sums: Vec<Vec<u8>> = upserts
+            .3
+            .iter()
+            .zip(&upserts.1)
+            .zip(&upserts.2)
+            .map(|((kind, id), doc)| {
+                integrity::row_sum_canonical(&commit.tenant, *kind, id, commit.revision, doc)
+                    .to_vec()
+            })
+            .collect();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let lock = tx
@@ -480,18 +491,8 @@ impl PostgresStore {
                 .map_err(pg_err)?;
         }
 
-        let (up_kinds, up_ids, up_docs) = upserts;
+        let (up_kinds, up_ids, up_docs, _) = upserts;
         let (del_kinds, del_ids) = deletes;
-        let up_sums: Vec<Vec<u8>> = up_kinds
-            .iter()
-            .zip(&up_ids)
-            .zip(&up_docs)
-            .map(|((kind, id), doc)| {
-                let kind = Kind::parse(kind).unwrap_or(Kind::Tenant);
-                integrity::row_sum_canonical(&commit.tenant, kind, id, commit.revision, doc)
-                    .to_vec()
-            })
-            .collect();
         let commit_sum = integrity::commit_sum_canonical(commit).to_vec();
         let upsert = async {
             if up_ids.is_empty() {
@@ -879,7 +880,13 @@ async fn upgrade_v2(
     }
     Ok(counts)
 }
-type Upserts<'a> = (Vec<&'static str>, Vec<&'a str>, Vec<&'a serde_json::Value>);
+/// Kind names, ids, documents and kinds of the rows to insert or update.
+type Upserts<'a> = (
+    Vec<&'static str>,
+    Vec<&'a str>,
+    Vec<&'a serde_json::Value>,
+    Vec<Kind>,
+);
 type Deletes<'a> = (Vec<&'static str>, Vec<&'a str>);
 
 /// The final state of every row the ops touch (the last op on a row wins), as column arrays.
@@ -888,7 +895,7 @@ fn collapse_ops(ops: &[RowOp]) -> (Upserts<'_>, Deletes<'_>) {
     for (i, op) in ops.iter().enumerate() {
         last.insert((op.kind, op.id.as_str()), i);
     }
-    let mut up: Upserts<'_> = (Vec::new(), Vec::new(), Vec::new());
+    let mut up: Upserts<'_> = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut del: Deletes<'_> = (Vec::new(), Vec::new());
     for (i, op) in ops.iter().enumerate() {
         if last.get(&(op.kind, op.id.as_str())) != Some(&i) {
@@ -899,6 +906,7 @@ fn collapse_ops(ops: &[RowOp]) -> (Upserts<'_>, Deletes<'_>) {
                 up.0.push(op.kind.as_str());
                 up.1.push(&op.id);
                 up.2.push(doc);
+                up.3.push(op.kind);
             }
             None => {
                 del.0.push(op.kind.as_str());
@@ -1013,7 +1021,8 @@ mod tests {
             RowOp::put(Kind::Node, "a", json!(3), None),
             RowOp::put(Kind::User, "b", json!(4), None),
         ];
-        let ((uk, ui, ud), (dk, di)) = collapse_ops(&ops);
+        let ((uk, ui, ud, kinds), (dk, di)) = collapse_ops(&ops);
+        assert_eq!(kinds, vec![Kind::Node, Kind::User]);
         assert_eq!(uk, vec!["node", "user"]);
         assert_eq!(ui, vec!["a", "b"]);
         assert_eq!(ud, vec![&json!(3), &json!(4)]);
