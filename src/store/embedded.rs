@@ -322,10 +322,16 @@ struct Job {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Identifies an open database (its address) so that a stale reopen request is ignored.
+fn db_id(db: &Arc<Database>) -> usize {
+    Arc::as_ptr(db) as usize
+}
+
 enum Msg {
     Commit(Job),
-    /// A reader saw the database fail: close and open it again.
-    Reopen,
+    /// A reader saw the database with this [`db_id`] fail: close and open it again (unless
+    /// that has been done since).
+    Reopen(usize),
 }
 
 /// Write transactions and commits applied since the store was opened; `commits / transactions`
@@ -510,30 +516,30 @@ impl EmbeddedStore {
     {
         let shared = Arc::clone(&self.shared);
         let result = tokio::task::spawn_blocking(move || {
+            // Closed: the writer is reopening it (and retries every second); nothing to ask.
             let Some(db) = shared.current() else {
-                return (Err(Shared::closed()), true);
+                return (Err(Shared::closed()), None);
             };
-            guarded(|| f(&db), || engine_failed(&tenant, "reading it"))
+            let (result, panicked) = guarded(|| f(&db), || engine_failed(&tenant, "reading it"));
+            // This database failed under us: have the writer reopen it (if it still is current).
+            let failed = panicked || matches!(result, Err(StoreError::Unavailable(_)));
+            (result, failed.then(|| db_id(&db)))
         })
         .await;
-        let (result, reopen) = result.unwrap_or_else(|_| {
+        let (result, failed) = result.unwrap_or_else(|_| {
             (
                 Err(StoreError::Unavailable(
                     "embedded store: read task was cancelled".into(),
                 )),
-                false,
+                None,
             )
         });
         match &result {
             Ok(_) => self.shared.health.ok(Op::Read),
-            Err(e) => {
-                self.shared.health.fail(Op::Read, "embedded store read", e);
-                if reopen || matches!(e, StoreError::Unavailable(_)) {
-                    if let Some(q) = &self.queue {
-                        let _ = q.try_send(Msg::Reopen);
-                    }
-                }
-            }
+            Err(e) => self.shared.health.fail(Op::Read, "embedded store read", e),
+        }
+        if let (Some(id), Some(q)) = (failed, &self.queue) {
+            let _ = q.try_send(Msg::Reopen(id));
         }
         result
     }
@@ -767,9 +773,13 @@ fn writer_loop(shared: &Shared, mut queue: mpsc::Receiver<Msg>) {
         };
         match msg {
             None => break,
-            Some(Msg::Reopen) => {
-                shared.close();
-                recover(shared);
+            Some(Msg::Reopen(id)) => {
+                if shared.current().is_some_and(|db| db_id(&db) == id) {
+                    shared.close();
+                    if let Err(e) = shared.open() {
+                        shared.health.fail(Op::Write, "embedded store reopen", &e);
+                    }
+                }
                 continue;
             }
             Some(Msg::Commit(job)) => batch.push(job),
@@ -777,7 +787,8 @@ fn writer_loop(shared: &Shared, mut queue: mpsc::Receiver<Msg>) {
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(Msg::Commit(job)) => batch.push(job),
-                Ok(Msg::Reopen) => {}
+                // Handled by the write below: it fails and reopens, or works.
+                Ok(Msg::Reopen(_)) => {}
                 Err(_) => break,
             }
         }
