@@ -58,6 +58,7 @@ conformance!(
     reopen_sees_everything,
     old_layout_is_upgraded,
     old_control_plane_store_loads,
+    numbers_keep_their_checksums,
     corrupt_rows_and_commits_are_refused,
 );
 
@@ -1681,4 +1682,40 @@ async fn embedded_byte_flips_never_change_data_silently() {
         let _ = std::fs::remove_dir_all(&case);
     }
     eprintln!("{same} flips harmless, {refused} refused");
+}
+
+/// Numbers whose text PostgreSQL's `jsonb` rewrites (`1e18` comes back as
+/// `1000000000000000000`, `-0.0` as `0.0`, …) still pass their checksums.
+async fn numbers_keep_their_checksums(target: &Target) {
+    let store = target.open().await;
+    let numbers = [
+        1e18,
+        -0.0,
+        9.3e18,
+        1.5e-7,
+        5e-324,
+        1e300,
+        f64::MIN_POSITIVE,
+        123_456_789.123_456_78,
+        9_007_199_254_740_993.0,
+        -2.5e-300,
+        1e21,
+        100.0,
+    ];
+    let doc = json!({"n": numbers, "nested": {"x": -0.0, "y": [1e18, 18446744073709551615u64]}});
+    let c = commit(
+        "t",
+        1,
+        "a",
+        "x",
+        vec![RowOp::put(Kind::Node, "n", doc.clone(), Some(doc.clone()))],
+    );
+    store.commit(&c).await.unwrap();
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(loaded.rows.len(), 1);
+    assert_eq!(store.log(&all("t")).await.unwrap().len(), 1);
+    drop(store);
+    let store = target.open().await;
+    store.load("t").await.unwrap().unwrap();
+    store.log(&all("t")).await.unwrap();
 }

@@ -1123,3 +1123,55 @@ impl Store for EmbeddedStore {
         self.shared.health.get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_guarded_code_becomes_a_generic_error() {
+        let (result, panicked) = guarded::<()>(
+            || panic!("index out of bounds: secret internals"),
+            || engine_failed("t", "reading it"),
+        );
+        assert!(panicked);
+        let text = result.unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "store corrupt: tenant 't', the storage engine failed reading it (the file may be \
+             damaged; see the log)"
+        );
+        // Nested guards restore the flag; code outside a guard is not affected.
+        assert!(!GUARDED.with(Cell::get));
+        let (ok, panicked) = guarded(|| Ok(1), || engine_failed("", "x"));
+        assert_eq!((ok.unwrap(), panicked), (1, false));
+    }
+
+    #[test]
+    fn envelopes_detect_any_change() {
+        let row = seal_row("t", Kind::User, "alice", 7, br#"{"email":"a@x"}"#);
+        assert_eq!(
+            open_row("t", Kind::User, "alice", &row).unwrap(),
+            (7, &br#"{"email":"a@x"}"#[..])
+        );
+        for i in 0..row.len() {
+            let mut bad = row.clone();
+            bad[i] ^= 0x20;
+            assert!(
+                open_row("t", Kind::User, "alice", &bad).is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(open_row("u", Kind::User, "alice", &row).is_err());
+        assert!(open_row("t", Kind::Node, "alice", &row).is_err());
+        assert!(open_row("t", Kind::User, "alicf", &row).is_err());
+        assert!(open_row("t", Kind::User, "alice", &row[..20]).is_err());
+        let tenant = seal_tenant("t", 9, 3);
+        assert_eq!(open_tenant("t", &tenant).unwrap(), (9, 3));
+        assert!(open_tenant("s", &tenant).is_err());
+        let rec = seal_record("commit", "t", 2, b"{}");
+        assert_eq!(open_record("commit", "t", 2, &rec).unwrap(), b"{}");
+        assert!(open_record("meta", "t", 2, &rec).is_err());
+        assert!(open_record("commit", "t", 3, &rec).is_err());
+    }
+}
