@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 
-use super::Verdict;
 use super::{
     bit, check_with, conditional_roles, grant_covers, node_path, perms, Conditions, Decision,
     NoPlugins, Reason,
 };
 use crate::model::{format_timestamp, split_action};
+use super::Verdict;
 use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -762,8 +762,8 @@ pub(crate) fn grant_covers(g: &ArchivedGrant, x: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Grant;
     use crate::worlds::Rng;
+    use crate::snapshot::Grant;
 
     #[test]
     fn count_lo_le_matches_partition_point() {

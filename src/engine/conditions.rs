@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
-use crate::model::split_action;
 use crate::plugin::{Outcome, PluginInput};
+use crate::model::split_action;
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
