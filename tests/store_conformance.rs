@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{commit, replay, rows_of, state_of, Engine, State, Target};
+use common::{
+    commit, replay, revs_after, revs_of, rows_of, state_of, triples, Engine, State, Target,
+};
 use portcullis::store::embedded::EmbeddedStore;
 use portcullis::store::{Commit, Kind, LogQuery, RowOp, Store, StoreError, MAX_KEY_BYTES};
 use serde_json::{json, Value};
@@ -54,6 +56,10 @@ conformance!(
     concurrent_commits_to_different_tenants,
     large_commit,
     reopen_sees_everything,
+    old_layout_is_upgraded,
+    old_control_plane_store_loads,
+    numbers_keep_their_checksums,
+    corrupt_rows_and_commits_are_refused,
 );
 
 fn conflict(result: Result<(), StoreError>) -> (String, u64, u64) {
@@ -129,7 +135,7 @@ async fn first_commit_is_revision_one(target: &Target) {
     assert_eq!(loaded.tenant, "t");
     assert_eq!(loaded.revision, 1);
     assert_eq!(
-        loaded.rows,
+        triples(&loaded),
         vec![(Kind::Tenant, "t".to_string(), json!({"rbac": "basic"}))]
     );
     assert_eq!(store.tenants().await.unwrap(), vec![("t".to_string(), 1)]);
@@ -182,7 +188,7 @@ async fn revision_must_be_previous_plus_one(target: &Target) {
     let loaded = store.load("t").await.unwrap().unwrap();
     assert_eq!(loaded.revision, 1);
     assert_eq!(
-        loaded.rows,
+        triples(&loaded),
         vec![(Kind::User, "u".to_string(), json!({"v": 1}))]
     );
     assert_eq!(store.log(&all("t")).await.unwrap(), vec![first.clone()]);
@@ -218,7 +224,7 @@ async fn ops_upsert_and_delete_rows(target: &Target) {
     let order: Vec<(Kind, &str)> = loaded
         .rows
         .iter()
-        .map(|(k, id, _)| (*k, id.as_str()))
+        .map(|r| (r.kind, r.id.as_str()))
         .collect();
     assert_eq!(
         order,
@@ -268,10 +274,14 @@ async fn ops_upsert_and_delete_rows(target: &Target) {
     expected.insert((Kind::Plugin, "p".into()), json!({"wasm": "AAEC"}));
     let loaded = store.load("t").await.unwrap().unwrap();
     assert_eq!(loaded.revision, 2);
-    assert_eq!(loaded.rows, rows_of(&expected));
+    assert_eq!(triples(&loaded), rows_of(&expected));
     let log = store.log(&all("t")).await.unwrap();
     assert_eq!(log, vec![c1, c2]);
     assert_eq!(replay(&log), expected);
+    // Each row carries the revision of the commit that last wrote it; untouched rows keep theirs.
+    assert_eq!(revs_of(&loaded), revs_after(&log));
+    assert_eq!(revs_of(&loaded)[&(Kind::Role, "r".to_string())], 1);
+    assert_eq!(revs_of(&loaded)[&(Kind::Node, "n1".to_string())], 2);
 
     // Deleting every row leaves the tenant with its revision and no rows.
     let ops = expected
@@ -329,7 +339,7 @@ async fn documents_round_trip(target: &Target) {
     store.commit(&c).await.unwrap();
     let loaded = store.load(&c.tenant).await.unwrap().unwrap();
     assert_eq!(state_of(&loaded), replay([&c]));
-    assert_eq!(loaded.rows, rows_of(&replay([&c])));
+    assert_eq!(triples(&loaded), rows_of(&replay([&c])));
     assert_eq!(store.log(&all(&c.tenant)).await.unwrap(), vec![c.clone()]);
     assert_eq!(store.tenants().await.unwrap(), vec![(c.tenant.clone(), 1)]);
 }
@@ -611,7 +621,7 @@ async fn tenants_are_isolated(target: &Target) {
     let y = store.load("y").await.unwrap().unwrap();
     assert_eq!(x.revision, 2);
     assert_eq!(
-        x.rows,
+        triples(&x),
         vec![
             (Kind::Tenant, "x".to_string(), json!({"t": 1})),
             (Kind::Node, "root".to_string(), json!({"t": 10})),
@@ -619,7 +629,7 @@ async fn tenants_are_isolated(target: &Target) {
     );
     assert_eq!(y.revision, 1);
     assert_eq!(
-        y.rows,
+        triples(&y),
         vec![
             (Kind::Tenant, "x".to_string(), json!({"t": 2})),
             (Kind::Node, "root".to_string(), json!({"t": 2})),
@@ -996,7 +1006,7 @@ async fn large_commit(target: &Target) {
     let loaded = store.load("big").await.unwrap().unwrap();
     let loaded_in = started.elapsed() - committed;
     assert_eq!(loaded.rows.len(), N);
-    assert_eq!(loaded.rows, rows_of(&replay([&big])));
+    assert_eq!(triples(&loaded), rows_of(&replay([&big])));
     // Delete every other row and rewrite the rest, in one commit.
     let ops: Vec<RowOp> = (0..N)
         .map(|i| {
@@ -1062,6 +1072,7 @@ async fn reopen_sees_everything(target: &Target) {
     for loaded in &loads {
         assert_eq!(&store.load(&loaded.tenant).await.unwrap().unwrap(), loaded);
         let own: Vec<&Commit> = log.iter().filter(|c| c.tenant == loaded.tenant).collect();
+        assert_eq!(revs_of(loaded), revs_after(own.iter().copied()));
         assert_eq!(state_of(loaded), replay(own));
     }
     // The revision carries on from where it was.
@@ -1084,4 +1095,627 @@ async fn reopen_sees_everything(target: &Target) {
             Ok(_) => panic!("second open of the same directory succeeded"),
         }
     }
+}
+
+// ---- layout upgrade, checksums -------------------------------------------------------------------
+
+/// Writes `log` (one tenant's commits, documents carrying `_rev` as the code before layout 2 put
+/// it there) the way a store of layout/schema version 1 held it, then closes it.
+async fn write_v1(target: &Target, log: &[Commit]) {
+    let tenant = log[0].tenant.clone();
+    let revision = log.last().unwrap().revision;
+    let rows = replay(log);
+    match target.engine {
+        Engine::Embedded => {
+            use portcullis::store::embedded::{kind_code, v1, FILE_NAME};
+            let dir = std::path::Path::new(&target.location);
+            std::fs::create_dir_all(dir).unwrap();
+            let db = redb::Database::create(dir.join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(v1::META)
+                    .unwrap()
+                    .insert("schema_version", 1u64)
+                    .unwrap();
+                let mut t = txn.open_table(v1::ROWS).unwrap();
+                for ((kind, id), doc) in &rows {
+                    let bytes = serde_json::to_vec(doc).unwrap();
+                    t.insert(
+                        (tenant.as_str(), kind_code(*kind), id.as_str()),
+                        bytes.as_slice(),
+                    )
+                    .unwrap();
+                }
+                txn.open_table(v1::TENANTS)
+                    .unwrap()
+                    .insert(tenant.as_str(), revision)
+                    .unwrap();
+                let mut commits = txn.open_table(v1::COMMITS).unwrap();
+                let mut metas = txn.open_table(v1::COMMIT_META).unwrap();
+                for c in log {
+                    let body = serde_json::to_vec(c).unwrap();
+                    let meta = serde_json::to_vec(&json!({"actor": c.actor, "at_ms": c.at_ms,
+                        "action": c.action, "target": c.target}))
+                    .unwrap();
+                    commits
+                        .insert((tenant.as_str(), c.revision), body.as_slice())
+                        .unwrap();
+                    metas
+                        .insert((tenant.as_str(), c.revision), meta.as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        Engine::Postgres => {
+            let s = format!("\"{}\"", target.schema().unwrap());
+            let client = pg_client().await;
+            client
+                .batch_execute(&format!(
+                    r#"CREATE SCHEMA {s};
+CREATE TABLE {s}.schema_version (version int NOT NULL);
+INSERT INTO {s}.schema_version VALUES (1);
+CREATE TABLE {s}.tenants (id text COLLATE "C" PRIMARY KEY, revision bigint NOT NULL);
+CREATE TABLE {s}.rows (tenant text COLLATE "C" NOT NULL, kind text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL, doc jsonb NOT NULL, PRIMARY KEY (tenant, kind, id));
+CREATE TABLE {s}.commits (tenant text COLLATE "C" NOT NULL, revision bigint NOT NULL,
+    actor text COLLATE "C" NOT NULL, at_ms bigint NOT NULL, action text COLLATE "C" NOT NULL,
+    target text COLLATE "C" NOT NULL, ops jsonb NOT NULL, PRIMARY KEY (tenant, revision));"#
+                ))
+                .await
+                .unwrap();
+            client
+                .execute(
+                    &format!("INSERT INTO {s}.tenants VALUES ($1, $2)"),
+                    &[&tenant, &(revision as i64)],
+                )
+                .await
+                .unwrap();
+            for ((kind, id), doc) in &rows {
+                client
+                    .execute(
+                        &format!("INSERT INTO {s}.rows VALUES ($1, $2, $3, $4)"),
+                        &[&tenant, &kind.as_str(), id, doc],
+                    )
+                    .await
+                    .unwrap();
+            }
+            for c in log {
+                client
+                    .execute(
+                        &format!("INSERT INTO {s}.commits VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                        &[
+                            &tenant,
+                            &(c.revision as i64),
+                            &c.actor,
+                            &c.at_ms,
+                            &c.action,
+                            &c.target,
+                            &serde_json::to_value(&c.ops).unwrap(),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn pg_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&common::pg_base_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// `v` with `"_rev": rev` added, as the control plane wrote documents before layout 2.
+fn with_rev(mut v: Value, rev: u64) -> Value {
+    v.as_object_mut().unwrap().insert("_rev".into(), json!(rev));
+    v
+}
+
+fn without_revs(mut c: Commit) -> Commit {
+    for op in &mut c.ops {
+        for doc in [&mut op.value, &mut op.before].into_iter().flatten() {
+            doc.as_object_mut().unwrap().remove("_rev");
+        }
+    }
+    c
+}
+
+async fn old_layout_is_upgraded(target: &Target) {
+    let old = vec![
+        commit(
+            "legacy",
+            1,
+            "import",
+            "import",
+            vec![
+                RowOp::put(
+                    Kind::Tenant,
+                    "legacy",
+                    with_rev(json!({"name": "L"}), 1),
+                    None,
+                ),
+                RowOp::put(
+                    Kind::User,
+                    "alice",
+                    with_rev(json!({"email": "a@x"}), 1),
+                    None,
+                ),
+                RowOp::put(Kind::Role, "r", with_rev(json!({"p": [1.5, 2]}), 1), None),
+            ],
+        ),
+        commit(
+            "legacy",
+            2,
+            "kim",
+            "user.update",
+            vec![
+                RowOp::put(
+                    Kind::User,
+                    "alice",
+                    with_rev(json!({"email": "b@x"}), 2),
+                    Some(json!({"email": "a@x"})),
+                ),
+                RowOp::put(Kind::Node, "n", with_rev(json!({"kind": "site"}), 2), None),
+            ],
+        ),
+    ];
+    write_v1(target, &old).await;
+    let store = target.open().await;
+    let loaded = store.load("legacy").await.unwrap().unwrap();
+    assert_eq!(loaded.revision, 2);
+    assert_eq!(
+        triples(&loaded),
+        vec![
+            (Kind::Tenant, "legacy".to_string(), json!({"name": "L"})),
+            (Kind::Node, "n".to_string(), json!({"kind": "site"})),
+            (Kind::Role, "r".to_string(), json!({"p": [1.5, 2]})),
+            (Kind::User, "alice".to_string(), json!({"email": "b@x"})),
+        ]
+    );
+    let expected_log: Vec<Commit> = old.iter().cloned().map(without_revs).collect();
+    assert_eq!(revs_of(&loaded), revs_after(&expected_log));
+    assert_eq!(store.log(&all("legacy")).await.unwrap(), expected_log);
+    // Writes carry on, and the upgraded store reopens as it is.
+    let c3 = commit(
+        "legacy",
+        3,
+        "kim",
+        "node.delete",
+        vec![RowOp::delete(
+            Kind::Node,
+            "n",
+            Some(json!({"kind": "site"})),
+        )],
+    );
+    store.commit(&c3).await.unwrap();
+    drop(store);
+    let store = target.open().await;
+    let loaded = store.load("legacy").await.unwrap().unwrap();
+    assert_eq!((loaded.revision, loaded.rows.len()), (3, 3));
+    assert_eq!(store.log(&all("legacy")).await.unwrap().len(), 3);
+}
+
+/// A store the control plane wrote before layout 2 (the demo tenant imported, documents with
+/// `_rev`): it loads, ETags come from the moved revisions, and new change events and audit
+/// entries carry no `_rev`.
+async fn old_control_plane_store_loads(target: &Target) {
+    use portcullis::control::{rules, ControlPlane};
+    let data = portcullis::model::file::load_str(portcullis::engine::DEMO_DATA).unwrap();
+    let femo = data.tenants.iter().find(|t| t.id == "femo").unwrap();
+    let mut ops = rules::import(femo, 1_700_000_000).unwrap().ops;
+    for op in &mut ops {
+        if let Some(v) = &mut op.value {
+            *v = with_rev(v.clone(), 1);
+        }
+    }
+    let user = ops
+        .iter()
+        .find(|o| o.kind == Kind::User)
+        .unwrap()
+        .id
+        .clone();
+    write_v1(target, &[commit("femo", 1, "import", "import", ops)]).await;
+    let cp = ControlPlane::open(target.open().await).await.unwrap();
+    let doc = cp.doc("femo").await.unwrap();
+    assert_eq!(doc.revision, 1);
+    assert_eq!(doc.rev_of(Kind::User, &user), 1);
+    assert_eq!(doc.rev_of(Kind::Tenant, "femo"), 1);
+    assert!(doc.to_tenant().unwrap().validate().is_empty());
+    assert!(cp.store_health().is_ok());
+    let mut events = cp.subscribe();
+    let w = cp
+        .write("femo", "kim", None, |d| {
+            let patch = rules::UserPatch {
+                name: Some("Renamed".into()),
+                kind: None,
+                email: None,
+            };
+            rules::update_user(d, &user, &patch, 1_700_000_100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.revision, 2);
+    let event = events.recv().await.unwrap();
+    let doc = cp.doc("femo").await.unwrap();
+    assert_eq!(doc.rev_of(Kind::User, &user), 2);
+    let log = cp.store().log(&all("femo")).await.unwrap();
+    assert_eq!(log.len(), 2);
+    for c in log.iter().chain([event.as_ref()]) {
+        let text = serde_json::to_string(c).unwrap();
+        assert!(!text.contains("_rev"), "{text}");
+    }
+}
+
+async fn corrupt_rows_and_commits_are_refused(target: &Target) {
+    let store = target.open().await;
+    let c1 = commit(
+        "t",
+        1,
+        "a",
+        "import",
+        vec![
+            RowOp::put(Kind::Tenant, "t", json!({"name": "T"}), None),
+            RowOp::put(
+                Kind::User,
+                "alice",
+                json!({"email": "alice@corrupt.example"}),
+                None,
+            ),
+        ],
+    );
+    let c2 = commit(
+        "t",
+        2,
+        "a",
+        "marker.action.zz",
+        vec![RowOp::put(Kind::Node, "n", json!({"kind": "site"}), None)],
+    );
+    store.commit(&c1).await.unwrap();
+    store.commit(&c2).await.unwrap();
+    drop(store);
+    match target.engine {
+        Engine::Embedded => {
+            let path =
+                std::path::Path::new(&target.location).join(portcullis::store::embedded::FILE_NAME);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut flipped = 0;
+            for needle in [&b"alice@corrupt.example"[..], &b"marker.action.zz"[..]] {
+                let at: Vec<usize> = bytes
+                    .windows(needle.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == needle)
+                    .map(|(i, _)| i)
+                    .collect();
+                assert!(!at.is_empty());
+                for i in at {
+                    bytes[i] ^= 0x01;
+                    flipped += 1;
+                }
+            }
+            assert!(flipped >= 2);
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        Engine::Postgres => {
+            let s = format!("\"{}\"", target.schema().unwrap());
+            let client = pg_client().await;
+            client
+                .batch_execute(&format!(
+                    "UPDATE {s}.rows SET doc = jsonb_set(doc, '{{email}}', '\"mallory@x\"') \
+                     WHERE id = 'alice'; \
+                     UPDATE {s}.commits SET action = 'something.else' WHERE revision = 2;"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let store = target.open().await;
+    let err = store.load("t").await.unwrap_err();
+    match &err {
+        StoreError::Corrupt { tenant, what } => {
+            assert_eq!(tenant, "t");
+            assert!(what.starts_with("row user/alice"), "{what}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("store corrupt: tenant 't', row user/alice"),
+        "{err}"
+    );
+    let err = store.log(&LogQuery::replay("t", 1, 10)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { tenant, what } if tenant == "t" && what.contains("revision 2")),
+        "{err:?}"
+    );
+    // Start is refused with the same clear message, no panic text.
+    let err = match portcullis::control::ControlPlane::open(store).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a corrupt store must not open"),
+    };
+    assert!(
+        err.contains("store corrupt: tenant 't', row user/alice"),
+        "{err}"
+    );
+    assert!(!err.contains("panick"), "{err}");
+}
+
+// ---- disk full ----------------------------------------------------------------------------------
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file; returns its path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.write_all(&[0u8; 512]);
+    let _ = f.sync_all();
+    path
+}
+
+/// Commits a 48 KB user row `u{i}` at `revision + 1`.
+async fn attempt(store: &EmbeddedStore, i: u64, revision: u64) -> (Result<(), StoreError>, Commit) {
+    let blob = json!({"i": i, "pad": "x".repeat(48 << 10)});
+    let c = commit(
+        "t",
+        revision + 1,
+        "a",
+        "x",
+        vec![RowOp::put(Kind::User, format!("u{i}"), blob, None)],
+    );
+    (store.commit(&c).await, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_recovers_from_a_full_disk() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        eprintln!("SKIPPED embedded_recovers_from_a_full_disk: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let location = fs.dir.path().join("store");
+    let store = Arc::new(EmbeddedStore::open(&location).await.unwrap());
+    // The control plane reports the store's health (the coordinator wires it into /readyz).
+    let cp = portcullis::control::ControlPlane::open(Arc::clone(&store) as Arc<dyn Store>)
+        .await
+        .unwrap();
+    let mut acked: Vec<Commit> = Vec::new();
+    let mut revision = 0;
+    for i in 0..5 {
+        let (r, c) = attempt(&store, i, revision).await;
+        r.unwrap();
+        revision += 1;
+        acked.push(c);
+    }
+    assert!(store.health().is_ok());
+
+    let filler = fill(fs.dir.path());
+    let mut failures = 0;
+    for i in 5..60 {
+        let (r, c) = attempt(&store, i, revision).await;
+        match r {
+            Ok(()) => {
+                revision += 1;
+                acked.push(c);
+            }
+            Err(StoreError::Unavailable(m)) => {
+                assert!(!m.contains("panick"), "{m}");
+                failures += 1;
+                if failures == 3 {
+                    break;
+                }
+            }
+            Err(e) => panic!("unexpected error on a full disk: {e:?}"),
+        }
+    }
+    assert_eq!(failures, 3, "writes never failed on a full disk");
+    assert!(!store.health().is_ok());
+    match cp.store_health() {
+        portcullis::store::StoreHealth::Degraded { error, failures } => {
+            assert!(error.contains("No space left on device"), "{error}");
+            assert!(failures >= 3);
+        }
+        ok => panic!("store health should be degraded, is {ok:?}"),
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    // Writes work again once space is back: no "Previous I/O error" for ever after.
+    let (r, c) = attempt(&store, 100, revision).await;
+    r.unwrap();
+    revision += 1;
+    acked.push(c);
+    let (r, c) = attempt(&store, 101, revision).await;
+    r.unwrap();
+    revision += 1;
+    acked.push(c);
+    assert!(store.health().is_ok());
+    assert!(cp.store_health().is_ok());
+
+    // Full again; this time nobody writes after space is back: health recovers on its own.
+    let filler = fill(fs.dir.path());
+    let mut failed = false;
+    for i in 200..260 {
+        let (r, c) = attempt(&store, i, revision).await;
+        match r {
+            Ok(()) => {
+                revision += 1;
+                acked.push(c);
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed && !store.health().is_ok());
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.health().is_ok() {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (r, c) = attempt(&store, 300, revision).await;
+    r.unwrap();
+    acked.push(c);
+    assert_eq!(store.log(&all("t")).await.unwrap(), acked);
+    drop(cp);
+    drop(store);
+
+    // Every acknowledged write is there after a restart.
+    let store = EmbeddedStore::open(&location).await.unwrap();
+    assert_eq!(store.log(&all("t")).await.unwrap(), acked);
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(state_of(&loaded), replay(&acked));
+    assert_eq!(revs_of(&loaded), revs_after(&acked));
+    drop(store);
+    drop(fs);
+}
+
+// ---- damaged files --------------------------------------------------------------------------------
+
+type Snapshot = (
+    Vec<(String, u64)>,
+    Vec<portcullis::store::TenantRows>,
+    Vec<Commit>,
+);
+
+async fn everything(store: &EmbeddedStore) -> Result<Snapshot, StoreError> {
+    let tenants = store.tenants().await?;
+    let mut loads = Vec::new();
+    for (t, _) in &tenants {
+        loads.push(store.load(t).await?.unwrap_or_default());
+    }
+    let log = store
+        .log(&LogQuery {
+            limit: usize::MAX,
+            ..LogQuery::default()
+        })
+        .await?;
+    Ok((tenants, loads, log))
+}
+
+/// One byte flipped anywhere in a stopped store: opening and reading it either fails with a
+/// clean error (no panic, no panic text) or returns exactly what was stored — never other data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_byte_flips_never_change_data_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine_dir = dir.path().join("pristine");
+    let store = EmbeddedStore::open(&pristine_dir).await.unwrap();
+    for t in ["alpha", "beta", "gamma"] {
+        for rev in 1..=6u64 {
+            let ops = (0..8)
+                .map(|i| {
+                    RowOp::put(
+                        Kind::ALL[i % Kind::ALL.len()],
+                        format!("{t}-{i}-{}", rev % 3),
+                        json!({"email": format!("{t}{i}@example.com"), "rev": rev, "on": i % 2 == 0}),
+                        None,
+                    )
+                })
+                .collect();
+            store
+                .commit(&commit(t, rev, "admin", "bulk", ops))
+                .await
+                .unwrap();
+        }
+    }
+    let expected = everything(&store).await.unwrap();
+    drop(store);
+    let file = pristine_dir.join(portcullis::store::embedded::FILE_NAME);
+    let bytes = std::fs::read(&file).unwrap();
+    let (mut same, mut refused) = (0, 0);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for n in 0..150 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = (seed % bytes.len() as u64) as usize;
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1 << (n % 8);
+        let case = dir.path().join(format!("case-{n}"));
+        std::fs::create_dir_all(&case).unwrap();
+        std::fs::write(case.join(portcullis::store::embedded::FILE_NAME), &damaged).unwrap();
+        let outcome = match EmbeddedStore::open(&case).await {
+            Err(e) => Err(e),
+            Ok(store) => everything(&store).await,
+        };
+        match outcome {
+            Ok(got) => {
+                assert!(got == expected, "byte {at} flipped: data changed silently");
+                same += 1;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(!text.contains("panick"), "byte {at}: {text}");
+                refused += 1;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&case);
+    }
+    eprintln!("{same} flips harmless, {refused} refused");
+}
+
+/// Numbers whose text PostgreSQL's `jsonb` rewrites (`1e18` comes back as
+/// `1000000000000000000`, `-0.0` as `0.0`, …) still pass their checksums.
+async fn numbers_keep_their_checksums(target: &Target) {
+    let store = target.open().await;
+    let numbers = [
+        1e18,
+        -0.0,
+        9.3e18,
+        1.5e-7,
+        5e-324,
+        1e300,
+        f64::MIN_POSITIVE,
+        123_456_789.123_456_78,
+        9_007_199_254_740_993.0,
+        -2.5e-300,
+        1e21,
+        100.0,
+    ];
+    let doc = json!({"n": numbers, "nested": {"x": -0.0, "y": [1e18, 18446744073709551615u64]}});
+    let c = commit(
+        "t",
+        1,
+        "a",
+        "x",
+        vec![RowOp::put(Kind::Node, "n", doc.clone(), Some(doc.clone()))],
+    );
+    store.commit(&c).await.unwrap();
+    let loaded = store.load("t").await.unwrap().unwrap();
+    assert_eq!(loaded.rows.len(), 1);
+    assert_eq!(store.log(&all("t")).await.unwrap().len(), 1);
+    drop(store);
+    let store = target.open().await;
+    store.load("t").await.unwrap().unwrap();
+    store.log(&all("t")).await.unwrap();
 }

@@ -70,7 +70,6 @@ impl PluginRow {
         let mut v = v.clone();
         if let Some(m) = v.as_object_mut() {
             m.remove("wasm");
-            m.remove("_rev");
         }
         v
     }
@@ -127,58 +126,66 @@ pub struct ApplyError {
 
 fn put<T: for<'de> Deserialize<'de>>(
     map: &mut BTreeMap<String, T>,
-    op: &RowOp,
+    kind: Kind,
+    id: &str,
+    value: Option<&serde_json::Value>,
 ) -> Result<(), ApplyError> {
-    match &op.value {
+    match value {
         None => {
-            map.remove(&op.id);
+            map.remove(id);
         }
         Some(v) => {
             let t = T::deserialize(v).map_err(|e| ApplyError {
-                kind: op.kind.as_str(),
-                id: op.id.clone(),
+                kind: kind.as_str(),
+                id: id.to_string(),
                 message: e.to_string(),
             })?;
-            map.insert(op.id.clone(), t);
+            map.insert(id.to_string(), t);
         }
     }
     Ok(())
 }
 
 impl TenantDoc {
-    /// Applies one row change.
-    pub fn apply_op(&mut self, op: &RowOp) -> Result<(), ApplyError> {
-        match op
-            .value
-            .as_ref()
-            .and_then(|v| v.get("_rev"))
-            .and_then(serde_json::Value::as_u64)
-        {
-            Some(rev) => {
-                self.row_rev.insert((op.kind, op.id.clone()), rev);
+    /// Applies one row change made by the commit of revision `rev`.
+    pub fn apply_op(&mut self, op: &RowOp, rev: u64) -> Result<(), ApplyError> {
+        self.apply_row(op.kind, &op.id, op.value.as_ref(), rev)
+    }
+
+    /// Sets (`Some`) or deletes (`None`) one row, last written at revision `rev`.
+    fn apply_row(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        value: Option<&serde_json::Value>,
+        rev: u64,
+    ) -> Result<(), ApplyError> {
+        match value {
+            Some(_) => {
+                self.row_rev.insert((kind, id.to_string()), rev);
             }
             None => {
-                self.row_rev.remove(&(op.kind, op.id.clone()));
+                self.row_rev.remove(&(kind, id.to_string()));
             }
         }
-        match op.kind {
+        match kind {
             Kind::Tenant => {
-                self.settings = match &op.value {
+                self.settings = match value {
                     None => None,
                     Some(v) => Some(Settings::deserialize(v).map_err(|e| ApplyError {
                         kind: "tenant",
-                        id: op.id.clone(),
+                        id: id.to_string(),
                         message: e.to_string(),
                     })?),
                 };
                 Ok(())
             }
-            Kind::Node => put(&mut self.nodes, op),
-            Kind::Role => put(&mut self.roles, op),
-            Kind::User => put(&mut self.users, op),
-            Kind::Group => put(&mut self.groups, op),
-            Kind::Assignment => put(&mut self.assignments, op),
-            Kind::Plugin => put(&mut self.plugins, op),
+            Kind::Node => put(&mut self.nodes, kind, id, value),
+            Kind::Role => put(&mut self.roles, kind, id, value),
+            Kind::User => put(&mut self.users, kind, id, value),
+            Kind::Group => put(&mut self.groups, kind, id, value),
+            Kind::Assignment => put(&mut self.assignments, kind, id, value),
+            Kind::Plugin => put(&mut self.plugins, kind, id, value),
         }
     }
 
@@ -200,7 +207,7 @@ impl TenantDoc {
             });
         }
         for op in &c.ops {
-            self.apply_op(op)?;
+            self.apply_op(op, c.revision)?;
         }
         self.revision = c.revision;
         Ok(())
@@ -212,13 +219,8 @@ impl TenantDoc {
             revision: rows.revision,
             ..TenantDoc::default()
         };
-        for (kind, id, value) in &rows.rows {
-            d.apply_op(&RowOp {
-                kind: *kind,
-                id: id.clone(),
-                value: Some(value.clone()),
-                before: None,
-            })?;
+        for row in &rows.rows {
+            d.apply_row(row.kind, &row.id, Some(&row.value), row.rev)?;
         }
         Ok(d)
     }

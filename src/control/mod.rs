@@ -23,7 +23,7 @@ pub use doc::TenantDoc;
 pub use rules::{Change, RuleError};
 
 use crate::model::file::DataFile;
-use crate::store::{Commit, Store, StoreError};
+use crate::store::{Commit, Store, StoreError, StoreHealth};
 
 /// Capacity of the in-process change bus; a follower that falls further behind resyncs.
 const BUS_CAPACITY: usize = 8192;
@@ -69,14 +69,6 @@ pub struct ControlPlane {
     bus: broadcast::Sender<Arc<Commit>>,
 }
 
-fn strip_rev(v: &serde_json::Value) -> serde_json::Value {
-    let mut v = v.clone();
-    if let serde_json::Value::Object(m) = &mut v {
-        m.remove("_rev");
-    }
-    v
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -113,6 +105,11 @@ impl ControlPlane {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The store's health: degraded while its writes (or reads) fail, with the last error.
+    pub fn store_health(&self) -> StoreHealth {
+        self.store.health()
     }
 
     /// Imports every tenant of `data` that the store does not have yet (one commit each).
@@ -263,23 +260,18 @@ impl ControlPlane {
         mut change: Change,
     ) -> Result<Written, ControlError> {
         // Drop operations that change nothing (e.g. an empty PATCH): no revision, no audit entry.
-        change.ops.retain(|op| {
-            op.value.is_none()
-                || op.value.as_ref().map(strip_rev) != op.before.as_ref().map(strip_rev)
-        });
+        change
+            .ops
+            .retain(|op| op.value.is_none() || op.value != op.before);
         if change.ops.is_empty() {
             return Ok(Written {
                 revision: doc.revision,
                 change,
             });
         }
+        // Each row's revision (its ETag) is the commit's: the store keeps it beside the value.
         let revision = doc.revision + 1;
-        let mut ops = change.ops.clone();
-        for op in &mut ops {
-            if let Some(serde_json::Value::Object(m)) = &mut op.value {
-                m.insert("_rev".into(), serde_json::Value::from(revision));
-            }
-        }
+        let ops = change.ops.clone();
         let commit = Commit {
             tenant: tenant.to_string(),
             revision,

@@ -13,7 +13,11 @@
 //! the input limits checked by [`Commit::validate`].
 
 pub mod embedded;
+mod health;
+pub mod integrity;
 pub mod postgres;
+
+pub use health::StoreHealth;
 
 use std::sync::Arc;
 
@@ -92,13 +96,24 @@ pub struct Commit {
     pub ops: Vec<RowOp>,
 }
 
+/// One stored row: its key, the revision of the commit that last wrote it (its ETag) and its
+/// document. The revision is kept beside the document, never inside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub kind: Kind,
+    pub id: String,
+    /// The revision of the commit that last wrote this row.
+    pub rev: u64,
+    pub value: serde_json::Value,
+}
+
 /// The stored state of one tenant.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TenantRows {
     pub tenant: String,
     pub revision: u64,
     /// All rows, sorted by `(kind, id)`.
-    pub rows: Vec<(Kind, String, serde_json::Value)>,
+    pub rows: Vec<Row>,
 }
 
 impl RowOp {
@@ -213,29 +228,28 @@ fn json_has_nul(value: &serde_json::Value) -> bool {
 /// Sorts rows by `(kind, id)` as [`TenantRows::rows`] requires: nothing to do for sorted input
 /// (the embedded engine's key order); otherwise grouped by kind first, then each group sorted by
 /// id, which is linear for groups already in id order (PostgreSQL's heap order after a bulk load).
-pub(crate) fn sort_rows(rows: &mut Vec<(Kind, String, serde_json::Value)>) {
-    if rows.is_sorted_by(|a, b| (a.0, &a.1) <= (b.0, &b.1)) {
+pub(crate) fn sort_rows(rows: &mut Vec<Row>) {
+    if rows.is_sorted_by(|a, b| (a.kind, &a.id) <= (b.kind, &b.id)) {
         return;
     }
     let mut kinds = Kind::ALL;
     kinds.sort_unstable();
-    let mut groups: Vec<Vec<(Kind, String, serde_json::Value)>> =
-        kinds.iter().map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
     let mut other = Vec::new();
     for row in rows.drain(..) {
-        match kinds.binary_search(&row.0) {
+        match kinds.binary_search(&row.kind) {
             Ok(i) => groups[i].push(row),
             Err(_) => other.push(row),
         }
     }
     for group in &mut groups {
-        group.sort_by(|a, b| a.1.cmp(&b.1));
+        group.sort_by(|a, b| a.id.cmp(&b.id));
     }
     rows.extend(groups.into_iter().flatten());
     // Unreachable while `Kind::ALL` lists every kind; kept total rather than panicking.
     if !other.is_empty() {
         rows.extend(other);
-        rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        rows.sort_unstable_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
     }
 }
 
@@ -305,13 +319,33 @@ pub enum StoreError {
     },
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// Stored data failed its checksum or cannot be decoded, or the storage engine failed while
+    /// reading it. `tenant` is empty when no single tenant is concerned.
+    #[error("store corrupt: {}", corrupt_message(.tenant, .what))]
+    Corrupt { tenant: String, what: String },
     #[error("invalid store location '{0}'")]
     Location(String),
     /// The commit cannot be stored as given (see [`Commit::validate`]); retrying cannot help.
     #[error("invalid commit: {0}")]
     Invalid(String),
+}
+
+impl StoreError {
+    /// A [`StoreError::Corrupt`].
+    pub fn corrupt(tenant: impl Into<String>, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            tenant: tenant.into(),
+            what: what.into(),
+        }
+    }
+}
+
+fn corrupt_message(tenant: &str, what: &str) -> String {
+    if tenant.is_empty() {
+        what.to_string()
+    } else {
+        format!("tenant '{tenant}', {what}")
+    }
 }
 
 /// A durable store. Every method is atomic; a successful [`Store::commit`] is durable (fsync'd /
@@ -339,6 +373,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits matching `query`, in (tenant, revision) order; at most `query.limit`.
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>>;
+
+    /// Whether the last writes and reads worked; after a failure, the last error until an
+    /// operation of the same class (write or read) succeeds again.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
 }
 
 /// Opens the store at `location`, the value of `portcullis serve --store`:
@@ -364,14 +404,16 @@ mod tests {
 
     #[test]
     fn sort_rows_orders_by_kind_then_id() {
-        let mut rows: Vec<(Kind, String, serde_json::Value)> = (0..300)
-            .map(|n: u32| {
-                let kind = Kind::ALL[n as usize % Kind::ALL.len()];
-                (kind, format!("id-{:03}", (n * 37) % 300), json!(n))
+        let mut rows: Vec<Row> = (0..300)
+            .map(|n: u32| Row {
+                kind: Kind::ALL[n as usize % Kind::ALL.len()],
+                id: format!("id-{:03}", (n * 37) % 300),
+                rev: u64::from(n),
+                value: json!(n),
             })
             .collect();
         let mut expected = rows.clone();
-        expected.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        expected.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
         sort_rows(&mut rows);
         assert_eq!(rows, expected);
         sort_rows(&mut rows);

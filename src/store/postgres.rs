@@ -8,18 +8,25 @@
 //!   letters, digits and `_`). Lets several deployments or test runs share one database.
 //! - `pool_size=N` — most connections (default 8).
 //!
-//! # Schema (version 1), created or migrated at open under an advisory lock
+//! # Schema (version 2), created or migrated at open under an advisory lock
 //! ```sql
 //! tenants(id text PRIMARY KEY, revision bigint)
-//! rows(tenant text, kind text, id text, doc jsonb, PRIMARY KEY (tenant, kind, id))
+//! rows(tenant text, kind text, id text, doc jsonb, rev bigint, sum bytea,
+//!      PRIMARY KEY (tenant, kind, id))
 //! commits(tenant text, revision bigint, actor text, at_ms bigint, action text, target text,
-//!         ops jsonb, PRIMARY KEY (tenant, revision))
+//!         ops jsonb, sum bytea, PRIMARY KEY (tenant, revision))
 //!   + indexes (actor, tenant, revision), (action, tenant, revision), (at_ms),
 //!     (tenant, target, revision) for the log filters
 //! schema_version(version int)
 //! ```
 //! Text columns use the `"C"` collation so that `ORDER BY` agrees with Rust's byte-wise string
 //! order and `LIKE 'prefix%'` can use the B-tree indexes.
+//!
+//! `rev` is the revision of the commit that last wrote the row; `sum` is a SHA-256 over the
+//! record's key and the canonical form of its JSON ([`super::integrity`]), checked on every load
+//! and log read (a mismatch is [`StoreError::Corrupt`]). Migrating version 1 (no `rev`, no `sum`;
+//! the revision as a `_rev` member inside each document and logged op) to 2 moves `_rev` out and
+//! computes every checksum, in the migration's transaction.
 //!
 //! # Commit
 //! One transaction: `SELECT revision … FOR UPDATE` locks the tenant's row (serialising writers of
@@ -43,14 +50,20 @@ use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{IsolationLevel, NoTls};
 
-use super::{BoxFuture, Commit, Kind, LogQuery, RowOp, Store, StoreError, TenantRows};
+use super::health::{Health, Op};
+use super::integrity;
+use super::{
+    BoxFuture, Commit, Kind, LogQuery, Row, RowOp, Store, StoreError, StoreHealth, TenantRows,
+};
 
 /// Schema used when the location names none.
 pub const DEFAULT_SCHEMA: &str = "portcullis";
 /// Connections in the pool when the location names no `pool_size`.
 pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Layout version recorded in `schema_version`; opening a newer schema fails.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+/// Rows or commits per statement of the version-2 upgrade.
+const UPGRADE_BATCH: i64 = 2000;
 
 /// Options that are not part of the connection string proper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,31 +166,34 @@ impl Sql {
             ),
             update_tenant: format!("UPDATE {s}.tenants SET revision = $2 WHERE id = $1"),
             upsert_rows: format!(
-                "INSERT INTO {s}.rows (tenant, kind, id, doc) \
-                 SELECT $1, k, i, d FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS t(k, i, d) \
-                 ON CONFLICT (tenant, kind, id) DO UPDATE SET doc = EXCLUDED.doc"
+                "INSERT INTO {s}.rows (tenant, kind, id, doc, rev, sum) \
+                 SELECT $1, k, i, d, $5, c \
+                 FROM unnest($2::text[], $3::text[], $4::jsonb[], $6::bytea[]) AS t(k, i, d, c) \
+                 ON CONFLICT (tenant, kind, id) \
+                 DO UPDATE SET doc = EXCLUDED.doc, rev = EXCLUDED.rev, sum = EXCLUDED.sum"
             ),
             delete_rows: format!(
                 "DELETE FROM {s}.rows r USING unnest($2::text[], $3::text[]) AS t(k, i) \
                  WHERE r.tenant = $1 AND r.kind = t.k AND r.id = t.i"
             ),
             insert_commit: format!(
-                "INSERT INTO {s}.commits (tenant, revision, actor, at_ms, action, target, ops) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                "INSERT INTO {s}.commits (tenant, revision, actor, at_ms, action, target, ops, sum) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
             ),
             tenants: format!("SELECT id, revision FROM {s}.tenants ORDER BY id"),
             revision: format!("SELECT revision FROM {s}.tenants WHERE id = $1"),
-            load_rows: format!("SELECT kind, id, doc FROM {s}.rows WHERE tenant = $1"),
+            load_rows: format!("SELECT kind, id, doc, rev, sum FROM {s}.rows WHERE tenant = $1"),
             log_select: format!(
-                "SELECT tenant, revision, actor, at_ms, action, target, ops FROM {s}.commits"
+                "SELECT tenant, revision, actor, at_ms, action, target, ops, sum FROM {s}.commits"
             ),
         }
     }
 }
 
 fn migrations(s: &str) -> Vec<String> {
-    vec![format!(
-        r#"
+    vec![
+        format!(
+            r#"
 CREATE TABLE IF NOT EXISTS {s}.tenants (
     id       text COLLATE "C" PRIMARY KEY,
     revision bigint NOT NULL CHECK (revision > 0)
@@ -204,7 +220,23 @@ CREATE INDEX IF NOT EXISTS commits_action ON {s}.commits (action, tenant, revisi
 CREATE INDEX IF NOT EXISTS commits_at ON {s}.commits (at_ms);
 CREATE INDEX IF NOT EXISTS commits_target ON {s}.commits (tenant, target, revision);
 "#
-    )]
+        ),
+        // Version 2: revision and checksum beside each row, checksum of each commit. The
+        // upgrade fills them ([`PostgresStore::upgrade_v2`]) before `NOT NULL` is set.
+        format!(
+            "ALTER TABLE {s}.rows ADD COLUMN IF NOT EXISTS rev bigint, \
+                                  ADD COLUMN IF NOT EXISTS sum bytea; \
+             ALTER TABLE {s}.commits ADD COLUMN IF NOT EXISTS sum bytea;"
+        ),
+    ]
+}
+
+/// Run after the version-2 step has filled the new columns.
+fn migration_v2_done(s: &str) -> String {
+    format!(
+        "ALTER TABLE {s}.rows ALTER COLUMN rev SET NOT NULL, ALTER COLUMN sum SET NOT NULL; \
+         ALTER TABLE {s}.commits ALTER COLUMN sum SET NOT NULL;"
+    )
 }
 
 /// The PostgreSQL engine. See the module docs.
@@ -212,6 +244,7 @@ pub struct PostgresStore {
     pool: Pool,
     schema: String,
     sql: Sql,
+    health: Health,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -234,7 +267,8 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 fn revision_from(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("postgres: negative revision {v}")))
+    u64::try_from(v)
+        .map_err(|_| StoreError::corrupt("", format!("postgres: negative revision {v}")))
 }
 
 impl PostgresStore {
@@ -279,6 +313,7 @@ impl PostgresStore {
             pool,
             sql: Sql::new(&schema),
             schema: opts.schema,
+            health: Health::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -338,10 +373,13 @@ impl PostgresStore {
             .map_err(pg_err)?
             .get(0);
         if current > SCHEMA_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "postgres schema '{}' has version {current}; this build knows {SCHEMA_VERSION}",
-                self.schema
-            )));
+            return Err(StoreError::corrupt(
+                "",
+                format!(
+                    "postgres schema '{}' has version {current}; this build knows {SCHEMA_VERSION}",
+                    self.schema
+                ),
+            ));
         }
         for (i, step) in migrations(&s).iter().enumerate() {
             let version = i as i32 + 1;
@@ -349,6 +387,20 @@ impl PostgresStore {
                 continue;
             }
             tx.batch_execute(step).await.map_err(pg_err)?;
+            if version == 2 {
+                let (rows, commits) = upgrade_v2(&tx, &s).await?;
+                tx.batch_execute(&migration_v2_done(&s))
+                    .await
+                    .map_err(pg_err)?;
+                if current > 0 {
+                    tracing::warn!(
+                        schema = %self.schema,
+                        rows,
+                        commits,
+                        "postgres store upgraded to schema 2 (checksums; revisions beside the documents)"
+                    );
+                }
+            }
             tx.execute(
                 &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
                 &[&version],
@@ -377,6 +429,17 @@ impl PostgresStore {
         let revision = commit.revision as i64;
         let expected = commit.revision - 1;
         let (upserts, deletes) = collapse_ops(&commit.ops);
+        // Checksums of the rows as this commit leaves them (revision = the commit's).
+        let up_sums: Vec<Vec<u8>> = upserts
+            .3
+            .iter()
+            .zip(&upserts.1)
+            .zip(&upserts.2)
+            .map(|((kind, id), doc)| {
+                integrity::row_sum_canonical(&commit.tenant, *kind, id, commit.revision, doc)
+                    .to_vec()
+            })
+            .collect();
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let lock = tx
@@ -428,15 +491,26 @@ impl PostgresStore {
                 .map_err(pg_err)?;
         }
 
-        let (up_kinds, up_ids, up_docs) = upserts;
+        let (up_kinds, up_ids, up_docs, _) = upserts;
         let (del_kinds, del_ids) = deletes;
+        let commit_sum = integrity::commit_sum_canonical(commit).to_vec();
         let upsert = async {
             if up_ids.is_empty() {
                 return Ok(0);
             }
             let st = tx.prepare_cached(&self.sql.upsert_rows).await?;
-            tx.execute(&st, &[&commit.tenant, &up_kinds, &up_ids, &up_docs])
-                .await
+            tx.execute(
+                &st,
+                &[
+                    &commit.tenant,
+                    &up_kinds,
+                    &up_ids,
+                    &up_docs,
+                    &revision,
+                    &up_sums,
+                ],
+            )
+            .await
         };
         let delete = async {
             if del_ids.is_empty() {
@@ -449,7 +523,7 @@ impl PostgresStore {
         let ops = Json(&commit.ops);
         let log = async {
             let st = tx.prepare_cached(&self.sql.insert_commit).await?;
-            let params: [&(dyn ToSql + Sync); 7] = [
+            let params: [&(dyn ToSql + Sync); 8] = [
                 &commit.tenant,
                 &revision,
                 &commit.actor,
@@ -457,6 +531,7 @@ impl PostgresStore {
                 &commit.action,
                 &commit.target,
                 &ops,
+                &commit_sum,
             ];
             tx.execute(&st, &params).await
         };
@@ -514,6 +589,7 @@ impl PostgresStore {
             .await
             .map_err(pg_err)?;
         let stream = tx.query_raw(&st, [tenant]).await.map_err(pg_err)?;
+        let owner: std::sync::Arc<str> = tenant.into();
         pin_mut!(stream);
         // Rows are received here and decoded (JSON) in chunks on the blocking pool, a few chunks
         // at a time: decoding overlaps receiving, and a large tenant does not stall this
@@ -527,7 +603,10 @@ impl PostgresStore {
             chunk.extend(row);
             if chunk.len() == LOAD_CHUNK || (done && !chunk.is_empty()) {
                 let rows = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
-                in_flight.push_back(tokio::task::spawn_blocking(move || decode_rows(rows)));
+                let owner = std::sync::Arc::clone(&owner);
+                in_flight.push_back(tokio::task::spawn_blocking(move || {
+                    decode_rows(&owner, revision, rows)
+                }));
             }
             while in_flight.len() > LOAD_PARALLEL || (done && !in_flight.is_empty()) {
                 if let Some(task) = in_flight.pop_front() {
@@ -608,22 +687,7 @@ impl PostgresStore {
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let rows = client.query(&sql, &refs).await.map_err(pg_err)?;
-        rows.iter()
-            .map(|r| {
-                let ops: Json<Vec<RowOp>> = r
-                    .try_get(6)
-                    .map_err(|e| StoreError::Corrupt(format!("postgres: commit ops: {e}")))?;
-                Ok(Commit {
-                    tenant: r.get(0),
-                    revision: revision_from(r.get(1))?,
-                    actor: r.get(2),
-                    at_ms: r.get(3),
-                    action: r.get(4),
-                    target: r.get(5),
-                    ops: ops.0,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_commit).collect()
     }
 }
 
@@ -635,26 +699,194 @@ const LOAD_CHUNK: usize = 8192;
 const LOAD_CHUNK: usize = 1000;
 const LOAD_PARALLEL: usize = 4;
 
-/// Decodes `(kind, id, doc)` rows of a load.
-fn decode_rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<RowTriple>, StoreError> {
-    let corrupt = |e: tokio_postgres::Error| StoreError::Corrupt(format!("postgres: row: {e}"));
+/// Decodes and checks `(kind, id, doc, rev, sum)` rows of a load of `tenant` at `revision`.
+fn decode_rows(
+    tenant: &str,
+    revision: u64,
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<Row>, StoreError> {
+    let corrupt = |e: tokio_postgres::Error| StoreError::corrupt(tenant, format!("row: {e}"));
     rows.iter()
         .map(|row| {
             let kind: &str = row.try_get(0).map_err(corrupt)?;
             let kind = Kind::parse(kind).ok_or_else(|| {
-                StoreError::Corrupt(format!("postgres: unknown row kind '{kind}'"))
+                StoreError::corrupt(tenant, format!("row of unknown kind '{kind}'"))
             })?;
             let id: String = row.try_get(1).map_err(corrupt)?;
-            let doc: serde_json::Value = row.try_get(2).map_err(|e| {
-                StoreError::Corrupt(format!("postgres: row {}/{id}: {e}", kind.as_str()))
-            })?;
-            Ok((kind, id, doc))
+            let what = || format!("row {}/{id}", kind.as_str());
+            let doc: serde_json::Value = row
+                .try_get(2)
+                .map_err(|e| StoreError::corrupt(tenant, format!("{}: {e}", what())))?;
+            let rev: i64 = row.try_get(3).map_err(corrupt)?;
+            let sum: &[u8] = row.try_get(4).map_err(corrupt)?;
+            let rev = u64::try_from(rev)
+                .ok()
+                .filter(|r| *r <= revision)
+                .ok_or_else(|| {
+                    StoreError::corrupt(tenant, format!("{}: bad revision {rev}", what()))
+                })?;
+            if sum != integrity::row_sum_canonical(tenant, kind, &id, rev, &doc).as_slice() {
+                return Err(StoreError::corrupt(
+                    tenant,
+                    format!("{}: checksum mismatch", what()),
+                ));
+            }
+            Ok(Row {
+                kind,
+                id,
+                rev,
+                value: doc,
+            })
         })
         .collect()
 }
 
-type RowTriple = (Kind, String, serde_json::Value);
-type Upserts<'a> = (Vec<&'static str>, Vec<&'a str>, Vec<&'a serde_json::Value>);
+/// Decodes and checks one row of the log query.
+fn decode_commit(r: &tokio_postgres::Row) -> Result<Commit, StoreError> {
+    let tenant: String = r.get(0);
+    let revision = revision_from(r.get(1))?;
+    let what = format!("commit of revision {revision}");
+    let ops: Json<Vec<RowOp>> = r
+        .try_get(6)
+        .map_err(|e| StoreError::corrupt(tenant.as_str(), format!("{what}: {e}")))?;
+    let sum: Vec<u8> = r
+        .try_get(7)
+        .map_err(|e| StoreError::corrupt(tenant.as_str(), format!("{what}: {e}")))?;
+    let commit = Commit {
+        tenant,
+        revision,
+        actor: r.get(2),
+        at_ms: r.get(3),
+        action: r.get(4),
+        target: r.get(5),
+        ops: ops.0,
+    };
+    if sum != integrity::commit_sum_canonical(&commit).as_slice() {
+        return Err(StoreError::corrupt(
+            commit.tenant,
+            format!("{what}: checksum mismatch"),
+        ));
+    }
+    Ok(commit)
+}
+
+/// Fills `rev` and `sum` of every row and `sum` of every commit of a version-1 schema, moving
+/// `_rev` members out of the documents. Returns the numbers of rows and commits.
+async fn upgrade_v2(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &str,
+) -> Result<(usize, usize), StoreError> {
+    let mut counts = (0, 0);
+    let mut after = (String::new(), String::new(), String::new());
+    loop {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT tenant, kind, id, doc FROM {s}.rows \
+                     WHERE (tenant, kind, id) > ($1, $2, $3) ORDER BY tenant, kind, id LIMIT $4"
+                ),
+                &[&after.0, &after.1, &after.2, &UPGRADE_BATCH],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(last) = rows.last() else { break };
+        after = (last.get(0), last.get(1), last.get(2));
+        let mut cols: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        let mut docs = Vec::with_capacity(rows.len());
+        let mut revs = Vec::with_capacity(rows.len());
+        let mut sums = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (tenant, kind, id): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            let parsed = Kind::parse(&kind).ok_or_else(|| {
+                StoreError::corrupt(tenant.as_str(), format!("row of unknown kind '{kind}'"))
+            })?;
+            let mut doc: serde_json::Value = row.try_get(3).map_err(|e| {
+                StoreError::corrupt(tenant.as_str(), format!("row {kind}/{id}: {e}"))
+            })?;
+            let rev = integrity::take_legacy_rev(&mut doc).unwrap_or(0);
+            sums.push(integrity::row_sum_canonical(&tenant, parsed, &id, rev, &doc).to_vec());
+            revs.push(i64::try_from(rev).unwrap_or(i64::MAX));
+            docs.push(doc);
+            cols.0.push(tenant);
+            cols.1.push(kind);
+            cols.2.push(id);
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {s}.rows r SET doc = t.d, rev = t.v, sum = t.c \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::bytea[]) \
+                   AS t(tn, k, i, d, v, c) \
+                 WHERE r.tenant = t.tn AND r.kind = t.k AND r.id = t.i"
+            ),
+            &[&cols.0, &cols.1, &cols.2, &docs, &revs, &sums],
+        )
+        .await
+        .map_err(pg_err)?;
+        counts.0 += rows.len();
+    }
+    let mut after = (String::new(), 0i64);
+    loop {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT tenant, revision, actor, at_ms, action, target, ops FROM {s}.commits \
+                     WHERE (tenant, revision) > ($1, $2) ORDER BY tenant, revision LIMIT $3"
+                ),
+                &[&after.0, &after.1, &UPGRADE_BATCH],
+            )
+            .await
+            .map_err(pg_err)?;
+        let Some(last) = rows.last() else { break };
+        after = (last.get(0), last.get(1));
+        let mut tenants = Vec::with_capacity(rows.len());
+        let mut revisions: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut ops = Vec::with_capacity(rows.len());
+        let mut sums = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let tenant: String = r.get(0);
+            let revision: i64 = r.get(1);
+            let what = format!("commit of revision {revision}");
+            let logged: Json<Vec<RowOp>> = r
+                .try_get(6)
+                .map_err(|e| StoreError::corrupt(tenant.as_str(), format!("{what}: {e}")))?;
+            let mut commit = Commit {
+                tenant,
+                revision: revision_from(revision)?,
+                actor: r.get(2),
+                at_ms: r.get(3),
+                action: r.get(4),
+                target: r.get(5),
+                ops: logged.0,
+            };
+            integrity::strip_legacy_revs(&mut commit);
+            sums.push(integrity::commit_sum_canonical(&commit).to_vec());
+            ops.push(serde_json::to_value(&commit.ops).map_err(|e| {
+                StoreError::corrupt(commit.tenant.as_str(), format!("{what}: {e}"))
+            })?);
+            revisions.push(revision);
+            tenants.push(commit.tenant);
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {s}.commits c SET ops = t.o, sum = t.c \
+                 FROM unnest($1::text[], $2::int8[], $3::jsonb[], $4::bytea[]) AS t(tn, v, o, c) \
+                 WHERE c.tenant = t.tn AND c.revision = t.v"
+            ),
+            &[&tenants, &revisions, &ops, &sums],
+        )
+        .await
+        .map_err(pg_err)?;
+        counts.1 += rows.len();
+    }
+    Ok(counts)
+}
+/// Kind names, ids, documents and kinds of the rows to insert or update.
+type Upserts<'a> = (
+    Vec<&'static str>,
+    Vec<&'a str>,
+    Vec<&'a serde_json::Value>,
+    Vec<Kind>,
+);
 type Deletes<'a> = (Vec<&'static str>, Vec<&'a str>);
 
 /// The final state of every row the ops touch (the last op on a row wins), as column arrays.
@@ -663,7 +895,7 @@ fn collapse_ops(ops: &[RowOp]) -> (Upserts<'_>, Deletes<'_>) {
     for (i, op) in ops.iter().enumerate() {
         last.insert((op.kind, op.id.as_str()), i);
     }
-    let mut up: Upserts<'_> = (Vec::new(), Vec::new(), Vec::new());
+    let mut up: Upserts<'_> = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut del: Deletes<'_> = (Vec::new(), Vec::new());
     for (i, op) in ops.iter().enumerate() {
         if last.get(&(op.kind, op.id.as_str())) != Some(&i) {
@@ -674,6 +906,7 @@ fn collapse_ops(ops: &[RowOp]) -> (Upserts<'_>, Deletes<'_>) {
                 up.0.push(op.kind.as_str());
                 up.1.push(&op.id);
                 up.2.push(doc);
+                up.3.push(op.kind);
             }
             None => {
                 del.0.push(op.kind.as_str());
@@ -702,22 +935,45 @@ impl Store for PostgresStore {
     }
 
     fn commit<'a>(&'a self, commit: &'a Commit) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.commit_inner(commit))
+        Box::pin(self.tracked(Op::Write, "postgres write", self.commit_inner(commit)))
     }
 
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, StoreError>> {
-        Box::pin(self.tenants_inner())
+        Box::pin(self.tracked(Op::Read, "postgres read", self.tenants_inner()))
     }
 
     fn load<'a>(
         &'a self,
         tenant: &'a str,
     ) -> BoxFuture<'a, Result<Option<TenantRows>, StoreError>> {
-        Box::pin(self.load_inner(tenant))
+        Box::pin(self.tracked(Op::Read, "postgres read", self.load_inner(tenant)))
     }
 
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>> {
-        Box::pin(self.log_inner(query))
+        Box::pin(self.tracked(Op::Read, "postgres read", self.log_inner(query)))
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.health.get()
+    }
+}
+
+impl PostgresStore {
+    /// Runs `f`, recording its outcome in the store's health.
+    async fn tracked<T>(
+        &self,
+        op: Op,
+        cause: &'static str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = f.await;
+        match &result {
+            Ok(_) => self.health.ok(op),
+            // A conflict or invalid input says nothing about the store's health.
+            Err(StoreError::Conflict { .. } | StoreError::Invalid(_)) => self.health.ok(op),
+            Err(e) => self.health.fail(op, cause, e),
+        }
+        result
     }
 }
 
@@ -765,7 +1021,8 @@ mod tests {
             RowOp::put(Kind::Node, "a", json!(3), None),
             RowOp::put(Kind::User, "b", json!(4), None),
         ];
-        let ((uk, ui, ud), (dk, di)) = collapse_ops(&ops);
+        let ((uk, ui, ud, kinds), (dk, di)) = collapse_ops(&ops);
+        assert_eq!(kinds, vec![Kind::Node, Kind::User]);
         assert_eq!(uk, vec!["node", "user"]);
         assert_eq!(ui, vec!["a", "b"]);
         assert_eq!(ud, vec![&json!(3), &json!(4)]);

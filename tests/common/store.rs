@@ -176,7 +176,37 @@ pub fn replay<'a>(log: impl IntoIterator<Item = &'a Commit>) -> State {
 pub fn state_of(rows: &TenantRows) -> State {
     rows.rows
         .iter()
-        .map(|(k, id, v)| ((*k, id.clone()), v.clone()))
+        .map(|r| ((r.kind, r.id.clone()), r.value.clone()))
+        .collect()
+}
+
+/// The loaded rows without their revisions.
+pub fn triples(rows: &TenantRows) -> Vec<(Kind, String, Value)> {
+    rows.rows
+        .iter()
+        .map(|r| (r.kind, r.id.clone(), r.value.clone()))
+        .collect()
+}
+
+/// The revision of the commit that last wrote each row after applying `log` (one tenant).
+pub fn revs_after<'a>(log: impl IntoIterator<Item = &'a Commit>) -> BTreeMap<(Kind, String), u64> {
+    let mut revs = BTreeMap::new();
+    for c in log {
+        for op in &c.ops {
+            match &op.value {
+                Some(_) => revs.insert((op.kind, op.id.clone()), c.revision),
+                None => revs.remove(&(op.kind, op.id.clone())),
+            };
+        }
+    }
+    revs
+}
+
+/// The loaded rows' revisions.
+pub fn revs_of(rows: &TenantRows) -> BTreeMap<(Kind, String), u64> {
+    rows.rows
+        .iter()
+        .map(|r| ((r.kind, r.id.clone()), r.rev))
         .collect()
 }
 
