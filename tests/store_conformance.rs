@@ -1445,43 +1445,9 @@ async fn corrupt_rows_and_commits_are_refused(target: &Target) {
 
 // ---- disk full ----------------------------------------------------------------------------------
 
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Fills the file system holding `dir` with one file; returns its path.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0x5au8; 64 << 10];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.write_all(&[0u8; 512]);
-    let _ = f.sync_all();
-    path
-}
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::{fill, Tmpfs};
 
 /// Commits a 48 KB user row `u{i}` at `revision + 1`.
 async fn attempt(store: &EmbeddedStore, i: u64, revision: u64) -> (Result<(), StoreError>, Commit) {

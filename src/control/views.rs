@@ -125,18 +125,10 @@ pub fn paged(items: Vec<Value>, p: &PageQuery, revision: u64) -> Value {
     json!({ "items": slice, "total": total, "next_page_token": next, "revision": revision })
 }
 
-/// The entity's JSON without storage bookkeeping, with its `etag`.
+/// The entity's JSON with its `etag` (the revision that last wrote it).
 fn with_rev(mut v: Value, rev: u64) -> Value {
     if let Value::Object(m) = &mut v {
-        m.remove("_rev");
         m.insert("etag".into(), Value::String(format!("\"{rev}\"")));
-    }
-    v
-}
-
-fn strip_rev(mut v: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        m.remove("_rev");
     }
     v
 }
@@ -491,7 +483,6 @@ pub async fn platform_users(cp: &ControlPlane, q: &UserQuery) -> Value {
         .map(|(tenant, u)| {
             let mut v = to_json(u);
             if let Value::Object(m) = &mut v {
-                m.remove("_rev");
                 m.insert("tenant".into(), json!(tenant));
             }
             v
@@ -509,7 +500,7 @@ pub fn audit_entry(c: &Commit) -> Value {
             let show = |v: &Value| if o.kind == Kind::Plugin {
                 PluginRow::summary(v)
             } else {
-                strip_rev(v.clone())
+                v.clone()
             };
             json!({
                 "kind": o.kind, "id": o.id,

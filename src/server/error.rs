@@ -307,7 +307,8 @@ impl From<ControlError> for ApiError {
                 ApiError::new(ErrorCode::RevisionConflict, e.to_string())
             }
             ControlError::Store(e) => {
-                tracing::error!(error = %e, "store error");
+                // The store logs its failures itself, at most once a second per cause.
+                tracing::debug!(error = %e, "store error");
                 ApiError::new(ErrorCode::StoreUnavailable, e.to_string())
             }
             ControlError::Corrupt(t, m) => {

@@ -15,6 +15,7 @@ use super::body::{check_body_headers, json, read_body_limited, Resp};
 use super::error::{ApiError, ErrorCode};
 use super::metrics::Endpoint;
 use super::{admin, api, forward, snapshot_at, State};
+use crate::store::StoreHealth;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +86,11 @@ async fn route(
         )),
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
         ("/metrics", &Method::GET | &Method::HEAD) => {
-            let mut r = Response::new(Full::new(Bytes::from(
-                state
-                    .metrics
-                    .render(&state.registry, &state.conns, state.clock.now()),
-            )));
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
+                &state.registry,
+                &state.conns,
+                state.clock.now(),
+            ))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -114,17 +115,32 @@ async fn route(
 
 fn readyz(state: &State) -> Resp {
     let n = state.registry.len();
-    if state.ready.load(Ordering::Acquire) {
-        json(
-            StatusCode::OK,
-            Bytes::from(format!("{{\"status\":\"ready\",\"tenants\":{n}}}")),
-        )
-    } else {
-        json(
+    if !state.ready.load(Ordering::Acquire) {
+        return json(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"{\"status\":\"loading\",\"code\":\"not_ready\"}"),
-        )
+        );
     }
+    // A store that fails its writes (disk full, I/O errors) cannot acknowledge changes: not
+    // ready until it recovers (the embedded engine reopens itself and probes every second).
+    if let Some(cp) = &state.control {
+        if let StoreHealth::Degraded { error, failures } = cp.store_health() {
+            let body = serde_json::json!({
+                "status": "degraded",
+                "code": ErrorCode::StoreUnavailable.as_str(),
+                "store": { "error": error, "failures": failures },
+                "tenants": n,
+            });
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from(body.to_string()),
+            );
+        }
+    }
+    json(
+        StatusCode::OK,
+        Bytes::from(format!("{{\"status\":\"ready\",\"tenants\":{n}}}")),
+    )
 }
 
 /// A data-plane POST whose headers passed [`check_body_headers`].

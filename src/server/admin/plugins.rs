@@ -45,11 +45,19 @@ pub async fn upload(
     // follower's load of the committed version is a cache hit; live snapshots keep their own
     // versions whatever the cache holds.
     let wasm: Arc<[u8]> = Arc::from(&bytes[..]);
+    let name_for_log = name.to_string();
     let check = {
         let (host, wasm, name, t) = (host.clone(), wasm.clone(), name.to_string(), t.to_string());
         tokio::task::spawn_blocking(move || host.load(&t, &name, &wasm).map(|p| p.compile_time()))
             .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| {
+                // A panic's text is internal: logged, never answered.
+                tracing::error!(error = %e, plugin = %name_for_log, "plugin compile task failed");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the plugin could not be compiled (internal error)",
+                )
+            })?
     };
     let compile = check.map_err(|e| {
         ApiError::invalid(
