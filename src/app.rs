@@ -164,11 +164,13 @@ pub async fn serve(started: Started) -> std::io::Result<()> {
         admin_task = Some(tokio::spawn(serving));
     }
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
+    // Signal handlers before the "listening" line (tests and supervisors act on that line).
+    let signalled = server::shutdown_signal();
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        signalled.await;
         let _ = stop.send(true);
     });
+    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
     let result = server::serve(state, listener, surface, until_stopped()).await;
     if let Some(t) = admin_task {
         let _ = t.await;
