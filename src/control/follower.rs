@@ -19,29 +19,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{ControlPlane, TenantDoc};
 use crate::model::Assignment;
-use crate::snapshot::{Compiled, Registry, Snapshot};
+use crate::snapshot::{Compiled, Registry};
 use crate::store::{Commit, Kind};
-
-/// Builds and installs the snapshot of one tenant document (removes it if the tenant is gone).
-/// Returns false if the document does not compile (the previous snapshot stays live).
-pub fn publish(registry: &Registry, tenant: &str, doc: &TenantDoc) -> bool {
-    match doc.to_tenant() {
-        None => {
-            registry.remove(tenant);
-            true
-        }
-        Some(t) => match Snapshot::build(&t) {
-            Ok(s) => {
-                registry.install(s);
-                true
-            }
-            Err(e) => {
-                tracing::error!(tenant, revision = doc.revision, error = %e, "snapshot build failed; keeping the previous snapshot");
-                false
-            }
-        },
-    }
-}
 
 /// Assignment changes of one commit: previous values, new values, revision.
 type AssignmentDelta = (Vec<Assignment>, Vec<Assignment>, u64);
