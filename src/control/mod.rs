@@ -8,6 +8,7 @@
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
 
+mod check;
 pub mod doc;
 pub mod follower;
 pub mod rules;
@@ -265,6 +266,8 @@ impl ControlPlane {
                 change,
             });
         }
+        // Nothing is committed that the snapshot builder would refuse.
+        check::admit(doc, tenant, &change.ops)?;
         let revision = doc.revision + 1;
         let mut ops = change.ops.clone();
         for op in &mut ops {

@@ -342,6 +342,66 @@ pub fn is_builtin_role(id: &str) -> bool {
     BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
 }
 
+/// What an assignment refers to: does the tenant have this user, group, role (custom or built
+/// in) and node? Answered by the model, the control plane's document and the compiled tenant,
+/// so that all three check an assignment with [`check_assignment`].
+pub trait Known {
+    fn user(&self, id: &str) -> bool;
+    fn group(&self, id: &str) -> bool;
+    fn role(&self, id: &str) -> bool;
+    fn node(&self, id: &str) -> bool;
+}
+
+/// The invariants of one assignment, reported through `err`: its principal, role and scope
+/// exist, `assigned_by` is text, the expiry lies after the assignment. [`Tenant::validate`]
+/// applies it to every assignment; a change of assignments only needs it for the new ones.
+pub fn check_assignment(a: &Assignment, known: &impl Known, mut err: impl FnMut(String)) {
+    match &a.principal {
+        Principal::User(u) if !known.user(u) => err(format!("unknown user '{u}'")),
+        Principal::Group(g) if !known.group(g) => err(format!("unknown group '{g}'")),
+        _ => {}
+    }
+    if !known.role(&a.role) {
+        err(format!("unknown role '{}'", a.role));
+    }
+    if !known.node(&a.scope) {
+        err(format!("unknown scope node '{}'", a.scope));
+    }
+    if let Some(by) = &a.assigned_by {
+        if let Err(m) = check_text("assigned_by", by) {
+            err(m);
+        }
+    }
+    if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
+        if exp <= at {
+            err("expires_at must be after assigned_at".to_string());
+        }
+    }
+}
+
+/// [`Known`] over the indexes [`Tenant::validate`] builds.
+struct ValidateKnown<'a> {
+    users: &'a HashMap<&'a str, usize>,
+    groups: &'a HashMap<&'a str, usize>,
+    roles: &'a HashSet<&'a str>,
+    nodes: &'a HashMap<&'a str, usize>,
+}
+
+impl Known for ValidateKnown<'_> {
+    fn user(&self, id: &str) -> bool {
+        self.users.contains_key(id)
+    }
+    fn group(&self, id: &str) -> bool {
+        self.groups.contains_key(id)
+    }
+    fn role(&self, id: &str) -> bool {
+        self.roles.contains(id)
+    }
+    fn node(&self, id: &str) -> bool {
+        self.nodes.contains_key(id)
+    }
+}
+
 impl Tenant {
     /// An empty, active enterprise tenant.
     pub fn new(id: impl Into<String>) -> Tenant {
@@ -612,44 +672,14 @@ impl Tenant {
         }
 
         // Assignments.
+        let known = ValidateKnown {
+            users: &user_ids,
+            groups: &group_ids,
+            roles: &role_ids,
+            nodes: &node_idx,
+        };
         for (i, a) in self.assignments.iter().enumerate() {
-            match &a.principal {
-                Principal::User(u) if !user_ids.contains_key(u.as_str()) => {
-                    err(Collection::Assignments, i, format!("unknown user '{u}'"))
-                }
-                Principal::Group(g) if !group_ids.contains_key(g.as_str()) => {
-                    err(Collection::Assignments, i, format!("unknown group '{g}'"))
-                }
-                _ => {}
-            }
-            if !role_ids.contains(a.role.as_str()) {
-                err(
-                    Collection::Assignments,
-                    i,
-                    format!("unknown role '{}'", a.role),
-                );
-            }
-            if !node_idx.contains_key(a.scope.as_str()) {
-                err(
-                    Collection::Assignments,
-                    i,
-                    format!("unknown scope node '{}'", a.scope),
-                );
-            }
-            if let Some(by) = &a.assigned_by {
-                if let Err(m) = check_text("assigned_by", by) {
-                    err(Collection::Assignments, i, m);
-                }
-            }
-            if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
-                if exp <= at {
-                    err(
-                        Collection::Assignments,
-                        i,
-                        "expires_at must be after assigned_at".to_string(),
-                    );
-                }
-            }
+            check_assignment(a, &known, |m| err(Collection::Assignments, i, m));
         }
 
         // Quotas.
