@@ -43,6 +43,27 @@ impl ApiError {
             format!("unknown tenant '{}'", clip(tenant)),
         )
     }
+    /// The tenant's stored state does not compile: it is not served (fail closed).
+    pub fn tenant_unavailable(tenant: &str, f: &crate::snapshot::TenantFailure) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tenant_unavailable",
+            format!(
+                "tenant '{}' is unavailable: its state at revision {} cannot be compiled ({}); \
+                 an administrator must correct it",
+                clip(tenant),
+                f.revision,
+                f.error
+            ),
+        )
+    }
+    /// No snapshot of `tenant`: failed (503 `tenant_unavailable`) or unknown (404).
+    pub fn no_snapshot(registry: &crate::snapshot::Registry, tenant: &str) -> ApiError {
+        match registry.failure(tenant) {
+            Some(f) => ApiError::tenant_unavailable(tenant, &f),
+            None => ApiError::unknown_tenant(tenant),
+        }
+    }
     pub fn too_large(what: &str, limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

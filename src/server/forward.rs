@@ -677,13 +677,16 @@ impl Req<'_> {
             // requested tenant exists.
             state.tokens.check_tenant(v, &tenant)?;
         }
-        let snap = state.registry.get(&tenant).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "unknown_tenant",
-                format!("unknown tenant '{}'", clip(&tenant)),
-            )
-        })?;
+        let Some(snap) = state.registry.get(&tenant) else {
+            return Err(match state.registry.failure(&tenant) {
+                Some(f) => ApiError::tenant_unavailable(&tenant, &f),
+                None => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "unknown_tenant",
+                    format!("unknown tenant '{}'", clip(&tenant)),
+                ),
+            });
+        };
         let view = snap.view();
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;

@@ -77,6 +77,7 @@ pub const ERROR_CODES: &[&str] = &[
     "already_member",
     "store_unavailable",
     "plugins_unavailable",
+    "tenant_unavailable",
 ];
 
 pub struct Metrics {
@@ -90,6 +91,8 @@ pub struct Metrics {
     tenant_revision: IntGaugeVec,
     tenant_age: IntGaugeVec,
     plugin_calls: IntCounterVec,
+    tenants_unavailable: IntGauge,
+    compile_failures: IntCounterVec,
     per_tenant: bool,
 }
 
@@ -148,6 +151,19 @@ impl Metrics {
             ),
             &["tenant", "plugin", "outcome"],
         )?;
+        let tenants_unavailable = IntGauge::new(
+            "portcullis_tenants_unavailable",
+            "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
+        )?;
+        let compile_failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tenant_compile_failures_total",
+                "Snapshot builds of a tenant that failed (its state does not compile), since start",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(tenants_unavailable.clone()))?;
+        registry.register(Box::new(compile_failures.clone()))?;
         registry.register(Box::new(plugin_calls.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
@@ -189,6 +205,8 @@ impl Metrics {
             tenant_revision,
             tenant_age,
             plugin_calls,
+            tenants_unavailable,
+            compile_failures,
             per_tenant,
         })
     }
@@ -250,6 +268,14 @@ impl Metrics {
             }
         }
         self.snapshot_max_age.set(max_age);
+        self.tenants_unavailable
+            .set(snapshots.failures_now().len() as i64);
+        self.compile_failures.reset();
+        for (tenant, n) in snapshots.failure_counts() {
+            self.compile_failures
+                .with_label_values(&[tenant.as_str()])
+                .inc_by(n);
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

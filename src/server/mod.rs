@@ -324,7 +324,24 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
 
 fn readyz(state: &State) -> Resp {
     let n = state.registry.len();
-    if state.ready.load(Ordering::Acquire) {
+    let failed = state.registry.failures_now();
+    if state.ready.load(Ordering::Acquire) && !failed.is_empty() {
+        // Fail visibly: a tenant that cannot be compiled is not served.
+        let names: Vec<&str> = failed.iter().map(|(t, _)| t.as_str()).collect();
+        let body = serde_json::json!({
+            "status": "degraded",
+            "code": "not_ready",
+            "error": format!("tenant(s) {} cannot be compiled and are not served", names.join(", ")),
+            "tenants": n,
+            "failed": failed.iter().map(|(t, f)| serde_json::json!({
+                "tenant": t, "revision": f.revision, "error": f.error,
+            })).collect::<Vec<_>>(),
+        });
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        )
+    } else if state.ready.load(Ordering::Acquire) {
         json(
             StatusCode::OK,
             Bytes::from(format!("{{\"status\":\"ready\",\"tenants\":{n}}}")),
@@ -458,13 +475,19 @@ pub async fn snapshot_at(
         return state
             .registry
             .get(tenant)
-            .ok_or_else(|| ApiError::unknown_tenant(tenant));
+            .ok_or_else(|| ApiError::no_snapshot(&state.registry, tenant));
     };
     let mut changes = state.registry.subscribe();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(state.config.limits.max_revision_wait_ms);
     loop {
         let current = state.registry.get(tenant).map(|s| s.revision());
+        if current.is_none() {
+            // A tenant that failed at or after `min` stays failed until a later commit.
+            if let Some(f) = state.registry.failure(tenant).filter(|f| f.revision >= min) {
+                return Err(ApiError::tenant_unavailable(tenant, &f));
+            }
+        }
         if current.is_some_and(|r| r >= min) {
             if let Some(s) = state.registry.get(tenant) {
                 return Ok(s);
@@ -474,7 +497,7 @@ pub async fn snapshot_at(
             Ok(Ok(())) => continue,
             _ => {
                 return Err(match current {
-                    None => ApiError::unknown_tenant(tenant),
+                    None => ApiError::no_snapshot(&state.registry, tenant),
                     Some(r) => ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "revision_unavailable",

@@ -36,8 +36,8 @@ use super::{
     Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
-    check_assignment, Assignment, Known, GroupStatus, Part, Principal, Rbac, Tenant, TenantStatus, UserKind,
-    UserStatus,
+    check_assignment, Assignment, GroupStatus, Known, Part, Principal, Rbac, Tenant, TenantStatus,
+    UserKind, UserStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -388,7 +388,6 @@ impl Compiled {
 
     /// Compiles a tenant that passed [`check`].
     fn compile(t: &Tenant) -> Result<Compiled, BuildError> {
-
         // --- Nodes in pre-order ---------------------------------------------------------
         let n = t.nodes.len();
         let by_id: FxHashMap<&str, usize> = t

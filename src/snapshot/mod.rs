@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 pub use build::profile as profile_build;
 pub use build::{check, BuildError, Compiled};
 pub use index::{ArchivedIdIndex, AsIdIndex, IdIndex};
-pub use registry::{Registry, SnapshotGuard};
+pub use registry::{Registry, SnapshotGuard, TenantFailure};
 pub use validate::SnapshotError;
 
 /// "No index" in `u32` index fields.
