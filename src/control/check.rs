@@ -18,7 +18,7 @@ use crate::snapshot::BuildError;
 use crate::store::{Kind, RowOp};
 
 /// Refuses (409 `invalid_state`) a change whose resulting tenant would not compile.
-pub(super) fn admit(doc: &TenantDoc, tenant: &str, ops: &[RowOp]) -> Result<(), RuleError> {
+pub fn admit(doc: &TenantDoc, tenant: &str, ops: &[RowOp]) -> Result<(), RuleError> {
     let refuse = |why: String| {
         RuleError::conflict(
             "invalid_state",

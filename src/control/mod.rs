@@ -8,7 +8,7 @@
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
 
-mod check;
+pub mod check;
 pub mod doc;
 pub mod follower;
 pub mod rules;
