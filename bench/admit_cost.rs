@@ -1,5 +1,6 @@
 //! What the pre-commit check (`control::check::admit`) costs on a large tenant (release build):
-//! `cargo run --release --example admit_cost [assignments]` (default 100 000).
+//! `cargo run --release --example admit_cost [assignments]` (default 100 000, on world M's
+//! tenant shape).
 //!
 //! An assignment-only change checks its new assignments; any other change checks the whole
 //! tenant as the commit would leave it (model copy + `snapshot::check`). For scale, the
@@ -34,12 +35,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
+    // World M's tenant shape (50k nodes, 20k users, 200 groups), `assignments` of them.
     let spec = worlds::TenantSpec {
-        nodes: (assignments / 2).clamp(100, 200_000),
-        users: (assignments / 5).clamp(50, 100_000),
-        groups: 200.min(assignments / 10 + 1),
         assignments,
-        custom_roles: 20,
+        ..worlds::M
     };
     let t = worlds::tenant("b", spec, 7);
     let c = rules::import(&t, worlds::NOW).unwrap();

@@ -381,35 +381,23 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 max_admins: admins.map(u32::from),
                 max_groups: groups.map(u32::from),
             };
-            let p = rules::TenantPatch {
-                quotas: Some(q),
-                ..Default::default()
-            };
-            rules::update_tenant(d, &p)
+            tenant_patch(d, |p| p.quotas = Some(q))
         }
         Op::Status { suspended } => {
-            let p = rules::TenantPatch {
-                status: Some(if *suspended {
-                    TenantStatus::Suspended
-                } else {
-                    TenantStatus::Active
-                }),
-                ..Default::default()
-            };
-            rules::update_tenant(d, &p)
+            let status = [TenantStatus::Active, TenantStatus::Suspended][usize::from(*suspended)];
+            tenant_patch(d, |p| p.status = Some(status))
         }
         Op::Rbac { basic } => {
-            let p = rules::TenantPatch {
-                rbac: Some(if *basic {
-                    Rbac::Basic
-                } else {
-                    Rbac::Enterprise
-                }),
-                ..Default::default()
-            };
-            rules::update_tenant(d, &p)
+            let rbac = [Rbac::Enterprise, Rbac::Basic][usize::from(*basic)];
+            tenant_patch(d, |p| p.rbac = Some(rbac))
         }
     }
+}
+
+fn tenant_patch(d: &TenantDoc, set: impl FnOnce(&mut rules::TenantPatch)) -> Rule {
+    let mut p = rules::TenantPatch::default();
+    set(&mut p);
+    rules::update_tenant(d, &p)
 }
 
 /// The demo tenant `femo` in a fresh embedded store (on tmpfs when there is one: the test is

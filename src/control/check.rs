@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::doc::{AssignmentRow, TenantDoc};
 use super::rules::RuleError;
-use crate::model::{check_assignment, is_builtin_role, Known};
+use crate::model::{check_assignment, is_builtin_role, Named};
 use crate::snapshot::BuildError;
 use crate::store::{Kind, RowOp};
 
@@ -52,27 +52,18 @@ fn admit_assignments(doc: &TenantDoc, ops: &[RowOp]) -> Result<(), String> {
         let row = AssignmentRow::deserialize(v)
             .map_err(|e| format!("assignment '{}' cannot be read: {e}", op.id))?;
         let mut problems = Vec::new();
-        check_assignment(&row.assignment, doc, |m| problems.push(m));
+        let known = |what: Named, id: &str| match what {
+            Named::User => doc.users.contains_key(id),
+            Named::Group => doc.groups.contains_key(id),
+            Named::Role => is_builtin_role(id) || doc.roles.contains_key(id),
+            Named::Node => doc.nodes.contains_key(id),
+        };
+        check_assignment(&row.assignment, known, |m| problems.push(m));
         if !problems.is_empty() {
             return Err(format!("assignment '{}': {}", op.id, problems.join("; ")));
         }
     }
     Ok(())
-}
-
-impl Known for TenantDoc {
-    fn user(&self, id: &str) -> bool {
-        self.users.contains_key(id)
-    }
-    fn group(&self, id: &str) -> bool {
-        self.groups.contains_key(id)
-    }
-    fn role(&self, id: &str) -> bool {
-        is_builtin_role(id) || self.roles.contains_key(id)
-    }
-    fn node(&self, id: &str) -> bool {
-        self.nodes.contains_key(id)
-    }
 }
 
 #[cfg(test)]

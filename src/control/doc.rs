@@ -256,37 +256,19 @@ impl TenantDoc {
 
     /// Every row of each collection, sorted by id; with `over`, as its commit leaves them.
     fn rows<'a>(&'a self, over: Option<Overlay<'a>>) -> Rows<'a> {
+        let (w, t) = (over.map(|o| o.written), over.map(|o| o.touched));
         Rows {
-            nodes: merged(
-                Kind::Node,
-                &self.nodes,
-                over.map(|o| (&o.written.nodes, o.touched)),
-            ),
-            roles: merged(
-                Kind::Role,
-                &self.roles,
-                over.map(|o| (&o.written.roles, o.touched)),
-            ),
-            users: merged(
-                Kind::User,
-                &self.users,
-                over.map(|o| (&o.written.users, o.touched)),
-            ),
-            groups: merged(
-                Kind::Group,
-                &self.groups,
-                over.map(|o| (&o.written.groups, o.touched)),
-            ),
+            nodes: merged(Kind::Node, &self.nodes, w.map(|w| &w.nodes), t),
+            roles: merged(Kind::Role, &self.roles, w.map(|w| &w.roles), t),
+            users: merged(Kind::User, &self.users, w.map(|w| &w.users), t),
+            groups: merged(Kind::Group, &self.groups, w.map(|w| &w.groups), t),
             assignments: merged(
                 Kind::Assignment,
                 &self.assignments,
-                over.map(|o| (&o.written.assignments, o.touched)),
+                w.map(|w| &w.assignments),
+                t,
             ),
-            plugins: merged(
-                Kind::Plugin,
-                &self.plugins,
-                over.map(|o| (&o.written.plugins, o.touched)),
-            ),
+            plugins: merged(Kind::Plugin, &self.plugins, w.map(|w| &w.plugins), t),
         }
     }
 
@@ -384,10 +366,11 @@ struct Rows<'a> {
 fn merged<'a, T>(
     kind: Kind,
     base: &'a BTreeMap<String, T>,
-    over: Option<(&'a BTreeMap<String, T>, &Touched<'a>)>,
+    written: Option<&'a BTreeMap<String, T>>,
+    touched: Option<&Touched<'a>>,
 ) -> Vec<&'a T> {
-    match over {
-        Some((written, touched)) if touched.iter().any(|(k, _)| *k == kind) => {
+    match (written, touched) {
+        (Some(written), Some(touched)) if touched.iter().any(|(k, _)| *k == kind) => {
             let mut v: Vec<(&str, &T)> = base
                 .iter()
                 .filter(|(id, _)| !touched.contains(&(kind, id.as_str())))

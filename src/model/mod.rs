@@ -342,29 +342,34 @@ pub fn is_builtin_role(id: &str) -> bool {
     BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
 }
 
-/// What an assignment refers to: does the tenant have this user, group, role (custom or built
-/// in) and node? Answered by the model, the control plane's document and the compiled tenant,
-/// so that all three check an assignment with [`check_assignment`].
-pub trait Known {
-    fn user(&self, id: &str) -> bool;
-    fn group(&self, id: &str) -> bool;
-    fn role(&self, id: &str) -> bool;
-    fn node(&self, id: &str) -> bool;
+/// What an assignment names: its principal (a user or a group), its role, its scope node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    User,
+    Group,
+    Role,
+    Node,
 }
 
-/// The invariants of one assignment, reported through `err`: its principal, role and scope
-/// exist, `assigned_by` is text, the expiry lies after the assignment. [`Tenant::validate`]
-/// applies it to every assignment; a change of assignments only needs it for the new ones.
-pub fn check_assignment(a: &Assignment, known: &impl Known, mut err: impl FnMut(String)) {
+/// The invariants of one assignment, reported through `err`: what it names exists (`known`
+/// answers whether the tenant has that user, group, role — custom or built in — or node),
+/// `assigned_by` is text, the expiry lies after the assignment. [`Tenant::validate`] applies it
+/// to every assignment, the control plane to the assignments a change writes, and the compiled
+/// tenant to those it patches in.
+pub fn check_assignment(
+    a: &Assignment,
+    known: impl Fn(Named, &str) -> bool,
+    mut err: impl FnMut(String),
+) {
     match &a.principal {
-        Principal::User(u) if !known.user(u) => err(format!("unknown user '{u}'")),
-        Principal::Group(g) if !known.group(g) => err(format!("unknown group '{g}'")),
+        Principal::User(u) if !known(Named::User, u) => err(format!("unknown user '{u}'")),
+        Principal::Group(g) if !known(Named::Group, g) => err(format!("unknown group '{g}'")),
         _ => {}
     }
-    if !known.role(&a.role) {
+    if !known(Named::Role, &a.role) {
         err(format!("unknown role '{}'", a.role));
     }
-    if !known.node(&a.scope) {
+    if !known(Named::Node, &a.scope) {
         err(format!("unknown scope node '{}'", a.scope));
     }
     if let Some(by) = &a.assigned_by {
@@ -376,29 +381,6 @@ pub fn check_assignment(a: &Assignment, known: &impl Known, mut err: impl FnMut(
         if exp <= at {
             err("expires_at must be after assigned_at".to_string());
         }
-    }
-}
-
-/// [`Known`] over the indexes [`Tenant::validate`] builds.
-struct ValidateKnown<'a> {
-    users: &'a HashMap<&'a str, usize>,
-    groups: &'a HashMap<&'a str, usize>,
-    roles: &'a HashSet<&'a str>,
-    nodes: &'a HashMap<&'a str, usize>,
-}
-
-impl Known for ValidateKnown<'_> {
-    fn user(&self, id: &str) -> bool {
-        self.users.contains_key(id)
-    }
-    fn group(&self, id: &str) -> bool {
-        self.groups.contains_key(id)
-    }
-    fn role(&self, id: &str) -> bool {
-        self.roles.contains(id)
-    }
-    fn node(&self, id: &str) -> bool {
-        self.nodes.contains_key(id)
     }
 }
 
@@ -672,14 +654,14 @@ impl Tenant {
         }
 
         // Assignments.
-        let known = ValidateKnown {
-            users: &user_ids,
-            groups: &group_ids,
-            roles: &role_ids,
-            nodes: &node_idx,
+        let known = |what: Named, id: &str| match what {
+            Named::User => user_ids.contains_key(id),
+            Named::Group => group_ids.contains_key(id),
+            Named::Role => role_ids.contains(id),
+            Named::Node => node_idx.contains_key(id),
         };
         for (i, a) in self.assignments.iter().enumerate() {
-            check_assignment(a, &known, |m| err(Collection::Assignments, i, m));
+            check_assignment(a, known, |m| err(Collection::Assignments, i, m));
         }
 
         // Quotas.

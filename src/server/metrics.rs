@@ -155,13 +155,11 @@ impl Metrics {
             "portcullis_tenants_unavailable",
             "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
         )?;
-        let compile_failures = IntCounterVec::new(
-            Opts::new(
-                "portcullis_tenant_compile_failures_total",
-                "Snapshot builds of a tenant that failed (its state does not compile), since start",
-            ),
-            &["tenant"],
-        )?;
+        let failed_builds = Opts::new(
+            "portcullis_tenant_compile_failures_total",
+            "Snapshot builds of a tenant that failed (its state does not compile), since start",
+        );
+        let compile_failures = IntCounterVec::new(failed_builds, &["tenant"])?;
         registry.register(Box::new(tenants_unavailable.clone()))?;
         registry.register(Box::new(compile_failures.clone()))?;
         registry.register(Box::new(plugin_calls.clone()))?;

@@ -36,7 +36,7 @@ use super::{
     Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
-    check_assignment, Assignment, GroupStatus, Known, Part, Principal, Rbac, Tenant, TenantStatus,
+    check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,
     UserKind, UserStatus,
 };
 
@@ -357,21 +357,6 @@ pub struct Compiled {
     per_user: Vec<Vec<Raw>>,
     per_group: Vec<Vec<Raw>>,
     actors: Actors,
-}
-
-impl Known for Compiled {
-    fn user(&self, id: &str) -> bool {
-        self.user_index.contains_key(id)
-    }
-    fn group(&self, id: &str) -> bool {
-        self.group_index.contains_key(id)
-    }
-    fn role(&self, id: &str) -> bool {
-        self.role_ids.contains_key(id)
-    }
-    fn node(&self, id: &str) -> bool {
-        self.node_index.contains_key(id)
-    }
 }
 
 impl Compiled {
@@ -742,7 +727,13 @@ impl Compiled {
         for a in added {
             // The invariants `Tenant::validate` applies to each assignment.
             let mut valid = true;
-            check_assignment(a, &*self, |_| valid = false);
+            let known = |what: Named, id: &str| match what {
+                Named::User => self.user_index.contains_key(id),
+                Named::Group => self.group_index.contains_key(id),
+                Named::Role => self.role_ids.contains_key(id),
+                Named::Node => self.node_index.contains_key(id),
+            };
+            check_assignment(a, known, |_| valid = false);
             if !valid {
                 return false;
             }
