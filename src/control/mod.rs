@@ -3,7 +3,8 @@
 //!
 //! Writes to one tenant are serialised by that tenant's lock; writes to different tenants run in
 //! parallel. A write is: check the precondition (`If-Match` revision), compute row operations
-//! under the business rules, commit them to the store (durable before anything else happens),
+//! under the business rules, check the tenant they would leave with the snapshot builder's own
+//! validation ([`check`]), commit them to the store (durable before anything else happens),
 //! apply them to the in-memory document, publish the commit on the change bus. The follower
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
