@@ -91,6 +91,10 @@ fn main() {
     .unwrap();
     let ms = median(11, || admit(&doc, "b", &user.ops).unwrap());
     println!("admit, one user created (full check): {:.2} ms", ms);
+    let ms = median(11, || {
+        doc.to_tenant_after(&user.ops).unwrap().unwrap();
+    });
+    println!("  of which the model of the result (copy): {:.2} ms", ms);
 
     let ms = median(5, || {
         Snapshot::build(&doc.to_tenant().unwrap()).unwrap();
