@@ -19,10 +19,8 @@ impl Dir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "portcullis-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("portcullis-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)
     }
@@ -78,7 +76,11 @@ fn a_quota_below_current_usage_is_refused_and_the_tenant_keeps_working() {
             "/v1/tenants/femo",
             Some(json!({"quotas": {quota: n}})),
         );
-        assert_eq!((st, v["code"].as_str()), (409, Some("quota_exceeded")), "{quota}: {v}");
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (409, Some("quota_exceeded")),
+            "{quota}: {v}"
+        );
         assert!(v["error"].as_str().unwrap().contains(quota), "{v}");
     }
     // At usage is fine.
@@ -90,7 +92,12 @@ fn a_quota_below_current_usage_is_refused_and_the_tenant_keeps_working() {
     );
     assert_eq!(st, 200, "{v}");
     // The tenant's snapshot follows later writes: a deactivated user loses access.
-    let (st, v) = call(&s, "POST", "/v1/tenants/femo/users/alice/deactivate", Some(json!({})));
+    let (st, v) = call(
+        &s,
+        "POST",
+        "/v1/tenants/femo/users/alice/deactivate",
+        Some(json!({})),
+    );
     assert_eq!(st, 200, "{v}");
     let rev = v["revision"].as_u64().unwrap();
     let (st, c) = check(&s, "femo", "alice", rev);
@@ -150,12 +157,22 @@ fn a_tenant_whose_stored_state_does_not_compile_is_visible_and_fails_closed() {
     assert_eq!(v["code"], "not_ready", "{v}");
     assert_eq!(v["failed"][0]["tenant"], "femo", "{v}");
     assert_eq!(v["failed"][0]["revision"], rev, "{v}");
-    assert!(v["failed"][0]["error"].as_str().unwrap().contains("nowhere"), "{v}");
+    assert!(
+        v["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere"),
+        "{v}"
+    );
     assert!(v["error"].as_str().unwrap().contains("femo"), "{v}");
     // The tenant fails closed with a clear 503 (with or without min_revision), never 404.
     for min in [0, rev] {
         let (st, c) = check(&s, "femo", "chitra", min);
-        assert_eq!((st, c["code"].as_str()), (503, Some("tenant_unavailable")), "{c}");
+        assert_eq!(
+            (st, c["code"].as_str()),
+            (503, Some("tenant_unavailable")),
+            "{c}"
+        );
         assert!(c["error"].as_str().unwrap().contains("femo"), "{c}");
     }
     // Other tenants are served.
@@ -174,7 +191,10 @@ fn a_tenant_whose_stored_state_does_not_compile_is_visible_and_fails_closed() {
         m.contains("portcullis_tenant_compile_failures_total{tenant=\"femo\"} 1"),
         "{m}"
     );
-    assert!(m.contains("portcullis_errors_total{code=\"tenant_unavailable\"} 2"), "{m}");
+    assert!(
+        m.contains("portcullis_errors_total{code=\"tenant_unavailable\"} 2"),
+        "{m}"
+    );
     // The admin can still read the tenant, and a commit that makes it compile recovers it.
     let (st, v) = call(&s, "GET", "/v1/tenants/femo/nodes/x", None);
     assert_eq!(st, 200, "{v}");
