@@ -4,7 +4,7 @@
 //! kept current by applying commits ([`TenantDoc::apply`]); every follower of the change stream
 //! (the in-process snapshot builder today, remote sidecars over NATS later) runs the same code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -229,32 +229,49 @@ impl TenantDoc {
     /// has been deleted (no settings row).
     pub fn to_tenant(&self) -> Option<Tenant> {
         let s = self.settings.as_ref()?;
-        Some(Tenant {
-            id: s.id.clone(),
-            name: s.name.clone(),
-            rbac: s.rbac,
-            status: s.status,
-            quotas: s.quotas,
-            nodes: self.nodes.values().cloned().collect(),
-            roles: self.roles.values().cloned().collect(),
-            users: self.users.values().map(|u| u.user.clone()).collect(),
-            groups: self.groups.values().cloned().collect(),
-            assignments: self
-                .assignments
-                .values()
-                .map(|a| a.assignment.clone())
-                .collect(),
-            plugins: self
-                .plugins
-                .values()
-                .map(|p| crate::model::PluginModule {
-                    name: p.name.clone(),
-                    description: p.description.clone(),
-                    wasm: p.wasm.clone(),
-                })
-                .collect(),
-            revision: self.revision,
-        })
+        Some(model(s, self.revision, self.rows(None)))
+    }
+
+    /// The model of this tenant as a commit of `ops` would leave it, without changing the
+    /// document or copying it: the rows `ops` write are read from them, the others from here.
+    /// It is what a follower builds after applying that commit (checked before committing).
+    pub fn to_tenant_after(&self, ops: &[RowOp]) -> Result<Option<Tenant>, ApplyError> {
+        let mut written = TenantDoc::default();
+        for op in ops {
+            written.apply_op(op, self.revision + 1)?;
+        }
+        let touched: Touched<'_> = ops.iter().map(|o| (o.kind, o.id.as_str())).collect();
+        let settings = if touched.iter().any(|(k, _)| *k == Kind::Tenant) {
+            written.settings.as_ref()
+        } else {
+            self.settings.as_ref()
+        };
+        let Some(s) = settings else {
+            return Ok(None);
+        };
+        let over = Overlay {
+            written: &written,
+            touched: &touched,
+        };
+        Ok(Some(model(s, self.revision + 1, self.rows(Some(over)))))
+    }
+
+    /// Every row of each collection, sorted by id; with `over`, as its commit leaves them.
+    fn rows<'a>(&'a self, over: Option<Overlay<'a>>) -> Rows<'a> {
+        let (w, t) = (over.map(|o| o.written), over.map(|o| o.touched));
+        Rows {
+            nodes: merged(Kind::Node, &self.nodes, w.map(|w| &w.nodes), t),
+            roles: merged(Kind::Role, &self.roles, w.map(|w| &w.roles), t),
+            users: merged(Kind::User, &self.users, w.map(|w| &w.users), t),
+            groups: merged(Kind::Group, &self.groups, w.map(|w| &w.groups), t),
+            assignments: merged(
+                Kind::Assignment,
+                &self.assignments,
+                w.map(|w| &w.assignments),
+                t,
+            ),
+            plugins: merged(Kind::Plugin, &self.plugins, w.map(|w| &w.plugins), t),
+        }
     }
 
     /// The row operations that create this tenant from nothing (used by imports).
@@ -323,6 +340,79 @@ impl TenantDoc {
             }
         }
         ops
+    }
+}
+
+/// The rows a commit writes, as (kind, id).
+type Touched<'a> = HashSet<(Kind, &'a str)>;
+
+/// The rows a commit writes, over a document.
+#[derive(Clone, Copy)]
+struct Overlay<'a> {
+    written: &'a TenantDoc,
+    touched: &'a Touched<'a>,
+}
+
+/// The rows of each collection, sorted by id.
+struct Rows<'a> {
+    nodes: Vec<&'a Node>,
+    roles: Vec<&'a Role>,
+    users: Vec<&'a UserRow>,
+    groups: Vec<&'a Group>,
+    assignments: Vec<&'a AssignmentRow>,
+    plugins: Vec<&'a PluginRow>,
+}
+
+/// The rows of one collection, sorted by id: `base`'s, or with `over`, those `base` keeps
+/// (the ones the commit does not touch) and those the commit writes.
+fn merged<'a, T>(
+    kind: Kind,
+    base: &'a BTreeMap<String, T>,
+    written: Option<&'a BTreeMap<String, T>>,
+    touched: Option<&Touched<'a>>,
+) -> Vec<&'a T> {
+    match (written, touched) {
+        (Some(written), Some(touched)) if touched.iter().any(|(k, _)| *k == kind) => {
+            let mut v: Vec<(&str, &T)> = base
+                .iter()
+                .filter(|(id, _)| !touched.contains(&(kind, id.as_str())))
+                .chain(written)
+                .map(|(id, r)| (id.as_str(), r))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v.into_iter().map(|(_, r)| r).collect()
+        }
+        _ => base.values().collect(),
+    }
+}
+
+/// The model of a tenant from its settings and rows.
+fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
+    Tenant {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        rbac: s.rbac,
+        status: s.status,
+        quotas: s.quotas,
+        nodes: rows.nodes.into_iter().cloned().collect(),
+        roles: rows.roles.into_iter().cloned().collect(),
+        users: rows.users.into_iter().map(|u| u.user.clone()).collect(),
+        groups: rows.groups.into_iter().cloned().collect(),
+        assignments: rows
+            .assignments
+            .into_iter()
+            .map(|a| a.assignment.clone())
+            .collect(),
+        plugins: rows
+            .plugins
+            .into_iter()
+            .map(|p| crate::model::PluginModule {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                wasm: p.wasm.clone(),
+            })
+            .collect(),
+        revision,
     }
 }
 

@@ -11,6 +11,11 @@
 //! archive is rewritten from it (cost: a copy of the tenant's base bytes plus its grants);
 //! anything else — users, groups, nodes, roles, settings, a resync, a change the compiled tenant
 //! cannot apply — compiles the tenant from its document again, with full validation.
+//!
+//! The control plane commits nothing that fails that validation, but stored state can still fail
+//! it (written by another version, or by hand). Such a tenant is recorded as failed in the
+//! registry ([`Registry::fail`]): not served (the data plane answers 503 `tenant_unavailable`),
+//! named by `/readyz` (503) and counted in the metrics — never silently dropped or frozen.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,29 +24,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{ControlPlane, TenantDoc};
 use crate::model::Assignment;
-use crate::snapshot::{Compiled, Registry, Snapshot};
+use crate::snapshot::{Compiled, Registry};
 use crate::store::{Commit, Kind};
-
-/// Builds and installs the snapshot of one tenant document (removes it if the tenant is gone).
-/// Returns false if the document does not compile (the previous snapshot stays live).
-pub fn publish(registry: &Registry, tenant: &str, doc: &TenantDoc) -> bool {
-    match doc.to_tenant() {
-        None => {
-            registry.remove(tenant);
-            true
-        }
-        Some(t) => match Snapshot::build(&t) {
-            Ok(s) => {
-                registry.install(s);
-                true
-            }
-            Err(e) => {
-                tracing::error!(tenant, revision = doc.revision, error = %e, "snapshot build failed; keeping the previous snapshot");
-                false
-            }
-        },
-    }
-}
 
 /// Assignment changes of one commit: previous values, new values, revision.
 type AssignmentDelta = (Vec<Assignment>, Vec<Assignment>, u64);
@@ -100,7 +84,9 @@ fn run_jobs(
                         keep.push((t, c));
                     }
                     Err(e) => {
-                        tracing::error!(tenant = %t, revision = rev, error = %e, "snapshot build failed; keeping the previous snapshot");
+                        // Fail closed and visibly: not served, reported by /readyz and metrics.
+                        tracing::error!(tenant = %t, revision = rev, error = %e, "tenant does not compile; not served until it does");
+                        registry.fail(&t, rev, e.to_string());
                     }
                 }
             }
@@ -267,5 +253,92 @@ fn note(
             p.full = true;
             p.deltas.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::{rules, ControlPlane};
+    use crate::snapshot::Registry;
+    use crate::store::{Commit, Kind, RowOp};
+
+    /// Waits until `done` holds for the registry (bounded).
+    async fn until(reg: &Registry, done: impl Fn(&Registry) -> bool) {
+        let mut changes = reg.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done(reg) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out");
+            let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+        }
+    }
+
+    /// A commit that bypassed the rules (another writer on the same store) and does not compile
+    /// takes the tenant out of service visibly; a commit that fixes it brings it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_that_leaves_a_tenant_uncompilable_fails_it_visibly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let cp = Arc::new(ControlPlane::open(store).await.unwrap());
+        let data = crate::model::file::load_str(crate::engine::DEMO_DATA).unwrap();
+        cp.seed(&data, "test").await.unwrap();
+        let reg = Arc::new(Registry::new());
+        super::start(Arc::clone(&cp), Arc::clone(&reg)).await;
+        let rev = reg.get("femo").unwrap().revision() + 1;
+        let raw = Commit {
+            tenant: "femo".into(),
+            revision: rev,
+            actor: "elsewhere".into(),
+            at_ms: 0,
+            action: "role.update".into(),
+            target: "role:machine-operator".into(),
+            ops: vec![RowOp::put(
+                Kind::Role,
+                "machine-operator",
+                serde_json::json!({"id": "machine-operator", "name": "M", "permissions": ["press:run"], "plugin": "gone"}),
+                None,
+            )],
+        };
+        cp.store().commit(&raw).await.unwrap();
+        {
+            let h = cp
+                .tenants
+                .get("femo")
+                .map(|e| Arc::clone(e.value()))
+                .unwrap();
+            h.lock().await.apply(&raw).unwrap();
+        }
+        let _ = cp.bus.send(Arc::new(raw));
+        until(&reg, |r| r.failure("femo").is_some()).await;
+        let f = reg.failure("femo").unwrap();
+        assert_eq!(f.revision, rev);
+        assert!(f.error.contains("unknown plugin 'gone'"), "{}", f.error);
+        assert!(
+            reg.get("femo").is_none(),
+            "a stale snapshot is still served"
+        );
+        assert!(reg.get("towerco").is_some());
+        assert_eq!(reg.failure_counts(), vec![("femo".to_string(), 1)]);
+        // Fixing the role (full check: the result compiles) recovers the tenant.
+        let patch = rules::RolePatch {
+            plugin: Some(None),
+            ..Default::default()
+        };
+        let w = cp
+            .write("femo", "admin", None, |d| {
+                rules::update_role(d, "machine-operator", &patch)
+            })
+            .await
+            .unwrap();
+        until(&reg, |r| {
+            r.get("femo").is_some_and(|s| s.revision() == w.revision)
+        })
+        .await;
+        assert!(reg.failure("femo").is_none());
+        assert!(reg.failures_now().is_empty());
     }
 }

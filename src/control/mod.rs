@@ -3,11 +3,13 @@
 //!
 //! Writes to one tenant are serialised by that tenant's lock; writes to different tenants run in
 //! parallel. A write is: check the precondition (`If-Match` revision), compute row operations
-//! under the business rules, commit them to the store (durable before anything else happens),
+//! under the business rules, check the tenant they would leave with the snapshot builder's own
+//! validation ([`check`]), commit them to the store (durable before anything else happens),
 //! apply them to the in-memory document, publish the commit on the change bus. The follower
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
 
+pub mod check;
 pub mod doc;
 pub mod follower;
 pub mod rules;
@@ -269,6 +271,8 @@ impl ControlPlane {
                 change,
             });
         }
+        // Nothing is committed that the snapshot builder would refuse.
+        check::admit(doc, tenant, &change.ops)?;
         // Each row's revision (its ETag) is the commit's: the store keeps it beside the value.
         let revision = doc.revision + 1;
         let ops = change.ops.clone();

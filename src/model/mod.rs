@@ -346,6 +346,48 @@ pub fn is_builtin_role(id: &str) -> bool {
     BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
 }
 
+/// What an assignment names: its principal (a user or a group), its role, its scope node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    User,
+    Group,
+    Role,
+    Node,
+}
+
+/// The invariants of one assignment, reported through `err`: what it names exists (`known`
+/// answers whether the tenant has that user, group, role — custom or built in — or node),
+/// `assigned_by` is text, the expiry lies after the assignment. [`Tenant::validate`] applies it
+/// to every assignment, the control plane to the assignments a change writes, and the compiled
+/// tenant to those it patches in.
+pub fn check_assignment(
+    a: &Assignment,
+    known: impl Fn(Named, &str) -> bool,
+    mut err: impl FnMut(String),
+) {
+    match &a.principal {
+        Principal::User(u) if !known(Named::User, u) => err(format!("unknown user '{u}'")),
+        Principal::Group(g) if !known(Named::Group, g) => err(format!("unknown group '{g}'")),
+        _ => {}
+    }
+    if !known(Named::Role, &a.role) {
+        err(format!("unknown role '{}'", a.role));
+    }
+    if !known(Named::Node, &a.scope) {
+        err(format!("unknown scope node '{}'", a.scope));
+    }
+    if let Some(by) = &a.assigned_by {
+        if let Err(m) = check_text("assigned_by", by) {
+            err(m);
+        }
+    }
+    if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
+        if exp <= at {
+            err("expires_at must be after assigned_at".to_string());
+        }
+    }
+}
+
 impl Tenant {
     /// An empty, active enterprise tenant.
     pub fn new(id: impl Into<String>) -> Tenant {
@@ -616,44 +658,14 @@ impl Tenant {
         }
 
         // Assignments.
+        let known = |what: Named, id: &str| match what {
+            Named::User => user_ids.contains_key(id),
+            Named::Group => group_ids.contains_key(id),
+            Named::Role => role_ids.contains(id),
+            Named::Node => node_idx.contains_key(id),
+        };
         for (i, a) in self.assignments.iter().enumerate() {
-            match &a.principal {
-                Principal::User(u) if !user_ids.contains_key(u.as_str()) => {
-                    err(Collection::Assignments, i, format!("unknown user '{u}'"))
-                }
-                Principal::Group(g) if !group_ids.contains_key(g.as_str()) => {
-                    err(Collection::Assignments, i, format!("unknown group '{g}'"))
-                }
-                _ => {}
-            }
-            if !role_ids.contains(a.role.as_str()) {
-                err(
-                    Collection::Assignments,
-                    i,
-                    format!("unknown role '{}'", a.role),
-                );
-            }
-            if !node_idx.contains_key(a.scope.as_str()) {
-                err(
-                    Collection::Assignments,
-                    i,
-                    format!("unknown scope node '{}'", a.scope),
-                );
-            }
-            if let Some(by) = &a.assigned_by {
-                if let Err(m) = check_text("assigned_by", by) {
-                    err(Collection::Assignments, i, m);
-                }
-            }
-            if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
-                if exp <= at {
-                    err(
-                        Collection::Assignments,
-                        i,
-                        "expires_at must be after assigned_at".to_string(),
-                    );
-                }
-            }
+            check_assignment(a, known, |m| err(Collection::Assignments, i, m));
         }
 
         // Quotas.

@@ -43,11 +43,12 @@ pub enum ErrorCode {
     StoreUnavailable,
     PluginsUnavailable,
     TooManyConnections,
+    TenantUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -76,6 +77,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::PluginsUnavailable,
         ErrorCode::TooManyConnections,
+        ErrorCode::TenantUnavailable,
     ];
 
     /// The code as answered.
@@ -109,6 +111,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::PluginsUnavailable => "plugins_unavailable",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::TenantUnavailable => "tenant_unavailable",
         }
     }
 
@@ -143,6 +146,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -230,6 +234,26 @@ impl ApiError {
             ErrorCode::UnknownTenant,
             format!("unknown tenant '{}'", clip(tenant)),
         )
+    }
+    /// The tenant's stored state does not compile: it is not served (fail closed).
+    pub fn tenant_unavailable(tenant: &str, f: &crate::snapshot::TenantFailure) -> ApiError {
+        ApiError::new(
+            ErrorCode::TenantUnavailable,
+            format!(
+                "tenant '{}' is unavailable: its state at revision {} cannot be compiled ({}); \
+                 an administrator must correct it",
+                clip(tenant),
+                f.revision,
+                f.error
+            ),
+        )
+    }
+    /// No snapshot of `tenant`: failed (503 `tenant_unavailable`) or unknown (404).
+    pub fn no_snapshot(registry: &crate::snapshot::Registry, tenant: &str) -> ApiError {
+        match registry.failure(tenant) {
+            Some(f) => ApiError::tenant_unavailable(tenant, &f),
+            None => ApiError::unknown_tenant(tenant),
+        }
     }
     pub fn too_large(what: &str, limit: usize) -> ApiError {
         ApiError::new(

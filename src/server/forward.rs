@@ -674,10 +674,12 @@ impl Req<'_> {
             // requested tenant exists.
             state.tokens.check_tenant(v, &tenant)?;
         }
-        let snap = state
-            .registry
-            .get(&tenant)
-            .ok_or_else(|| ApiError::unknown_tenant(&tenant).for_gateway())?;
+        let Some(snap) = state.registry.get(&tenant) else {
+            return Err(match state.registry.failure(&tenant) {
+                Some(f) => ApiError::tenant_unavailable(&tenant, &f),
+                None => ApiError::unknown_tenant(&tenant).for_gateway(),
+            });
+        };
         let view = snap.view();
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;

@@ -75,6 +75,8 @@ pub struct Metrics {
     conns_closed: IntCounterVec,
     conns_open: IntGaugeVec,
     conns_accepted: IntCounter,
+    tenants_unavailable: IntGauge,
+    compile_failures: IntCounterVec,
     per_tenant: bool,
 }
 
@@ -154,6 +156,17 @@ impl Metrics {
         registry.register(Box::new(conns_closed.clone()))?;
         registry.register(Box::new(conns_open.clone()))?;
         registry.register(Box::new(conns_accepted.clone()))?;
+        let tenants_unavailable = IntGauge::new(
+            "portcullis_tenants_unavailable",
+            "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
+        )?;
+        let failed_builds = Opts::new(
+            "portcullis_tenant_compile_failures_total",
+            "Snapshot builds of a tenant that failed (its state does not compile), since start",
+        );
+        let compile_failures = IntCounterVec::new(failed_builds, &["tenant"])?;
+        registry.register(Box::new(tenants_unavailable.clone()))?;
+        registry.register(Box::new(compile_failures.clone()))?;
         registry.register(Box::new(plugin_calls.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
@@ -198,6 +211,8 @@ impl Metrics {
             conns_closed,
             conns_open,
             conns_accepted,
+            tenants_unavailable,
+            compile_failures,
             per_tenant,
         })
     }
@@ -272,6 +287,14 @@ impl Metrics {
             }
         }
         self.snapshot_max_age.set(max_age);
+        self.tenants_unavailable
+            .set(snapshots.failures_now().len() as i64);
+        self.compile_failures.reset();
+        for (tenant, n) in snapshots.failure_counts() {
+            self.compile_failures
+                .with_label_values(&[tenant.as_str()])
+                .inc_by(n);
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -121,6 +121,24 @@ fn readyz(state: &State) -> Resp {
             Bytes::from_static(b"{\"status\":\"loading\",\"code\":\"not_ready\"}"),
         );
     }
+    // Fail visibly: a tenant that cannot be compiled is not served.
+    let failed = state.registry.failures_now();
+    if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|(t, _)| t.as_str()).collect();
+        let body = serde_json::json!({
+            "status": "degraded",
+            "code": ErrorCode::NotReady.as_str(),
+            "error": format!("tenant(s) {} cannot be compiled and are not served", names.join(", ")),
+            "tenants": n,
+            "failed": failed.iter().map(|(t, f)| serde_json::json!({
+                "tenant": t, "revision": f.revision, "error": f.error,
+            })).collect::<Vec<_>>(),
+        });
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        );
+    }
     // A store that fails its writes (disk full, I/O errors) cannot acknowledge changes: not
     // ready until it recovers (the embedded engine reopens itself and probes every second).
     if let Some(cp) = &state.control {

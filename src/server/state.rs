@@ -71,13 +71,19 @@ pub async fn snapshot_at(
         return state
             .registry
             .get(tenant)
-            .ok_or_else(|| ApiError::unknown_tenant(tenant));
+            .ok_or_else(|| ApiError::no_snapshot(&state.registry, tenant));
     };
     let mut changes = state.registry.subscribe();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(state.config.limits.max_revision_wait_ms);
     loop {
         let current = state.registry.get(tenant).map(|s| s.revision());
+        if current.is_none() {
+            // A tenant that failed at or after `min` stays failed until a later commit.
+            if let Some(f) = state.registry.failure(tenant).filter(|f| f.revision >= min) {
+                return Err(ApiError::tenant_unavailable(tenant, &f));
+            }
+        }
         if current.is_some_and(|r| r >= min) {
             if let Some(s) = state.registry.get(tenant) {
                 return Ok(s);
@@ -87,7 +93,7 @@ pub async fn snapshot_at(
             Ok(Ok(())) => continue,
             _ => {
                 return Err(match current {
-                    None => ApiError::unknown_tenant(tenant),
+                    None => ApiError::no_snapshot(&state.registry, tenant),
                     Some(r) => ApiError::new(
                         ErrorCode::RevisionUnavailable,
                         format!("tenant '{tenant}' is at revision {r}; min_revision {min} not reached in time"),

@@ -36,8 +36,8 @@ use super::{
     Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
-    check_text, Assignment, GroupStatus, Part, Principal, Rbac, Tenant, TenantStatus, UserKind,
-    UserStatus,
+    check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,
+    UserKind, UserStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +63,28 @@ fn idx(n: usize, tenant: &str) -> Result<u32, BuildError> {
         .ok_or_else(|| BuildError::TooLarge(tenant.to_string()))
 }
 
-fn check_model(t: &Tenant) -> Result<(), BuildError> {
+/// The one validation a tenant must pass to compile: the model's invariants
+/// ([`Tenant::validate`]) and the compiler's size limit. Every build runs it first; the control
+/// plane runs it on the tenant a commit would leave, before committing, so that every committed
+/// state compiles.
+pub fn check(t: &Tenant) -> Result<(), BuildError> {
     let problems = t.validate();
-    match problems.first() {
-        Some(first) => Err(BuildError::Invalid {
+    if let Some(first) = problems.first() {
+        return Err(BuildError::Invalid {
             tenant: t.id.clone(),
             first: first.to_string(),
             count: problems.len(),
-        }),
-        None => Ok(()),
+        });
     }
+    idx(
+        t.nodes.len() + t.users.len() + t.groups.len() + t.assignments.len(),
+        &t.id,
+    )?;
+    Ok(())
 }
 
 pub(super) fn build(t: &Tenant) -> Result<Snapshot, BuildError> {
-    check_model(t)?;
+    check(t)?;
     Compiled::compile(t)?.snapshot()
 }
 
@@ -86,7 +94,7 @@ pub(super) fn build(t: &Tenant) -> Result<Snapshot, BuildError> {
 pub fn profile(t: &Tenant) -> Result<[(&'static str, f64); 3], BuildError> {
     let ms = |s: std::time::Instant| s.elapsed().as_secs_f64() * 1e3;
     let s = std::time::Instant::now();
-    check_model(t)?;
+    check(t)?;
     let v = ms(s);
     let s = std::time::Instant::now();
     let mut c = Compiled::compile(t)?;
@@ -354,7 +362,7 @@ pub struct Compiled {
 impl Compiled {
     /// Validates and compiles a tenant.
     pub fn new(t: &Tenant) -> Result<Compiled, BuildError> {
-        check_model(t)?;
+        check(t)?;
         Compiled::compile(t)
     }
 
@@ -363,14 +371,8 @@ impl Compiled {
         self.revision
     }
 
-    /// Compiles a validated tenant.
+    /// Compiles a tenant that passed [`check`].
     fn compile(t: &Tenant) -> Result<Compiled, BuildError> {
-        let tid = t.id.as_str();
-        idx(
-            t.nodes.len() + t.users.len() + t.groups.len() + t.assignments.len(),
-            tid,
-        )?;
-
         // --- Nodes in pre-order ---------------------------------------------------------
         let n = t.nodes.len();
         let by_id: FxHashMap<&str, usize> = t
@@ -723,16 +725,17 @@ impl Compiled {
             self.actors.release(raw.4);
         }
         for a in added {
-            // The rules `Tenant::validate` applies to one assignment beyond its references.
-            if let Some(by) = &a.assigned_by {
-                if check_text("assigned_by", by).is_err() {
-                    return false;
-                }
-            }
-            if let (Some(at), Some(exp)) = (a.assigned_at, a.expires_at) {
-                if exp <= at {
-                    return false;
-                }
+            // The invariants `Tenant::validate` applies to each assignment.
+            let mut valid = true;
+            let known = |what: Named, id: &str| match what {
+                Named::User => self.user_index.contains_key(id),
+                Named::Group => self.group_index.contains_key(id),
+                Named::Role => self.role_ids.contains_key(id),
+                Named::Node => self.node_index.contains_key(id),
+            };
+            check_assignment(a, known, |_| valid = false);
+            if !valid {
+                return false;
             }
             let Some((list, raw)) = self.raw(a) else {
                 return false;

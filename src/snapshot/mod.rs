@@ -24,9 +24,9 @@ use rustc_hash::FxHashMap;
 
 #[doc(hidden)]
 pub use build::profile as profile_build;
-pub use build::{BuildError, Compiled};
+pub use build::{check, BuildError, Compiled};
 pub use index::{ArchivedIdIndex, AsIdIndex, IdIndex};
-pub use registry::{Registry, SnapshotGuard};
+pub use registry::{Registry, SnapshotGuard, TenantFailure};
 pub use validate::SnapshotError;
 
 /// "No index" in `u32` index fields.

@@ -3,8 +3,14 @@
 //! Two levels of [`ArcSwap`]: the tenant map (swapped only when a tenant is added or removed)
 //! and one slot per tenant (swapped when that tenant's snapshot is rebuilt). A check loads both
 //! without locks or allocation; replacing one tenant's snapshot never touches another's slot.
+//!
+//! A tenant whose state does not compile is recorded as failed ([`Registry::fail`]): its
+//! snapshot is taken out (never served stale as if current) and the failure is what `/readyz`,
+//! the metrics and the data plane's 503 `tenant_unavailable` report, until a snapshot of it is
+//! installed again or it is removed.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
@@ -16,6 +22,21 @@ pub type SnapshotGuard = Guard<Arc<Snapshot>>;
 
 type Slots = FxHashMap<Box<str>, Arc<ArcSwap<Snapshot>>>;
 
+/// Why a tenant is not served: its state at `revision` does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantFailure {
+    pub revision: u64,
+    pub error: String,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// Tenants failed now.
+    current: BTreeMap<String, TenantFailure>,
+    /// Failed builds per tenant since start (kept across recoveries: a counter).
+    total: BTreeMap<String, u64>,
+}
+
 pub struct Registry {
     slots: ArcSwap<Slots>,
     /// Serialises changes to the tenant *map* (not to individual slots).
@@ -25,6 +46,7 @@ pub struct Registry {
     /// The plugin runtime: snapshots get their plugins compiled (or taken from its cache) as
     /// they are installed. Without one, plugin conditions deny.
     plugins: Option<Arc<crate::plugin::PluginHost>>,
+    failures: Mutex<Failures>,
 }
 
 impl Default for Registry {
@@ -34,6 +56,7 @@ impl Default for Registry {
             writer: Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
             plugins: None,
+            failures: Mutex::default(),
         }
     }
 }
@@ -82,11 +105,51 @@ impl Registry {
                 }
             }
         }
+        let tenant = snap.tenant_id().to_string();
         let installed = self.install_inner(snap);
         if installed {
+            self.failures().current.remove(&tenant);
             self.notify();
         }
         installed
+    }
+
+    fn failures(&self) -> MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `tenant`'s state at `revision` does not compile: its snapshot is taken out
+    /// (fail closed) and the failure reported until a snapshot of it is installed again.
+    pub fn fail(&self, tenant: &str, revision: u64, error: String) {
+        {
+            let mut f = self.failures();
+            *f.total.entry(tenant.to_string()).or_default() += 1;
+            f.current
+                .insert(tenant.to_string(), TenantFailure { revision, error });
+        }
+        if !self.remove_slot(tenant) {
+            self.notify();
+        }
+    }
+
+    /// Why `tenant` is not served, if it failed.
+    pub fn failure(&self, tenant: &str) -> Option<TenantFailure> {
+        self.failures().current.get(tenant).cloned()
+    }
+
+    /// The tenants failed now, sorted by id.
+    pub fn failures_now(&self) -> Vec<(String, TenantFailure)> {
+        let f = self.failures();
+        f.current
+            .iter()
+            .map(|(t, e)| (t.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Failed builds per tenant since start, sorted by id.
+    pub fn failure_counts(&self) -> Vec<(String, u64)> {
+        let f = self.failures();
+        f.total.iter().map(|(t, n)| (t.clone(), *n)).collect()
     }
 
     fn install_inner(&self, snap: Snapshot) -> bool {
@@ -106,8 +169,19 @@ impl Registry {
         true
     }
 
-    /// Removes a tenant. Checks already holding its snapshot finish on it.
+    /// Removes a tenant (and any failure of it). Checks already holding its snapshot finish on
+    /// it.
     pub fn remove(&self, tenant: &str) -> bool {
+        let failed = self.failures().current.remove(tenant).is_some();
+        let removed = self.remove_slot(tenant);
+        if failed && !removed {
+            self.notify();
+        }
+        removed
+    }
+
+    /// Takes a tenant's slot out; true (and waiters notified) if it had one.
+    fn remove_slot(&self, tenant: &str) -> bool {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.slots.load();
         if !current.contains_key(tenant) {

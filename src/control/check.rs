@@ -1,0 +1,189 @@
+//! The last check before a commit: the tenant as the commit would leave it must pass the
+//! validation the snapshot builder applies ([`crate::snapshot::check`], the one validator), so
+//! that every committed state compiles. The rules give precise answers for what they know; this
+//! catches whatever they miss, and a refused change is never committed.
+//!
+//! Cost: a change of assignments only (the frequent write, which the follower applies without a
+//! rebuild) checks just the assignments it writes, against the tenant's current entities (which
+//! it does not change) — [`crate::model::check_assignment`], the check `Tenant::validate` applies
+//! to each assignment. Any other change checks the whole tenant, like the full rebuild the
+//! follower then runs.
+
+use serde::Deserialize;
+
+use super::doc::{AssignmentRow, TenantDoc};
+use super::rules::RuleError;
+use crate::model::{check_assignment, is_builtin_role, Named};
+use crate::snapshot::BuildError;
+use crate::store::{Kind, RowOp};
+
+/// Refuses (409 `invalid_state`) a change whose resulting tenant would not compile.
+pub fn admit(doc: &TenantDoc, tenant: &str, ops: &[RowOp]) -> Result<(), RuleError> {
+    let refuse = |why: String| {
+        RuleError::conflict(
+            "invalid_state",
+            format!("refused: the change would leave tenant '{tenant}' invalid: {why}"),
+        )
+    };
+    if doc.settings.is_some() && ops.iter().all(|op| op.kind == Kind::Assignment) {
+        return admit_assignments(doc, ops).map_err(refuse);
+    }
+    match doc.to_tenant_after(ops) {
+        Err(e) => Err(refuse(e.to_string())),
+        Ok(None) => Ok(()), // the tenant is deleted
+        Ok(Some(t)) => crate::snapshot::check(&t).map_err(|e| {
+            refuse(match e {
+                BuildError::Invalid { first, count, .. } if count > 1 => {
+                    format!("{first} (and {} more problem(s))", count - 1)
+                }
+                BuildError::Invalid { first, .. } => first,
+                e => e.to_string(),
+            })
+        }),
+    }
+}
+
+/// The assignments `ops` write, checked against the tenant's entities.
+fn admit_assignments(doc: &TenantDoc, ops: &[RowOp]) -> Result<(), String> {
+    for op in ops {
+        let Some(v) = &op.value else {
+            continue; // a deletion cannot break anything
+        };
+        let row = AssignmentRow::deserialize(v)
+            .map_err(|e| format!("assignment '{}' cannot be read: {e}", op.id))?;
+        let mut problems = Vec::new();
+        let known = |what: Named, id: &str| match what {
+            Named::User => doc.users.contains_key(id),
+            Named::Group => doc.groups.contains_key(id),
+            Named::Role => is_builtin_role(id) || doc.roles.contains_key(id),
+            Named::Node => doc.nodes.contains_key(id),
+        };
+        check_assignment(&row.assignment, known, |m| problems.push(m));
+        if !problems.is_empty() {
+            return Err(format!("assignment '{}': {}", op.id, problems.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::{self, Change, RuleError};
+    use super::super::{ControlError, ControlPlane};
+    use crate::control::doc::json;
+    use crate::model::{Assignment, Principal};
+    use crate::store::{Kind, RowOp};
+
+    async fn femo() -> (tempfile::TempDir, ControlPlane) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap();
+        let cp = ControlPlane::open(store).await.unwrap();
+        let data = crate::model::file::load_str(crate::engine::DEMO_DATA).unwrap();
+        cp.seed(&data, "test").await.unwrap();
+        (dir, cp)
+    }
+
+    /// A change no rule made: one row `value` of `kind`.
+    fn raw(kind: Kind, id: &str, value: serde_json::Value) -> Change {
+        Change {
+            action: "test.raw".into(),
+            target: format!("{}:{id}", kind.as_str()),
+            ops: vec![RowOp::put(kind, id, value, None)],
+            result: serde_json::Value::Null,
+        }
+    }
+
+    async fn refused(cp: &ControlPlane, change: Change, why: &str) {
+        let before = cp.doc("femo").await.unwrap();
+        let stored = cp.store().load("femo").await.unwrap().unwrap().revision;
+        match cp.write("femo", "t", None, |_| Ok(change)).await {
+            Err(ControlError::Rule(RuleError::Conflict { code, message })) => {
+                assert_eq!(code, "invalid_state");
+                assert!(message.contains(why), "{message}");
+            }
+            other => panic!("expected a refusal naming '{why}', got {other:?}"),
+        }
+        assert_eq!(
+            cp.doc("femo").await.unwrap(),
+            before,
+            "the document changed"
+        );
+        let after = cp.store().load("femo").await.unwrap().unwrap().revision;
+        assert_eq!(after, stored, "the store got a commit");
+    }
+
+    #[tokio::test]
+    async fn a_change_the_builder_would_reject_is_never_committed() {
+        let (_dir, cp) = femo().await;
+        // Full check: a user whose email is not one, a node whose parent does not exist, a
+        // quota below usage, a group naming an unknown member.
+        let d = cp.doc("femo").await.unwrap();
+        let mut alice = d.users["alice"].clone();
+        alice.user.email = "not-an-email".into();
+        refused(&cp, raw(Kind::User, "alice", json(&alice)), "email").await;
+        let orphan = serde_json::json!({"id": "x", "kind": "site", "parent": "nowhere"});
+        refused(&cp, raw(Kind::Node, "x", orphan), "unknown parent").await;
+        let mut s = d.settings.clone().unwrap();
+        s.quotas.max_users = Some(1);
+        refused(&cp, raw(Kind::Tenant, "femo", json(&s)), "max_users").await;
+        let g =
+            serde_json::json!({"id": "g", "name": "g", "status": "active", "members": ["nobody"]});
+        refused(&cp, raw(Kind::Group, "g", g), "nobody").await;
+        // Incremental check (assignments only): unknown role, scope, principal; bad expiry.
+        let a = |role: &str, scope: &str, user: &str, expires: Option<i64>| {
+            let id = crate::control::doc::assignment_id(&Principal::User(user.into()), role, scope);
+            let row = crate::control::doc::AssignmentRow {
+                id: id.clone(),
+                assignment: Assignment {
+                    principal: Principal::User(user.into()),
+                    role: role.into(),
+                    scope: scope.into(),
+                    assigned_by: None,
+                    assigned_at: Some(100),
+                    expires_at: expires,
+                },
+            };
+            raw(Kind::Assignment, &id, json(&row))
+        };
+        refused(
+            &cp,
+            a("no-such-role", "hawthorne", "alice", None),
+            "unknown role",
+        )
+        .await;
+        refused(&cp, a("viewer", "mars", "alice", None), "unknown scope").await;
+        refused(
+            &cp,
+            a("viewer", "hawthorne", "nobody", None),
+            "unknown user",
+        )
+        .await;
+        refused(
+            &cp,
+            a("viewer", "hawthorne", "alice", Some(50)),
+            "expires_at",
+        )
+        .await;
+        refused(
+            &cp,
+            raw(Kind::Assignment, "x", serde_json::json!({"id": 5})),
+            "cannot be read",
+        )
+        .await;
+        // What passes the builder's validation is committed.
+        let ok = cp
+            .write("femo", "t", None, |_| {
+                Ok(a("viewer", "hawthorne", "alice", Some(500)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(ok.revision, d.revision + 1);
+        let w = cp
+            .write("femo", "t", None, |d| rules::delete_group(d, "auditors"))
+            .await
+            .unwrap();
+        assert_eq!(w.revision, d.revision + 2);
+    }
+}

@@ -1,0 +1,200 @@
+//! Rules of tenant writes: import, create, settings and quota changes, deletion.
+
+use super::{updated, Change, Fields, Rule, RuleError};
+use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
+use crate::model::{check_id, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus};
+use crate::store::{Kind, RowOp};
+
+requests! {
+    TenantCreate {
+        pub id: String,
+        pub name: Option<String>,
+        #[serde(default)]
+        pub rbac: Rbac,
+        #[serde(default)]
+        pub status: TenantStatus,
+        #[serde(default)]
+        pub quotas: Quotas,
+    }
+    TenantPatch {
+        pub name: Option<String>,
+        pub rbac: Option<Rbac>,
+        pub status: Option<TenantStatus>,
+        pub quotas: Option<Quotas>,
+    }
+}
+
+/// Imports a whole (validated) tenant as its first commit.
+pub fn import(t: &Tenant, now: Timestamp) -> Rule {
+    let problems = t.validate();
+    if !problems.is_empty() {
+        return Err(RuleError::from_problems(&problems));
+    }
+    Ok(Change {
+        action: "tenant.import".into(),
+        target: super::target(Kind::Tenant, &t.id),
+        ops: TenantDoc::ops_from_tenant(t, now),
+        result: serde_json::json!({ "id": t.id }),
+    })
+}
+
+pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
+    let mut f = Fields::default();
+    f.check("id", check_id("tenant id", &req.id));
+    let name = super::name_or_id(&req.name, &req.id, &mut f);
+    f.done()?;
+    let s = Settings {
+        id: req.id.clone(),
+        name,
+        rbac: req.rbac,
+        status: req.status,
+        quotas: req.quotas,
+        created_at: now,
+    };
+    Ok(super::created(Kind::Tenant, &req.id, &s))
+}
+
+pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
+    let Some(cur) = &doc.settings else {
+        return Err(RuleError::not_found("tenant", ""));
+    };
+    let mut s = cur.clone();
+    let mut f = Fields::default();
+    super::rename(&patch.name, &mut s.name, &mut f);
+    if let Some(r) = patch.rbac {
+        if r == Rbac::Basic && !doc.roles.is_empty() {
+            f.push(
+                "rbac",
+                format!(
+                    "tenant has {} custom role(s); 'basic' allows built-in roles only",
+                    doc.roles.len()
+                ),
+            );
+        }
+        s.rbac = r;
+    }
+    if let Some(st) = patch.status {
+        s.status = st;
+    }
+    f.done()?;
+    if let Some(q) = patch.quotas {
+        quotas_cover_usage(doc, &q)?;
+        s.quotas = q;
+    }
+    Ok(updated("tenant.update", Kind::Tenant, &s.id, cur, &s))
+}
+
+/// Deletes a tenant and every row it has.
+pub fn delete_tenant(doc: &TenantDoc) -> Rule {
+    let Some(s) = &doc.settings else {
+        return Err(RuleError::not_found("tenant", ""));
+    };
+    fn rows<'a, T: serde::Serialize>(
+        kind: Kind,
+        rows: &'a std::collections::BTreeMap<String, T>,
+        before: impl Fn(&T) -> serde_json::Value + 'a,
+    ) -> impl Iterator<Item = RowOp> + 'a {
+        rows.iter()
+            .map(move |(id, r)| RowOp::delete(kind, id.as_str(), Some(before(r))))
+    }
+    let ops = rows(Kind::Assignment, &doc.assignments, json)
+        .chain(rows(Kind::Group, &doc.groups, json))
+        .chain(rows(Kind::User, &doc.users, json))
+        .chain(rows(Kind::Role, &doc.roles, json))
+        .chain(rows(Kind::Node, &doc.nodes, json))
+        .chain(rows(Kind::Plugin, &doc.plugins, |p| {
+            PluginRow::summary(&json(p))
+        }))
+        .collect();
+    Ok(super::deleted(Kind::Tenant, &s.id, s, ops))
+}
+
+/// What a tenant's quotas count: live (not deleted) users, live owners and admins, groups.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Usage {
+    pub users: usize,
+    pub admins: usize,
+    pub groups: usize,
+}
+
+/// Owners and admins count against `max_admins`.
+pub(super) fn is_admin(kind: UserKind) -> bool {
+    matches!(kind, UserKind::Owner | UserKind::Admin)
+}
+
+fn usage(doc: &TenantDoc) -> Usage {
+    let live = || {
+        doc.users
+            .values()
+            .filter(|u| u.user.status != UserStatus::Deleted)
+    };
+    Usage {
+        users: live().count(),
+        admins: live().filter(|u| is_admin(u.user.kind)).count(),
+        groups: doc.groups.len(),
+    }
+}
+
+/// The quotas `q` that the tenant's usage plus `adding` would exceed, as
+/// (quota name, its value, current usage, what it counts).
+fn exceeded(
+    doc: &TenantDoc,
+    q: &Quotas,
+    adding: Usage,
+) -> Vec<(&'static str, u32, usize, &'static str)> {
+    let u = usage(doc);
+    [
+        ("max_users", q.max_users, u.users, adding.users, "users"),
+        (
+            "max_admins",
+            q.max_admins,
+            u.admins,
+            adding.admins,
+            "owners/admins",
+        ),
+        (
+            "max_groups",
+            q.max_groups,
+            u.groups,
+            adding.groups,
+            "groups",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, max, n, add, what)| {
+        max.filter(|m| n + add > *m as usize)
+            .map(|m| (name, m, n, what))
+    })
+    .collect()
+}
+
+/// New quotas must not be below what the tenant already holds (409 `quota_exceeded`, like any
+/// change that would leave the tenant over a quota).
+fn quotas_cover_usage(doc: &TenantDoc, q: &Quotas) -> Result<(), RuleError> {
+    let over: Vec<String> = exceeded(doc, q, Usage::default())
+        .into_iter()
+        .map(|(name, m, n, what)| {
+            format!("quotas.{name}: tenant has {n} {what}; cannot lower {name} to {m}")
+        })
+        .collect();
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(RuleError::conflict("quota_exceeded", over.join("; ")))
+    }
+}
+
+/// Room under the tenant's quotas for `adding` more users, admins or groups (409
+/// `quota_exceeded` naming the first quota that has none).
+pub(super) fn quota_room(doc: &TenantDoc, adding: Usage) -> Result<(), RuleError> {
+    let Some(s) = &doc.settings else {
+        return Ok(());
+    };
+    match exceeded(doc, &s.quotas, adding).first() {
+        None => Ok(()),
+        Some((name, m, n, what)) => Err(RuleError::conflict(
+            "quota_exceeded",
+            format!("tenant has {n} {what}; quota {name} is {m}"),
+        )),
+    }
+}

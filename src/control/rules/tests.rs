@@ -1,0 +1,138 @@
+//! Unit tests of the rules on the demo tenant `femo`.
+
+use super::*;
+use crate::control::doc::TenantDoc;
+use crate::model::{UserKind, UserStatus};
+use crate::store::Commit;
+
+fn doc() -> TenantDoc {
+    let data = crate::model::file::load_str(crate::engine::DEMO_DATA).unwrap();
+    let t = data.tenants.iter().find(|t| t.id == "femo").unwrap();
+    let mut d = TenantDoc::default();
+    apply(&mut d, import(t, 1000).unwrap());
+    d
+}
+
+fn apply(d: &mut TenantDoc, c: Change) {
+    let rev = d.revision + 1;
+    d.apply(&Commit {
+        tenant: "femo".into(),
+        revision: rev,
+        actor: "t".into(),
+        at_ms: 0,
+        action: c.action,
+        target: c.target,
+        ops: c.ops,
+    })
+    .unwrap();
+    assert!(
+        d.to_tenant().unwrap().validate().is_empty(),
+        "{:?}",
+        d.to_tenant().unwrap().validate()
+    );
+}
+
+#[test]
+fn import_round_trips_the_model() {
+    let d = doc();
+    let t = d.to_tenant().unwrap();
+    assert_eq!(t.users.len(), 10);
+    assert!(t.validate().is_empty());
+}
+
+#[test]
+fn moving_a_node_under_its_descendant_is_a_cycle() {
+    let d = doc();
+    let patch = NodePatch {
+        parent: Some(Some("press-7".into())),
+        ..Default::default()
+    };
+    let e = update_node(&d, "hawthorne", &patch).unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
+    let ok = update_node(
+        &d,
+        "press-7",
+        &NodePatch {
+            parent: Some(Some("lyon".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ok.action, "node.move");
+}
+
+#[test]
+fn duplicate_email_is_case_insensitive() {
+    let d = doc();
+    let req = UserCreate {
+        id: "zed".into(),
+        email: "ALICE@femo.example".into(),
+        name: None,
+        kind: UserKind::Member,
+        status: None,
+    };
+    match create_user(&d, &req, 5).unwrap_err() {
+        RuleError::Conflict { code, .. } => assert_eq!(code, "duplicate_email"),
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn delete_and_restore_keep_the_profile() {
+    let mut d = doc();
+    let c = transition_user(&d, "alice", UserTransition::Delete, 2000).unwrap();
+    apply(&mut d, c);
+    assert_eq!(d.users["alice"].user.status, UserStatus::Deleted);
+    assert_eq!(d.users["alice"].user.session_epoch, 2000);
+    let c = transition_user(&d, "alice", UserTransition::Restore, 3000).unwrap();
+    apply(&mut d, c);
+    let u = &d.users["alice"].user;
+    assert_eq!(
+        (u.status, u.name.as_str(), u.email.as_str()),
+        (UserStatus::Active, "Alice Adams", "alice@femo.example")
+    );
+}
+
+#[test]
+fn field_errors_name_the_fields() {
+    let d = doc();
+    let req = AssignmentCreate {
+        user: Some("nobody".into()),
+        group: None,
+        role: "nope".into(),
+        scope: "mars".into(),
+        expires_at: Some(1),
+    };
+    match create_assignment(&d, &req, "dana", 5).unwrap_err() {
+        RuleError::Invalid(f) => {
+            let names: Vec<&str> = f.iter().map(|x| x.field.as_str()).collect();
+            assert_eq!(names, ["user", "role", "scope", "expires_at"]);
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn builtins_are_read_only_and_roles_in_use_stay() {
+    let d = doc();
+    assert!(matches!(
+        update_role(&d, "viewer", &RolePatch::default()),
+        Err(RuleError::Conflict {
+            code: "read_only",
+            ..
+        })
+    ));
+    assert!(matches!(
+        delete_role(&d, "machine-operator"),
+        Err(RuleError::Conflict { code: "in_use", .. })
+    ));
+}
+
+#[test]
+fn deleting_a_group_removes_its_assignments() {
+    let mut d = doc();
+    let before = d.assignments.len();
+    let c = delete_group(&d, "auditors").unwrap();
+    apply(&mut d, c);
+    assert_eq!(d.assignments.len(), before - 1);
+}
