@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use portcullis::decide;
-use portcullis::model::file;
 use portcullis::engine::Request;
+use portcullis::model::file;
 use portcullis::plugin::{Limits, PluginHost, PluginInput};
 use portcullis::snapshot::{Registry, SnapshotGuard};
 

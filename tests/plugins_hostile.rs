@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::decide::Verdict;
 use portcullis::engine::conditions::verdict;
-use portcullis::plugin::{Limits, LoadError, Outcome, PluginHost, PluginInput};
+use portcullis::plugin::{Limits, ModuleError, Outcome, PluginHost, PluginInput};
 
 fn wasm(name: &str) -> Vec<u8> {
     let path = format!(
@@ -66,7 +66,7 @@ fn denies(h: &PluginHost, tenant: &str, fixture: &str, want: &[Outcome]) {
     assert_eq!(want.iter().map(|w| p.stats().count(*w)).sum::<u64>(), 2);
 }
 
-fn refused(h: &PluginHost, fixture: &str) -> LoadError {
+fn refused(h: &PluginHost, fixture: &str) -> ModuleError {
     let t = Instant::now();
     let e = match h.load("acme", fixture, &wasm(fixture)) {
         Ok(_) => panic!("{fixture}: loaded"),
@@ -172,7 +172,7 @@ fn oversized_input_denies_without_calling() {
 #[test]
 fn wrong_abi_version_is_refused() {
     let e = refused(&host(), "wrong_abi");
-    assert!(matches!(e, LoadError::AbiVersion { got: 2, .. }), "{e}");
+    assert!(matches!(e, ModuleError::AbiVersion { got: 2, .. }), "{e}");
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn missing_export_is_refused() {
     assert!(
         matches!(
             e,
-            LoadError::MissingExport {
+            ModuleError::MissingExport {
                 export: "portcullis_evaluate",
                 ..
             }
@@ -197,13 +197,13 @@ fn wasi_import_is_refused() {
         e.to_string().contains("wasi_snapshot_preview1.fd_write"),
         "{e}"
     );
-    assert!(matches!(e, LoadError::ForbiddenImport { .. }));
+    assert!(matches!(e, ModuleError::ForbiddenImport { .. }));
 }
 
 #[test]
 fn looping_start_function_is_refused_in_time() {
     let e = refused(&host(), "start_loop");
-    assert!(matches!(e, LoadError::Instantiate { .. }), "{e}");
+    assert!(matches!(e, ModuleError::Instantiate { .. }), "{e}");
     // Whichever limit hits first.
     let m = e.to_string();
     assert!(m.contains("timeout") || m.contains("out_of_fuel"), "{e}");
@@ -216,7 +216,7 @@ fn oversized_memory_is_refused() {
     assert!(
         matches!(
             e,
-            LoadError::MemoryTooLarge { .. } | LoadError::Invalid { .. }
+            ModuleError::MemoryTooLarge { .. } | ModuleError::Invalid { .. }
         ),
         "{e}"
     );
@@ -229,11 +229,11 @@ fn oversized_and_garbage_modules_are_refused() {
     let big = vec![0u8; h.limits().max_module_bytes + 1];
     assert!(matches!(
         h.load("acme", "big", &big),
-        Err(LoadError::TooLarge { .. })
+        Err(ModuleError::TooLarge { .. })
     ));
     assert!(matches!(
         h.load("acme", "junk", b"not wasm"),
-        Err(LoadError::Invalid { .. })
+        Err(ModuleError::Invalid { .. })
     ));
 }
 
