@@ -77,6 +77,7 @@ pub const ERROR_CODES: &[&str] = &[
     "already_member",
     "store_unavailable",
     "plugins_unavailable",
+    "plugin_busy",
 ];
 
 pub struct Metrics {
