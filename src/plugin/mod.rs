@@ -978,14 +978,18 @@ impl PluginHost {
         }
         let plugin = Arc::new(self.start(tenant, name, bytes, hash)?);
         // Keep only the newest version of each plugin; older `Arc`s live on while in use.
-        let mut cache = lock(&self.cache);
-        let versions = cache
-            .entry(tenant.to_owned())
-            .or_default()
-            .entry(name.to_owned())
-            .or_default();
-        versions.clear();
-        versions.insert(hash, plugin.clone());
+        let old = {
+            let mut cache = lock(&self.cache);
+            let versions = cache
+                .entry(tenant.to_owned())
+                .or_default()
+                .entry(name.to_owned())
+                .or_default();
+            std::mem::replace(versions, HashMap::from([(hash, plugin.clone())]))
+        };
+        // The replaced version's module may now be unused.
+        drop(old);
+        self.evict(&mut lock(&self.modules));
         Ok(plugin)
     }
 
@@ -999,17 +1003,22 @@ impl PluginHost {
 
     /// Forget a tenant's plugin (or all of the tenant's plugins with `None`).
     pub fn unload(&self, tenant: &str, name: Option<&str>) {
-        let mut cache = lock(&self.cache);
-        match name {
-            Some(n) => {
-                if let Some(t) = cache.get_mut(tenant) {
-                    t.remove(n);
-                }
+        let gone = {
+            let mut cache = lock(&self.cache);
+            match name {
+                Some(n) => cache
+                    .get_mut(tenant)
+                    .and_then(|t| t.remove(n))
+                    .map(|v| vec![v])
+                    .unwrap_or_default(),
+                None => cache
+                    .remove(tenant)
+                    .map(|t| t.into_values().collect())
+                    .unwrap_or_default(),
             }
-            None => {
-                cache.remove(tenant);
-            }
-        }
+        };
+        drop(gone);
+        self.evict(&mut lock(&self.modules));
     }
 
     /// Compiled modules in the content-hash cache.
