@@ -1021,6 +1021,26 @@ impl PluginHost {
         self.evict(&mut lock(&self.modules));
     }
 
+    /// Whether the module with this version (hex SHA-256 of its bytes) is compiled already: a
+    /// load of those bytes will not compile.
+    pub fn is_compiled(&self, version: &str) -> bool {
+        let mut hash = [0u8; 32];
+        if version.len() != 64
+            || !hash.iter_mut().enumerate().all(|(i, b)| {
+                version
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|v| *b = v)
+                    .is_some()
+            })
+        {
+            return false;
+        }
+        lock(&self.modules)
+            .get(&hash)
+            .is_some_and(|s| matches!(s.cell.get(), Some(Ok(_))))
+    }
+
     /// Compiled modules in the content-hash cache.
     pub fn cached_modules(&self) -> usize {
         lock(&self.modules).len()
