@@ -488,7 +488,25 @@ fn plugin_work_slots_are_per_tenant_and_bounded() {
         Err(portcullis::plugin::Busy::Host { max: 3 })
     ));
     drop(a1);
-    let _a3 = h.enter("acme").unwrap();
+    let a3 = h.enter("acme").unwrap();
+    // A request may wait (bounded) for a slot: one freed in time is taken...
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(a3);
+        });
+        let t = Instant::now();
+        let _a4 = h.enter_within("acme", Duration::from_secs(5)).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(25),
+            "{:?}",
+            t.elapsed()
+        );
+        // ...and one that stays taken is refused after the wait.
+        let t = Instant::now();
+        assert!(h.enter_within("acme", Duration::from_millis(30)).is_err());
+        assert!(t.elapsed() >= Duration::from_millis(25));
+    });
 }
 
 /// A data file with tenant `hostile` (role `op` needs the looping plugin) and tenant `calm`

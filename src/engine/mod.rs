@@ -115,8 +115,9 @@ pub fn needs_plugins(snap: &Snapshot, action: &str) -> bool {
 
 /// Runs `work` — a request's decisions that may call plugins — under the plugin runtime's
 /// request limits:
-/// - a slot of the tenant's (and the process's) plugin concurrency is taken first, without
-///   waiting: none free is [`crate::plugin::Busy`];
+/// - a slot of the tenant's (and the process's) plugin concurrency is taken first, waiting at
+///   most the request budget (and only a bounded number of requests wait): none free is
+///   [`crate::plugin::Busy`];
 /// - the request's plugin time budget (`Limits::request_budget`) is in force for every call
 ///   `work` makes: once spent, further plugin conditions deny with `plugin_budget_exhausted`;
 /// - on a multi-threaded tokio runtime, `work` runs off the reactor
@@ -133,11 +134,13 @@ pub fn plugin_work<R>(
     let Some(host) = registry.plugin_host() else {
         return Ok(work());
     };
-    let _slot = host.enter(tenant)?;
-    Ok(off_reactor(|| {
-        let _budget = crate::plugin::BudgetScope::enter(host.limits().request_budget);
-        work()
-    }))
+    off_reactor(|| {
+        // Waiting for a slot happens off the reactor too, bounded by the request budget.
+        let budget = host.limits().request_budget;
+        let _slot = host.enter_within(tenant, budget)?;
+        let _budget = crate::plugin::BudgetScope::enter(budget);
+        Ok(work())
+    })
 }
 
 /// Runs blocking `f` without stalling a multi-threaded runtime's reactor; inline elsewhere.

@@ -29,8 +29,8 @@ mod context;
 mod input;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,9 @@ pub struct Limits {
     /// Once spent, further plugin conditions of the request deny with `plugin_budget_exhausted`
     /// without running, and a call started near the end gets only what is left.
     pub request_budget: Duration,
-    /// Requests of one tenant running plugin work at the same time (excess: `503 plugin_busy`).
+    /// Requests of one tenant running plugin work at the same time (default: half the cores,
+    /// at least 1, so one tenant's plugins never hold every core). Excess requests wait up to
+    /// their request budget for a slot, then `503 plugin_busy`.
     pub max_concurrent_per_tenant: usize,
     /// Requests running plugin work at the same time in the whole process (each holds a thread).
     pub max_concurrent: usize,
@@ -112,7 +114,9 @@ impl Default for Limits {
             idle_per_plugin: 4,
             max_instances: 128,
             request_budget: Duration::from_millis(50),
-            max_concurrent_per_tenant: 2,
+            max_concurrent_per_tenant: std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
             max_concurrent: 16,
             breaker_failures: 5,
             breaker_window: Duration::from_secs(10),
@@ -818,15 +822,34 @@ pub struct WorkPermit<'a> {
 impl Drop for WorkPermit<'_> {
     fn drop(&mut self) {
         let mut busy = lock(&self.host.busy);
-        if let Some(n) = busy.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                busy.remove(&self.tenant);
+        if let Some(n) = busy.per_tenant.get_mut(&self.tenant) {
+            n.running = n.running.saturating_sub(1);
+            if n.running == 0 && n.waiting == 0 {
+                busy.per_tenant.remove(&self.tenant);
             }
         }
-        self.host.busy_total.fetch_sub(1, Ordering::AcqRel);
+        busy.running = busy.running.saturating_sub(1);
+        drop(busy);
+        self.host.freed.notify_all();
     }
 }
+
+/// Requests running (and waiting for) plugin work.
+#[derive(Default)]
+struct BusyState {
+    per_tenant: HashMap<Box<str>, TenantBusy>,
+    running: usize,
+    waiting: usize,
+}
+
+#[derive(Default, Clone, Copy)]
+struct TenantBusy {
+    running: usize,
+    waiting: usize,
+}
+
+/// Requests that may wait for a slot, per slot.
+pub const WAITERS_PER_SLOT: usize = 4;
 
 /// Loads, caches and runs tenant plugins.
 pub struct PluginHost {
@@ -840,8 +863,9 @@ pub struct PluginHost {
     /// Logical clock of module cache uses (for eviction).
     uses: AtomicU64,
     /// tenant → requests running plugin work.
-    busy: Mutex<HashMap<Box<str>, usize>>,
-    busy_total: AtomicUsize,
+    busy: Mutex<BusyState>,
+    /// Signalled when a slot is released.
+    freed: Condvar,
     _ticker: Ticker,
 }
 
@@ -921,8 +945,8 @@ impl PluginHost {
             cache: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
-            busy: Mutex::new(HashMap::new()),
-            busy_total: AtomicUsize::new(0),
+            busy: Mutex::new(BusyState::default()),
+            freed: Condvar::new(),
             _ticker: Ticker {
                 stop,
                 handle: Some(handle),
@@ -943,22 +967,73 @@ impl PluginHost {
     /// already runs `max_concurrent_per_tenant` such requests, or the process
     /// `max_concurrent`). Never waits.
     pub fn enter(&self, tenant: &str) -> Result<WorkPermit<'_>, Busy> {
+        self.enter_within(tenant, Duration::ZERO)
+    }
+
+    /// [`PluginHost::enter`], waiting up to `wait` for a slot (blocking the thread). At most
+    /// [`WAITERS_PER_SLOT`] requests per slot wait (per tenant and process-wide); beyond, or
+    /// after `wait`, the answer is [`Busy`].
+    pub fn enter_within(&self, tenant: &str, wait: Duration) -> Result<WorkPermit<'_>, Busy> {
+        let (per, all) = (
+            self.limits.max_concurrent_per_tenant,
+            self.limits.max_concurrent,
+        );
+        let busy_err = |tenant_full: bool| {
+            if tenant_full {
+                Busy::Tenant {
+                    tenant: tenant.to_owned(),
+                    max: per,
+                }
+            } else {
+                Busy::Host { max: all }
+            }
+        };
+        let deadline = Instant::now().checked_add(wait);
         let mut busy = lock(&self.busy);
-        let n = busy.get(tenant).copied().unwrap_or(0);
-        if n >= self.limits.max_concurrent_per_tenant {
-            return Err(Busy::Tenant {
-                tenant: tenant.to_owned(),
-                max: self.limits.max_concurrent_per_tenant,
-            });
+        let mut waiting = false;
+        let result = loop {
+            let t = busy.per_tenant.get(tenant).copied().unwrap_or_default();
+            let tenant_full = t.running >= per;
+            if !tenant_full && busy.running < all {
+                let e = busy.per_tenant.entry(tenant.into()).or_default();
+                e.running += 1;
+                busy.running += 1;
+                break Ok(());
+            }
+            let now = Instant::now();
+            let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
+                break Err(busy_err(tenant_full));
+            }
+            if !waiting {
+                if t.waiting >= per * WAITERS_PER_SLOT || busy.waiting >= all * WAITERS_PER_SLOT {
+                    break Err(busy_err(tenant_full));
+                }
+                busy.per_tenant.entry(tenant.into()).or_default().waiting += 1;
+                busy.waiting += 1;
+                waiting = true;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        };
+        if waiting {
+            if let Some(t) = busy.per_tenant.get_mut(tenant) {
+                t.waiting -= 1;
+            }
+            busy.waiting -= 1;
         }
-        if self.busy_total.fetch_add(1, Ordering::AcqRel) >= self.limits.max_concurrent {
-            self.busy_total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Busy::Host {
-                max: self.limits.max_concurrent,
-            });
+        if result.is_err()
+            && busy
+                .per_tenant
+                .get(tenant)
+                .is_some_and(|t| t.running == 0 && t.waiting == 0)
+        {
+            busy.per_tenant.remove(tenant);
         }
-        busy.insert(tenant.into(), n + 1);
-        Ok(WorkPermit {
+        result.map(|()| WorkPermit {
             host: self,
             tenant: tenant.into(),
         })

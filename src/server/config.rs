@@ -77,7 +77,8 @@ pub struct PluginConfig {
     /// Plugin time one data-plane request may spend in all, milliseconds; then its remaining
     /// plugin conditions deny with `plugin_budget_exhausted`.
     pub request_budget_ms: u64,
-    /// Requests of one tenant running plugin conditions at once (excess: 503 `plugin_busy`).
+    /// Requests of one tenant running plugin conditions at once (default: half the cores, at
+    /// least 1; excess waits up to the request budget, then 503 `plugin_busy`).
     pub max_concurrent_per_tenant: usize,
     /// Requests running plugin conditions at once in the process (excess: 503 `plugin_busy`).
     pub max_concurrent: usize,
