@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::clock::Clock;
 use crate::control::{follower, ControlPlane};
+use crate::clock::Clock;
 use crate::model::file::DataFile;
 use crate::server::{self, Config, State};
 

@@ -4,8 +4,8 @@
 //! rkyv archives, swapped atomically per tenant) → [`decide`] (pure, allocation-free decisions).
 
 pub mod app;
-pub mod cli_plugin;
 pub mod clock;
+pub mod cli_plugin;
 pub mod control;
 pub mod decide;
 pub mod engine;

@@ -19,8 +19,10 @@ impl Dir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let p =
-            std::env::temp_dir().join(format!("portcullis-{tag}-{}-{nanos}", std::process::id()));
+        let p = std::env::temp_dir().join(format!(
+            "portcullis-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         Dir(p)
     }
@@ -76,11 +78,7 @@ fn a_quota_below_current_usage_is_refused_and_the_tenant_keeps_working() {
             "/v1/tenants/femo",
             Some(json!({"quotas": {quota: n}})),
         );
-        assert_eq!(
-            (st, v["code"].as_str()),
-            (409, Some("quota_exceeded")),
-            "{quota}: {v}"
-        );
+        assert_eq!((st, v["code"].as_str()), (409, Some("quota_exceeded")), "{quota}: {v}");
         assert!(v["error"].as_str().unwrap().contains(quota), "{v}");
     }
     // At usage is fine.
@@ -92,12 +90,7 @@ fn a_quota_below_current_usage_is_refused_and_the_tenant_keeps_working() {
     );
     assert_eq!(st, 200, "{v}");
     // The tenant's snapshot follows later writes: a deactivated user loses access.
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/v1/tenants/femo/users/alice/deactivate",
-        Some(json!({})),
-    );
+    let (st, v) = call(&s, "POST", "/v1/tenants/femo/users/alice/deactivate", Some(json!({})));
     assert_eq!(st, 200, "{v}");
     let rev = v["revision"].as_u64().unwrap();
     let (st, c) = check(&s, "femo", "alice", rev);

@@ -122,8 +122,10 @@ impl ControlPlane {
             if self.tenants.contains_key(&t.id) {
                 continue;
             }
-            self.write_new(&t.id, actor, |_| rules::import(t, crate::clock::unix_now()))
-                .await?;
+            self.write_new(&t.id, actor, |_| {
+                rules::import(t, crate::clock::unix_now())
+            })
+            .await?;
             imported.push(t.id.clone());
         }
         Ok(imported)

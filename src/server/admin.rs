@@ -365,15 +365,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             }
             Ok(r)
         }
-        (["tenants", t, coll, id], &Method::GET) => {
-            get_one(&cp, t, coll, id, state.clock.now()).await
-        }
+        (["tenants", t, coll, id], &Method::GET) => get_one(&cp, t, coll, id, state.clock.now()).await,
         (["tenants", t, coll, id], &Method::PATCH) => {
             update(state, &cp, t, coll, id, actor, req).await
         }
-        (["tenants", t, coll, id], &Method::DELETE) => {
-            remove(&cp, t, coll, id, actor, &req, state.clock.now()).await
-        }
+        (["tenants", t, coll, id], &Method::DELETE) => remove(&cp, t, coll, id, actor, &req, state.clock.now()).await,
         (["tenants", t, "users", id, op], &Method::POST) => {
             let tr = match *op {
                 "activate" => UserTransition::Activate,

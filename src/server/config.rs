@@ -88,7 +88,7 @@ pub struct PluginConfig {
     pub breaker_window_ms: u64,
     /// How long an open breaker denies (`plugin_unavailable`) before a probe, milliseconds.
     pub breaker_cooldown_ms: u64,
-    /// Plugins one tenant may hold (uploads beyond: 409 `quota_exceeded`).
+    /// Plugins one tenant may hold, for the upload check (`PluginHost::check_plugin_count`).
     pub max_per_tenant: usize,
     /// Compile budget: largest code section (sum of function bodies), bytes.
     pub max_code_bytes: usize,
