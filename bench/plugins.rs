@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use portcullis::decide;
-use portcullis::model::file;
 use portcullis::engine::Request;
+use portcullis::model::file;
 use portcullis::plugin::{Limits, PluginHost, PluginInput};
 use portcullis::snapshot::{Registry, SnapshotGuard};
 
@@ -43,6 +43,14 @@ fn input(ctx: &serde_json::Value) -> PluginInput<'_> {
     }
 }
 
+/// `wasm` with a custom section holding `n`: other bytes (another content hash), same code.
+fn unique(wasm: &[u8], n: u64) -> Vec<u8> {
+    let mut v = wasm.to_vec();
+    v.extend_from_slice(&[0, 10, 1, b'n']);
+    v.extend_from_slice(&n.to_le_bytes());
+    v
+}
+
 fn benches(c: &mut Criterion) {
     let root = env!("CARGO_MANIFEST_DIR");
     let allow = wat::parse_file(format!("{root}/tests/fixtures/plugins/allow.wat")).unwrap();
@@ -62,7 +70,15 @@ fn benches(c: &mut Criterion) {
     let mut n = 0u64;
     g.bench_function("compile_allow_wat", |b| {
         b.iter(|| {
-            // A new tenant each time: no cache hit.
+            // New bytes each time (a custom section): no cache hit.
+            n += 1;
+            black_box(host.load("t", "allow", &unique(&allow, n)).unwrap());
+        })
+    });
+    g.bench_function("load_cached_module_allow_wat", |b| {
+        b.iter(|| {
+            // The same bytes under a new tenant: the compiled module comes from the
+            // content-hash cache; only the plugin's first instance is started.
             n += 1;
             black_box(host.load(&format!("t{n}"), "allow", &allow).unwrap());
             host.unload(&format!("t{n}"), None);
@@ -76,8 +92,7 @@ fn benches(c: &mut Criterion) {
         g.bench_function("compile_shift_hours", |b| {
             b.iter(|| {
                 n += 1;
-                black_box(host.load(&format!("t{n}"), "shift", &shift).unwrap());
-                host.unload(&format!("t{n}"), None);
+                black_box(host.load("t", "shift", &unique(&shift, n)).unwrap());
             })
         });
         let p = host.load("femo", "shift", &shift).unwrap();
@@ -205,7 +220,7 @@ fn checks(c: &mut Criterion) {
 }
 
 /// Checks per second through the allow plugin on every core (each thread its own requests).
-fn throughput() {
+fn throughput() -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let reg = Arc::new(world(dir.path(), false));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -285,20 +300,200 @@ fn throughput() {
     );
     eprintln!("{line}");
     lines.push(line);
-    let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/out"));
-    let _ = std::fs::write(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/bench/out/plugins-throughput.txt"
-        ),
-        lines.join("\n") + "\n",
+    lines
+}
+
+/// A module of `funcs` functions of `ops` straight-line operations (7 bytes of code each).
+fn straight_line(funcs: usize, ops: usize) -> Vec<u8> {
+    let body = "local.get 0 local.get 1 i32.add local.set 0\n".repeat(ops);
+    let mut m = String::from(
+        r#"(module (memory (export "memory") 1)
+        (func (export "portcullis_abi_version") (result i32) (i32.const 1))
+        (func (export "portcullis_alloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "portcullis_evaluate") (param i32 i32) (result i32) (i32.const 0))"#,
     );
+    for _ in 0..funcs {
+        m.push_str(&format!(
+            "(func (param i32 i32) (result i32) {body} local.get 0)"
+        ));
+    }
+    m.push(')');
+    wat::parse_str(m).unwrap()
+}
+
+/// What compiling costs at the compile budget's bounds (one compile each: printed).
+fn compile_bounds() -> Vec<String> {
+    let mut lines = Vec::new();
+    let unbounded = PluginHost::new(Limits {
+        max_code_bytes: 4 << 20,
+        max_function_bytes: 4 << 20,
+        ..Limits::default()
+    })
+    .unwrap();
+    let ops = (1 << 20) / 7;
+    for (label, funcs, ops) in [
+        (
+            "1 MiB of code in 4 functions of 256 KiB (the default bounds)",
+            4,
+            ops / 4,
+        ),
+        ("1 MiB of code in one function (refused by default)", 1, ops),
+    ] {
+        let wasm = straight_line(funcs, ops);
+        let t = Instant::now();
+        let p = unbounded.load("bench", label, &wasm).unwrap();
+        let line = format!(
+            "compile, {label}: {:.0} ms ({} bytes)",
+            t.elapsed().as_secs_f64() * 1e3,
+            wasm.len()
+        );
+        drop(p);
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    let bounded = PluginHost::new(Limits::default()).unwrap();
+    let wasm = straight_line(1, ops);
+    let t = Instant::now();
+    let refused = bounded.load("bench", "big", &wasm).is_err();
+    let line = format!(
+        "compile budget: the one-function module refused={refused} in {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    eprintln!("{line}");
+    lines.push(line);
+    lines
+}
+
+/// Another tenant's check latency while a looping plugin is hammered with 1,000-item batches
+/// on every core, through the engine and the plugin pool as the server runs them: a
+/// multi-threaded tokio runtime (one worker per core); each hostile task runs
+/// `engine::plugin_work` (budget, tenant slots, off the reactor); the victim's checks are tokio
+/// tasks timed from spawn to completion. Quiet vs hammered, p50 and p99.
+fn isolation() -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        dir.path().join("loop.wasm"),
+        wat::parse_file(format!("{root}/tests/fixtures/plugins/loop.wat")).unwrap(),
+    )
+    .unwrap();
+    let path = dir.path().join("world.yaml");
+    std::fs::write(&path, "tenants:\n  - id: evil\n    plugins: [{ name: spin, path: loop.wasm }]\n    nodes: [{ id: press-7, kind: asset }]\n    roles: [{ id: r, permissions: ['asset:operate'], plugin: spin }]\n    users: [{ id: alice, email: a@x.example }]\n    assignments: [{ user: alice, role: r, scope: press-7 }]\n  - id: femo\n    nodes: [{ id: press-7, kind: asset }]\n    roles: [{ id: r, permissions: ['asset:operate'] }]\n    users: [{ id: alice, email: a@x.example }]\n    assignments: [{ user: alice, role: r, scope: press-7 }]\n").unwrap();
+    // The breaker off: every batch really runs the loop until its budget is spent.
+    let limits = Limits {
+        breaker_failures: 0,
+        ..Limits::default()
+    };
+    let reg = Arc::new(portcullis::engine::plugin_registry_with(limits));
+    portcullis::engine::install_all(&reg, &file::load_path(&path).unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    let victim = |reg: Arc<Registry>| {
+        rt.block_on(async move {
+            let mut v = Vec::with_capacity(4000);
+            for _ in 0..4000 {
+                let reg = reg.clone();
+                let t = Instant::now();
+                tokio::spawn(async move {
+                    let snap = reg.get("femo").unwrap();
+                    black_box(check(&snap, "asset:operate", None));
+                })
+                .await
+                .unwrap();
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            v.sort_by(f64::total_cmp);
+            (v[v.len() / 2], v[v.len() * 99 / 100])
+        })
+    };
+    let (q50, q99) = victim(reg.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hammers: Vec<_> = (0..threads * 2)
+        .map(|_| {
+            let (reg, stop, done, busy) = (reg.clone(), stop.clone(), done.clone(), busy.clone());
+            rt.spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let snap = reg.get("evil").unwrap();
+                    let r = portcullis::engine::plugin_work(&reg, "evil", || {
+                        (0..1000)
+                            .filter(|_| !check(&snap, "asset:operate", None).allowed)
+                            .count()
+                    });
+                    match r {
+                        Ok(_) => {
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::task::yield_now().await;
+                        }
+                        Err(_) => {
+                            // 503 plugin_busy: a client would see it after a round trip.
+                            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let (h50, h99) = victim(reg.clone());
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(async {
+        for h in hammers {
+            let _ = h.await;
+        }
+    });
+    let line = format!(
+        "isolation, other tenant's check through the runtime (spawn to completion, µs): quiet p50 {q50:.1} p99 {q99:.1}; while {} tasks hammer a looping plugin with 1,000-item batches ({:.0} batches/s answered within the 50 ms budget, {:.0}/s refused plugin_busy): p50 {h50:.1} p99 {h99:.1} (p99 ratio {:.2})",
+        threads * 2,
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs,
+        busy.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs,
+        h99 / q99
+    );
+    eprintln!("{line}");
+    vec![line]
 }
 
 criterion_group!(plugin_benches, benches, checks);
 
+/// Whether the printed measurement `name` runs: no name filter given, or one that `name`
+/// contains (`cargo bench --bench plugins -- isolation`).
+fn wants(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn main() {
     plugin_benches();
     Criterion::default().configure_from_args().final_summary();
-    throughput();
+    let mut lines = Vec::new();
+    if wants("throughput") {
+        lines.extend(throughput());
+    }
+    if wants("isolation") {
+        lines.extend(isolation());
+    }
+    if wants("compile_bounds") {
+        lines.extend(compile_bounds());
+    }
+    if !lines.is_empty() {
+        let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/out"));
+        let _ = std::fs::write(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/bench/out/plugins-throughput.txt"
+            ),
+            lines.join("\n") + "\n",
+        );
+    }
 }

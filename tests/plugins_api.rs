@@ -185,17 +185,33 @@ fn plugins_over_the_management_api() {
     // (a veto plugin would then be skipped); duplicate keys are refused too.
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
     for (ctx, needle) in [
-        (r#"{"channel":"console","pad":1e400}"#.to_string(), "out of range"),
-        (r#"{"channel":"console","pad":-1e999}"#.to_string(), "out of range"),
-        (format!(r#"{{"channel":"console","pad":{deep}}}"#), "nested deeper"),
-        (r#"{"channel":"other","channel":"console"}"#.to_string(), "duplicate key"),
+        (
+            r#"{"channel":"console","pad":1e400}"#.to_string(),
+            "out of range",
+        ),
+        (
+            r#"{"channel":"console","pad":-1e999}"#.to_string(),
+            "out of range",
+        ),
+        (
+            format!(r#"{{"channel":"console","pad":{deep}}}"#),
+            "nested deeper",
+        ),
+        (
+            r#"{"channel":"other","channel":"console"}"#.to_string(),
+            "duplicate key",
+        ),
     ] {
         for path in ["/v1/check", "/v1/explain"] {
             let body = format!(
                 r#"{{"tenant":"plant","subject":"ann","action":"asset:operate","resource":"press-1","context":{ctx}}}"#
             );
             let (st, e) = s.post_json(path, &body);
-            assert_eq!((st, e["code"].as_str()), (400, Some("malformed_json")), "{path} {ctx}: {e}");
+            assert_eq!(
+                (st, e["code"].as_str()),
+                (400, Some("malformed_json")),
+                "{path} {ctx}: {e}"
+            );
             assert!(e["error"].as_str().unwrap().contains(needle), "{e}");
         }
         let body = format!(

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::decide::{self, GrantOutcome, Reason};
-use portcullis::model::file::{self, DataFile};
 use portcullis::engine::Request;
+use portcullis::model::file::{self, DataFile};
 use portcullis::plugin::{Limits, Outcome, PluginHost};
 use portcullis::snapshot::{Registry, Snapshot, SnapshotGuard};
 

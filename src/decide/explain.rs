@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 
+use super::Verdict;
 use super::{
     bit, check_with, conditional_roles, grant_covers, node_path, perms, Conditions, Decision,
     NoPlugins, Reason,
 };
 use crate::model::{format_timestamp, split_action};
-use super::Verdict;
 use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +65,8 @@ impl ConditionNote {
                 Verdict::Allow => "allow",
                 Verdict::Deny => "deny",
                 Verdict::Abstain => "abstain",
+                Verdict::BudgetExhausted => "budget_exhausted",
+                Verdict::Unavailable => "circuit_open",
             },
             reason: String::new(),
         }
@@ -188,7 +190,7 @@ pub fn explain_with(
             }
             let outcome = if gi == d.grant && d.reason == Reason::Granted {
                 GrantOutcome::Matched
-            } else if applies && verdict == Verdict::Deny {
+            } else if applies && verdict.veto_reason().is_some() {
                 GrantOutcome::PluginDenied
             } else if applies && verdict == Verdict::Abstain {
                 GrantOutcome::ConditionNotMet

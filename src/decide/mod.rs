@@ -28,6 +28,25 @@ pub enum Verdict {
     Allow,
     /// Veto the whole check.
     Deny,
+    /// The plugin did not run: the request's plugin time budget is spent. Vetoes like `Deny`,
+    /// with the reason `plugin_budget_exhausted`.
+    BudgetExhausted,
+    /// The plugin did not run: its circuit breaker is open. Vetoes like `Deny`, with the reason
+    /// `plugin_unavailable`.
+    Unavailable,
+}
+
+impl Verdict {
+    /// The reason of a check this verdict vetoes, if it is a veto.
+    #[inline]
+    pub fn veto_reason(self) -> Option<Reason> {
+        match self {
+            Verdict::Abstain | Verdict::Allow => None,
+            Verdict::Deny => Some(Reason::PluginDenied),
+            Verdict::BudgetExhausted => Some(Reason::PluginBudgetExhausted),
+            Verdict::Unavailable => Some(Reason::PluginUnavailable),
+        }
+    }
 }
 
 /// Evaluates the plugin condition of a matched grant (the engine implements it over the wasm
@@ -76,10 +95,14 @@ pub enum Reason {
     PluginDenied,
     /// Only grants with plugin conditions matched, and none of the plugins allowed.
     ConditionNotMet,
+    /// A plugin condition had to run, but the request's plugin time budget was spent.
+    PluginBudgetExhausted,
+    /// A plugin condition had to run, but its circuit breaker is open (it keeps failing).
+    PluginUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Granted,
         Reason::RbacNone,
         Reason::TenantSuspended,
@@ -92,6 +115,8 @@ impl Reason {
         Reason::NoMatchingAssignment,
         Reason::PluginDenied,
         Reason::ConditionNotMet,
+        Reason::PluginBudgetExhausted,
+        Reason::PluginUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -108,6 +133,8 @@ impl Reason {
             Reason::NoMatchingAssignment => "no_matching_assignment",
             Reason::PluginDenied => "plugin_denied",
             Reason::ConditionNotMet => "condition_not_met",
+            Reason::PluginBudgetExhausted => "plugin_budget_exhausted",
+            Reason::PluginUnavailable => "plugin_unavailable",
         }
     }
 
@@ -128,6 +155,12 @@ impl Reason {
             Reason::PluginDenied => "a plugin condition vetoed the request (or failed)",
             Reason::ConditionNotMet => {
                 "the only matching assignments have plugin conditions, and none applied"
+            }
+            Reason::PluginBudgetExhausted => {
+                "a plugin condition had to run, but the request's plugin time budget was spent"
+            }
+            Reason::PluginUnavailable => {
+                "a plugin condition had to run, but the plugin keeps failing (circuit breaker open)"
             }
         }
     }
@@ -472,6 +505,7 @@ fn decide_conditional(
     cond: &mut dyn Conditions,
 ) -> Decision {
     let (mut allowed, mut veto, mut conditional) = (NONE, NONE, false);
+    let mut why = Reason::PluginDenied;
     for_each_slice(v, s.user, |start, end| {
         each_matching(v, start, end, x, &s.perms, now, |gi, role| {
             if !bit(pbits, role) {
@@ -484,7 +518,10 @@ fn decide_conditional(
             match cond.evaluate(v, gi, x) {
                 Verdict::Allow if allowed == NONE => allowed = gi,
                 Verdict::Allow | Verdict::Abstain => {}
-                Verdict::Deny => veto = gi,
+                vetoed => {
+                    veto = gi;
+                    why = vetoed.veto_reason().unwrap_or(Reason::PluginDenied);
+                }
             }
             veto == NONE
         });
@@ -493,7 +530,7 @@ fn decide_conditional(
     if veto != NONE {
         Decision {
             allowed: false,
-            reason: Reason::PluginDenied,
+            reason: why,
             grant: veto,
         }
     } else if allowed != NONE {
@@ -741,6 +778,19 @@ pub fn has_conditions(v: &ArchivedTenantSnap, subject_id: &str, action: &str) ->
         .is_ok_and(|s| !s.rbac_none && conditional_roles(v, &s.perms).is_some())
 }
 
+/// Whether a role with a plugin condition could grant `action` to anyone in the tenant: one
+/// bitset test per permission set, no user lookup. False means no check of this action can run
+/// a plugin (the request stays on the plain path).
+pub fn action_has_conditions(v: &ArchivedTenantSnap, action: &str) -> bool {
+    if v.plugin_roles.to_native() == 0 {
+        return false;
+    }
+    match split_action(action) {
+        Some((res, act)) => conditional_roles(v, &perms(v, action, res, act)).is_some(),
+        None => false,
+    }
+}
+
 /// Ids of a node and its ancestors, root first.
 pub fn node_path(v: &ArchivedTenantSnap, mut x: u32) -> Vec<&str> {
     let mut path = Vec::new();
@@ -762,8 +812,8 @@ pub(crate) fn grant_covers(g: &ArchivedGrant, x: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worlds::Rng;
     use crate::snapshot::Grant;
+    use crate::worlds::Rng;
 
     #[test]
     fn count_lo_le_matches_partition_point() {

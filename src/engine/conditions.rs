@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
-use crate::plugin::{Outcome, PluginInput};
 use crate::model::split_action;
+use crate::plugin::{Outcome, PluginInput};
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
@@ -20,6 +20,8 @@ pub fn verdict(outcome: Outcome) -> Verdict {
     match outcome {
         Outcome::Abstain => Verdict::Abstain,
         Outcome::Allow => Verdict::Allow,
+        Outcome::BudgetExhausted => Verdict::BudgetExhausted,
+        Outcome::CircuitOpen => Verdict::Unavailable,
         _ => Verdict::Deny,
     }
 }
@@ -71,6 +73,11 @@ impl<'a> SnapshotConditions<'a> {
         } else {
             String::new()
         };
+        // The request's plugin budget (if one is in force, see `engine::plugin_work`) is asked
+        // before anything else: a refused call costs nothing.
+        if crate::plugin::budget_left().is_some_and(|left| left.is_zero()) {
+            return (plugin.refused(Outcome::BudgetExhausted), version);
+        }
         let req = self.req;
         // Requests arrive with their context checked (`plugin::check_context`), so this parse
         // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
@@ -133,6 +140,10 @@ impl<'a> SnapshotConditions<'a> {
             context: context.as_ref(),
             context_raw: req.context,
         };
+        // The circuit breaker last: a half-open breaker's probe must be followed by a call.
+        if !plugin.admit() {
+            return (plugin.refused(Outcome::CircuitOpen), version);
+        }
         let outcome = INPUT.with(|buf| {
             let mut buf = buf.borrow_mut();
             input.encode(&mut buf);

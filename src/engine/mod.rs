@@ -106,6 +106,52 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Whether a check of `action` on `snap` may run a plugin condition (some role with a plugin
+/// could grant it): one bitset test; false keeps a request on the plain path.
+#[inline]
+pub fn needs_plugins(snap: &Snapshot, action: &str) -> bool {
+    snap.has_plugins() && decide::action_has_conditions(snap.view(), action)
+}
+
+/// Runs `work` — a request's decisions that may call plugins — under the plugin runtime's
+/// request limits:
+/// - a slot of the tenant's (and the process's) plugin concurrency is taken first, waiting at
+///   most the request budget (and only a bounded number of requests wait): none free is
+///   [`crate::plugin::Busy`];
+/// - the request's plugin time budget (`Limits::request_budget`) is in force for every call
+///   `work` makes: once spent, further plugin conditions deny with `plugin_budget_exhausted`;
+/// - on a multi-threaded tokio runtime, `work` runs off the reactor
+///   ([`tokio::task::block_in_place`]: this worker's other tasks move to another thread while
+///   it runs), so other tenants' requests and health checks keep being served. The number of
+///   threads so held is bounded by the concurrency slots.
+///
+/// Without a plugin runtime, plugin conditions deny without running: `work` runs inline.
+pub fn plugin_work<R>(
+    registry: &Registry,
+    tenant: &str,
+    work: impl FnOnce() -> R,
+) -> Result<R, crate::plugin::Busy> {
+    let Some(host) = registry.plugin_host() else {
+        return Ok(work());
+    };
+    off_reactor(|| {
+        // Waiting for a slot happens off the reactor too, bounded by the request budget.
+        let budget = host.limits().request_budget;
+        let _slot = host.enter_within(tenant, budget)?;
+        let _budget = crate::plugin::BudgetScope::enter(budget);
+        Ok(work())
+    })
+}
+
+/// Runs blocking `f` without stalling a multi-threaded runtime's reactor; inline elsewhere.
+fn off_reactor<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A registry with the plugin runtime (default limits). If the runtime cannot start, plugin
 /// conditions deny (fail closed) and the reason is logged.
 pub fn plugin_registry() -> Registry {

@@ -24,12 +24,13 @@
 //!   [`GRACE_FACTOR`] × the deadline, so a loaded machine does not turn well-behaved plugins into
 //!   timeouts. A busy hostile plugin is interrupted at the deadline or runs out of fuel first.
 
+mod budget;
 mod context;
 mod input;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,34 @@ pub struct Limits {
     pub idle_per_plugin: usize,
     /// Live instances in the whole host (pooling allocator slots).
     pub max_instances: u32,
+    /// Plugin time one data-plane request may spend in total (all its items, all its calls).
+    /// Once spent, further plugin conditions of the request deny with `plugin_budget_exhausted`
+    /// without running, and a call started near the end gets only what is left.
+    pub request_budget: Duration,
+    /// Requests of one tenant running plugin work at the same time (default: half the cores,
+    /// at least 1, so one tenant's plugins never hold every core). Excess requests wait up to
+    /// their request budget for a slot, then `503 plugin_busy`.
+    pub max_concurrent_per_tenant: usize,
+    /// Requests running plugin work at the same time in the whole process (each holds a thread).
+    pub max_concurrent: usize,
+    /// Consecutive limit hits (timeout, fuel, memory, stack, trap) of one plugin version within
+    /// [`Limits::breaker_window`] that open its circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// The window the consecutive limit hits must fall in.
+    pub breaker_window: Duration,
+    /// How long an open breaker refuses calls (`plugin_unavailable`) before one probe call.
+    pub breaker_cooldown: Duration,
+    /// Plugins one tenant may hold (checked at upload: [`check_plugin_count`]).
+    pub max_per_tenant: usize,
+    /// Compile budget: largest code section (sum of function bodies) accepted, bytes.
+    pub max_code_bytes: usize,
+    /// Compile budget: largest single function body accepted, bytes.
+    pub max_function_bytes: usize,
+    /// Compile budget: most functions defined by one module.
+    pub max_functions: usize,
+    /// Compiled modules kept by content hash (SHA-256 of the bytes), shared by every tenant and
+    /// name; the least recently used one no live plugin holds is evicted beyond this.
+    pub module_cache: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +113,19 @@ impl Default for Limits {
             max_reason_bytes: 256,
             idle_per_plugin: 4,
             max_instances: 128,
+            request_budget: Duration::from_millis(50),
+            max_concurrent_per_tenant: std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
+            max_concurrent: 16,
+            breaker_failures: 5,
+            breaker_window: Duration::from_secs(10),
+            breaker_cooldown: Duration::from_secs(5),
+            max_per_tenant: 16,
+            max_code_bytes: 1 << 20,
+            max_function_bytes: 256 << 10,
+            max_functions: 10_000,
+            module_cache: 64,
         }
     }
 }
@@ -96,8 +138,8 @@ impl Limits {
 }
 
 /// Why a plugin could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModuleError {
     #[error("plugin engine: {0}")]
     Engine(String),
     #[error("plugin '{name}' is {size} bytes; the limit is {max}")]
@@ -130,6 +172,15 @@ pub enum LoadError {
     AbiVersion { name: String, got: i32 },
     #[error("plugin '{name}' failed to start: {msg}")]
     Instantiate { name: String, msg: String },
+    #[error("plugin '{name}' exceeds the compile budget: {what} is {got}; the limit is {max}")]
+    TooComplex {
+        name: String,
+        what: &'static str,
+        got: usize,
+        max: usize,
+    },
+    #[error("a tenant holds at most {max} plugins")]
+    TooMany { max: usize },
 }
 
 /// What happened in one call. Every failure counts as a veto (`crate::engine::conditions`
@@ -158,10 +209,14 @@ pub enum Outcome {
     InputTooLarge,
     /// No instance could be created (pool exhausted or start trapped).
     NoInstance,
+    /// Not called: the request's plugin time budget was spent.
+    BudgetExhausted,
+    /// Not called: the plugin's circuit breaker is open.
+    CircuitOpen,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Abstain,
         Outcome::Allow,
         Outcome::Deny,
@@ -175,6 +230,8 @@ impl Outcome {
         Outcome::ReasonTooLong,
         Outcome::InputTooLarge,
         Outcome::NoInstance,
+        Outcome::BudgetExhausted,
+        Outcome::CircuitOpen,
     ];
 
     /// Whether the plugin failed (as opposed to answering).
@@ -197,7 +254,21 @@ impl Outcome {
             Outcome::ReasonTooLong => "reason_too_long",
             Outcome::InputTooLarge => "input_too_large",
             Outcome::NoInstance => "no_instance",
+            Outcome::BudgetExhausted => "budget_exhausted",
+            Outcome::CircuitOpen => "circuit_open",
         }
+    }
+
+    /// Whether this outcome is a limit hit that counts towards opening the circuit breaker.
+    pub fn trips_breaker(self) -> bool {
+        matches!(
+            self,
+            Outcome::Timeout
+                | Outcome::OutOfFuel
+                | Outcome::MemoryLimit
+                | Outcome::StackOverflow
+                | Outcome::Trap
+        )
     }
 }
 
@@ -289,9 +360,14 @@ struct Live {
 pub struct Stats {
     counts: [AtomicU64; Outcome::ALL.len()],
     instantiations: AtomicU64,
+    breaker_opens: AtomicU64,
 }
 
 impl Stats {
+    /// How many times the circuit breaker opened.
+    pub fn breaker_opens(&self) -> u64 {
+        self.breaker_opens.load(Ordering::Relaxed)
+    }
     pub fn count(&self, o: Outcome) -> u64 {
         self.counts[o as usize].load(Ordering::Relaxed)
     }
@@ -308,12 +384,140 @@ impl Stats {
     }
 }
 
+// The end of the request plugin budget in force on this thread (see `BudgetScope`).
+thread_local! {
+    static BUDGET_END: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// A request's plugin time budget, in force on the current thread while the scope lives: every
+/// plugin call on this thread until then shares it ([`budget_left`]). Scopes nest (the inner
+/// one is in force until dropped).
+pub struct BudgetScope {
+    prev: Option<Instant>,
+}
+
+impl BudgetScope {
+    pub fn enter(budget: Duration) -> BudgetScope {
+        let end = Instant::now().checked_add(budget);
+        BudgetScope {
+            prev: BUDGET_END.with(|b| b.replace(end)),
+        }
+    }
+}
+
+impl Drop for BudgetScope {
+    fn drop(&mut self) {
+        BUDGET_END.with(|b| b.set(self.prev));
+    }
+}
+
+/// What is left of the request budget in force on this thread (None: no budget in force).
+#[inline]
+pub fn budget_left() -> Option<Duration> {
+    BUDGET_END.with(|b| {
+        b.get()
+            .map(|end| end.saturating_duration_since(Instant::now()))
+    })
+}
+
+/// A circuit breaker of one plugin version: closed → open after `breaker_failures`
+/// consecutive limit hits within `breaker_window`; open → refuses for `breaker_cooldown`; then
+/// half-open: one probe call at a time; a probe that answers closes it, a probe that hits a
+/// limit opens it again. The closed, healthy path costs two relaxed atomic loads.
+#[derive(Default)]
+struct Breaker {
+    /// Open or half-open (the lock must be taken to decide).
+    tripped: AtomicBool,
+    /// Consecutive limit hits so far (mirror of `state.streak` for the lock-free path).
+    streak: std::sync::atomic::AtomicU32,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    streak: u32,
+    first_hit: Option<Instant>,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Breaker {
+    /// Whether a call may run now.
+    fn admit(&self) -> bool {
+        if !self.tripped.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut st = lock(&self.state);
+        match st.open_until {
+            None => true,
+            Some(until) if Instant::now() < until || st.probing => false,
+            Some(_) => {
+                st.probing = true;
+                true
+            }
+        }
+    }
+
+    /// Records a call's outcome; true when this opened the breaker.
+    fn record(&self, outcome: Outcome, limits: &Limits) -> bool {
+        if limits.breaker_failures == 0 {
+            return false;
+        }
+        let hit = outcome.trips_breaker();
+        if !hit && self.streak.load(Ordering::Relaxed) == 0 && !self.tripped.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let opened = if !hit {
+            *st = BreakerState::default();
+            false
+        } else if st.open_until.is_some() {
+            // A failed probe opens it again; a call admitted before it opened changes nothing.
+            let probe = std::mem::take(&mut st.probing);
+            if probe {
+                st.open_until = now.checked_add(limits.breaker_cooldown);
+            }
+            probe
+        } else {
+            if st
+                .first_hit
+                .is_none_or(|t| now.duration_since(t) > limits.breaker_window)
+            {
+                st.streak = 0;
+                st.first_hit = Some(now);
+            }
+            st.streak += 1;
+            if st.streak >= limits.breaker_failures {
+                st.streak = 0;
+                st.first_hit = None;
+                st.open_until = now.checked_add(limits.breaker_cooldown);
+                st.open_until.is_some()
+            } else {
+                false
+            }
+        };
+        self.streak.store(st.streak, Ordering::Relaxed);
+        self.tripped
+            .store(st.open_until.is_some(), Ordering::Release);
+        opened
+    }
+}
+
+/// A compiled and checked module, shared by every plugin with the same bytes.
+struct Compiled {
+    pre: InstancePre<HostState>,
+    compile_time: Duration,
+}
+
 /// A loaded plugin: one tenant's one module version.
 pub struct Plugin {
     tenant: String,
     name: String,
     hash: [u8; 32],
-    pre: InstancePre<HostState>,
+    compiled: Arc<Compiled>,
+    breaker: Breaker,
     engine: Engine,
     limits: Limits,
     idle: Mutex<Vec<Live>>,
@@ -358,9 +562,15 @@ impl Plugin {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
-    /// How long compiling the module took at load.
+    /// How long this load spent compiling (zero when the module came from the content-hash
+    /// cache: the same bytes were compiled before, under any tenant or name).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// How long compiling the module took when it was compiled.
+    pub fn module_compile_time(&self) -> Duration {
+        self.compiled.compile_time
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -390,13 +600,22 @@ impl Plugin {
         store
     }
 
-    /// Arms the per-call limits: deadline, its grace, fuel.
+    /// Arms the per-call limits: deadline, its grace, fuel. Under a request budget
+    /// ([`BudgetScope`]) the deadline and its grace together never pass the end of the budget.
     fn arm(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
-        store.set_epoch_deadline(self.limits.deadline_ticks);
+        let mut ticks = self.limits.deadline_ticks;
+        let mut grace = ticks * (GRACE_FACTOR - 1);
+        if let Some(left) = budget_left() {
+            let tick = self.limits.tick.as_nanos().max(1);
+            let left = (left.as_nanos() / tick).max(1) as u64;
+            ticks = ticks.min(left);
+            grace = grace.min(left - ticks);
+        }
+        store.set_epoch_deadline(ticks);
         {
             let st = store.data_mut();
             st.fuel_budget = self.limits.fuel;
-            st.grace_left = self.limits.deadline_ticks * (GRACE_FACTOR - 1);
+            st.grace_left = grace;
         }
         store.set_fuel(self.limits.fuel)
     }
@@ -407,7 +626,7 @@ impl Plugin {
         self.arm(&mut store)
             .map_err(|e| (Outcome::NoInstance, e.to_string()))?;
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let instance = match self.pre.instantiate(&mut store) {
+        let instance = match self.compiled.pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => {
                 let o = classify(&store, &e);
@@ -488,6 +707,28 @@ impl Plugin {
         if outcome.is_failure() {
             self.warn(outcome);
         }
+        if self.breaker.record(outcome, &self.limits) {
+            self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                tenant = %self.tenant,
+                plugin = %self.name,
+                outcome = outcome.code(),
+                cooldown_ms = self.limits.breaker_cooldown.as_millis() as u64,
+                "plugin keeps hitting its limits; circuit breaker open, its conditions deny (plugin_unavailable)"
+            );
+        }
+        outcome
+    }
+
+    /// Whether a call may run now: false while the circuit breaker is open (the caller then
+    /// denies without calling, see [`Plugin::refused`]). [`Plugin::call`] itself does not ask.
+    pub fn admit(&self) -> bool {
+        self.breaker.admit()
+    }
+
+    /// Counts a call that did not run (`BudgetExhausted`, `CircuitOpen`) and returns it.
+    pub fn refused(&self, outcome: Outcome) -> Outcome {
+        self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
         outcome
     }
 
@@ -556,19 +797,91 @@ impl Drop for Ticker {
 
 type Versions = HashMap<[u8; 32], Arc<Plugin>>;
 
+/// One entry of the compiled-module cache: the first loader compiles, concurrent loaders of the
+/// same bytes wait for it; failures are not kept.
+struct ModuleSlot {
+    cell: Arc<OnceLock<Result<Arc<Compiled>, ModuleError>>>,
+    last_use: u64,
+}
+
+/// Why a request cannot run plugin work now (the answer is `503 plugin_busy`).
+#[derive(Debug, thiserror::Error)]
+pub enum Busy {
+    #[error("tenant '{tenant}' already runs {max} requests with plugin conditions; try again")]
+    Tenant { tenant: String, max: usize },
+    #[error("{max} requests with plugin conditions are running; try again")]
+    Host { max: usize },
+}
+
+/// A slot of plugin work held by one request (see [`PluginHost::enter`]); released on drop.
+pub struct WorkPermit<'a> {
+    host: &'a PluginHost,
+    tenant: Box<str>,
+}
+
+impl Drop for WorkPermit<'_> {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.host.busy);
+        if let Some(n) = busy.per_tenant.get_mut(&self.tenant) {
+            n.running = n.running.saturating_sub(1);
+            if n.running == 0 && n.waiting == 0 {
+                busy.per_tenant.remove(&self.tenant);
+            }
+        }
+        busy.running = busy.running.saturating_sub(1);
+        drop(busy);
+        self.host.freed.notify_all();
+    }
+}
+
+/// Requests running (and waiting for) plugin work.
+#[derive(Default)]
+struct BusyState {
+    per_tenant: HashMap<Box<str>, TenantBusy>,
+    running: usize,
+    waiting: usize,
+}
+
+#[derive(Default, Clone, Copy)]
+struct TenantBusy {
+    running: usize,
+    waiting: usize,
+}
+
+/// Requests that may wait for a slot, per slot.
+pub const WAITERS_PER_SLOT: usize = 4;
+
 /// Loads, caches and runs tenant plugins.
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
     limits: Limits,
-    /// tenant → plugin name → compiled versions.
+    /// tenant → plugin name → loaded versions (each with its own instances).
     cache: Mutex<HashMap<String, HashMap<String, Versions>>>,
+    /// SHA-256 of the bytes → compiled module, whatever tenant or name loaded it.
+    modules: Mutex<HashMap<[u8; 32], ModuleSlot>>,
+    /// Logical clock of module cache uses (for eviction).
+    uses: AtomicU64,
+    /// tenant → requests running plugin work.
+    busy: Mutex<BusyState>,
+    /// Signalled when a slot is released.
+    freed: Condvar,
     _ticker: Ticker,
 }
 
+/// Refuses a new plugin beyond `max` per tenant (`current`: the tenant's plugins now;
+/// `replacing`: the upload replaces one of them, which is always allowed).
+pub fn check_plugin_count(max: usize, current: usize, replacing: bool) -> Result<(), ModuleError> {
+    if replacing || current < max {
+        Ok(())
+    } else {
+        Err(ModuleError::TooMany { max })
+    }
+}
+
 impl PluginHost {
-    pub fn new(limits: Limits) -> Result<PluginHost, LoadError> {
-        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+    pub fn new(limits: Limits) -> Result<PluginHost, ModuleError> {
+        let engine_err = |e: wasmtime::Error| ModuleError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(limits.max_instances)
             .total_memories(limits.max_instances)
@@ -623,13 +936,17 @@ impl PluginHost {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| LoadError::Engine(format!("epoch ticker: {e}")))?
+                .map_err(|e| ModuleError::Engine(format!("epoch ticker: {e}")))?
         };
         Ok(PluginHost {
             engine,
             linker,
             limits,
             cache: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
+            busy: Mutex::new(BusyState::default()),
+            freed: Condvar::new(),
             _ticker: Ticker {
                 stop,
                 handle: Some(handle),
@@ -641,8 +958,91 @@ impl PluginHost {
         &self.limits
     }
 
-    /// Validate, compile and start a tenant's plugin; the same bytes load from the cache.
-    pub fn load(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
+    /// [`check_plugin_count`] with this host's `max_per_tenant`.
+    pub fn check_plugin_count(&self, current: usize, replacing: bool) -> Result<(), ModuleError> {
+        check_plugin_count(self.limits.max_per_tenant, current, replacing)
+    }
+
+    /// Takes a slot of plugin work for one request of `tenant`, or says why not (the tenant
+    /// already runs `max_concurrent_per_tenant` such requests, or the process
+    /// `max_concurrent`). Never waits.
+    pub fn enter(&self, tenant: &str) -> Result<WorkPermit<'_>, Busy> {
+        self.enter_within(tenant, Duration::ZERO)
+    }
+
+    /// [`PluginHost::enter`], waiting up to `wait` for a slot (blocking the thread). At most
+    /// [`WAITERS_PER_SLOT`] requests per slot wait (per tenant and process-wide); beyond, or
+    /// after `wait`, the answer is [`Busy`].
+    pub fn enter_within(&self, tenant: &str, wait: Duration) -> Result<WorkPermit<'_>, Busy> {
+        let (per, all) = (
+            self.limits.max_concurrent_per_tenant,
+            self.limits.max_concurrent,
+        );
+        let busy_err = |tenant_full: bool| {
+            if tenant_full {
+                Busy::Tenant {
+                    tenant: tenant.to_owned(),
+                    max: per,
+                }
+            } else {
+                Busy::Host { max: all }
+            }
+        };
+        let deadline = Instant::now().checked_add(wait);
+        let mut busy = lock(&self.busy);
+        let mut waiting = false;
+        let result = loop {
+            let t = busy.per_tenant.get(tenant).copied().unwrap_or_default();
+            let tenant_full = t.running >= per;
+            if !tenant_full && busy.running < all {
+                let e = busy.per_tenant.entry(tenant.into()).or_default();
+                e.running += 1;
+                busy.running += 1;
+                break Ok(());
+            }
+            let now = Instant::now();
+            let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
+                break Err(busy_err(tenant_full));
+            }
+            if !waiting {
+                if t.waiting >= per * WAITERS_PER_SLOT || busy.waiting >= all * WAITERS_PER_SLOT {
+                    break Err(busy_err(tenant_full));
+                }
+                busy.per_tenant.entry(tenant.into()).or_default().waiting += 1;
+                busy.waiting += 1;
+                waiting = true;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        };
+        if waiting {
+            if let Some(t) = busy.per_tenant.get_mut(tenant) {
+                t.waiting -= 1;
+            }
+            busy.waiting -= 1;
+        }
+        if result.is_err()
+            && busy
+                .per_tenant
+                .get(tenant)
+                .is_some_and(|t| t.running == 0 && t.waiting == 0)
+        {
+            busy.per_tenant.remove(tenant);
+        }
+        result.map(|()| WorkPermit {
+            host: self,
+            tenant: tenant.into(),
+        })
+    }
+
+    /// Validate, compile and start a tenant's plugin. The same bytes load from the caches: the
+    /// same (tenant, name) gets the same plugin; another tenant or name gets its own plugin
+    /// (own instances, own breaker) over the already compiled module.
+    pub fn load(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<Arc<Plugin>, ModuleError> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(p) = lock(&self.cache)
             .get(tenant)
@@ -651,16 +1051,20 @@ impl PluginHost {
         {
             return Ok(p.clone());
         }
-        let plugin = Arc::new(self.compile(tenant, name, bytes, hash)?);
+        let plugin = Arc::new(self.start(tenant, name, bytes, hash)?);
         // Keep only the newest version of each plugin; older `Arc`s live on while in use.
-        let mut cache = lock(&self.cache);
-        let versions = cache
-            .entry(tenant.to_owned())
-            .or_default()
-            .entry(name.to_owned())
-            .or_default();
-        versions.clear();
-        versions.insert(hash, plugin.clone());
+        let old = {
+            let mut cache = lock(&self.cache);
+            let versions = cache
+                .entry(tenant.to_owned())
+                .or_default()
+                .entry(name.to_owned())
+                .or_default();
+            std::mem::replace(versions, HashMap::from([(hash, plugin.clone())]))
+        };
+        // The replaced version's module may now be unused.
+        drop(old);
+        self.evict(&mut lock(&self.modules));
         Ok(plugin)
     }
 
@@ -674,39 +1078,155 @@ impl PluginHost {
 
     /// Forget a tenant's plugin (or all of the tenant's plugins with `None`).
     pub fn unload(&self, tenant: &str, name: Option<&str>) {
-        let mut cache = lock(&self.cache);
-        match name {
-            Some(n) => {
-                if let Some(t) = cache.get_mut(tenant) {
-                    t.remove(n);
-                }
+        let gone = {
+            let mut cache = lock(&self.cache);
+            match name {
+                Some(n) => cache
+                    .get_mut(tenant)
+                    .and_then(|t| t.remove(n))
+                    .map(|v| vec![v])
+                    .unwrap_or_default(),
+                None => cache
+                    .remove(tenant)
+                    .map(|t| t.into_values().collect())
+                    .unwrap_or_default(),
             }
-            None => {
-                cache.remove(tenant);
+        };
+        drop(gone);
+        self.evict(&mut lock(&self.modules));
+    }
+
+    /// Whether the module with this version (hex SHA-256 of its bytes) is compiled already: a
+    /// load of those bytes will not compile.
+    pub fn is_compiled(&self, version: &str) -> bool {
+        let mut hash = [0u8; 32];
+        if version.len() != 64
+            || !hash.iter_mut().enumerate().all(|(i, b)| {
+                version
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|v| *b = v)
+                    .is_some()
+            })
+        {
+            return false;
+        }
+        lock(&self.modules)
+            .get(&hash)
+            .is_some_and(|s| matches!(s.cell.get(), Some(Ok(_))))
+    }
+
+    /// Compiled modules in the content-hash cache.
+    pub fn cached_modules(&self) -> usize {
+        lock(&self.modules).len()
+    }
+
+    /// The compiled module of `bytes`: from the content-hash cache, or compiled now (concurrent
+    /// loads of the same bytes wait for one compile). Returns the time spent compiling here.
+    fn module(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: [u8; 32],
+    ) -> Result<(Arc<Compiled>, Duration), ModuleError> {
+        let cell = {
+            let mut modules = lock(&self.modules);
+            let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+            let slot = modules.entry(hash).or_insert_with(|| ModuleSlot {
+                cell: Arc::new(OnceLock::new()),
+                last_use: tick,
+            });
+            slot.last_use = tick;
+            slot.cell.clone()
+        };
+        let mut spent = Duration::ZERO;
+        let result = cell.get_or_init(|| {
+            let t0 = Instant::now();
+            let r = self.compile(name, bytes).map(Arc::new);
+            spent = t0.elapsed();
+            r
+        });
+        let mut modules = lock(&self.modules);
+        match result {
+            Ok(c) => {
+                self.evict(&mut modules);
+                Ok((c.clone(), spent))
+            }
+            Err(e) => {
+                // Not kept: the next load of these bytes tries (and fails) again.
+                if modules
+                    .get(&hash)
+                    .is_some_and(|s| Arc::ptr_eq(&s.cell, &cell))
+                {
+                    modules.remove(&hash);
+                }
+                Err(e.clone())
             }
         }
     }
 
-    fn compile(
-        &self,
-        tenant: &str,
-        name: &str,
-        bytes: &[u8],
-        hash: [u8; 32],
-    ) -> Result<Plugin, LoadError> {
+    /// Drops least recently used modules no plugin holds while the cache is over its bound.
+    fn evict(&self, modules: &mut HashMap<[u8; 32], ModuleSlot>) {
+        while modules.len() > self.limits.module_cache {
+            let victim = modules
+                .iter()
+                .filter(|(_, s)| {
+                    Arc::strong_count(&s.cell) == 1
+                        && matches!(s.cell.get(), Some(Ok(c)) if Arc::strong_count(c) == 1)
+                })
+                .min_by_key(|(_, s)| s.last_use)
+                .map(|(h, _)| *h);
+            match victim {
+                Some(h) => {
+                    modules.remove(&h);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Checks the module against the compile budget, compiles it and checks its interface.
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Compiled, ModuleError> {
         let n = || name.to_owned();
         if bytes.len() > self.limits.max_module_bytes {
-            return Err(LoadError::TooLarge {
+            return Err(ModuleError::TooLarge {
                 name: n(),
                 size: bytes.len(),
                 max: self.limits.max_module_bytes,
             });
         }
+        // Before compiling: what compiling costs grows with the code (and more than linearly
+        // with the largest function), so bound both from the code section's framing.
+        if let Some(code) = budget::code_stats(bytes) {
+            for (what, got, max) in [
+                ("the code section", code.total, self.limits.max_code_bytes),
+                (
+                    "the largest function body",
+                    code.largest,
+                    self.limits.max_function_bytes,
+                ),
+                (
+                    "the function count",
+                    code.functions,
+                    self.limits.max_functions,
+                ),
+            ] {
+                if got > max {
+                    return Err(ModuleError::TooComplex {
+                        name: n(),
+                        what,
+                        got,
+                        max,
+                    });
+                }
+            }
+        }
         let t0 = Instant::now();
-        let module = Module::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-            name: n(),
-            msg: format!("{e:#}"),
-        })?;
+        let module =
+            Module::from_binary(&self.engine, bytes).map_err(|e| ModuleError::Invalid {
+                name: n(),
+                msg: format!("{e:#}"),
+            })?;
         let compile_time = t0.elapsed();
         for imp in module.imports() {
             let ok = imp.module() == "portcullis"
@@ -716,14 +1236,14 @@ impl PluginHost {
                         && f.params().all(|p| p.is_i32())
                         && f.results().next().is_none());
             if !ok {
-                return Err(LoadError::ForbiddenImport {
+                return Err(ModuleError::ForbiddenImport {
                     name: n(),
                     module: imp.module().to_owned(),
                     field: imp.name().to_owned(),
                 });
             }
         }
-        let missing = |export: &'static str, ty: &'static str| LoadError::MissingExport {
+        let missing = |export: &'static str, ty: &'static str| ModuleError::MissingExport {
             name: n(),
             export,
             ty,
@@ -732,7 +1252,7 @@ impl PluginHost {
             Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => {
                 let bytes = m.minimum().saturating_mul(m.page_size());
                 if bytes > self.limits.max_memory_bytes as u64 {
-                    return Err(LoadError::MemoryTooLarge {
+                    return Err(ModuleError::MemoryTooLarge {
                         name: n(),
                         bytes,
                         max: self.limits.max_memory_bytes,
@@ -760,33 +1280,47 @@ impl PluginHost {
         let pre = self
             .linker
             .instantiate_pre(&module)
-            .map_err(|e| LoadError::Invalid {
+            .map_err(|e| ModuleError::Invalid {
                 name: n(),
                 msg: format!("{e:#}"),
             })?;
+        Ok(Compiled { pre, compile_time })
+    }
+
+    /// A new plugin of `tenant` over the (cached) compiled module, with one started instance.
+    fn start(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        hash: [u8; 32],
+    ) -> Result<Plugin, ModuleError> {
+        let n = || name.to_owned();
+        let (compiled, spent) = self.module(name, bytes, hash)?;
         let plugin = Plugin {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
             hash,
-            pre,
+            compiled,
+            breaker: Breaker::default(),
             engine: self.engine.clone(),
             limits: self.limits,
             idle: Mutex::new(Vec::new()),
             stats: Stats::default(),
-            compile_time,
+            compile_time: spent,
             last_warn: AtomicU64::new(0),
         };
         // Start one instance: runs the start function under the limits and checks the version.
         let mut live = plugin
             .instantiate()
-            .map_err(|(o, msg)| LoadError::Instantiate {
+            .map_err(|(o, msg)| ModuleError::Instantiate {
                 name: n(),
                 msg: format!("{}: {msg}", o.code()),
             })?;
         let instance_version =
-            abi_version(&mut live).map_err(|msg| LoadError::Instantiate { name: n(), msg })?;
+            abi_version(&mut live).map_err(|msg| ModuleError::Instantiate { name: n(), msg })?;
         if instance_version != ABI_VERSION {
-            return Err(LoadError::AbiVersion {
+            return Err(ModuleError::AbiVersion {
                 name: n(),
                 got: instance_version,
             });

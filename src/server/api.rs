@@ -251,15 +251,34 @@ fn decision_fields(out: &mut Vec<u8>, d: Decision) {
     out.push(b'"');
 }
 
+/// Runs `f` directly when `needs` is false (the plain path); otherwise under the plugin
+/// runtime's request limits, off the reactor (`engine::plugin_work`; no slot: 503 plugin_busy).
+fn plugin_work<R>(
+    state: &State,
+    snap: &SnapshotGuard,
+    needs: bool,
+    f: impl FnOnce() -> R,
+) -> Result<R, ApiError> {
+    if !needs {
+        return Ok(f());
+    }
+    crate::engine::plugin_work(&state.registry, snap.tenant_id(), f).map_err(|e| {
+ApiError::new(ErrorCode::PluginBusy, e.to_string())
+    })
+}
+
 pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let d = Request {
-        subject: &subject,
-        action: &req.action,
-        now: state.clock.now(),
-        context: req.context.map(Context::get),
-    }
-    .check(snap, &req.resource);
+    let needs = crate::engine::needs_plugins(snap, &req.action);
+    let d = plugin_work(state, snap, needs, || {
+        Request {
+            subject: &subject,
+            action: &req.action,
+            now: state.clock.now(),
+            context: req.context.map(Context::get),
+        }
+        .check(snap, &req.resource)
+    })?;
     state.metrics.decision(d.reason);
     let mut out = Vec::with_capacity(64);
     out.push(b'{');
@@ -274,6 +293,19 @@ pub fn batch(state: &State, snap: &SnapshotGuard, req: &BatchReq) -> Result<Byte
         return Err(ApiError::batch_too_large("checks", req.checks.len(), max));
     }
     let now = state.clock.now();
+    let needs = req
+        .checks
+        .iter()
+        .any(|c| crate::engine::needs_plugins(snap, &c.action));
+    plugin_work(state, snap, needs, || batch_items(state, snap, req, now))?
+}
+
+fn batch_items(
+    state: &State,
+    snap: &SnapshotGuard,
+    req: &BatchReq,
+    now: i64,
+) -> Result<Bytes, ApiError> {
     let mut out = Vec::with_capacity(48 * req.checks.len() + 32);
     out.extend_from_slice(b"{\"results\":[");
     for (i, c) in req.checks.iter().enumerate() {
@@ -313,19 +345,22 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
     let mut out = Vec::with_capacity(16 * req.resources.len() + 64);
     out.extend_from_slice(b"{\"allowed\":[");
     let mut first = true;
-    let d = Request {
-        subject: &subject,
-        action: &req.action,
-        now: state.clock.now(),
-        context: req.context.map(Context::get),
-    }
-    .filter(snap, &req.resources, |i| {
-        if !first {
-            out.push(b',');
+    let needs = crate::engine::needs_plugins(snap, &req.action);
+    let d = plugin_work(state, snap, needs, || {
+        Request {
+            subject: &subject,
+            action: &req.action,
+            now: state.clock.now(),
+            context: req.context.map(Context::get),
         }
-        first = false;
-        json_str(&mut out, &req.resources[i]);
-    });
+        .filter(snap, &req.resources, |i| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            json_str(&mut out, &req.resources[i]);
+        })
+    })?;
     state.metrics.filtered(req.resources.len());
     let _ = write!(
         out,
@@ -369,15 +404,18 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
 
 pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
     let subject = subject(state, snap, &req.subject, &req.token)?;
-    let e = Request {
-        subject: &subject,
-        action: &req.action,
-        now: state.clock.now(),
-        context: req.context.map(Context::get),
-    }
-    .explain(snap, &req.resource);
-    let mut v =
-        serde_json::to_value(&e).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let needs = crate::engine::needs_plugins(snap, &req.action);
+    let e = plugin_work(state, snap, needs, || {
+        Request {
+            subject: &subject,
+            action: &req.action,
+            now: state.clock.now(),
+            context: req.context.map(Context::get),
+        }
+        .explain(snap, &req.resource)
+    })?;
+    let mut v = serde_json::to_value(&e)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     if let Some(m) = v.as_object_mut() {
         m.insert(
             "tenant".into(),

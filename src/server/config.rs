@@ -87,6 +87,30 @@ pub struct PluginConfig {
     pub idle_per_plugin: usize,
     /// Live instances in the whole process (pooling allocator slots).
     pub max_instances: u32,
+    /// Plugin time one data-plane request may spend in all, milliseconds; then its remaining
+    /// plugin conditions deny with `plugin_budget_exhausted`.
+    pub request_budget_ms: u64,
+    /// Requests of one tenant running plugin conditions at once; 0 (the default): half the
+    /// cores, at least 1. Excess waits up to the request budget, then 503 `plugin_busy`.
+    pub max_concurrent_per_tenant: usize,
+    /// Requests running plugin conditions at once in the process (excess: 503 `plugin_busy`).
+    pub max_concurrent: usize,
+    /// Consecutive limit hits that open a plugin version's circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// Window those hits must fall in, milliseconds.
+    pub breaker_window_ms: u64,
+    /// How long an open breaker denies (`plugin_unavailable`) before a probe, milliseconds.
+    pub breaker_cooldown_ms: u64,
+    /// Plugins one tenant may hold, for the upload check (`PluginHost::check_plugin_count`).
+    pub max_per_tenant: usize,
+    /// Compile budget: largest code section (sum of function bodies), bytes.
+    pub max_code_bytes: usize,
+    /// Compile budget: largest function body, bytes.
+    pub max_function_bytes: usize,
+    /// Compile budget: most functions in one module.
+    pub max_functions: usize,
+    /// Compiled modules kept by content hash (shared by all tenants and names).
+    pub module_cache: usize,
 }
 
 impl Default for PluginConfig {
@@ -99,6 +123,17 @@ impl Default for PluginConfig {
             max_module_bytes: l.max_module_bytes,
             idle_per_plugin: l.idle_per_plugin,
             max_instances: l.max_instances,
+            request_budget_ms: l.request_budget.as_millis() as u64,
+            max_concurrent_per_tenant: 0,
+            max_concurrent: l.max_concurrent,
+            breaker_failures: l.breaker_failures,
+            breaker_window_ms: l.breaker_window.as_millis() as u64,
+            breaker_cooldown_ms: l.breaker_cooldown.as_millis() as u64,
+            max_per_tenant: l.max_per_tenant,
+            max_code_bytes: l.max_code_bytes,
+            max_function_bytes: l.max_function_bytes,
+            max_functions: l.max_functions,
+            module_cache: l.module_cache,
         }
     }
 }
@@ -114,6 +149,20 @@ impl PluginConfig {
             max_module_bytes: self.max_module_bytes,
             idle_per_plugin: self.idle_per_plugin,
             max_instances: self.max_instances,
+            request_budget: std::time::Duration::from_millis(self.request_budget_ms),
+            max_concurrent_per_tenant: match self.max_concurrent_per_tenant {
+                0 => d.max_concurrent_per_tenant,
+                n => n,
+            },
+            max_concurrent: self.max_concurrent,
+            breaker_failures: self.breaker_failures,
+            breaker_window: std::time::Duration::from_millis(self.breaker_window_ms),
+            breaker_cooldown: std::time::Duration::from_millis(self.breaker_cooldown_ms),
+            max_per_tenant: self.max_per_tenant,
+            max_code_bytes: self.max_code_bytes,
+            max_function_bytes: self.max_function_bytes,
+            max_functions: self.max_functions,
+            module_cache: self.module_cache,
             ..d
         }
     }

@@ -44,11 +44,12 @@ pub enum ErrorCode {
     PluginsUnavailable,
     TooManyConnections,
     TenantUnavailable,
+    PluginBusy,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -78,6 +79,7 @@ impl ErrorCode {
         ErrorCode::PluginsUnavailable,
         ErrorCode::TooManyConnections,
         ErrorCode::TenantUnavailable,
+        ErrorCode::PluginBusy,
     ];
 
     /// The code as answered.
@@ -112,6 +114,7 @@ impl ErrorCode {
             ErrorCode::PluginsUnavailable => "plugins_unavailable",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TenantUnavailable => "tenant_unavailable",
+            ErrorCode::PluginBusy => "plugin_busy",
         }
     }
 
@@ -147,6 +150,7 @@ impl ErrorCode {
             ErrorCode::PluginsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

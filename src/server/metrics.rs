@@ -131,7 +131,7 @@ impl Metrics {
         let plugin_calls = IntCounterVec::new(
             Opts::new(
                 "portcullis_plugin_calls_total",
-                "Plugin calls of the live plugin versions, by outcome (failures: timeout, out_of_fuel, memory_limit, stack_overflow, trap, bad_result, bad_alloc, reason_too_long, input_too_large, no_instance)",
+                "Plugin calls of the live plugin versions, by outcome (failures: timeout, out_of_fuel, memory_limit, stack_overflow, trap, bad_result, bad_alloc, reason_too_long, input_too_large, no_instance; not called: budget_exhausted, circuit_open)",
             ),
             &["tenant", "plugin", "outcome"],
         )?;

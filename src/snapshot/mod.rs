@@ -216,7 +216,7 @@ impl Snapshot {
     pub fn attach_plugins(
         &mut self,
         host: &crate::plugin::PluginHost,
-    ) -> Vec<crate::plugin::LoadError> {
+    ) -> Vec<crate::plugin::ModuleError> {
         let mut errors = Vec::new();
         let loaded: Vec<_> = {
             let v = self.view();
