@@ -105,6 +105,11 @@ pub async fn start(
         return Err(StartError::NoAdminToken);
     }
     let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
+    // Tenant plugins compile on one background thread: a slow module never holds back the
+    // other tenants (its tenant answers 503 not_ready, and /readyz 503, until it is compiled).
+    if let Err(e) = registry.compile_in_background() {
+        tracing::warn!(error = %e, "no background compile thread; plugins compile inline");
+    }
     let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
 
     // Listeners first: a port in use stops the start before any store is touched.
@@ -277,7 +282,9 @@ async fn open_store(
     created: bool,
     data: Option<&DataFile>,
 ) -> Result<Arc<ControlPlane>, StartError> {
-    let at = location.text.as_str();
+    // For messages and logs: a PostgreSQL URL without its password.
+    let shown = crate::store::postgres::redact(&location.text);
+    let at = shown.as_str();
     let quick_start = created && location.default && data.is_none();
     let demo;
     let seed = if quick_start {
@@ -293,10 +300,14 @@ async fn open_store(
         }
         data
     };
-    let store = crate::store::open(at)
+    let store = crate::store::open(&location.text)
         .await
         .map_err(|source| StartError::Store {
-            location: at.to_string(),
+            // An embedded store's problems are its file's: name the file.
+            location: match location.dir() {
+                Some(d) => d.join(FILE_NAME).display().to_string(),
+                None => at.to_string(),
+            },
             source,
         })?;
     let cp = Arc::new(ControlPlane::open(store).await?);

@@ -508,3 +508,33 @@ fn the_cli_manages_plugins_through_the_api() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[test]
+fn a_tenant_holds_at_most_plugins_max_per_tenant_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(&cfg, "plugins:\n  max_per_tenant: 2\n").unwrap();
+    let store = dir.path().join("store");
+    let s = Server::start(
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)],
+    );
+    let (st, v) = call(&s, "POST", "/v1/tenants", Some(json!({"id": "plant"})));
+    assert_eq!(st, 201, "{v}");
+    let wasm = fixture("has_context");
+    for name in ["a", "b"] {
+        let (st, _, v) = upload(&s, name, &wasm, "application/wasm");
+        assert_eq!(st, 201, "{name}: {v}");
+    }
+    // A third is refused; replacing one of the two is not a new plugin.
+    let (st, _, v) = upload(&s, "c", &wasm, "application/wasm");
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["code"], "quota_exceeded", "{v}");
+    let (st, _, v) = upload(&s, "a", &fixture("deny"), "application/wasm");
+    assert_eq!(st, 200, "{v}");
+}

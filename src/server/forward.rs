@@ -684,14 +684,23 @@ impl Req<'_> {
         let subject = identify(view)?;
         let action = self.value(&self.route.action, "action", v)?;
         let resource = self.value(&self.route.resource, "resource", v)?;
-        // Gateways send no request context: plugin conditions see none.
-        let d = crate::engine::Request {
-            subject,
-            action: &action,
-            now: state.clock.now(),
-            context: None,
-        }
-        .check(&snap, &resource);
+        // Gateways send no request context: plugin conditions see none. A check that may call
+        // plugins runs under the request budget and concurrency slots, off the reactor.
+        let ask = || {
+            crate::engine::Request {
+                subject,
+                action: &action,
+                now: state.clock.now(),
+                context: None,
+            }
+            .check(&snap, &resource)
+        };
+        let d = if crate::engine::needs_plugins(&snap, &action) {
+            crate::engine::plugin_work(&state.registry, snap.tenant_id(), ask)
+                .map_err(|e| ApiError::new(ErrorCode::PluginBusy, e.to_string()))?
+        } else {
+            ask()
+        };
         state.metrics.decision(d.reason);
         let revision = snap.revision();
         if !d.allowed {

@@ -121,6 +121,16 @@ fn readyz(state: &State) -> Resp {
             Bytes::from_static(b"{\"status\":\"loading\",\"code\":\"not_ready\"}"),
         );
     }
+    let loading = state.registry.loading();
+    if loading > 0 {
+        // Tenants whose plugins still compile in the background are not served yet.
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(format!(
+                "{{\"status\":\"loading\",\"code\":\"not_ready\",\"tenants\":{n},\"loading\":{loading}}}"
+            )),
+        );
+    }
     // Fail visibly: a tenant that cannot be compiled is not served.
     let failed = state.registry.failures_now();
     if !failed.is_empty() {

@@ -67,11 +67,14 @@ pub async fn snapshot_at(
     tenant: &str,
     min_revision: Option<u64>,
 ) -> Result<SnapshotGuard, ApiError> {
-    let Some(min) = min_revision else {
-        return state
-            .registry
-            .get(tenant)
-            .ok_or_else(|| ApiError::no_snapshot(&state.registry, tenant));
+    let min = match min_revision {
+        Some(min) => min,
+        None => match state.registry.get(tenant) {
+            Some(s) => return Ok(s),
+            // A tenant whose plugins compile in the background: wait for it (bounded).
+            None if state.registry.is_loading(tenant) => 0,
+            None => return Err(ApiError::no_snapshot(&state.registry, tenant)),
+        },
     };
     let mut changes = state.registry.subscribe();
     let deadline = tokio::time::Instant::now()
@@ -93,6 +96,10 @@ pub async fn snapshot_at(
             Ok(Ok(())) => continue,
             _ => {
                 return Err(match current {
+                    None if state.registry.is_loading(tenant) => ApiError::new(
+                        ErrorCode::NotReady,
+                        format!("tenant '{tenant}' is loading (its plugins are compiling); retry shortly"),
+                    ),
                     None => ApiError::no_snapshot(&state.registry, tenant),
                     Some(r) => ApiError::new(
                         ErrorCode::RevisionUnavailable,

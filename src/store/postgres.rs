@@ -129,7 +129,7 @@ fn check_schema_name(schema: &str) -> Result<(), String> {
 }
 
 /// The location without its password, for messages.
-fn redact(location: &str) -> String {
+pub fn redact(location: &str) -> String {
     let Some((scheme, rest)) = location.split_once("://") else {
         return location.to_string();
     };

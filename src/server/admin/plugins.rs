@@ -75,6 +75,10 @@ pub async fn upload(
     let actor = w.actor.to_string();
     let mut resp = w
         .commit(e, !existed, move |d| {
+            // The tenant's plugin count (`plugins.max_per_tenant`), checked under the tenant's
+            // write lock so concurrent uploads cannot both pass it.
+            host.check_plugin_count(d.plugins.len(), d.plugins.contains_key(&upload.name))
+                .map_err(|e| RuleError::conflict("quota_exceeded", e.to_string()))?;
             rules::put_plugin(d, &upload, &actor, n)
         })
         .await?;
