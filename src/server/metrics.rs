@@ -77,12 +77,39 @@ pub struct Metrics {
     conns_accepted: IntCounter,
     tenants_unavailable: IntGauge,
     compile_failures: IntCounterVec,
+    families: Vec<Family>,
     per_tenant: bool,
+}
+
+/// One metric family as registered: name, variable labels, help. The README's metrics
+/// reference is checked against these (`tests/metrics_reference.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+/// Registers `c` and records its families.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &PromRegistry,
+    families: &mut Vec<Family>,
+    c: &C,
+) -> Result<(), prometheus::Error> {
+    for d in c.desc() {
+        families.push(Family {
+            name: d.fq_name.clone(),
+            labels: d.variable_labels.clone(),
+            help: d.help.clone(),
+        });
+    }
+    registry.register(Box::new(c.clone()))
 }
 
 impl Metrics {
     pub fn new(per_tenant: bool) -> Result<Metrics, prometheus::Error> {
         let registry = PromRegistry::new();
+        let mut families = Vec::new();
         let decisions_vec = IntCounterVec::new(
             Opts::new(
                 "portcullis_decisions_total",
@@ -153,9 +180,9 @@ impl Metrics {
             "portcullis_connections_accepted_total",
             "Connections accepted, all listeners",
         )?;
-        registry.register(Box::new(conns_closed.clone()))?;
-        registry.register(Box::new(conns_open.clone()))?;
-        registry.register(Box::new(conns_accepted.clone()))?;
+        reg(&registry, &mut families, &conns_closed)?;
+        reg(&registry, &mut families, &conns_open)?;
+        reg(&registry, &mut families, &conns_accepted)?;
         let tenants_unavailable = IntGauge::new(
             "portcullis_tenants_unavailable",
             "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
@@ -165,18 +192,18 @@ impl Metrics {
             "Snapshot builds of a tenant that failed (its state does not compile), since start",
         );
         let compile_failures = IntCounterVec::new(failed_builds, &["tenant"])?;
-        registry.register(Box::new(tenants_unavailable.clone()))?;
-        registry.register(Box::new(compile_failures.clone()))?;
-        registry.register(Box::new(plugin_calls.clone()))?;
-        registry.register(Box::new(decisions_vec.clone()))?;
-        registry.register(Box::new(latency_vec.clone()))?;
-        registry.register(Box::new(errors_vec.clone()))?;
-        registry.register(Box::new(filter_resources.clone()))?;
-        registry.register(Box::new(tenants.clone()))?;
-        registry.register(Box::new(snapshot_max_age.clone()))?;
+        reg(&registry, &mut families, &tenants_unavailable)?;
+        reg(&registry, &mut families, &compile_failures)?;
+        reg(&registry, &mut families, &plugin_calls)?;
+        reg(&registry, &mut families, &decisions_vec)?;
+        reg(&registry, &mut families, &latency_vec)?;
+        reg(&registry, &mut families, &errors_vec)?;
+        reg(&registry, &mut families, &filter_resources)?;
+        reg(&registry, &mut families, &tenants)?;
+        reg(&registry, &mut families, &snapshot_max_age)?;
         if per_tenant {
-            registry.register(Box::new(tenant_revision.clone()))?;
-            registry.register(Box::new(tenant_age.clone()))?;
+            reg(&registry, &mut families, &tenant_revision)?;
+            reg(&registry, &mut families, &tenant_age)?;
         }
         let decisions = Reason::ALL
             .iter()
@@ -213,8 +240,15 @@ impl Metrics {
             conns_accepted,
             tenants_unavailable,
             compile_failures,
+            families,
             per_tenant,
         })
+    }
+
+    /// Every metric family this process exposes (with `metrics.per_tenant`, the per-tenant ones
+    /// too).
+    pub fn families(&self) -> &[Family] {
+        &self.families
     }
 
     #[inline]
