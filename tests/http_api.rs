@@ -127,6 +127,29 @@ fn bad_input_gets_clear_4xx() {
             415,
             "unsupported_media_type",
         ),
+        // The array form of a body: serde would read the fields in order.
+        (
+            "/v1/check",
+            &[("content-type", "application/json")],
+            br#"["femo","alice","asset:operate","press-7"]"#,
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/filter",
+            &[("content-type", "application/json")],
+            br#"["femo","alice","asset:read",["press-7"]]"#,
+            400,
+            "malformed_json",
+        ),
+        // JSON is UTF-8: another declared charset is not read as UTF-8.
+        (
+            "/v1/check",
+            &[("content-type", "application/json; charset=utf-16")],
+            br#"{"tenant":"femo","subject":"alice","action":"asset:operate","resource":"press-7"}"#,
+            415,
+            "unsupported_media_type",
+        ),
         (
             "/v1/check",
             &[("content-type", "application/json")],

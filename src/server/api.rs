@@ -119,6 +119,7 @@ pub struct ScopesReq<'a> {
 }
 
 pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    super::body::require_object(body)?;
     serde_json::from_slice(body).map_err(|e| ApiError::malformed(&e))
 }
 

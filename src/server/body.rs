@@ -39,15 +39,22 @@ pub(super) fn check_body_headers(
 ) -> Result<(), ApiError> {
     let limits = &state.config.limits;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ok = ct
-            .to_str()
-            .ok()
-            .and_then(|s| s.split(';').next())
+        let ct = ct.to_str().unwrap_or("");
+        let mut parts = ct.split(';');
+        let json = parts
+            .next()
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-        if !ok {
+        // JSON is UTF-8 (RFC 8259): a body declared in another charset is not read as UTF-8.
+        let other_charset = parts.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("charset")
+                    && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            })
+        });
+        if !json || other_charset {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
-                "request body must be application/json",
+                "request body must be application/json in UTF-8",
             ));
         }
     }
@@ -59,6 +66,18 @@ pub(super) fn check_body_headers(
         return Err(ApiError::too_large("request body", limits.max_body_bytes));
     }
     Ok(())
+}
+
+/// Refuses a JSON body whose top-level value is not an object (serde would read a struct
+/// from an array of its fields in order: `["femo","alice",…]`).
+pub fn require_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::MalformedJson,
+            "the request body must be a JSON object",
+        )),
+    }
 }
 
 /// The body half of [`read_body`]. Takes only the body, not the whole request: every async

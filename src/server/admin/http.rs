@@ -308,6 +308,7 @@ pub async fn body<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = crate::server::read_body(state, req).await?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    crate::server::body::require_object(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| ApiError::malformed(&e))
 }
 
