@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use portcullis::decide;
-use portcullis::worlds::{self, Rng};
 use portcullis::snapshot::{Registry, Snapshot, STATUS_ACTIVE};
+use portcullis::worlds::{self, Rng};
 
 /// Per-tenant numbers gathered while loading a world.
 #[derive(Debug, Clone)]
@@ -159,7 +159,11 @@ impl Weighted {
 }
 
 fn random_action(rng: &mut Rng) -> String {
-    format!("{}:{}", rng.pick(worlds::RESOURCES), rng.pick(worlds::ACTIONS))
+    format!(
+        "{}:{}",
+        rng.pick(worlds::RESOURCES),
+        rng.pick(worlds::ACTIONS)
+    )
 }
 
 /// `n` requests across `world`: tenants weighted by size, then (like [`worlds::requests`]) a uniform

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use portcullis::control::rules::{self, AssignmentCreate, UserCreate};
 use portcullis::control::{follower, ControlPlane};
-use portcullis::worlds;
 use portcullis::model::file::DataFile;
 use portcullis::model::{Assignment, Principal, UserKind};
 use portcullis::snapshot::{Compiled, Registry, Snapshot};
+use portcullis::worlds;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

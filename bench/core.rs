@@ -16,8 +16,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use portcullis::decide;
 use portcullis::engine::Request;
-use portcullis::worlds::{self, NOW};
 use portcullis::snapshot::Snapshot;
+use portcullis::worlds::{self, NOW};
 
 use common::{Pool, World};
 

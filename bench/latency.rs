@@ -31,8 +31,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use portcullis::decide;
-use portcullis::worlds::{self, NOW};
 use portcullis::snapshot::Snapshot;
+use portcullis::worlds::{self, NOW};
 
 use common::{Pool, World};
 

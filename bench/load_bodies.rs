@@ -13,10 +13,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use portcullis::decide;
 use portcullis::clock::unix_now;
-use portcullis::worlds;
+use portcullis::decide;
 use portcullis::snapshot::Snapshot;
+use portcullis::worlds;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -12,10 +12,10 @@ use portcullis::control::rules::{
     self, AssignmentCreate, AssignmentPatch, PluginUpload, RolePatch, UserCreate,
 };
 use portcullis::control::{follower, ControlPlane};
-use portcullis::worlds::{self, Rng};
 use portcullis::model::file::DataFile;
 use portcullis::model::{PluginModule, Tenant, UserKind, UserStatus};
 use portcullis::snapshot::{Registry, Snapshot};
+use portcullis::worlds::{self, Rng};
 
 async fn wait_for(reg: &Registry, tenant: &str, revision: u64) {
     let mut changes = reg.subscribe();

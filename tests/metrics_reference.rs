@@ -21,7 +21,10 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         .filter(|l| l.starts_with("| `portcullis_"))
         .map(|l| {
             let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
-            assert!(cells.len() >= 4, "row: metric | type | labels | meaning: {l}");
+            assert!(
+                cells.len() >= 4,
+                "row: metric | type | labels | meaning: {l}"
+            );
             let name = cells[0].trim_matches('`').to_string();
             let labels = cells[2]
                 .split(',')
@@ -46,9 +49,15 @@ fn every_metric_family_is_in_the_readme_with_its_labels() {
     let (code, doc) = (registered(), documented());
     assert!(!code.is_empty());
     let missing: Vec<_> = code.keys().filter(|k| !doc.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "families missing from README's Metrics reference: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "families missing from README's Metrics reference: {missing:?}"
+    );
     let stale: Vec<_> = doc.keys().filter(|k| !code.contains_key(*k)).collect();
-    assert!(stale.is_empty(), "README documents families the code does not have: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "README documents families the code does not have: {stale:?}"
+    );
     for (name, labels) in &code {
         assert_eq!(&doc[name], labels, "labels of {name}");
     }
@@ -61,6 +70,9 @@ fn every_metric_family_is_named_in_the_openapi_description() {
         .as_str()
         .unwrap_or_else(|| panic!("no description of GET /metrics"));
     for name in registered().keys() {
-        assert!(desc.contains(name.as_str()), "{name} is not in the /metrics description");
+        assert!(
+            desc.contains(name.as_str()),
+            "{name} is not in the /metrics description"
+        );
     }
 }

@@ -263,9 +263,8 @@ fn plugin_work<R>(
     if !needs {
         return Ok(f());
     }
-    crate::engine::plugin_work(&state.registry, snap.tenant_id(), f).map_err(|e| {
-ApiError::new(ErrorCode::PluginBusy, e.to_string())
-    })
+    crate::engine::plugin_work(&state.registry, snap.tenant_id(), f)
+        .map_err(|e| ApiError::new(ErrorCode::PluginBusy, e.to_string()))
 }
 
 pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
@@ -415,8 +414,8 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
         }
         .explain(snap, &req.resource)
     })?;
-    let mut v = serde_json::to_value(&e)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut v =
+        serde_json::to_value(&e).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     if let Some(m) = v.as_object_mut() {
         m.insert(
             "tenant".into(),
