@@ -37,25 +37,65 @@ impl<'de: 'a, 'a> Deserialize<'de> for Context<'a> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckReq<'a> {
-    #[serde(borrow)]
-    pub tenant: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub token: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub action: Cow<'a, str>,
-    #[serde(borrow)]
-    pub resource: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub context: Option<Context<'a>>,
-    #[serde(default)]
-    pub min_revision: Option<u64>,
+/// A data-plane request body: the fields every question shares (tenant, who — `subject` or
+/// `token` —, action, context, `min_revision`) plus the endpoint's own.
+macro_rules! question {
+    ($(#[$doc:meta])* $name:ident { $($own:tt)* }) => {
+        $(#[$doc])*
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name<'a> {
+            #[serde(borrow)]
+            pub tenant: Cow<'a, str>,
+            #[serde(borrow, default)]
+            pub subject: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            pub token: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            pub action: Cow<'a, str>,
+            #[serde(borrow, default)]
+            pub context: Option<Context<'a>>,
+            #[serde(default)]
+            pub min_revision: Option<u64>,
+            $($own)*
+        }
+
+        impl<'a> $name<'a> {
+            /// The engine request this body asks, for `subject` (from `subject` or `token`).
+            fn ask<'s>(&'s self, subject: &'s str, now: i64) -> Request<'s> {
+                Request {
+                    subject,
+                    action: &self.action,
+                    now,
+                    context: self.context.map(Context::get),
+                }
+            }
+        }
+    };
 }
 
+question!(
+    /// `/v1/check` and `/v1/explain`.
+    CheckReq {
+        #[serde(borrow)]
+        pub resource: Cow<'a, str>,
+    }
+);
+
+question!(
+    /// `/v1/filter`.
+    FilterReq {
+        #[serde(borrow)]
+        pub resources: Vec<Cow<'a, str>>,
+    }
+);
+
+question!(
+    /// `/v1/scopes`.
+    ScopesReq {}
+);
+
+/// One item of `/v1/check/batch` (the tenant and `min_revision` are the batch's).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem<'a> {
@@ -71,6 +111,7 @@ pub struct BatchItem<'a> {
     pub context: Option<Context<'a>>,
 }
 
+/// `/v1/check/batch`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchReq<'a> {
@@ -78,42 +119,6 @@ pub struct BatchReq<'a> {
     pub tenant: Cow<'a, str>,
     #[serde(borrow)]
     pub checks: Vec<BatchItem<'a>>,
-    #[serde(default)]
-    pub min_revision: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterReq<'a> {
-    #[serde(borrow)]
-    pub tenant: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub token: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub action: Cow<'a, str>,
-    #[serde(borrow)]
-    pub resources: Vec<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub context: Option<Context<'a>>,
-    #[serde(default)]
-    pub min_revision: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopesReq<'a> {
-    #[serde(borrow)]
-    pub tenant: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub token: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub action: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub context: Option<Context<'a>>,
     #[serde(default)]
     pub min_revision: Option<u64>,
 }
@@ -271,13 +276,8 @@ pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Byte
     let subject = subject(state, snap, &req.subject, &req.token)?;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let d = plugin_work(state, snap, needs, || {
-        Request {
-            subject: &subject,
-            action: &req.action,
-            now: state.clock.now(),
-            context: req.context.map(Context::get),
-        }
-        .check(snap, &req.resource)
+        req.ask(&subject, state.clock.now())
+            .check(snap, &req.resource)
     })?;
     state.metrics.decision(d.reason);
     let mut out = Vec::with_capacity(64);
@@ -347,19 +347,14 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
     let mut first = true;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let d = plugin_work(state, snap, needs, || {
-        Request {
-            subject: &subject,
-            action: &req.action,
-            now: state.clock.now(),
-            context: req.context.map(Context::get),
-        }
-        .filter(snap, &req.resources, |i| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json_str(&mut out, &req.resources[i]);
-        })
+        req.ask(&subject, state.clock.now())
+            .filter(snap, &req.resources, |i| {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_str(&mut out, &req.resources[i]);
+            })
     })?;
     state.metrics.filtered(req.resources.len());
     let _ = write!(
@@ -375,13 +370,9 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
     let subject = subject(state, snap, &req.subject, &req.token)?;
     let view = snap.view();
     let mut roots = Vec::new();
-    let scopes = Request {
-        subject: &subject,
-        action: &req.action,
-        now: state.clock.now(),
-        context: req.context.map(Context::get),
-    }
-    .scopes(snap, &mut roots);
+    let scopes = req
+        .ask(&subject, state.clock.now())
+        .scopes(snap, &mut roots);
     let (d, conditional) = (scopes.decision, scopes.conditional);
     let mut out = Vec::with_capacity(16 * roots.len() + 64);
     out.extend_from_slice(b"{\"nodes\":[");
@@ -406,13 +397,8 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
     let subject = subject(state, snap, &req.subject, &req.token)?;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let e = plugin_work(state, snap, needs, || {
-        Request {
-            subject: &subject,
-            action: &req.action,
-            now: state.clock.now(),
-            context: req.context.map(Context::get),
-        }
-        .explain(snap, &req.resource)
+        req.ask(&subject, state.clock.now())
+            .explain(snap, &req.resource)
     })?;
     let mut v =
         serde_json::to_value(&e).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
