@@ -151,6 +151,25 @@ fn plugins_over_the_management_api() {
     );
     let rev = v["revision"].as_u64().unwrap();
 
+    // An explanation runs the plugin once per grant (the decision's call is reused).
+    let calls = |s: &Server| -> u64 {
+        let (_, _, m) = s.request("GET", "/metrics", &[], b"");
+        m.lines()
+            .filter(|l| l.starts_with("portcullis_plugin_calls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let before = calls(&s);
+    let body = json!({"tenant": "plant", "subject": "ann", "action": "asset:operate",
+        "resource": "press-1", "context": {"channel": "console"}, "min_revision": rev});
+    let (st, e) = s.post_json("/v1/explain", &body.to_string());
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(
+        calls(&s) - before,
+        1,
+        "explain called the plugin more than once: {e}"
+    );
+
     // Inspect and download.
     let v = ok(
         call(&s, "GET", "/v1/tenants/plant/plugins/console", None),

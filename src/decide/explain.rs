@@ -118,8 +118,30 @@ pub fn explain(
     explain_with(v, subject, action, resource, now, &mut NoPlugins)
 }
 
-/// Explains the decision [`super::check_with`] makes with the same conditions: plugin
-/// conditions of matching assignments are run (again) and their verdicts reported.
+/// Remembers each plugin condition's verdict, so an explanation calls each plugin once per
+/// grant: the decision's calls are reused for the report.
+struct Once<'c> {
+    inner: &'c mut dyn Conditions,
+    seen: Vec<(u32, u32, Verdict, ConditionNote)>,
+}
+
+impl Conditions for Once<'_> {
+    fn evaluate(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> Verdict {
+        self.explain(v, grant, x).0
+    }
+
+    fn explain(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> (Verdict, ConditionNote) {
+        if let Some((_, _, verdict, note)) = self.seen.iter().find(|s| s.0 == grant && s.1 == x) {
+            return (*verdict, note.clone());
+        }
+        let (verdict, note) = self.inner.explain(v, grant, x);
+        self.seen.push((grant, x, verdict, note.clone()));
+        (verdict, note)
+    }
+}
+
+/// Explains the decision [`super::check_with`] makes with the same conditions: the verdicts of
+/// matching assignments' plugin conditions are reported (each plugin runs once per grant).
 pub fn explain_with(
     v: &ArchivedTenantSnap,
     subject: &str,
@@ -128,7 +150,11 @@ pub fn explain_with(
     now: i64,
     cond: &mut dyn Conditions,
 ) -> Explanation {
-    let d: Decision = check_with(v, subject, action, resource, now, cond);
+    let mut cond = Once {
+        inner: cond,
+        seen: Vec::new(),
+    };
+    let d: Decision = check_with(v, subject, action, resource, now, &mut cond);
     let x = v.node_index.get(resource).map(|x| x.to_native());
     let mut out = Explanation {
         allowed: d.allowed,
