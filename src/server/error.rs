@@ -45,11 +45,12 @@ pub enum ErrorCode {
     TooManyConnections,
     TenantUnavailable,
     PluginBusy,
+    HostNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -80,6 +81,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::TenantUnavailable,
         ErrorCode::PluginBusy,
+        ErrorCode::HostNotAllowed,
     ];
 
     /// The code as answered.
@@ -115,6 +117,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TenantUnavailable => "tenant_unavailable",
             ErrorCode::PluginBusy => "plugin_busy",
+            ErrorCode::HostNotAllowed => "host_not_allowed",
         }
     }
 
@@ -151,6 +154,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
