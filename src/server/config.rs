@@ -199,7 +199,7 @@ pub struct DataPlaneConfig {
     pub explain: ExplainMode,
     /// Host names (`name` any port, or `name:port`) a request's `Host` / `:authority` must
     /// match, case-insensitive; any host when empty. Not checked: `/healthz`, `/readyz`, and
-    /// the `admin_listen` listener. Otherwise 421 `host_not_allowed`.
+    /// the `admin_listen` listener. Otherwise 421 `host_not_allowed` (403 on forward-auth).
     pub allowed_hosts: Vec<String>,
 }
 

@@ -216,9 +216,12 @@ impl ApiError {
         }
     }
     /// Forward-auth answers gateways with 2xx, 401 or 403 only: a refusal that would be a 404
-    /// elsewhere (unknown tenant) is a 403 there, with the same code.
+    /// (unknown tenant) or a 421 (host not allowed) elsewhere is a 403 there, with the same code.
     pub fn for_gateway(self) -> ApiError {
-        if self.status == StatusCode::NOT_FOUND {
+        if matches!(
+            self.status,
+            StatusCode::NOT_FOUND | StatusCode::MISDIRECTED_REQUEST
+        ) {
             ApiError {
                 status: StatusCode::FORBIDDEN,
                 ..self

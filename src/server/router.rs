@@ -71,6 +71,9 @@ async fn route(
     // plane but the health probes.
     if surface != Surface::Admin && path != "/healthz" && path != "/readyz" {
         if let Err(e) = state.exposure.check_host(req.uri(), req.headers()) {
+            if forward::is_forward_auth(path) {
+                return (Endpoint::ForwardAuth, Err(e.for_gateway()));
+            }
             return (Endpoint::Other, Err(e));
         }
     }
