@@ -22,6 +22,7 @@ fn settings() -> Vec<(String, Option<Value>)> {
     let sample = Config::parse(
         r#"
 tokens: { keys: [ { alg: HS256 } ] }
+data_plane: { api_keys: [ { sha256: x, tenants: [] } ] }
 forward_auth:
   routes: [ { path: /x, tenant: t, action: "a:b", resource: r } ]
   tables: { "<name>": {} }

@@ -221,6 +221,9 @@ pub fn subject<'a>(
     token: &'a Option<Cow<'a, str>>,
 ) -> Result<Cow<'a, str>, ApiError> {
     match (subject, token) {
+        (Some(_), None) if state.config.data_plane.require_token => Err(ApiError::unauthenticated(
+            "this server requires a 'token' (data_plane.require_token); a bare 'subject' is refused",
+        )),
         (Some(s), None) => Ok(Cow::Borrowed(s.as_ref())),
         (None, Some(t)) => Ok(Cow::Borrowed(state.tokens.subject_for(
             snap,

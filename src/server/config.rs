@@ -28,6 +28,8 @@ pub struct Config {
     /// group or others). With neither this nor `admin_token`, `serve` generates a token.
     pub admin_token_file: Option<PathBuf>,
     pub limits: ServerLimits,
+    /// Who may use the data plane, and how much it shows (all off: a loopback sidecar).
+    pub data_plane: DataPlaneConfig,
     pub metrics: MetricsConfig,
     /// Token identities (JWT): keys and claim names. See `server::tokens`.
     pub tokens: TokensConfig,
@@ -173,6 +175,52 @@ impl PluginConfig {
 pub struct MetricsConfig {
     /// Export per-tenant series (revision, snapshot age). Off by default: cardinality.
     pub per_tenant: bool,
+    /// When set, `/metrics` answers only `Authorization: Bearer <the file's token>` (401
+    /// otherwise). Same file rules as `admin_token_file`.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Serve `/metrics` on the `admin_listen` listener only (404 on `listen`); needs
+    /// `admin_listen`.
+    pub admin_listener_only: bool,
+}
+
+/// Exposure of the data plane (`/v1/check`, `/v1/check/batch`, `/v1/filter`, `/v1/scopes`,
+/// `/v1/explain`, forward-auth). Every option is off by default.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataPlaneConfig {
+    /// Refuse a bare `subject`: every question must carry a `token` (401 `unauthenticated`).
+    pub require_token: bool,
+    /// Caller keys bound to tenants. With any key set, every data-plane question must present
+    /// `Authorization: Bearer <key>` (401 `unauthenticated`) and may only name its tenants
+    /// (403 `forbidden`).
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// `/v1/explain`: `on`, `off` (404 `not_found`) or `token` (only with a `token` or an API
+    /// key; 403 `forbidden` otherwise).
+    pub explain: ExplainMode,
+    /// Host names (`name` any port, or `name:port`) a request's `Host` / `:authority` must
+    /// match, case-insensitive; any host when empty. Not checked: `/healthz`, `/readyz`, and
+    /// the `admin_listen` listener. Otherwise 421 `host_not_allowed` (403 on forward-auth).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// One data-plane API key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// SHA-256 of the key, hex (e.g. `printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Tenants this key may ask about (at least one).
+    pub tenants: Vec<String>,
+}
+
+/// Who may call `/v1/explain`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplainMode {
+    #[default]
+    On,
+    Off,
+    Token,
 }
 
 impl Default for Config {
@@ -187,6 +235,7 @@ impl Default for Config {
             admin_token: None,
             admin_token_file: None,
             limits: ServerLimits::default(),
+            data_plane: DataPlaneConfig::default(),
             metrics: MetricsConfig::default(),
             tokens: TokensConfig::default(),
             forward_auth: ForwardAuthConfig::default(),
@@ -213,6 +262,9 @@ pub struct TokensConfig {
     pub leeway_seconds: u64,
     /// Longest token accepted, bytes.
     pub max_token_bytes: usize,
+    /// Longest token lifetime accepted, seconds: a token whose `exp` lies further than this
+    /// beyond now (plus leeway) or beyond its `iat` is refused (401).
+    pub max_lifetime_seconds: u64,
     /// Verification keys. A token's `kid` header selects one; without `kid`, the single key of
     /// the token's algorithm is used.
     pub keys: Vec<KeyConfig>,
@@ -227,6 +279,7 @@ impl Default for TokensConfig {
             audience: None,
             leeway_seconds: 30,
             max_token_bytes: 8 * 1024,
+            max_lifetime_seconds: 86_400 * 30,
             keys: Vec::new(),
         }
     }
@@ -473,6 +526,16 @@ impl Config {
                 "tokens.max_token_bytes must be at least 64".into(),
             ));
         }
+        if self.metrics.admin_listener_only && self.admin_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "metrics.admin_listener_only needs admin_listen".into(),
+            ));
+        }
+        if t.max_lifetime_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "tokens.max_lifetime_seconds must be greater than 0".into(),
+            ));
+        }
         const RESERVED: [&str; 5] = ["exp", "nbf", "iat", "iss", "aud"];
         for (name, v) in [
             ("tokens.subject_claim", &t.subject_claim),
@@ -616,6 +679,21 @@ mod tests {
         assert!(read_token_file(&p).is_ok());
         let e = read_token_file(d.path()).unwrap_err().to_string();
         assert!(e.contains("regular file"), "{e}");
+    }
+
+    #[test]
+    fn explain_modes_parse_unquoted() {
+        for (text, mode) in [
+            ("on", ExplainMode::On),
+            ("off", ExplainMode::Off),
+            ("token", ExplainMode::Token),
+        ] {
+            let c = Config::parse(&format!("data_plane: {{ explain: {text} }}\n"), "t").unwrap();
+            assert_eq!(c.data_plane.explain, mode, "{text}");
+        }
+        assert!(Config::parse("data_plane: { explain: maybe }\n", "t").is_err());
+        let c = Config::parse("metrics: { admin_listener_only: true }\n", "t").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -45,11 +45,12 @@ pub enum ErrorCode {
     TooManyConnections,
     TenantUnavailable,
     PluginBusy,
+    HostNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -80,6 +81,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::TenantUnavailable,
         ErrorCode::PluginBusy,
+        ErrorCode::HostNotAllowed,
     ];
 
     /// The code as answered.
@@ -115,6 +117,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TenantUnavailable => "tenant_unavailable",
             ErrorCode::PluginBusy => "plugin_busy",
+            ErrorCode::HostNotAllowed => "host_not_allowed",
         }
     }
 
@@ -151,6 +154,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -212,9 +216,12 @@ impl ApiError {
         }
     }
     /// Forward-auth answers gateways with 2xx, 401 or 403 only: a refusal that would be a 404
-    /// elsewhere (unknown tenant) is a 403 there, with the same code.
+    /// (unknown tenant) or a 421 (host not allowed) elsewhere is a 403 there, with the same code.
     pub fn for_gateway(self) -> ApiError {
-        if self.status == StatusCode::NOT_FOUND {
+        if matches!(
+            self.status,
+            StatusCode::NOT_FOUND | StatusCode::MISDIRECTED_REQUEST
+        ) {
             ApiError {
                 status: StatusCode::FORBIDDEN,
                 ..self

@@ -344,12 +344,25 @@ fn agree<'a>(
     }
 }
 
+/// Method-override headers: a backend may honour one and run another method than the one
+/// decided, so a target request carrying any of them is refused.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 fn target<'r>(
     method: &'r Method,
     headers: &'r HeaderMap,
     suffix: &'r str,
     query: Option<&'r str>,
 ) -> Result<Target<'r>, ApiError> {
+    if let Some(h) = METHOD_OVERRIDES.iter().find(|h| headers.contains_key(**h)) {
+        return Err(bad_target(format!(
+            "the target request carries '{h}': method overrides are refused"
+        )));
+    }
     let uri = agree(
         single(headers, &X_ORIGINAL_URI)?,
         single(headers, &X_FORWARDED_URI)?,
@@ -432,6 +445,10 @@ fn canonical_path(uri: &str) -> Result<Cow<'_, str>, ApiError> {
                 };
                 if matches!(v, b'/' | b'\\' | 0) {
                     return Err(bad_target("target path encodes '/', '\\' or NUL"));
+                }
+                // `%25` decodes to '%': a backend that decodes again would see another path.
+                if v == b'%' {
+                    return Err(bad_target("target path encodes '%' ('%25')"));
                 }
                 out.push(v);
                 i += 3;
@@ -949,6 +966,21 @@ forward_auth:
                 ],
             ),
             ("", Method::GET, &[("authorization", a)]),
+            (
+                "/t/femo/assets/press-7",
+                Method::GET,
+                &[("authorization", a), ("x-http-method-override", "DELETE")],
+            ),
+            (
+                "/t/femo/assets/press-7",
+                Method::GET,
+                &[("authorization", a), ("x-http-method", "POST")],
+            ),
+            (
+                "/t/femo/assets/press-7",
+                Method::GET,
+                &[("authorization", a), ("X-Method-Override", "PUT")],
+            ),
         ];
         for (rest, m, h) in cases {
             let (s, code, _) = run(&st, m.clone(), rest, h);
@@ -964,6 +996,8 @@ forward_auth:
             "/t/femo/assets/a%5cb",
             "/t/femo/assets/a%00",
             "/t/femo/assets/a%zz",
+            "/t/femo/assets/%252e%252e/x",
+            "/t/femo/assets/a%25",
             "/t/femo/assets/%ff",
             "/t\\femo",
             "t/femo/assets/press-7",

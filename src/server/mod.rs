@@ -6,6 +6,7 @@
 //! - [`router`]: surfaces, routes, health/readiness/metrics, data-plane dispatch;
 //! - [`body`]: request bodies and the JSON response helper;
 //! - [`error`]: the error codes and their HTTP statuses;
+//! - [`exposure`]: Host allow-list, data-plane API keys, the metrics token;
 //! - [`api`] (data plane), [`forward`] (forward-auth), [`tokens`], [`admin`] (management API).
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod exposure;
 pub mod forward;
 pub mod listen;
 pub mod metrics;

@@ -12,7 +12,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::{check_body_headers, json, read_body_limited, Resp};
+use super::config::ExplainMode;
 use super::error::{ApiError, ErrorCode};
+use super::exposure::Caller;
 use super::metrics::Endpoint;
 use super::{admin, api, forward, snapshot_at, State};
 use crate::store::StoreHealth;
@@ -57,11 +59,23 @@ async fn route(
     let path = req.uri().path();
     let admin_path =
         path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
-    if surface == Surface::Admin && !admin_path && path != "/healthz" {
+    // `metrics.admin_listener_only`: `/metrics` moves to the admin listener.
+    let admin_metrics = path == "/metrics" && state.config.metrics.admin_listener_only;
+    if surface == Surface::Admin && !admin_path && path != "/healthz" && !admin_metrics {
         return (Endpoint::Other, Err(ApiError::not_found(path)));
     }
-    if surface == Surface::DataPlane && admin_path {
+    if surface == Surface::DataPlane && (admin_path || admin_metrics) {
         return (Endpoint::Other, Err(ApiError::not_found(path)));
+    }
+    // `data_plane.allowed_hosts` (DNS rebinding): every route of a listener serving the data
+    // plane but the health probes.
+    if surface != Surface::Admin && path != "/healthz" && path != "/readyz" {
+        if let Err(e) = state.exposure.check_host(req.uri(), req.headers()) {
+            if forward::is_forward_auth(path) {
+                return (Endpoint::ForwardAuth, Err(e.for_gateway()));
+            }
+            return (Endpoint::Other, Err(e));
+        }
     }
     if let Some(rest) = path.strip_prefix(forward::PREFIX) {
         if forward::is_forward_auth(path) {
@@ -86,6 +100,9 @@ async fn route(
         )),
         ("/readyz", &Method::GET | &Method::HEAD) => Ok(readyz(state)),
         ("/metrics", &Method::GET | &Method::HEAD) => {
+            if let Err(e) = state.exposure.metrics_allowed(req.headers()) {
+                return (Endpoint::Other, Err(e));
+            }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
                 &state.registry,
                 &state.conns,
@@ -98,8 +115,10 @@ async fn route(
             Ok(r)
         }
         (_, &Method::POST) if endpoint != Endpoint::Other => {
-            match check_body_headers(state, req.headers()) {
-                Ok(()) => data_plane(state, endpoint, req.into_body()).await,
+            let caller = check_body_headers(state, req.headers())
+                .and_then(|()| state.exposure.caller(req.headers()));
+            match caller {
+                Ok(caller) => data_plane(state, endpoint, caller, req.into_body()).await,
                 Err(e) => Err(e),
             }
         }
@@ -172,12 +191,38 @@ fn readyz(state: &State) -> Resp {
 }
 
 /// A data-plane POST whose headers passed [`check_body_headers`].
-async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result<Resp, ApiError> {
+/// `caller`: the API key's caller when `data_plane.api_keys` is set (it may ask only about its
+/// tenants).
+async fn data_plane(
+    state: &State,
+    endpoint: Endpoint,
+    caller: Option<Caller<'_>>,
+    body: Incoming,
+) -> Result<Resp, ApiError> {
+    let explain = state.config.data_plane.explain;
+    if endpoint == Endpoint::Explain && explain == ExplainMode::Off {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "/v1/explain is disabled here (data_plane.explain: off)",
+        ));
+    }
     let body = read_body_limited(state, body).await?;
+    let may_ask = |tenant: &str| caller.map_or(Ok(()), |c| c.may_ask(tenant));
     // Each arm: parse (borrowing from `body`), pin the snapshot, decide synchronously.
     let out = match endpoint {
         Endpoint::Check | Endpoint::Explain => {
             let r = api::parse_check(&body)?;
+            may_ask(&r.tenant)?;
+            if endpoint == Endpoint::Explain
+                && explain == ExplainMode::Token
+                && caller.is_none()
+                && r.token.is_none()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "/v1/explain needs a 'token' (or an API key) here (data_plane.explain: token)",
+                ));
+            }
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             if endpoint == Endpoint::Check {
                 api::check(state, &snap, &r)?
@@ -187,16 +232,19 @@ async fn data_plane(state: &State, endpoint: Endpoint, body: Incoming) -> Result
         }
         Endpoint::Batch => {
             let r: api::BatchReq = api::parse(&body)?;
+            may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::batch(state, &snap, &r)?
         }
         Endpoint::Filter => {
             let r: api::FilterReq = api::parse(&body)?;
+            may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::filter(state, &snap, &r)?
         }
         Endpoint::Scopes => {
             let r: api::ScopesReq = api::parse(&body)?;
+            may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::scopes(state, &snap, &r)?
         }

@@ -20,6 +20,8 @@ pub struct State {
     pub metrics: Metrics,
     pub tokens: tokens::Tokens,
     pub forward: forward::ForwardAuth,
+    /// Host allow-list, data-plane API keys, metrics token (`server::exposure`).
+    pub exposure: super::exposure::Exposure,
     pub ready: AtomicBool,
     /// The control plane, when this process runs one (`portcullis serve`).
     pub control: Option<Arc<crate::control::ControlPlane>>,
@@ -46,6 +48,7 @@ impl State {
         let metrics = Metrics::new(config.metrics.per_tenant)?;
         let tokens = tokens::Tokens::new(&config.tokens)?;
         let forward = forward::ForwardAuth::new(&config.forward_auth, &tokens)?;
+        let exposure = super::exposure::Exposure::new(&config)?;
         Ok(State {
             config,
             registry,
@@ -53,6 +56,7 @@ impl State {
             metrics,
             tokens,
             forward,
+            exposure,
             ready: AtomicBool::new(false),
             control: None,
             admin_token: None,

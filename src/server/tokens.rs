@@ -95,6 +95,8 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("token expired at {0} (unix seconds)")]
     Expired(i64),
+    #[error("token lifetime is too long: 'exp' {0} is more than {1} s after issue (or now)")]
+    LifetimeTooLong(i64, i64),
     #[error("token not valid before {0} (unix seconds)")]
     NotYetValid(i64),
     #[error("token issued in the future ({0}, unix seconds)")]
@@ -158,6 +160,8 @@ pub struct Tokens {
     audience: Option<Box<str>>,
     leeway: i64,
     max_bytes: usize,
+    /// Longest lifetime accepted: `exp` at most this many seconds after `iat` and after now.
+    max_lifetime: i64,
 }
 
 impl Default for Tokens {
@@ -172,6 +176,7 @@ impl Default for Tokens {
             audience: None,
             leeway: c.leeway_seconds as i64,
             max_bytes: c.max_token_bytes,
+            max_lifetime: c.max_lifetime_seconds as i64,
         }
     }
 }
@@ -237,6 +242,7 @@ impl Tokens {
             audience: config.audience.as_deref().map(Into::into),
             leeway: i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX),
             max_bytes: config.max_token_bytes,
+            max_lifetime: i64::try_from(config.max_lifetime_seconds).unwrap_or(i64::MAX),
         })
     }
 
@@ -401,6 +407,13 @@ impl Tokens {
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
         if now > exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired(exp));
+        }
+        // An `exp` far in the future is a token that can never be expired: bounded from now
+        // (with leeway) and from `iat` when present.
+        let from_now = exp.saturating_sub(now.saturating_add(self.leeway));
+        let from_iat = c.iat.map_or(0, |iat| exp.saturating_sub(iat));
+        if from_now > self.max_lifetime || from_iat > self.max_lifetime {
+            return Err(TokenError::LifetimeTooLong(exp, self.max_lifetime));
         }
         if let Some(nbf) = c.nbf {
             if nbf > now.saturating_add(self.leeway) {
@@ -1123,6 +1136,39 @@ tenants:
             ),
             "no 'exp' claim",
         );
+        // `exp` is bounded: at most `max_lifetime_seconds` (30 days) after now and after `iat`.
+        let month = 86_400 * 30;
+        refused(
+            check(
+                &t,
+                "acme",
+                &tok(
+                    &key,
+                    Some("hs"),
+                    &with(c.clone(), "exp", (NOW + 40 * month).into()),
+                ),
+            ),
+            "lifetime is too long",
+        );
+        let old = with(c.clone(), "iat", (NOW - month).into());
+        refused(
+            check(
+                &t,
+                "acme",
+                &tok(&key, Some("hs"), &with(old, "exp", (NOW + 60).into())),
+            ),
+            "lifetime is too long",
+        );
+        assert!(check(
+            &t,
+            "acme",
+            &tok(
+                &key,
+                Some("hs"),
+                &with(c.clone(), "exp", (NOW + month - 60).into())
+            )
+        )
+        .is_ok());
         // NumericDate may be fractional.
         let frac = with(c, "exp", serde_json::json!(NOW as f64 + 0.5));
         assert!(check(&t, "acme", &tok(&key, Some("hs"), &frac)).is_ok());
