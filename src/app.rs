@@ -135,6 +135,18 @@ pub async fn start(
             return Err(e);
         }
     };
+    // Compiled plugins kept across restarts: a restart loads them instead of compiling.
+    let disk_cache = state
+        .config
+        .plugins
+        .disk_cache_dir
+        .clone()
+        .or_else(|| location.dir().map(|d| d.join("plugin-cache")));
+    if let (Some(host), Some(dir)) = (registry.plugin_host(), disk_cache) {
+        if let Err(e) = host.use_disk_cache(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");
+        }
+    }
     follower::start(Arc::clone(&cp), registry).await;
     state.control = Some(cp);
     state.admin_token = Some(token);

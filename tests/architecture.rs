@@ -9,7 +9,9 @@ const README: &str = include_str!("../README.md");
 
 /// Module → the modules README allows it to import.
 fn allowed() -> BTreeMap<String, BTreeSet<String>> {
-    let start = README.find("## Architecture").expect("README has an Architecture section");
+    let start = README
+        .find("## Architecture")
+        .expect("README has an Architecture section");
     let rest = &README[start..];
     rest.lines()
         .filter(|l| l.starts_with("| `") && !l.starts_with("| `cli`"))
@@ -65,7 +67,10 @@ fn walk(path: &Path, out: &mut BTreeSet<String>) {
 fn every_module_imports_only_what_the_readme_table_allows() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let table = allowed();
-    assert!(table.contains_key("decide") && table.contains_key("server"), "{table:?}");
+    assert!(
+        table.contains_key("decide") && table.contains_key("server"),
+        "{table:?}"
+    );
     let mut problems = Vec::new();
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
@@ -74,14 +79,18 @@ fn every_module_imports_only_what_the_readme_table_allows() {
             continue;
         }
         let Some(ok) = table.get(&name) else {
-            problems.push(format!("module '{name}' has no row in README's architecture table"));
+            problems.push(format!(
+                "module '{name}' has no row in README's architecture table"
+            ));
             continue;
         };
         let mut used = BTreeSet::new();
         walk(&path, &mut used);
         used.remove(&name);
         for u in used.difference(ok) {
-            problems.push(format!("'{name}' imports '{u}', which its README row does not list"));
+            problems.push(format!(
+                "'{name}' imports '{u}', which its README row does not list"
+            ));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");

@@ -359,3 +359,49 @@ fn data_files_declare_plugins_by_path_and_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn compiled_modules_survive_a_restart_in_the_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugin-cache");
+    let wasm = wat::parse_file(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plugins/allow.wat"),
+    )
+    .unwrap();
+    let first = PluginHost::new(Limits::default()).unwrap();
+    first.use_disk_cache(&cache).unwrap();
+    first.load("t", "p", &wasm).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "cache dir mode {mode:o}");
+    }
+    // A new process (a new host) loads the kept module: the file is not rewritten.
+    let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    let second = PluginHost::new(Limits::default()).unwrap();
+    second.use_disk_cache(&cache).unwrap();
+    assert!(second.load("t", "p", &wasm).is_ok());
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        written
+    );
+    // A damaged file fails its digest: compiled again and rewritten, never trusted.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let third = PluginHost::new(Limits::default()).unwrap();
+    third.use_disk_cache(&cache).unwrap();
+    assert!(third.load("t", "p", &wasm).is_ok());
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        bytes,
+        "the damaged file was rewritten"
+    );
+}

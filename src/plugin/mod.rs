@@ -866,6 +866,8 @@ pub struct PluginHost {
     busy: Mutex<BusyState>,
     /// Signalled when a slot is released.
     freed: Condvar,
+    /// Directory of compiled modules kept across restarts ([`PluginHost::use_disk_cache`]).
+    disk: OnceLock<std::path::PathBuf>,
     _ticker: Ticker,
 }
 
@@ -947,6 +949,7 @@ impl PluginHost {
             uses: AtomicU64::new(0),
             busy: Mutex::new(BusyState::default()),
             freed: Condvar::new(),
+            disk: OnceLock::new(),
             _ticker: Ticker {
                 stop,
                 handle: Some(handle),
@@ -956,6 +959,70 @@ impl PluginHost {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Keeps compiled modules in `dir` (created with mode 0700), so a restart loads them instead
+    /// of compiling again. Each file is `SHA-256(artifact) || artifact`, named by the SHA-256 of
+    /// the module's bytes; a file that fails its digest (or that this wasmtime or engine
+    /// configuration cannot load) is ignored and rewritten.
+    pub fn use_disk_cache(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir)?;
+        let _ = self.disk.set(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// The compiled module of `bytes` from the disk cache, if it holds a good one.
+    fn module_from_disk(&self, hash: &[u8; 32]) -> Option<Module> {
+        let path = self
+            .disk
+            .get()?
+            .join(format!("{}.cwasm", crate::model::hex(hash)));
+        let file = std::fs::read(&path).ok()?;
+        let (digest, artifact) = file.split_at_checked(32)?;
+        if Sha256::digest(artifact).as_slice() != digest {
+            tracing::warn!(path = %path.display(), "compiled plugin cache file fails its digest; compiling again");
+            return None;
+        }
+        // SAFETY: `deserialize` trusts that the bytes are a module this wasmtime serialized.
+        // They are: the file was written by `module_to_disk` of this service into its own 0700
+        // directory (only the service's user can write it, the same user that owns the store
+        // the modules come from), and the digest above proves it is the file as written, not a
+        // truncated or damaged one. wasmtime itself refuses artifacts of another version or
+        // engine configuration (an error, then we compile).
+        match unsafe { Module::deserialize(&self.engine, artifact) } {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::info!(path = %path.display(), error = %e, "compiled plugin cache file not usable; compiling again");
+                None
+            }
+        }
+    }
+
+    /// Writes a compiled module to the disk cache (best effort: a failure only costs a compile
+    /// at the next start).
+    fn module_to_disk(&self, hash: &[u8; 32], module: &Module) {
+        let Some(dir) = self.disk.get() else {
+            return;
+        };
+        let Ok(artifact) = module.serialize() else {
+            return;
+        };
+        let name = crate::model::hex(hash);
+        let (tmp, path) = (
+            dir.join(format!("{name}.cwasm.tmp")),
+            dir.join(format!("{name}.cwasm")),
+        );
+        let mut file = Vec::with_capacity(32 + artifact.len());
+        file.extend_from_slice(&Sha256::digest(&artifact));
+        file.extend_from_slice(&artifact);
+        if let Err(e) = std::fs::write(&tmp, &file).and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep a compiled plugin on disk");
+        }
     }
 
     /// [`check_plugin_count`] with this host's `max_per_tenant`.
@@ -1222,11 +1289,18 @@ impl PluginHost {
             }
         }
         let t0 = Instant::now();
-        let module =
-            Module::from_binary(&self.engine, bytes).map_err(|e| ModuleError::Invalid {
-                name: n(),
-                msg: format!("{e:#}"),
-            })?;
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        let (module, from_disk) = match self.module_from_disk(&hash) {
+            Some(m) => (m, true),
+            None => {
+                let m =
+                    Module::from_binary(&self.engine, bytes).map_err(|e| ModuleError::Invalid {
+                        name: n(),
+                        msg: format!("{e:#}"),
+                    })?;
+                (m, false)
+            }
+        };
         let compile_time = t0.elapsed();
         for imp in module.imports() {
             let ok = imp.module() == "portcullis"
@@ -1277,6 +1351,10 @@ impl PluginHost {
         func("portcullis_abi_version", 0, "func () -> i32")?;
         func("portcullis_alloc", 1, "func (i32) -> i32")?;
         func("portcullis_evaluate", 2, "func (i32, i32) -> i32")?;
+        if !from_disk {
+            // Only modules that passed every check are kept.
+            self.module_to_disk(&hash, &module);
+        }
         let pre = self
             .linker
             .instantiate_pre(&module)

@@ -113,6 +113,9 @@ pub struct PluginConfig {
     pub max_functions: usize,
     /// Compiled modules kept by content hash (shared by all tenants and names).
     pub module_cache: usize,
+    /// Directory keeping compiled modules across restarts; none: `<store>/plugin-cache` for
+    /// the embedded store, no disk cache with PostgreSQL.
+    pub disk_cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -136,6 +139,7 @@ impl Default for PluginConfig {
             max_function_bytes: l.max_function_bytes,
             max_functions: l.max_functions,
             module_cache: l.module_cache,
+            disk_cache_dir: None,
         }
     }
 }
