@@ -75,7 +75,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::health::{Health, Op};
 use super::integrity::{self, Sum, SUM_LEN};
-use super::{BoxFuture, Commit, Kind, LogQuery, Row, Store, StoreError, StoreHealth, TenantRows};
+use super::{
+    BoxFuture, Commit, Kind, LogEdit, LogEditor, LogQuery, Row, Store, StoreError, StoreHealth,
+    TenantRows,
+};
 
 /// File name inside the store directory.
 pub const FILE_NAME: &str = "portcullis.redb";
@@ -1092,6 +1095,64 @@ fn log_blocking(db: &Database, query: &LogQuery) -> Result<Vec<Commit>, StoreErr
     Ok(out)
 }
 
+fn rewrite_log_blocking(
+    db: &Database,
+    tenant: &str,
+    through: u64,
+    edit: &LogEditor,
+) -> Result<u64, StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_quick_repair(true);
+    let mut changed = 0;
+    {
+        let mut commits = txn.open_table(COMMITS).map_err(storage)?;
+        let mut metas = txn.open_table(COMMIT_META).map_err(storage)?;
+        let mut revisions = Vec::new();
+        for entry in commits
+            .range((tenant, 0u64)..=(tenant, through))
+            .map_err(storage)?
+        {
+            revisions.push(entry.map_err(storage)?.0.value().1);
+        }
+        for revision in revisions {
+            let what = || format!("commit of revision {revision}");
+            let commit: Commit = {
+                let body = commits
+                    .get((tenant, revision))
+                    .map_err(storage)?
+                    .ok_or_else(|| StoreError::corrupt(tenant, format!("{}: missing", what())))?;
+                let body = open_record("commit", tenant, revision, body.value())?;
+                serde_json::from_slice(body).map_err(|e| undecodable(tenant, &what(), e))?
+            };
+            match edit(commit) {
+                LogEdit::Keep => continue,
+                LogEdit::Drop => {
+                    commits.remove((tenant, revision)).map_err(storage)?;
+                    metas.remove((tenant, revision)).map_err(storage)?;
+                }
+                LogEdit::Replace(c) => {
+                    super::check_replacement(tenant, revision, &c)?;
+                    let meta = serde_json::to_vec(&Meta::of(&c))
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let body =
+                        serde_json::to_vec(&c).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let body = seal_record("commit", tenant, revision, &body);
+                    let meta = seal_record("meta", tenant, revision, &meta);
+                    commits
+                        .insert((tenant, revision), body.as_slice())
+                        .map_err(storage)?;
+                    metas
+                        .insert((tenant, revision), meta.as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            changed += 1;
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(changed)
+}
+
 impl Store for EmbeddedStore {
     fn engine(&self) -> &'static str {
         "embedded"
@@ -1117,6 +1178,19 @@ impl Store for EmbeddedStore {
         let q = query.clone();
         let tenant = query.tenant.clone().unwrap_or_default();
         Box::pin(self.read(tenant, move |db| log_blocking(db, &q)))
+    }
+
+    fn rewrite_log<'a>(
+        &'a self,
+        tenant: &'a str,
+        through_revision: u64,
+        edit: LogEditor,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let t = tenant.to_string();
+        // redb runs one write transaction at a time: this one waits for the writer's batch.
+        Box::pin(self.read(tenant.to_string(), move |db| {
+            rewrite_log_blocking(db, &t, through_revision, &edit)
+        }))
     }
 
     fn health(&self) -> StoreHealth {

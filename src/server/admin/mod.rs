@@ -76,6 +76,7 @@ enum Route<'a> {
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
+    AuditEntry(&'a str, &'a str),
     List(&'a str, Coll),
     Entity(&'a str, Coll, &'a str),
     PluginWasm(&'a str, &'a str),
@@ -92,6 +93,7 @@ impl<'a> Route<'a> {
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
+            ["tenants", t, "audit", rev] => Route::AuditEntry(t, rev),
             ["tenants", t, c] => Route::List(t, Coll::parse(c)?),
             ["tenants", t, c, id] => Route::Entity(t, Coll::parse(c)?, id),
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
@@ -116,9 +118,11 @@ impl<'a> Route<'a> {
     /// The methods the path accepts (the `Allow` header of its 405).
     fn allow(self) -> &'static str {
         match self {
-            Route::OpenApi | Route::PlatformUsers | Route::Audit(..) | Route::PluginWasm(..) => {
-                "GET"
-            }
+            Route::OpenApi
+            | Route::PlatformUsers
+            | Route::Audit(..)
+            | Route::AuditEntry(..)
+            | Route::PluginWasm(..) => "GET",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
@@ -173,6 +177,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Tenant(t), Method::PATCH) => w(t).update_tenant(req).await,
         (Tenant(t), Method::DELETE) => w(t).delete_tenant(&req).await,
         (Audit(t), Method::GET) => reads::audit(cp, t, &q).await,
+        (AuditEntry(t, rev), Method::GET) => reads::audit_entry(cp, t, rev, &q).await,
         (List(t, c), Method::GET) => reads::list(cp, t, c, &q, now).await,
         (Entity(t, Coll::Users, "overview"), Method::GET) => reads::user_overview(cp, t, now).await,
         (Entity(t, c, id), Method::GET) => reads::entity(cp, t, c, id, now).await,
