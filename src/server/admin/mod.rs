@@ -81,6 +81,7 @@ enum Route<'a> {
     Entity(&'a str, Coll, &'a str),
     PluginWasm(&'a str, &'a str),
     UserOp(&'a str, &'a str, UserTransition),
+    UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
 }
@@ -99,6 +100,7 @@ impl<'a> Route<'a> {
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
             ["tenants", t, "users", id, op] => Route::UserOp(
                 t,
                 id,
@@ -127,7 +129,7 @@ impl<'a> Route<'a> {
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
             Route::Tenant(_) | Route::Entity(..) => "GET, PATCH, DELETE",
-            Route::UserOp(..) | Route::Members(..) => "POST",
+            Route::UserOp(..) | Route::UserErase(..) | Route::Members(..) => "POST",
             Route::Member(..) => "DELETE",
         }
     }
@@ -187,6 +189,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Entity(t, Coll::Plugins, name), Method::DELETE) => w(t).delete_plugin(name, &req).await,
         (PluginWasm(t, name), Method::GET) => plugins::download(cp, t, name).await,
         (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
+        (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
         (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
         (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,
