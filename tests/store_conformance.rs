@@ -17,7 +17,8 @@ use common::{
 };
 use portcullis::store::embedded::EmbeddedStore;
 use portcullis::store::{
-    Commit, Kind, LogEdit, LogEditor, LogQuery, RowOp, Store, StoreError, MAX_KEY_BYTES,
+    Commit, CommitWindow, Kind, LogEdit, LogEditor, LogQuery, RowOp, Store, StoreError,
+    MAX_KEY_BYTES,
 };
 use serde_json::{json, Value};
 
@@ -63,6 +64,7 @@ conformance!(
     numbers_keep_their_checksums,
     corrupt_rows_and_commits_are_refused,
     log_rewrites_keep_replace_and_drop,
+    log_windows_are_slices_of_the_log,
 );
 
 fn conflict(result: Result<(), StoreError>) -> (String, u64, u64) {
@@ -1753,4 +1755,44 @@ async fn log_rewrites_keep_replace_and_drop(target: &Target) {
         .commit(&commit("a", 7, "x", "user.create", vec![]))
         .await
         .unwrap();
+}
+
+/// `log_window` answers the same commits as `log`, each with only the asked window of its ops
+/// and the number it has.
+async fn log_windows_are_slices_of_the_log(target: &Target) {
+    let store = target.open().await;
+    let ops: Vec<RowOp> = (0..45)
+        .map(|i| {
+            RowOp::put(
+                Kind::User,
+                format!("u{i:02}"),
+                json!({"email": format!("u{i}@x")}),
+                None,
+            )
+        })
+        .collect();
+    store
+        .commit(&commit("t", 1, "a", "import", ops))
+        .await
+        .unwrap();
+    store
+        .commit(&commit(
+            "t",
+            2,
+            "a",
+            "user.delete",
+            vec![RowOp::delete(Kind::User, "u00", None)],
+        ))
+        .await
+        .unwrap();
+    let full = store.log(&all("t")).await.unwrap();
+    for (offset, limit) in [(0, 20), (20, 20), (40, 20), (50, 5), (0, 0)] {
+        let w = store.log_window(&all("t"), offset, limit).await.unwrap();
+        let expected: Vec<CommitWindow> = full
+            .iter()
+            .map(|c| CommitWindow::of(c.clone(), offset, limit))
+            .collect();
+        assert_eq!(w, expected, "window {offset}+{limit}");
+        assert_eq!((w[0].op_count, w[1].op_count), (45, 1));
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::doc::{json as to_json, PluginRow, TenantDoc, UserRow};
 use super::{rules, ControlError, ControlPlane};
 use crate::model::{is_builtin_role, Part, Principal, UserKind, UserStatus, BUILTIN_ROLES};
-use crate::store::{Commit, Kind, LogQuery};
+use crate::store::{Commit, CommitWindow, Kind, LogQuery};
 
 /// Largest page a list endpoint returns.
 pub const MAX_PAGE: usize = 1000;
@@ -511,10 +511,10 @@ fn audit_change(o: &crate::store::RowOp) -> Value {
 }
 
 /// The header of an audit entry: revision, actor, time, action, target and number of changes.
-fn audit_header(c: &Commit) -> serde_json::Map<String, Value> {
+fn audit_header(c: &Commit, op_count: usize) -> serde_json::Map<String, Value> {
     let v = json!({
         "revision": c.revision, "actor": c.actor, "at": crate::model::format_timestamp(c.at_ms / 1000), "at_ms": c.at_ms,
-        "action": c.action, "target": c.target, "change_count": c.ops.len(),
+        "action": c.action, "target": c.target, "change_count": op_count,
     });
     match v {
         Value::Object(m) => m,
@@ -523,10 +523,11 @@ fn audit_header(c: &Commit) -> serde_json::Map<String, Value> {
 }
 
 /// One audit list entry: the commit's header and its first [`AUDIT_CHANGES_SHOWN`] row changes,
-/// with `changes_truncated` when there are more.
-pub fn audit_entry(c: &Commit) -> Value {
-    let mut m = audit_header(c);
-    let shown: Vec<Value> = c
+/// with `changes_truncated` when there are more (`w` holds at least those).
+pub fn audit_entry(w: &CommitWindow) -> Value {
+    let mut m = audit_header(&w.commit, w.op_count);
+    let shown: Vec<Value> = w
+        .commit
         .ops
         .iter()
         .take(AUDIT_CHANGES_SHOWN)
@@ -535,7 +536,7 @@ pub fn audit_entry(c: &Commit) -> Value {
     m.insert("changes".into(), Value::Array(shown));
     m.insert(
         "changes_truncated".into(),
-        json!(c.ops.len() > AUDIT_CHANGES_SHOWN),
+        json!(w.op_count > AUDIT_CHANGES_SHOWN),
     );
     Value::Object(m)
 }
@@ -549,11 +550,15 @@ pub async fn audit(cp: &ControlPlane, tenant: &str, q: &AuditQuery) -> Result<Va
         limit: q.limit.saturating_add(1),
         ..q.clone()
     };
-    let mut commits = cp.store().log(&query).await?;
+    // Only the changes an entry shows are decoded (by engines that can skip the others).
+    let mut commits = cp
+        .store()
+        .log_window(&query, 0, AUDIT_CHANGES_SHOWN)
+        .await?;
     let more = commits.len() > q.limit;
     commits.truncate(q.limit);
     let next = if more {
-        commits.last().map(|c| c.revision.to_string())
+        commits.last().map(|w| w.commit.revision.to_string())
     } else {
         None
     };
@@ -576,28 +581,22 @@ pub async fn audit_changes(
         limit: 1,
         ..LogQuery::default()
     };
-    let commit = cp
+    let w = cp
         .store()
-        .log(&query)
+        .log_window(&query, page.offset, page.size)
         .await?
         .into_iter()
-        .find(|c| c.revision == revision && revision > 0)
+        .find(|w| w.commit.revision == revision && revision > 0)
         .ok_or_else(|| {
             ControlError::Rule(rules::RuleError::not_found(
                 "audit entry",
                 &revision.to_string(),
             ))
         })?;
-    let total = commit.ops.len();
+    let total = w.op_count;
     let end = page.offset.saturating_add(page.size).min(total);
-    let changes: Vec<Value> = commit
-        .ops
-        .iter()
-        .skip(page.offset)
-        .take(page.size)
-        .map(audit_change)
-        .collect();
-    let mut m = audit_header(&commit);
+    let changes: Vec<Value> = w.commit.ops.iter().map(audit_change).collect();
+    let mut m = audit_header(&w.commit, total);
     m.insert("changes".into(), Value::Array(changes));
     m.insert(
         "next_page_token".into(),

@@ -76,8 +76,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::{Health, Op};
 use super::integrity::{self, Sum, SUM_LEN};
 use super::{
-    BoxFuture, Commit, Kind, LogEdit, LogEditor, LogQuery, Row, Store, StoreError, StoreHealth,
-    TenantRows,
+    BoxFuture, Commit, CommitWindow, Kind, LogEdit, LogEditor, LogQuery, Row, Store, StoreError,
+    StoreHealth, TenantRows,
 };
 
 /// File name inside the store directory.
@@ -1040,7 +1040,13 @@ fn tenants_blocking(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
     Ok(out)
 }
 
-fn log_blocking(db: &Database, query: &LogQuery) -> Result<Vec<Commit>, StoreError> {
+/// The commits matching `query`; with `window`, each keeps only those ops (the others are skipped
+/// while parsing, after the whole record's checksum is checked).
+fn log_blocking(
+    db: &Database,
+    query: &LogQuery,
+    window: Option<(usize, usize)>,
+) -> Result<Vec<CommitWindow>, StoreError> {
     let mut out = Vec::new();
     if query.limit == 0 {
         return Ok(out);
@@ -1079,15 +1085,17 @@ fn log_blocking(db: &Database, query: &LogQuery) -> Result<Vec<Commit>, StoreErr
             .map_err(storage)?
             .ok_or_else(|| StoreError::corrupt(tenant, format!("{}: missing", what())))?;
         let body = open_record("commit", tenant, revision, body.value())?;
-        let commit: Commit =
-            serde_json::from_slice(body).map_err(|e| undecodable(tenant, &what(), e))?;
+        let (offset, limit) = window.unwrap_or((0, usize::MAX));
+        let w = super::window::decode(body, offset, limit)
+            .map_err(|e| undecodable(tenant, &what(), e))?;
+        let commit = &w.commit;
         if commit.tenant != tenant || commit.revision != revision {
             return Err(StoreError::corrupt(
                 tenant,
                 format!("{}: wrong key", what()),
             ));
         }
-        out.push(commit);
+        out.push(w);
         if out.len() >= query.limit {
             break;
         }
@@ -1177,7 +1185,23 @@ impl Store for EmbeddedStore {
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>> {
         let q = query.clone();
         let tenant = query.tenant.clone().unwrap_or_default();
-        Box::pin(self.read(tenant, move |db| log_blocking(db, &q)))
+        Box::pin(self.read(tenant, move |db| {
+            let log = log_blocking(db, &q, None)?;
+            Ok(log.into_iter().map(|w| w.commit).collect())
+        }))
+    }
+
+    fn log_window<'a>(
+        &'a self,
+        query: &'a LogQuery,
+        ops_offset: usize,
+        ops_limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitWindow>, StoreError>> {
+        let q = query.clone();
+        let tenant = query.tenant.clone().unwrap_or_default();
+        Box::pin(self.read(tenant, move |db| {
+            log_blocking(db, &q, Some((ops_offset, ops_limit)))
+        }))
     }
 
     fn rewrite_log<'a>(

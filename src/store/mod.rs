@@ -16,6 +16,7 @@ pub mod embedded;
 mod health;
 pub mod integrity;
 pub mod postgres;
+mod window;
 
 pub use health::StoreHealth;
 
@@ -318,6 +319,24 @@ impl LogQuery {
     }
 }
 
+/// A commit read with only a window of its row changes ([`Store::log_window`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitWindow {
+    /// The commit; `ops` holds only the window asked for.
+    pub commit: Commit,
+    /// How many row changes the whole commit has.
+    pub op_count: usize,
+}
+
+impl CommitWindow {
+    /// The window `offset..offset + limit` of `commit`'s ops.
+    pub fn of(mut commit: Commit, offset: usize, limit: usize) -> CommitWindow {
+        let op_count = commit.ops.len();
+        commit.ops = commit.ops.into_iter().skip(offset).take(limit).collect();
+        CommitWindow { commit, op_count }
+    }
+}
+
 /// What [`Store::rewrite_log`] does with one logged commit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogEdit {
@@ -397,6 +416,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits matching `query`, in (tenant, revision) order; at most `query.limit`.
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>>;
+
+    /// Like [`Store::log`], but each commit keeps only its row changes `ops_offset..ops_offset +
+    /// ops_limit` and tells how many it has: for answers that must stay small however big a
+    /// commit is. Engines that can skip the other changes without decoding them do so.
+    fn log_window<'a>(
+        &'a self,
+        query: &'a LogQuery,
+        ops_offset: usize,
+        ops_limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitWindow>, StoreError>> {
+        Box::pin(async move {
+            let commits = self.log(query).await?;
+            Ok(commits
+                .into_iter()
+                .map(|c| CommitWindow::of(c, ops_offset, ops_limit))
+                .collect())
+        })
+    }
 
     /// Rewrites the log of `tenant` up to and including `through_revision`, atomically: each
     /// commit is handed to `edit`, which keeps, replaces (e.g. personal data scrubbed) or drops it.
