@@ -682,6 +682,18 @@ fn audit_entries_are_bounded_and_erasure_scrubs_the_log() {
     assert_eq!(st, 400);
     let (st, _, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1001", None, &[]);
     assert_eq!(st, 400);
+    // Erasing a user also removes its assignments.
+    a.ok("POST", "/v1/tenants/acme/users/ann/delete", json!({}));
+    let v = a.ok("POST", "/v1/tenants/acme/users/ann/erase", json!({}));
+    let rev = v["revision"].as_u64().unwrap();
+    let v = a.ok("GET", "/v1/tenants/acme/assignments?user=ann", Value::Null);
+    assert_eq!(v["total"], 0);
+    assert_eq!(
+        a.check("acme", "ann", "asset:operate", "press-1", rev)["allowed"],
+        false
+    );
+    let (_, after, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1000", None, &[]);
+    assert!(!after.to_string().contains("ann@acme.example"));
 }
 
 /// Deleting a tenant forgets its audit log; a tenant created again with the same id starts with
