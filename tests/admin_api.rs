@@ -590,6 +590,143 @@ fn audit_records_every_change() {
     assert!(v2["items"][0]["revision"].as_u64().unwrap() > after.parse::<u64>().unwrap());
 }
 
+/// Audit list entries show at most 20 changes; one commit's changes are paged on
+/// `GET …/audit/{revision}`. Erasing a deleted user removes it and scrubs its email and name from
+/// every audit entry (the entries stay).
+#[test]
+fn audit_entries_are_bounded_and_erasure_scrubs_the_log() {
+    let a = Admin::start();
+    setup_acme(&a);
+    for i in 0..25 {
+        a.ok(
+            "POST",
+            "/v1/tenants/acme/groups",
+            json!({"id": format!("g{i:02}"), "members": ["bob"]}),
+        );
+    }
+    // Only a deleted user can be erased.
+    let (st, v, _) = a.call("POST", "/v1/tenants/acme/users/bob/erase", None, &[]);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("invalid_state")),
+        "{v}"
+    );
+    let (st, _, _) = a.call("POST", "/v1/tenants/acme/users/nobody/erase", None, &[]);
+    assert_eq!(st, 404);
+    a.ok("POST", "/v1/tenants/acme/users/bob/delete", json!({}));
+    let (_, before, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1000", None, &[]);
+    assert!(before.to_string().contains("bob@acme.example"));
+    let v = a.ok("POST", "/v1/tenants/acme/users/bob/erase", json!({}));
+    let rev = v["revision"].as_u64().unwrap();
+    let (st, _, _) = a.call("GET", "/v1/tenants/acme/users/bob", None, &[]);
+    assert_eq!(st, 404);
+    let g = a.ok("GET", "/v1/tenants/acme/groups/g00", Value::Null);
+    assert_eq!(g["members"], json!([]));
+
+    let (_, after, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1000", None, &[]);
+    let text = after.to_string();
+    assert!(
+        !text.contains("bob@acme.example") && !text.contains("\"Bob\""),
+        "{text}"
+    );
+    let items = after["items"].as_array().unwrap();
+    assert_eq!(items.len(), before["items"].as_array().unwrap().len() + 1);
+    let created = items
+        .iter()
+        .find(|e| e["action"] == "user.create" && e["target"] == "user:bob")
+        .unwrap();
+    assert_eq!(created["changes"][0]["after"]["email"], "[erased]");
+    assert_eq!(created["changes"][0]["after"]["name"], "[erased]");
+    let erase = items.last().unwrap();
+    assert_eq!(
+        (
+            &erase["action"],
+            &erase["revision"],
+            &erase["change_count"],
+            &erase["changes_truncated"]
+        ),
+        (&json!("user.erase"), &json!(rev), &json!(26), &json!(true))
+    );
+    assert_eq!(erase["changes"].as_array().unwrap().len(), 20);
+
+    // The whole commit, page by page.
+    let p1 = a.ok(
+        "GET",
+        &format!("/v1/tenants/acme/audit/{rev}?page_size=20"),
+        Value::Null,
+    );
+    assert_eq!(
+        (p1["change_count"].as_u64(), p1["next_page_token"].as_str()),
+        (Some(26), Some("20"))
+    );
+    assert_eq!(p1["changes"].as_array().unwrap().len(), 20);
+    let p2 = a.ok(
+        "GET",
+        &format!("/v1/tenants/acme/audit/{rev}?page_size=20&page_token=20"),
+        Value::Null,
+    );
+    assert_eq!(p2["changes"].as_array().unwrap().len(), 6);
+    assert!(p2["next_page_token"].is_null());
+    assert_eq!(
+        p2["changes"][5],
+        json!({"kind": "user", "id": "bob", "before": null, "after": null})
+    );
+    let (st, _, _) = a.call(
+        "GET",
+        &format!("/v1/tenants/acme/audit/{}", rev + 100),
+        None,
+        &[],
+    );
+    assert_eq!(st, 404);
+    let (st, _, _) = a.call("GET", "/v1/tenants/acme/audit/x", None, &[]);
+    assert_eq!(st, 400);
+    let (st, _, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1001", None, &[]);
+    assert_eq!(st, 400);
+    // Erasing a user also removes its assignments.
+    a.ok("POST", "/v1/tenants/acme/users/ann/delete", json!({}));
+    let v = a.ok("POST", "/v1/tenants/acme/users/ann/erase", json!({}));
+    let rev = v["revision"].as_u64().unwrap();
+    let v = a.ok("GET", "/v1/tenants/acme/assignments?user=ann", Value::Null);
+    assert_eq!(v["total"], 0);
+    assert_eq!(
+        a.check("acme", "ann", "asset:operate", "press-1", rev)["allowed"],
+        false
+    );
+    let (_, after, _) = a.call("GET", "/v1/tenants/acme/audit?limit=1000", None, &[]);
+    assert!(!after.to_string().contains("ann@acme.example"));
+}
+
+/// Deleting a tenant forgets its audit log; a tenant created again with the same id starts with
+/// an audit log of its own (nothing of the old one), also after a restart.
+#[test]
+fn a_recreated_tenant_inherits_no_audit_log() {
+    let dir = tempdir::Dir::new("recreate");
+    let store = format!("{}/store", dir.path());
+    let s = Server::start(&["--store", &store], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    let a = Admin { s, _dir: None };
+    let old = setup_acme(&a);
+    a.ok("DELETE", "/v1/tenants/acme", Value::Null);
+    let v = a.ok(
+        "POST",
+        "/v1/tenants",
+        json!({"id": "acme", "name": "Acme 2"}),
+    );
+    assert!(v["revision"].as_u64().unwrap() > old);
+    let check = |a: &Admin| {
+        let v = a.ok("GET", "/v1/tenants/acme/audit", Value::Null);
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{v}");
+        assert_eq!(items[0]["action"], "tenant.create");
+        assert!(!v.to_string().contains("acme.example"), "{v}");
+        let (st, _, _) = a.call("GET", &format!("/v1/tenants/acme/audit/{old}"), None, &[]);
+        assert_eq!(st, 404);
+    };
+    check(&a);
+    drop(a);
+    let s = Server::start(&["--store", &store], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    check(&Admin { s, _dir: None });
+}
+
 /// Kill -9 during a stream of writes; every acknowledged write survives the restart.
 #[test]
 fn kill_9_loses_no_acknowledged_write() {

@@ -16,7 +16,10 @@ use common::{
     commit, replay, revs_after, revs_of, rows_of, state_of, triples, Engine, State, Target,
 };
 use portcullis::store::embedded::EmbeddedStore;
-use portcullis::store::{Commit, Kind, LogQuery, RowOp, Store, StoreError, MAX_KEY_BYTES};
+use portcullis::store::{
+    Commit, CommitWindow, Kind, LogEdit, LogEditor, LogQuery, RowOp, Store, StoreError,
+    MAX_KEY_BYTES,
+};
 use serde_json::{json, Value};
 
 macro_rules! conformance {
@@ -60,6 +63,8 @@ conformance!(
     old_control_plane_store_loads,
     numbers_keep_their_checksums,
     corrupt_rows_and_commits_are_refused,
+    log_rewrites_keep_replace_and_drop,
+    log_windows_are_slices_of_the_log,
 );
 
 fn conflict(result: Result<(), StoreError>) -> (String, u64, u64) {
@@ -1684,4 +1689,110 @@ async fn numbers_keep_their_checksums(target: &Target) {
     let store = target.open().await;
     store.load("t").await.unwrap().unwrap();
     store.log(&all("t")).await.unwrap();
+}
+
+/// `rewrite_log` keeps, replaces (with valid checksums, also after a reopen) and drops logged
+/// commits of one tenant up to a revision, leaves rows, revisions and other tenants alone, and
+/// refuses a replacement that moves a commit (changing nothing).
+async fn log_rewrites_keep_replace_and_drop(target: &Target) {
+    let store = target.open().await;
+    let commits = log_fixture();
+    for c in &commits {
+        store.commit(c).await.unwrap();
+    }
+    let rows_before = store.load("a").await.unwrap();
+    let b_before = store.log(&all("b")).await.unwrap();
+    // Revision 1 dropped, 2 scrubbed, 3 kept, 4 (beyond `through`) untouched.
+    let edit: LogEditor = Arc::new(|c: Commit| match c.revision {
+        1 => LogEdit::Drop,
+        2 => LogEdit::Replace(Commit {
+            ops: vec![RowOp::put(
+                Kind::User,
+                "u1",
+                json!({"email": "[erased]"}),
+                None,
+            )],
+            ..c
+        }),
+        _ => LogEdit::Keep,
+    });
+    assert_eq!(store.rewrite_log("a", 3, edit).await.unwrap(), 2);
+    let check = |log: Vec<Commit>| {
+        let revs: Vec<u64> = log.iter().map(|c| c.revision).collect();
+        assert_eq!(revs, [2, 3, 4, 5, 6]);
+        assert_eq!(log[0].ops[0].value, Some(json!({"email": "[erased]"})));
+        assert_eq!(log[0].actor, "bob");
+    };
+    check(store.log(&all("a")).await.unwrap());
+    // The header filters see the rewritten commit too.
+    let q = LogQuery {
+        tenant: Some("a".into()),
+        action_prefix: Some("user.delete".into()),
+        limit: 10,
+        ..LogQuery::default()
+    };
+    assert_eq!(store.log(&q).await.unwrap().len(), 1);
+    assert_eq!(store.load("a").await.unwrap(), rows_before);
+    assert_eq!(store.log(&all("b")).await.unwrap(), b_before);
+    // A replacement may not move a commit; nothing changes.
+    let moved: LogEditor = Arc::new(|c: Commit| {
+        if c.revision == 3 {
+            LogEdit::Replace(Commit { revision: 9, ..c })
+        } else {
+            LogEdit::Drop
+        }
+    });
+    assert!(matches!(
+        store.rewrite_log("a", 6, moved).await,
+        Err(StoreError::Invalid(_))
+    ));
+    check(store.log(&all("a")).await.unwrap());
+    drop(store);
+    // Checksums hold after a reopen; the next commit still follows the tenant's revision.
+    let store = target.open().await;
+    check(store.log(&all("a")).await.unwrap());
+    store
+        .commit(&commit("a", 7, "x", "user.create", vec![]))
+        .await
+        .unwrap();
+}
+
+/// `log_window` answers the same commits as `log`, each with only the asked window of its ops
+/// and the number it has.
+async fn log_windows_are_slices_of_the_log(target: &Target) {
+    let store = target.open().await;
+    let ops: Vec<RowOp> = (0..45)
+        .map(|i| {
+            RowOp::put(
+                Kind::User,
+                format!("u{i:02}"),
+                json!({"email": format!("u{i}@x")}),
+                None,
+            )
+        })
+        .collect();
+    store
+        .commit(&commit("t", 1, "a", "import", ops))
+        .await
+        .unwrap();
+    store
+        .commit(&commit(
+            "t",
+            2,
+            "a",
+            "user.delete",
+            vec![RowOp::delete(Kind::User, "u00", None)],
+        ))
+        .await
+        .unwrap();
+    let full = store.log(&all("t")).await.unwrap();
+    for (offset, limit) in [(0, 20), (20, 20), (40, 20), (50, 5), (0, 0)] {
+        let w = store.log_window(&all("t"), offset, limit).await.unwrap();
+        let expected: Vec<CommitWindow> = full
+            .iter()
+            .map(|c| CommitWindow::of(c.clone(), offset, limit))
+            .collect();
+        assert_eq!(w, expected, "window {offset}+{limit}");
+        assert_eq!((w[0].op_count, w[1].op_count), (45, 1));
+    }
 }

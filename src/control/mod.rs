@@ -25,7 +25,7 @@ pub use doc::TenantDoc;
 pub use rules::{Change, RuleError};
 
 use crate::model::file::DataFile;
-use crate::store::{Commit, Store, StoreError, StoreHealth};
+use crate::store::{Commit, LogEdit, LogEditor, Store, StoreError, StoreHealth};
 
 /// Capacity of the in-process change bus; a follower that falls further behind resyncs.
 const BUS_CAPACITY: usize = 8192;
@@ -207,6 +207,56 @@ impl ControlPlane {
         self.commit(tenant, actor, &mut doc, change).await
     }
 
+    /// Erases deleted user `id` of `tenant` (see [`rules::erase_user`]): first scrubs the user's
+    /// email and name from every logged commit (as [`rules::ERASED`]), then commits the erasure,
+    /// both under the tenant's lock so that nothing touches the user in between. A failed scrub
+    /// commits nothing (retry); a failed commit leaves a scrubbed log and the deleted user.
+    pub async fn erase_user(
+        &self,
+        tenant: &str,
+        actor: &str,
+        id: &str,
+    ) -> Result<Written, ControlError> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
+        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
+        let mut doc = h.lock().await;
+        if doc.settings.is_none() {
+            return Err(ControlError::UnknownTenant(tenant.to_string()));
+        }
+        let change = rules::erase_user(&doc, id)?;
+        let user = id.to_string();
+        let edit: LogEditor = Arc::new(move |c: Commit| match rules::scrub_user(&c, &user) {
+            Some(scrubbed) => LogEdit::Replace(scrubbed),
+            None => LogEdit::Keep,
+        });
+        let scrubbed = self.store.rewrite_log(tenant, doc.revision, edit).await?;
+        tracing::info!(tenant, scrubbed, "user erased from the audit log");
+        self.commit(tenant, actor, &mut doc, change).await
+    }
+
+    /// Forgets the log of a deleted tenant's incarnation through `revision` (its deletion): every
+    /// commit is dropped but the deletion, which stays as a tombstone without row changes
+    /// (revision, actor, time, action, target). With `keep_tombstone: false` (re-creation of the
+    /// id) the tombstone goes too, so that the new tenant's audit shows nothing of the old one.
+    async fn forget_log(
+        &self,
+        tenant: &str,
+        revision: u64,
+        keep_tombstone: bool,
+    ) -> Result<u64, StoreError> {
+        let edit: LogEditor = Arc::new(move |c: Commit| {
+            if keep_tombstone && c.revision == revision {
+                LogEdit::Replace(Commit {
+                    ops: Vec::new(),
+                    ..c
+                })
+            } else {
+                LogEdit::Drop
+            }
+        });
+        self.store.rewrite_log(tenant, revision, edit).await
+    }
+
     /// Creates a tenant (or writes the first commit of one): fails if it exists.
     pub async fn write_new(
         &self,
@@ -238,6 +288,10 @@ impl ControlPlane {
             return Err(
                 RuleError::conflict("tenant", format!("tenant '{tenant}' already exists")).into(),
             );
+        }
+        if doc.revision > 0 {
+            // The id was used by a deleted tenant: its log must not show in the new one's audit.
+            self.forget_log(tenant, doc.revision, false).await?;
         }
         let result = match f(&doc) {
             Ok(change) => self.commit(tenant, actor, &mut doc, change).await,
@@ -303,7 +357,15 @@ impl ControlPlane {
             tracing::error!(tenant, error = %e, "in-memory apply failed after commit; reloading tenant");
             *doc = self.load_doc(tenant).await?;
         }
+        let deleted = doc.settings.is_none();
         let _ = self.bus.send(Arc::new(commit));
+        if deleted {
+            // The tenant is gone: so is the personal data in its log (its rows went with the
+            // commit). A failure here is repaired when the id is created again.
+            if let Err(e) = self.forget_log(tenant, revision, true).await {
+                tracing::error!(tenant, error = %e, "forgetting the deleted tenant's audit log failed");
+            }
+        }
         Ok(Written { revision, change })
     }
 }

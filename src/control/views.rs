@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::doc::{json as to_json, PluginRow, TenantDoc, UserRow};
 use super::{rules, ControlError, ControlPlane};
 use crate::model::{is_builtin_role, Part, Principal, UserKind, UserStatus, BUILTIN_ROLES};
-use crate::store::{Commit, Kind, LogQuery};
+use crate::store::{Commit, CommitWindow, Kind, LogQuery};
 
 /// Largest page a list endpoint returns.
 pub const MAX_PAGE: usize = 1000;
@@ -491,24 +491,54 @@ pub async fn platform_users(cp: &ControlPlane, q: &UserQuery) -> Value {
     paged(items, &q.page, 0)
 }
 
-/// One audit entry: the commit with its row changes (plugin modules shown by hash and size).
-pub fn audit_entry(c: &Commit) -> Value {
+/// Row changes an audit list entry shows at most; the rest are paged by [`audit_changes`].
+pub const AUDIT_CHANGES_SHOWN: usize = 20;
+
+/// One row change of an audit entry (plugin modules shown by hash and size).
+fn audit_change(o: &crate::store::RowOp) -> Value {
+    let show = |v: &Value| {
+        if o.kind == Kind::Plugin {
+            PluginRow::summary(v)
+        } else {
+            v.clone()
+        }
+    };
     json!({
-        "revision": c.revision, "actor": c.actor, "at": crate::model::format_timestamp(c.at_ms / 1000), "at_ms": c.at_ms,
-        "action": c.action, "target": c.target,
-        "changes": c.ops.iter().map(|o| {
-            let show = |v: &Value| if o.kind == Kind::Plugin {
-                PluginRow::summary(v)
-            } else {
-                v.clone()
-            };
-            json!({
-                "kind": o.kind, "id": o.id,
-                "before": o.before.as_ref().map(show),
-                "after": o.value.as_ref().map(show),
-            })
-        }).collect::<Vec<_>>(),
+        "kind": o.kind, "id": o.id,
+        "before": o.before.as_ref().map(show),
+        "after": o.value.as_ref().map(show),
     })
+}
+
+/// The header of an audit entry: revision, actor, time, action, target and number of changes.
+fn audit_header(c: &Commit, op_count: usize) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "revision": c.revision, "actor": c.actor, "at": crate::model::format_timestamp(c.at_ms / 1000), "at_ms": c.at_ms,
+        "action": c.action, "target": c.target, "change_count": op_count,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// One audit list entry: the commit's header and its first [`AUDIT_CHANGES_SHOWN`] row changes,
+/// with `changes_truncated` when there are more (`w` holds at least those).
+pub fn audit_entry(w: &CommitWindow) -> Value {
+    let mut m = audit_header(&w.commit, w.op_count);
+    let shown: Vec<Value> = w
+        .commit
+        .ops
+        .iter()
+        .take(AUDIT_CHANGES_SHOWN)
+        .map(audit_change)
+        .collect();
+    m.insert("changes".into(), Value::Array(shown));
+    m.insert(
+        "changes_truncated".into(),
+        json!(w.op_count > AUDIT_CHANGES_SHOWN),
+    );
+    Value::Object(m)
 }
 
 /// A tenant's audit log per the query: `{"items","next_after_revision"}`.
@@ -520,16 +550,59 @@ pub async fn audit(cp: &ControlPlane, tenant: &str, q: &AuditQuery) -> Result<Va
         limit: q.limit.saturating_add(1),
         ..q.clone()
     };
-    let mut commits = cp.store().log(&query).await?;
+    // Only the changes an entry shows are decoded (by engines that can skip the others).
+    let mut commits = cp
+        .store()
+        .log_window(&query, 0, AUDIT_CHANGES_SHOWN)
+        .await?;
     let more = commits.len() > q.limit;
     commits.truncate(q.limit);
     let next = if more {
-        commits.last().map(|c| c.revision.to_string())
+        commits.last().map(|w| w.commit.revision.to_string())
     } else {
         None
     };
     let items: Vec<Value> = commits.iter().map(audit_entry).collect();
     Ok(json!({"items": items, "next_after_revision": next}))
+}
+
+/// One commit of a tenant's audit log with one page of its row changes:
+/// the entry's header and `{"changes","next_page_token"}`.
+pub async fn audit_changes(
+    cp: &ControlPlane,
+    tenant: &str,
+    revision: u64,
+    page: &PageQuery,
+) -> Result<Value, ControlError> {
+    cp.read(tenant, |_| ()).await?;
+    let query = LogQuery {
+        tenant: Some(tenant.to_string()),
+        after_revision: Some(revision.saturating_sub(1)),
+        limit: 1,
+        ..LogQuery::default()
+    };
+    let w = cp
+        .store()
+        .log_window(&query, page.offset, page.size)
+        .await?
+        .into_iter()
+        .find(|w| w.commit.revision == revision && revision > 0)
+        .ok_or_else(|| {
+            ControlError::Rule(rules::RuleError::not_found(
+                "audit entry",
+                &revision.to_string(),
+            ))
+        })?;
+    let total = w.op_count;
+    let end = page.offset.saturating_add(page.size).min(total);
+    let changes: Vec<Value> = w.commit.ops.iter().map(audit_change).collect();
+    let mut m = audit_header(&w.commit, total);
+    m.insert("changes".into(), Value::Array(changes));
+    m.insert(
+        "next_page_token".into(),
+        json!((end < total).then(|| end.to_string())),
+    );
+    Ok(Value::Object(m))
 }
 
 #[cfg(test)]

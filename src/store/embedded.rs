@@ -75,7 +75,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::health::{Health, Op};
 use super::integrity::{self, Sum, SUM_LEN};
-use super::{BoxFuture, Commit, Kind, LogQuery, Row, Store, StoreError, StoreHealth, TenantRows};
+use super::{
+    BoxFuture, Commit, CommitWindow, Kind, LogEdit, LogEditor, LogQuery, Row, Store, StoreError,
+    StoreHealth, TenantRows,
+};
 
 /// File name inside the store directory.
 pub const FILE_NAME: &str = "portcullis.redb";
@@ -1037,7 +1040,13 @@ fn tenants_blocking(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
     Ok(out)
 }
 
-fn log_blocking(db: &Database, query: &LogQuery) -> Result<Vec<Commit>, StoreError> {
+/// The commits matching `query`; with `window`, each keeps only those ops (the others are skipped
+/// while parsing, after the whole record's checksum is checked).
+fn log_blocking(
+    db: &Database,
+    query: &LogQuery,
+    window: Option<(usize, usize)>,
+) -> Result<Vec<CommitWindow>, StoreError> {
     let mut out = Vec::new();
     if query.limit == 0 {
         return Ok(out);
@@ -1076,20 +1085,80 @@ fn log_blocking(db: &Database, query: &LogQuery) -> Result<Vec<Commit>, StoreErr
             .map_err(storage)?
             .ok_or_else(|| StoreError::corrupt(tenant, format!("{}: missing", what())))?;
         let body = open_record("commit", tenant, revision, body.value())?;
-        let commit: Commit =
-            serde_json::from_slice(body).map_err(|e| undecodable(tenant, &what(), e))?;
+        let (offset, limit) = window.unwrap_or((0, usize::MAX));
+        let w = super::window::decode(body, offset, limit)
+            .map_err(|e| undecodable(tenant, &what(), e))?;
+        let commit = &w.commit;
         if commit.tenant != tenant || commit.revision != revision {
             return Err(StoreError::corrupt(
                 tenant,
                 format!("{}: wrong key", what()),
             ));
         }
-        out.push(commit);
+        out.push(w);
         if out.len() >= query.limit {
             break;
         }
     }
     Ok(out)
+}
+
+fn rewrite_log_blocking(
+    db: &Database,
+    tenant: &str,
+    through: u64,
+    edit: &LogEditor,
+) -> Result<u64, StoreError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_quick_repair(true);
+    let mut changed = 0;
+    {
+        let mut commits = txn.open_table(COMMITS).map_err(storage)?;
+        let mut metas = txn.open_table(COMMIT_META).map_err(storage)?;
+        let mut revisions = Vec::new();
+        for entry in commits
+            .range((tenant, 0u64)..=(tenant, through))
+            .map_err(storage)?
+        {
+            revisions.push(entry.map_err(storage)?.0.value().1);
+        }
+        for revision in revisions {
+            let what = || format!("commit of revision {revision}");
+            let commit: Commit = {
+                let body = commits
+                    .get((tenant, revision))
+                    .map_err(storage)?
+                    .ok_or_else(|| StoreError::corrupt(tenant, format!("{}: missing", what())))?;
+                let body = open_record("commit", tenant, revision, body.value())?;
+                serde_json::from_slice(body).map_err(|e| undecodable(tenant, &what(), e))?
+            };
+            match edit(commit) {
+                LogEdit::Keep => continue,
+                LogEdit::Drop => {
+                    commits.remove((tenant, revision)).map_err(storage)?;
+                    metas.remove((tenant, revision)).map_err(storage)?;
+                }
+                LogEdit::Replace(c) => {
+                    super::check_replacement(tenant, revision, &c)?;
+                    let meta = serde_json::to_vec(&Meta::of(&c))
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let body =
+                        serde_json::to_vec(&c).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let body = seal_record("commit", tenant, revision, &body);
+                    let meta = seal_record("meta", tenant, revision, &meta);
+                    commits
+                        .insert((tenant, revision), body.as_slice())
+                        .map_err(storage)?;
+                    metas
+                        .insert((tenant, revision), meta.as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            changed += 1;
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(changed)
 }
 
 impl Store for EmbeddedStore {
@@ -1116,7 +1185,36 @@ impl Store for EmbeddedStore {
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>> {
         let q = query.clone();
         let tenant = query.tenant.clone().unwrap_or_default();
-        Box::pin(self.read(tenant, move |db| log_blocking(db, &q)))
+        Box::pin(self.read(tenant, move |db| {
+            let log = log_blocking(db, &q, None)?;
+            Ok(log.into_iter().map(|w| w.commit).collect())
+        }))
+    }
+
+    fn log_window<'a>(
+        &'a self,
+        query: &'a LogQuery,
+        ops_offset: usize,
+        ops_limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitWindow>, StoreError>> {
+        let q = query.clone();
+        let tenant = query.tenant.clone().unwrap_or_default();
+        Box::pin(self.read(tenant, move |db| {
+            log_blocking(db, &q, Some((ops_offset, ops_limit)))
+        }))
+    }
+
+    fn rewrite_log<'a>(
+        &'a self,
+        tenant: &'a str,
+        through_revision: u64,
+        edit: LogEditor,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let t = tenant.to_string();
+        // redb runs one write transaction at a time: this one waits for the writer's batch.
+        Box::pin(self.read(tenant.to_string(), move |db| {
+            rewrite_log_blocking(db, &t, through_revision, &edit)
+        }))
     }
 
     fn health(&self) -> StoreHealth {

@@ -16,6 +16,7 @@ pub mod embedded;
 mod health;
 pub mod integrity;
 pub mod postgres;
+mod window;
 
 pub use health::StoreHealth;
 
@@ -199,6 +200,16 @@ impl Commit {
     }
 }
 
+/// Checks a [`LogEdit::Replace`] commit against the key it replaces.
+pub(crate) fn check_replacement(tenant: &str, revision: u64, c: &Commit) -> Result<(), StoreError> {
+    if c.tenant != tenant || c.revision != revision {
+        return Err(StoreError::Invalid(format!(
+            "a log rewrite may not move revision {revision} of tenant '{tenant}'"
+        )));
+    }
+    c.validate()
+}
+
 fn check_key(what: &str, value: &str) -> Result<(), StoreError> {
     if value.len() > MAX_KEY_BYTES {
         return Err(StoreError::Invalid(format!(
@@ -308,6 +319,38 @@ impl LogQuery {
     }
 }
 
+/// A commit read with only a window of its row changes ([`Store::log_window`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitWindow {
+    /// The commit; `ops` holds only the window asked for.
+    pub commit: Commit,
+    /// How many row changes the whole commit has.
+    pub op_count: usize,
+}
+
+impl CommitWindow {
+    /// The window `offset..offset + limit` of `commit`'s ops.
+    pub fn of(mut commit: Commit, offset: usize, limit: usize) -> CommitWindow {
+        let op_count = commit.ops.len();
+        commit.ops = commit.ops.into_iter().skip(offset).take(limit).collect();
+        CommitWindow { commit, op_count }
+    }
+}
+
+/// What [`Store::rewrite_log`] does with one logged commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEdit {
+    /// Leave it as it is.
+    Keep,
+    /// Store this instead (same tenant and revision; its checksums are recomputed).
+    Replace(Commit),
+    /// Remove it from the log.
+    Drop,
+}
+
+/// Decides a [`LogEdit`] for each commit [`Store::rewrite_log`] visits.
+pub type LogEditor = Arc<dyn Fn(Commit) -> LogEdit + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The tenant's revision is not `commit.revision - 1` (a concurrent writer won).
@@ -373,6 +416,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits matching `query`, in (tenant, revision) order; at most `query.limit`.
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>>;
+
+    /// Like [`Store::log`], but each commit keeps only its row changes `ops_offset..ops_offset +
+    /// ops_limit` and tells how many it has: for answers that must stay small however big a
+    /// commit is. Engines that can skip the other changes without decoding them do so.
+    fn log_window<'a>(
+        &'a self,
+        query: &'a LogQuery,
+        ops_offset: usize,
+        ops_limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CommitWindow>, StoreError>> {
+        Box::pin(async move {
+            let commits = self.log(query).await?;
+            Ok(commits
+                .into_iter()
+                .map(|c| CommitWindow::of(c, ops_offset, ops_limit))
+                .collect())
+        })
+    }
+
+    /// Rewrites the log of `tenant` up to and including `through_revision`, atomically: each
+    /// commit is handed to `edit`, which keeps, replaces (e.g. personal data scrubbed) or drops it.
+    /// Rows and the tenant's revision are untouched; checksums of rewritten commits are valid.
+    /// Returns how many commits were replaced or dropped. A replacement naming another tenant or
+    /// revision, or failing [`Commit::validate`], is [`StoreError::Invalid`] and nothing changes.
+    fn rewrite_log<'a>(
+        &'a self,
+        tenant: &'a str,
+        through_revision: u64,
+        edit: LogEditor,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Whether the last writes and reads worked; after a failure, the last error until an
     /// operation of the same class (write or read) succeeds again.

@@ -53,7 +53,8 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use super::health::{Health, Op};
 use super::integrity;
 use super::{
-    BoxFuture, Commit, Kind, LogQuery, Row, RowOp, Store, StoreError, StoreHealth, TenantRows,
+    BoxFuture, Commit, Kind, LogEdit, LogEditor, LogQuery, Row, RowOp, Store, StoreError,
+    StoreHealth, TenantRows,
 };
 
 /// Schema used when the location names none.
@@ -634,6 +635,70 @@ impl PostgresStore {
         }))
     }
 
+    async fn rewrite_log_inner(
+        &self,
+        tenant: &str,
+        through: u64,
+        edit: LogEditor,
+    ) -> Result<u64, StoreError> {
+        let s = &self.schema;
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // The tenant's row lock keeps commits of this tenant out until this rewrite is done.
+        let lock = tx
+            .prepare_cached(&self.sql.lock_tenant)
+            .await
+            .map_err(pg_err)?;
+        tx.query_opt(&lock, &[&tenant]).await.map_err(pg_err)?;
+        let select = format!(
+            "{} WHERE tenant = $1 AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT 1000",
+            self.sql.log_select
+        );
+        let delete = format!("DELETE FROM {s}.commits WHERE tenant = $1 AND revision = $2");
+        let update = format!(
+            "UPDATE {s}.commits SET actor = $3, at_ms = $4, action = $5, target = $6, ops = $7, \
+             sum = $8 WHERE tenant = $1 AND revision = $2"
+        );
+        let mut after = 0i64;
+        let mut changed = 0;
+        loop {
+            let rows = tx
+                .query(&select, &[&tenant, &after, &through])
+                .await
+                .map_err(pg_err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let commit = decode_commit(row)?;
+                let revision = commit.revision as i64;
+                after = revision;
+                match edit(commit) {
+                    LogEdit::Keep => continue,
+                    LogEdit::Drop => {
+                        tx.execute(&delete, &[&tenant, &revision])
+                            .await
+                            .map_err(pg_err)?;
+                    }
+                    LogEdit::Replace(c) => {
+                        super::check_replacement(tenant, revision as u64, &c)?;
+                        let sum = integrity::commit_sum_canonical(&c).to_vec();
+                        let ops = Json(&c.ops);
+                        let params: [&(dyn ToSql + Sync); 8] = [
+                            &tenant, &revision, &c.actor, &c.at_ms, &c.action, &c.target, &ops,
+                            &sum,
+                        ];
+                        tx.execute(&update, &params).await.map_err(pg_err)?;
+                    }
+                }
+                changed += 1;
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(changed)
+    }
+
     async fn log_inner(&self, query: &LogQuery) -> Result<Vec<Commit>, StoreError> {
         if query.limit == 0 {
             return Ok(Vec::new());
@@ -951,6 +1016,19 @@ impl Store for PostgresStore {
 
     fn log<'a>(&'a self, query: &'a LogQuery) -> BoxFuture<'a, Result<Vec<Commit>, StoreError>> {
         Box::pin(self.tracked(Op::Read, "postgres read", self.log_inner(query)))
+    }
+
+    fn rewrite_log<'a>(
+        &'a self,
+        tenant: &'a str,
+        through_revision: u64,
+        edit: LogEditor,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.tracked(
+            Op::Write,
+            "postgres write",
+            self.rewrite_log_inner(tenant, through_revision, edit),
+        ))
     }
 
     fn health(&self) -> StoreHealth {

@@ -4,8 +4,9 @@
 use super::tenant::{is_admin, quota_room, Usage};
 use super::{Fields, Rule, RuleError};
 use crate::control::doc::{TenantDoc, UserRow};
+use crate::model::Principal;
 use crate::model::{check_email, check_id, Timestamp, User, UserKind, UserStatus};
-use crate::store::Kind;
+use crate::store::{Commit, Kind, RowOp};
 
 requests! {
     UserCreate {
@@ -165,4 +166,72 @@ pub fn transition_user(doc: &TenantDoc, id: &str, t: UserTransition, now: Timest
         u.updated_at = now;
         Ok(action)
     })
+}
+
+/// What an erased user's email and name become in the audit log.
+pub const ERASED: &str = "[erased]";
+
+/// Erases a deleted user: removes the user's row (the audit entry carries no value of it) and
+/// the assignments and group memberships that still name the user. The audit log is scrubbed by
+/// the control plane ([`scrub_user`]). A user that is not deleted is 409 `invalid_state`.
+pub fn erase_user(doc: &TenantDoc, id: &str) -> Rule {
+    let Some(u) = doc.users.get(id) else {
+        return Err(RuleError::not_found("user", id));
+    };
+    if u.user.status != UserStatus::Deleted {
+        return Err(RuleError::conflict(
+            "invalid_state",
+            format!("user '{id}' is not deleted; delete it first"),
+        ));
+    }
+    let mut ops: Vec<RowOp> = doc
+        .assignments
+        .iter()
+        .filter(|(_, a)| a.assignment.principal == Principal::User(id.to_string()))
+        .map(|(aid, _)| RowOp::delete(Kind::Assignment, aid.as_str(), None))
+        .collect();
+    for (gid, g) in &doc.groups {
+        if g.members.iter().any(|m| m == id) {
+            let mut g = g.clone();
+            g.members.retain(|m| m != id);
+            ops.push(RowOp::put(
+                Kind::Group,
+                gid.as_str(),
+                crate::control::doc::json(&g),
+                None,
+            ));
+        }
+    }
+    ops.push(RowOp::delete(Kind::User, id, None));
+    Ok(super::Change {
+        action: "user.erase".into(),
+        target: format!("user:{id}"),
+        ops,
+        result: serde_json::json!({"id": id, "erased": true}),
+    })
+}
+
+/// Replaces the email and name of user `id` in a logged commit by [`ERASED`]; `None` when the
+/// commit holds neither.
+pub fn scrub_user(c: &Commit, id: &str) -> Option<Commit> {
+    let mut out = c.clone();
+    let mut changed = false;
+    for op in &mut out.ops {
+        if op.kind != Kind::User || op.id != id {
+            continue;
+        }
+        for doc in [&mut op.value, &mut op.before].into_iter().flatten() {
+            if let serde_json::Value::Object(m) = doc {
+                for field in ["email", "name"] {
+                    if let Some(v) = m.get_mut(field) {
+                        if v != ERASED {
+                            *v = serde_json::Value::String(ERASED.into());
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    changed.then_some(out)
 }

@@ -76,10 +76,12 @@ enum Route<'a> {
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
+    AuditEntry(&'a str, &'a str),
     List(&'a str, Coll),
     Entity(&'a str, Coll, &'a str),
     PluginWasm(&'a str, &'a str),
     UserOp(&'a str, &'a str, UserTransition),
+    UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
 }
@@ -92,11 +94,13 @@ impl<'a> Route<'a> {
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
+            ["tenants", t, "audit", rev] => Route::AuditEntry(t, rev),
             ["tenants", t, c] => Route::List(t, Coll::parse(c)?),
             ["tenants", t, c, id] => Route::Entity(t, Coll::parse(c)?, id),
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
             ["tenants", t, "users", id, op] => Route::UserOp(
                 t,
                 id,
@@ -116,14 +120,16 @@ impl<'a> Route<'a> {
     /// The methods the path accepts (the `Allow` header of its 405).
     fn allow(self) -> &'static str {
         match self {
-            Route::OpenApi | Route::PlatformUsers | Route::Audit(..) | Route::PluginWasm(..) => {
-                "GET"
-            }
+            Route::OpenApi
+            | Route::PlatformUsers
+            | Route::Audit(..)
+            | Route::AuditEntry(..)
+            | Route::PluginWasm(..) => "GET",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
             Route::Tenant(_) | Route::Entity(..) => "GET, PATCH, DELETE",
-            Route::UserOp(..) | Route::Members(..) => "POST",
+            Route::UserOp(..) | Route::UserErase(..) | Route::Members(..) => "POST",
             Route::Member(..) => "DELETE",
         }
     }
@@ -173,6 +179,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Tenant(t), Method::PATCH) => w(t).update_tenant(req).await,
         (Tenant(t), Method::DELETE) => w(t).delete_tenant(&req).await,
         (Audit(t), Method::GET) => reads::audit(cp, t, &q).await,
+        (AuditEntry(t, rev), Method::GET) => reads::audit_entry(cp, t, rev, &q).await,
         (List(t, c), Method::GET) => reads::list(cp, t, c, &q, now).await,
         (Entity(t, Coll::Users, "overview"), Method::GET) => reads::user_overview(cp, t, now).await,
         (Entity(t, c, id), Method::GET) => reads::entity(cp, t, c, id, now).await,
@@ -182,6 +189,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Entity(t, Coll::Plugins, name), Method::DELETE) => w(t).delete_plugin(name, &req).await,
         (PluginWasm(t, name), Method::GET) => plugins::download(cp, t, name).await,
         (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
+        (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
         (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
         (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,

@@ -99,3 +99,18 @@ pub async fn audit(cp: &ControlPlane, t: &str, q: &Query) -> Result<Resp, ApiErr
     let v = views::audit(cp, t, &q).await?;
     Ok(respond(StatusCode::OK, v, None, None))
 }
+
+/// `GET /v1/tenants/{t}/audit/{revision}`: one commit with a page of its row changes.
+pub async fn audit_entry(
+    cp: &ControlPlane,
+    t: &str,
+    revision: &str,
+    q: &Query,
+) -> Result<Resp, ApiError> {
+    let revision = revision
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request("the audit revision must be a number"))?;
+    let page = q.page()?;
+    let v = views::audit_changes(cp, t, revision, &page).await?;
+    Ok(respond(StatusCode::OK, v, None, None))
+}

@@ -166,6 +166,13 @@ impl Writer<'_> {
             .await
     }
 
+    /// `POST /v1/tenants/{t}/users/{id}/erase`: removes a deleted user and scrubs the user's
+    /// email and name from the tenant's audit log.
+    pub async fn erase_user(&self, id: &str) -> Result<Resp, ApiError> {
+        let w = self.cp.erase_user(self.tenant, self.actor, id).await?;
+        Ok(written(w, false))
+    }
+
     /// `POST /v1/tenants/{t}/groups/{g}/members` `{"user"}`.
     pub async fn add_member(&self, group: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
         #[derive(serde::Deserialize)]
