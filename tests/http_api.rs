@@ -383,3 +383,38 @@ fn every_405_lists_the_allowed_methods() {
         assert_eq!(v["code"], "method_not_allowed");
     }
 }
+
+#[test]
+fn protocol_level_errors_carry_the_json_error_body() {
+    let s = demo();
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    for (req, status, code) in [
+        (b"GARBAGE\r\n\r\n".to_vec(), "400", "bad_request"),
+        (
+            b"GET / HTTP/1.1\r\nbad header line\r\n\r\n".to_vec(),
+            "400",
+            "bad_request",
+        ),
+        (big.into_bytes(), "431", "headers_too_large"),
+    ] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(&req);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(head.contains("application/json"), "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["code"], code, "{text}");
+        assert!(v["error"].is_string(), "{text}");
+    }
+    // Ordinary answers are untouched.
+    let (st, v) = s.post_json("/v1/check", "{\"tenant\":");
+    assert_eq!((st, v["code"].as_str()), (400, Some("malformed_json")));
+}

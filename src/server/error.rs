@@ -46,11 +46,12 @@ pub enum ErrorCode {
     TenantUnavailable,
     PluginBusy,
     HostNotAllowed,
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -82,6 +83,7 @@ impl ErrorCode {
         ErrorCode::TenantUnavailable,
         ErrorCode::PluginBusy,
         ErrorCode::HostNotAllowed,
+        ErrorCode::HeadersTooLarge,
     ];
 
     /// The code as answered.
@@ -117,6 +119,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TenantUnavailable => "tenant_unavailable",
             ErrorCode::PluginBusy => "plugin_busy",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::HostNotAllowed => "host_not_allowed",
         }
     }
@@ -154,6 +157,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
         }
     }

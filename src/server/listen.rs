@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use super::body::Resp;
 use super::conn;
 use super::error::{ApiError, ErrorCode};
+use super::protocol;
 use super::router::{handle, Surface};
 use super::State;
 
@@ -78,7 +79,7 @@ pub async fn serve(
             }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .serve_connection_with_upgrades(TokioIo::new(protocol::ErrorBodies::new(stream)), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -4,7 +4,8 @@
 //! - [`state`]: the shared [`State`] and the wait for a snapshot at a revision;
 //! - [`listen`]: accept loop, listeners, drain, signals; [`conn`]: connection admission;
 //! - [`router`]: surfaces, routes, health/readiness/metrics, data-plane dispatch;
-//! - [`body`]: request bodies and the JSON response helper;
+//! - [`body`]: request bodies and the JSON response helper; [`protocol`]: JSON bodies for the
+//!   errors hyper answers itself (unparsable requests, oversized headers);
 //! - [`error`]: the error codes and their HTTP statuses;
 //! - [`exposure`]: Host allow-list, data-plane API keys, the metrics token;
 //! - [`api`] (data plane), [`forward`] (forward-auth), [`tokens`], [`admin`] (management API).
@@ -19,6 +20,7 @@ pub mod exposure;
 pub mod forward;
 pub mod listen;
 pub mod metrics;
+pub mod protocol;
 pub mod router;
 pub mod state;
 pub mod tokens;
