@@ -17,13 +17,7 @@ use tmpfs::{fill, Tmpfs};
 const TOKEN: &str = "disk-full-test-token-0123456789";
 
 fn call(s: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
-    let (st, _, b) = s.request(method, path, &headers, body.to_string().as_bytes());
-    (st, serde_json::from_str(&b).unwrap_or(Value::Null))
+    s.admin_call(TOKEN, method, path, body)
 }
 
 #[test]

@@ -186,12 +186,7 @@ impl ControlPlane {
         expected: Option<Expect>,
         f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
     ) -> Result<Written, ControlError> {
-        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
-        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
-        let mut doc = h.lock().await;
-        if doc.settings.is_none() {
-            return Err(ControlError::UnknownTenant(tenant.to_string()));
-        }
+        let mut doc = self.live(tenant).await?;
         if let Some(e) = expected {
             let actual = doc.rev_of(e.kind, &e.id);
             // An unknown entity (revision 0) is left to the rule, which answers "not found".
@@ -207,6 +202,20 @@ impl ControlPlane {
         self.commit(tenant, actor, &mut doc, change).await
     }
 
+    /// The document of a live (not deleted) tenant, locked for a write.
+    async fn live(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<TenantDoc>, ControlError> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
+        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
+        let doc = h.lock_owned().await;
+        if doc.settings.is_none() {
+            return Err(ControlError::UnknownTenant(tenant.to_string()));
+        }
+        Ok(doc)
+    }
+
     /// Erases deleted user `id` of `tenant` (see [`rules::erase_user`]): first scrubs the user's
     /// email and name from every logged commit (as [`rules::ERASED`]), then commits the erasure,
     /// both under the tenant's lock so that nothing touches the user in between. A failed scrub
@@ -217,12 +226,7 @@ impl ControlPlane {
         actor: &str,
         id: &str,
     ) -> Result<Written, ControlError> {
-        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()));
-        let h = h.ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))?;
-        let mut doc = h.lock().await;
-        if doc.settings.is_none() {
-            return Err(ControlError::UnknownTenant(tenant.to_string()));
-        }
+        let mut doc = self.live(tenant).await?;
         let change = rules::erase_user(&doc, id)?;
         let user = id.to_string();
         let edit: LogEditor = Arc::new(move |c: Commit| match rules::scrub_user(&c, &user) {

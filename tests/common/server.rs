@@ -106,6 +106,32 @@ impl Server {
         raw_request(self.addr, method, path, headers, body)
     }
 
+    /// A management call with bearer `token` and a JSON body (`Null`: none); the answer's
+    /// status and JSON (`Null` when the body is not JSON).
+    pub fn admin_call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (st, _, b) = self.request(method, path, &headers, body.as_bytes());
+        (
+            st,
+            serde_json::from_str(&b).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
         let (s, _, b) = self.request(
             "POST",
