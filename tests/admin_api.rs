@@ -11,7 +11,7 @@
 mod server;
 
 use serde_json::{json, Value};
-use server::Server;
+use server::{header_of, Server};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -804,16 +804,6 @@ fn kill_9_loses_no_acknowledged_write() {
         json!({"id": "after", "email": "after@c.example"}),
     );
     assert_eq!(v["revision"].as_u64(), Some(rev + 1));
-}
-
-/// The value of header `name` in a response head.
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use server::Server;
+use server::{header_of, Server};
 
 fn demo() -> Server {
     Server::start(&[], &[])
@@ -347,16 +347,6 @@ fn bad_config_exits_before_binding() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/data.yaml"), "{err}");
     assert!(!err.contains("listening"), "{err}");
-}
-
-/// The value of header `name` in a response head (lowercase name).
-fn header_of(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
 }
 
 #[test]

@@ -177,3 +177,13 @@ pub fn raw_request(
     // Bodies here are small; hyper answers with content-length (no chunking) for Full bodies.
     (status, head.to_string(), body.to_string())
 }
+
+/// The value of header `name` in a response head (case-insensitive).
+pub fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
