@@ -150,20 +150,24 @@ impl Exposure {
                 "the request names no host (Host header); this server only answers its allowed hosts",
             ));
         };
-        let host = host.to_ascii_lowercase();
         let name = match host.rsplit_once(':') {
             // `[::1]:80` or `name:80`; a bare IPv6 literal keeps its colons inside brackets.
             Some((n, port)) if !n.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => host.as_str(),
+            _ => host,
         };
-        if self.hosts.iter().any(|h| *h == host || *h == name) {
+        // The configured names are lower case; compare without allocating per request.
+        if self
+            .hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
+        {
             return Ok(());
         }
         Err(ApiError::new(
             ErrorCode::HostNotAllowed,
             format!(
                 "host '{}' is not served here (data_plane.allowed_hosts)",
-                super::error::clip(&host)
+                super::error::clip(host)
             ),
         ))
     }
