@@ -225,6 +225,10 @@ pub fn tenant(id: &str, spec: TenantSpec, seed: u64) -> Tenant {
             status,
             kind,
             session_epoch: 0,
+            first_name: None,
+            last_name: None,
+            logout: None,
+            scope: None,
         });
     }
 
@@ -240,6 +244,8 @@ pub fn tenant(id: &str, spec: TenantSpec, seed: u64) -> Tenant {
             name: format!("Group {g}"),
             status,
             members: Vec::new(),
+            logout: None,
+            access: None,
         });
     }
     if spec.groups > 0 {

@@ -212,6 +212,10 @@ fn widen(mut a: Tenant) -> Tenant {
         status: UserStatus::Active,
         kind: UserKind::Member,
         session_epoch: 0,
+        first_name: None,
+        last_name: None,
+        logout: None,
+        scope: None,
     });
     let roots: Vec<String> = a
         .nodes
@@ -316,6 +320,10 @@ fn user(id: &str, kind: UserKind) -> User {
         status: UserStatus::Active,
         kind,
         session_epoch: 0,
+        first_name: None,
+        last_name: None,
+        logout: None,
+        scope: None,
     }
 }
 
@@ -363,6 +371,8 @@ fn shared_ids_never_leak() {
         name: "Crew".into(),
         status: GroupStatus::Active,
         members: vec!["alice".into(), "bob".into()],
+        logout: None,
+        access: None,
     }];
     a.assignments = vec![
         assign("alice", "administrator", "root"),
@@ -393,6 +403,8 @@ fn shared_ids_never_leak() {
         name: "Crew".into(),
         status: GroupStatus::Active,
         members: vec!["carol".into()],
+        logout: None,
+        access: None,
     }];
     b.assignments = vec![assign("carol", "door-opener", "leaf")];
 

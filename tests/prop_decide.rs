@@ -392,12 +392,18 @@ fn group_status_controls_group_grants() {
         status: UserStatus::Active,
         kind: UserKind::Member,
         session_epoch: 0,
+        first_name: None,
+        last_name: None,
+        logout: None,
+        scope: None,
     });
     t.groups.push(portcullis::model::Group {
         id: "g".into(),
         name: "G".into(),
         status: GroupStatus::Active,
         members: vec!["u".into()],
+        logout: None,
+        access: None,
     });
     t.assignments.push(Assignment {
         principal: Principal::Group("g".into()),

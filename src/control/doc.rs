@@ -24,6 +24,60 @@ pub struct Settings {
     pub quotas: Quotas,
     #[serde(default)]
     pub created_at: Timestamp,
+    /// Sign-in settings (logout period, `require_group`).
+    #[serde(default, flatten)]
+    pub sign_in: crate::model::SignIn,
+}
+
+/// A user's secrets (the `credential` row, id = user id). Never logged nor published: the log
+/// and the change stream carry `{"redacted": true}` instead (see `Commit::log_form`), which
+/// reads back as an empty row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CredentialRow {
+    /// argon2id hash in PHC string form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Access cards: argon2id of the card UID salted with the tenant id, lowercase hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cards: Vec<String>,
+}
+
+/// A sign-in session (the `session` row, id = session id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub user: String,
+    pub channel: crate::model::Channel,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Logged out (or otherwise revoked) before it expired.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// An API key (the `api_key` row, id = key id). The secret is shown once, at creation; only
+/// its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A pending invitation (the `invitation` row, id = SHA-256 of its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationRow {
+    pub user: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<Timestamp>,
 }
 
 /// A user row: the model's user plus bookkeeping the management API shows and sorts by.
@@ -114,6 +168,10 @@ pub struct TenantDoc {
     pub groups: BTreeMap<String, Group>,
     pub assignments: BTreeMap<String, AssignmentRow>,
     pub plugins: BTreeMap<String, PluginRow>,
+    pub credentials: BTreeMap<String, CredentialRow>,
+    pub sessions: BTreeMap<String, SessionRow>,
+    pub api_keys: BTreeMap<String, ApiKeyRow>,
+    pub invitations: BTreeMap<String, InvitationRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +244,10 @@ impl TenantDoc {
             Kind::Group => put(&mut self.groups, kind, id, value),
             Kind::Assignment => put(&mut self.assignments, kind, id, value),
             Kind::Plugin => put(&mut self.plugins, kind, id, value),
+            Kind::Credential => put(&mut self.credentials, kind, id, value),
+            Kind::Session => put(&mut self.sessions, kind, id, value),
+            Kind::ApiKey => put(&mut self.api_keys, kind, id, value),
+            Kind::Invitation => put(&mut self.invitations, kind, id, value),
         }
     }
 
@@ -271,6 +333,8 @@ impl TenantDoc {
                 t,
             ),
             plugins: merged(Kind::Plugin, &self.plugins, w.map(|w| &w.plugins), t),
+            sessions: merged_entries(Kind::Session, &self.sessions, w.map(|w| &w.sessions), t),
+            api_keys: merged(Kind::ApiKey, &self.api_keys, w.map(|w| &w.api_keys), t),
         }
     }
 
@@ -296,6 +360,11 @@ impl TenantDoc {
             status: t.status,
             quotas: t.quotas,
             created_at: now,
+            sign_in: crate::model::SignIn {
+                logout: t.sign_in.logout,
+                require_group: t.sign_in.require_group,
+                ..crate::model::SignIn::default()
+            },
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
         for p in &t.plugins {
@@ -361,6 +430,30 @@ struct Rows<'a> {
     groups: Vec<&'a Group>,
     assignments: Vec<&'a AssignmentRow>,
     plugins: Vec<&'a PluginRow>,
+    sessions: Vec<(&'a str, &'a SessionRow)>,
+    api_keys: Vec<&'a ApiKeyRow>,
+}
+
+/// [`merged`], keeping the ids (rows whose documents do not hold their id).
+fn merged_entries<'a, T>(
+    kind: Kind,
+    base: &'a BTreeMap<String, T>,
+    written: Option<&'a BTreeMap<String, T>>,
+    touched: Option<&Touched<'a>>,
+) -> Vec<(&'a str, &'a T)> {
+    match (written, touched) {
+        (Some(written), Some(touched)) if touched.iter().any(|(k, _)| *k == kind) => {
+            let mut v: Vec<(&str, &T)> = base
+                .iter()
+                .filter(|(id, _)| !touched.contains(&(kind, id.as_str())))
+                .chain(written)
+                .map(|(id, r)| (id.as_str(), r))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v
+        }
+        _ => base.iter().map(|(id, r)| (id.as_str(), r)).collect(),
+    }
 }
 
 /// The rows of one collection, sorted by id: `base`'s, or with `over`, those `base` keeps
@@ -412,6 +505,33 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 wasm: p.wasm.clone(),
             })
             .collect(),
+        sign_in: crate::model::SignIn {
+            logout: s.sign_in.logout,
+            require_group: s.sign_in.require_group,
+            revoked_sessions: rows
+                .sessions
+                .into_iter()
+                .filter(|(_, r)| r.revoked)
+                .map(|(id, r)| crate::model::RevokedSession {
+                    id: id.to_string(),
+                    expires_at: r.expires_at,
+                })
+                .collect(),
+            api_keys: rows
+                .api_keys
+                .into_iter()
+                .filter(|k| !k.revoked)
+                .filter_map(|k| {
+                    Some(crate::model::ApiKeyGrant {
+                        id: k.id.clone(),
+                        user: k.user.clone(),
+                        sha256: crate::model::unhex32(&k.sha256)?,
+                        expires_at: k.expires_at,
+                    })
+                })
+                .collect(),
+            passwords: Vec::new(),
+        },
         revision,
     }
 }

@@ -362,7 +362,12 @@ impl ControlPlane {
             *doc = self.load_doc(tenant).await?;
         }
         let deleted = doc.settings.is_none();
-        let _ = self.bus.send(Arc::new(commit));
+        // Followers get what the log holds: credentials redacted.
+        let published = match commit.log_form() {
+            std::borrow::Cow::Borrowed(_) => commit,
+            std::borrow::Cow::Owned(c) => c,
+        };
+        let _ = self.bus.send(Arc::new(published));
         if deleted {
             // The tenant is gone: so is the personal data in its log (its rows went with the
             // commit). A failure here is repaired when the id is created again.

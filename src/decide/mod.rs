@@ -89,6 +89,8 @@ pub enum Reason {
     InvalidAction,
     /// Guests may only perform `*:read` actions.
     GuestReadOnly,
+    /// Guests may only act inside their scope node's subtree.
+    GuestOutOfScope,
     /// No assignment of the subject (or its active groups) grants the permission on the resource.
     NoMatchingAssignment,
     /// A plugin condition vetoed the check (or failed, which also denies).
@@ -102,7 +104,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Granted,
         Reason::RbacNone,
         Reason::TenantSuspended,
@@ -112,6 +114,7 @@ impl Reason {
         Reason::UnknownResource,
         Reason::InvalidAction,
         Reason::GuestReadOnly,
+        Reason::GuestOutOfScope,
         Reason::NoMatchingAssignment,
         Reason::PluginDenied,
         Reason::ConditionNotMet,
@@ -130,6 +133,7 @@ impl Reason {
             Reason::UnknownResource => "unknown_resource",
             Reason::InvalidAction => "invalid_action",
             Reason::GuestReadOnly => "guest_read_only",
+            Reason::GuestOutOfScope => "guest_out_of_scope",
             Reason::NoMatchingAssignment => "no_matching_assignment",
             Reason::PluginDenied => "plugin_denied",
             Reason::ConditionNotMet => "condition_not_met",
@@ -149,6 +153,7 @@ impl Reason {
             Reason::UnknownResource => "no such resource node in this tenant",
             Reason::InvalidAction => "the action is not of the form resource:action",
             Reason::GuestReadOnly => "guests may only read",
+            Reason::GuestOutOfScope => "guests may only act inside their scope",
             Reason::NoMatchingAssignment => {
                 "no assignment grants the permission on this resource or its ancestors"
             }
@@ -457,8 +462,22 @@ fn for_each_slice(
     }
 }
 
+/// Is node `x` outside the subtree a guest is limited to?
+#[inline]
+fn out_of_guest_scope(v: &ArchivedTenantSnap, user: &ArchivedUserRec, x: u32) -> bool {
+    let lo = user.scope.to_native();
+    if lo == NONE {
+        return false;
+    }
+    let hi = v.nodes.get(lo as usize).map_or(lo, |n| n.end.to_native());
+    !(lo <= x && x < hi)
+}
+
 #[inline]
 fn decide_node(v: &ArchivedTenantSnap, s: &Subject, x: u32, now: i64) -> Decision {
+    if out_of_guest_scope(v, s.user, x) {
+        return Decision::deny(Reason::GuestOutOfScope);
+    }
     if s.rbac_none {
         return Decision::allow(Reason::RbacNone, NONE);
     }
@@ -484,6 +503,9 @@ fn decide_node_with(
     now: i64,
     cond: &mut dyn Conditions,
 ) -> Decision {
+    if out_of_guest_scope(v, s.user, x) {
+        return Decision::deny(Reason::GuestOutOfScope);
+    }
     if s.rbac_none {
         return Decision::allow(Reason::RbacNone, NONE);
     }

@@ -12,8 +12,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::time::de_opt_timestamp;
 use super::{
-    Assignment, Collection, Group, GroupStatus, Node, Permission, Principal, Quotas, Rbac, Role,
-    Tenant, TenantStatus, Timestamp, User, UserKind, UserStatus,
+    Assignment, Channel, Collection, Group, GroupStatus, LogoutPeriod, Node, Permission, Principal,
+    Quotas, Rbac, Role, Tenant, TenantStatus, Timestamp, User, UserKind, UserStatus,
 };
 
 /// Largest data file accepted, in bytes.
@@ -129,6 +129,10 @@ struct RawTenant {
     #[serde(default)]
     quotas: Quotas,
     #[serde(default)]
+    logout: Option<LogoutPeriod>,
+    #[serde(default)]
+    require_group: bool,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     roles: Vec<Spanned<RawRole>>,
@@ -188,6 +192,17 @@ struct RawUser {
     kind: UserKind,
     #[serde(default)]
     session_epoch: u64,
+    #[serde(default)]
+    first_name: Option<String>,
+    #[serde(default)]
+    last_name: Option<String>,
+    #[serde(default)]
+    logout: Option<LogoutPeriod>,
+    #[serde(default)]
+    scope: Option<String>,
+    /// An initial password (demo and test data): hashed on import, never stored as given.
+    #[serde(default)]
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +215,10 @@ struct RawGroup {
     status: GroupStatus,
     #[serde(default)]
     members: Vec<String>,
+    #[serde(default)]
+    logout: Option<LogoutPeriod>,
+    #[serde(default)]
+    access: Option<Vec<Channel>>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +383,8 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
         t.rbac = rt.rbac;
         t.status = rt.status;
         t.quotas = rt.quotas;
+        t.sign_in.logout = rt.logout;
+        t.sign_in.require_group = rt.require_group;
         locs.push((
             Collection::Plugins,
             rt.plugins.iter().map(|s| s.referenced).collect(),
@@ -426,6 +447,15 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
             .into_iter()
             .map(|s| {
                 let u = s.value;
+                if let Some(p) = u.password {
+                    if let Err(e) = super::check_password(&p) {
+                        problems.push(at(
+                            &s.referenced,
+                            format!("tenant '{tid}': user '{}': password: {e}", u.id),
+                        ));
+                    }
+                    t.sign_in.passwords.push((u.id.clone(), p));
+                }
                 User {
                     name: u.name.unwrap_or_else(|| u.id.clone()),
                     id: u.id,
@@ -433,6 +463,10 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
                     status: u.status,
                     kind: u.kind,
                     session_epoch: u.session_epoch,
+                    first_name: u.first_name,
+                    last_name: u.last_name,
+                    logout: u.logout,
+                    scope: u.scope,
                 }
             })
             .collect();
@@ -450,6 +484,8 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
                     id: g.id,
                     status: g.status,
                     members: g.members,
+                    logout: g.logout,
+                    access: g.access,
                 }
             })
             .collect();

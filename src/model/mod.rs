@@ -69,6 +69,90 @@ pub enum UserKind {
     Guest,
 }
 
+/// Through which channel a session was opened: the web console (passwords) or the field
+/// (access cards at terminals). Groups may limit their members to some channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Console,
+    Field,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Console => "console",
+            Channel::Field => "field",
+        }
+    }
+}
+
+/// How long a session lasts before its holder must sign in again, in hours (1..=720). Written
+/// as a number of hours or as a preset: `1d` = 22 hours (a daily login does not pick up the
+/// previous day's last minutes), `5d` = 110 hours (a Monday login lasts until late Friday),
+/// or `Nh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct LogoutPeriod(u32);
+
+impl LogoutPeriod {
+    /// The default when neither the user, a group nor the tenant sets one.
+    pub const DEFAULT: LogoutPeriod = LogoutPeriod(12);
+    /// Longest period accepted (30 days).
+    pub const MAX_HOURS: u32 = 720;
+
+    pub fn hours(self) -> u32 {
+        self.0
+    }
+
+    pub fn seconds(self) -> i64 {
+        i64::from(self.0) * 3600
+    }
+
+    pub fn from_hours(hours: u32) -> Result<LogoutPeriod, String> {
+        if hours == 0 || hours > Self::MAX_HOURS {
+            return Err(format!(
+                "logout period must be 1..={} hours, not {hours}",
+                Self::MAX_HOURS
+            ));
+        }
+        Ok(LogoutPeriod(hours))
+    }
+}
+
+impl std::str::FromStr for LogoutPeriod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogoutPeriod, String> {
+        match s.trim() {
+            "1d" => Ok(LogoutPeriod(22)),
+            "5d" => Ok(LogoutPeriod(110)),
+            t => {
+                let n = t.strip_suffix('h').unwrap_or(t);
+                let hours = n.parse::<u32>().map_err(|_| {
+                    format!("logout period '{s}' is not a number of hours, '1d' (22 h) or '5d' (110 h)")
+                })?;
+                LogoutPeriod::from_hours(hours)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LogoutPeriod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogoutPeriod, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Hours(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Hours(h) => LogoutPeriod::from_hours(u32::try_from(h).unwrap_or(u32::MAX))
+                .map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupStatus {
@@ -115,9 +199,20 @@ pub struct User {
     pub name: String,
     pub status: UserStatus,
     pub kind: UserKind,
-    /// Raised when the user is deactivated or deleted; tokens issued before it are refused.
+    /// Raised when the user is deactivated or deleted or changes password; tokens issued before
+    /// it (external tokens: by `iat`; Portcullis sessions: by the epoch they carry) are refused.
     #[serde(default)]
     pub session_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    /// This user's logout period (else the shortest of their active groups', else the tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<LogoutPeriod>,
+    /// Guests only: the node whose subtree is all they may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +221,12 @@ pub struct Group {
     pub name: String,
     pub status: GroupStatus,
     pub members: Vec<String>,
+    /// The members' logout period (a user's own setting wins; the shortest group's applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<LogoutPeriod>,
+    /// Channels the members may sign in through (absent = every channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Vec<Channel>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -196,6 +297,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&sha2::Sha256::digest(bytes))
 }
 
+/// The 32 bytes of a 64-digit hex string (either case); `None` when it is not one.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (digit(b[2 * i])? << 4) | digit(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 * bytes.len());
@@ -228,8 +343,49 @@ pub struct Tenant {
     /// them by path, the management API uploads them).
     #[serde(skip)]
     pub plugins: Vec<PluginModule>,
+    /// Sign-in settings, and the identity state decisions need (revoked sessions, API keys).
+    #[serde(default)]
+    pub sign_in: SignIn,
     /// Revision of this state; every committed change raises it by one.
     pub revision: u64,
+}
+
+/// A tenant's sign-in settings and the identity state its snapshot carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SignIn {
+    /// The tenant's logout period (default [`LogoutPeriod::DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<LogoutPeriod>,
+    /// Every ordinary user must belong to an active group to sign in.
+    #[serde(default)]
+    pub require_group: bool,
+    /// Sessions revoked before their expiry (logout): refused until they expire anyway.
+    #[serde(skip)]
+    pub revoked_sessions: Vec<RevokedSession>,
+    /// Live API keys (not revoked; expired ones are refused by their expiry).
+    #[serde(skip)]
+    pub api_keys: Vec<ApiKeyGrant>,
+    /// Initial passwords from a data file, hashed when the file is imported (never stored).
+    #[serde(skip)]
+    pub passwords: Vec<(String, String)>,
+}
+
+/// A session revoked before it expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSession {
+    pub id: String,
+    /// Unix seconds; after it the session's token is refused anyway.
+    pub expires_at: Timestamp,
+}
+
+/// An API key as decisions need it: whose it is and the SHA-256 of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    pub id: String,
+    pub user: String,
+    /// SHA-256 of the key's secret part.
+    pub sha256: [u8; 32],
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Which collection of a tenant an error points into.
@@ -315,6 +471,9 @@ pub fn check_text(what: &str, text: &str) -> Result<(), String> {
 
 /// A deliberately plain email check: `local@domain.tld`, no spaces, one `@`.
 pub fn check_email(email: &str) -> Result<(), String> {
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(format!("email is longer than {MAX_EMAIL_LEN} characters"));
+    }
     check_text("email", email)?;
     let bad = || Err(format!("'{email}' is not a valid email address"));
     let Some((local, domain)) = email.split_once('@') else {
@@ -332,6 +491,55 @@ pub fn check_email(email: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Password rules: at least 8 characters, with an upper-case letter, a lower-case letter and a
+/// digit; at most 256 bytes (argon2 hashes any length, but a bound keeps the work bounded).
+pub fn check_password(password: &str) -> Result<(), String> {
+    let mut missing = Vec::new();
+    if password.chars().count() < 8 {
+        missing.push("at least 8 characters");
+    }
+    if !password.chars().any(char::is_uppercase) {
+        missing.push("an upper-case letter");
+    }
+    if !password.chars().any(char::is_lowercase) {
+        missing.push("a lower-case letter");
+    }
+    if !password.chars().any(|c| c.is_ascii_digit()) {
+        missing.push("a digit");
+    }
+    if password.len() > MAX_TEXT_LEN {
+        return Err(format!("password is longer than {MAX_TEXT_LEN} bytes"));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("password needs {}", missing.join(", ")))
+    }
+}
+
+/// Rules of a first or last name: at least 2 characters, only letters (any script), spaces,
+/// dots and hyphens, at most 128 bytes.
+pub fn check_person_name(what: &str, name: &str) -> Result<(), String> {
+    if name.trim().chars().count() < 2 {
+        return Err(format!("{what} needs at least 2 characters"));
+    }
+    if name.len() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphabetic() || matches!(c, ' ' | '.' | '-')))
+    {
+        return Err(format!(
+            "{what} contains {c:?}; allowed are letters, spaces, dots and hyphens"
+        ));
+    }
+    Ok(())
+}
+
+/// Longest email accepted (RFC 5321's path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
 
 fn truncate(s: &str, max: usize) -> &str {
     let mut end = max.min(s.len());
@@ -404,6 +612,7 @@ impl Tenant {
             groups: Vec::new(),
             assignments: Vec::new(),
             plugins: Vec::new(),
+            sign_in: SignIn::default(),
             revision: 1,
         }
     }
@@ -604,6 +813,24 @@ impl Tenant {
             if let Err(m) = check_text("user name", &u.name) {
                 err(Collection::Users, i, m);
             }
+            for (what, name) in [("first_name", &u.first_name), ("last_name", &u.last_name)] {
+                if let Some(Err(m)) = name.as_deref().map(|n| check_person_name(what, n)) {
+                    err(Collection::Users, i, m);
+                }
+            }
+            match (&u.scope, u.kind) {
+                (Some(s), UserKind::Guest) if !node_idx.contains_key(s.as_str()) => err(
+                    Collection::Users,
+                    i,
+                    format!("unknown guest scope node '{s}' of user '{}'", u.id),
+                ),
+                (Some(_), kind) if kind != UserKind::Guest => err(
+                    Collection::Users,
+                    i,
+                    format!("user '{}' has a scope but only guests have one", u.id),
+                ),
+                _ => {}
+            }
             if let Some(prev) = user_ids.insert(&u.id, i) {
                 err(
                     Collection::Users,
@@ -744,6 +971,10 @@ mod tests {
             status: UserStatus::Active,
             kind: UserKind::Member,
             session_epoch: 0,
+            first_name: None,
+            last_name: None,
+            logout: None,
+            scope: None,
         }];
         t
     }

@@ -32,7 +32,7 @@ use rustc_hash::FxHashMap;
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec, ArchivedSpan,
-    ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec, PluginRec, RoleRec,
+    ApiKeyRec, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec, PluginRec, RoleRec,
     Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
@@ -311,6 +311,8 @@ struct SnapOut {
     grants: Vec<Grant>,
     grant_meta: Vec<GrantMeta>,
     actors: Vec<String>,
+    revoked_sessions: FxHashMap<String, i64>,
+    api_keys: FxHashMap<String, ApiKeyRec>,
 }
 
 type BaseSerializer<'a> =
@@ -357,6 +359,8 @@ pub struct Compiled {
     per_user: Vec<Vec<Raw>>,
     per_group: Vec<Vec<Raw>>,
     actors: Actors,
+    revoked_sessions: FxHashMap<String, i64>,
+    api_keys: FxHashMap<String, ApiKeyRec>,
 }
 
 impl Compiled {
@@ -574,6 +578,10 @@ impl Compiled {
                     UserKind::Guest => super::KIND_GUEST,
                 },
                 session_epoch: u.session_epoch,
+                scope: match (u.kind, u.scope.as_deref()) {
+                    (UserKind::Guest, Some(s)) => node_index.get(s).copied().unwrap_or(NONE),
+                    _ => NONE,
+                },
                 grants: empty,
                 groups: Span {
                     start: gstart,
@@ -655,7 +663,24 @@ impl Compiled {
             per_user: vec![Vec::new(); t.users.len()],
             per_group: vec![Vec::new(); t.groups.len()],
             actors: Actors::default(),
+            revoked_sessions: t
+                .sign_in
+                .revoked_sessions
+                .iter()
+                .map(|r| (r.id.clone(), r.expires_at))
+                .collect(),
+            api_keys: FxHashMap::default(),
         };
+        for k in &t.sign_in.api_keys {
+            if let Some(&user) = c.user_index.get(&k.user) {
+                let rec = ApiKeyRec {
+                    user,
+                    sha256: k.sha256,
+                    expires: k.expires_at.unwrap_or(NEVER),
+                };
+                c.api_keys.insert(k.id.clone(), rec);
+            }
+        }
 
         // --- Grants, grouped by principal ----------------------------------------------------
         for a in &t.assignments {
@@ -862,6 +887,8 @@ impl Compiled {
             grants,
             grant_meta,
             actors: std::mem::take(&mut self.actors.ranked_mut().1),
+            revoked_sessions: std::mem::take(&mut self.revoked_sessions),
+            api_keys: std::mem::take(&mut self.api_keys),
         };
         let bytes = rkyv::api::high::to_bytes_in::<_, BoxedError>(&root, out);
         self.id = std::mem::take(&mut root.id.text);
@@ -871,6 +898,8 @@ impl Compiled {
         self.perm_action = std::mem::take(&mut root.perm_action);
         self.plugins = std::mem::take(&mut root.plugins);
         self.actors.ranked_mut().1 = std::mem::take(&mut root.actors);
+        self.revoked_sessions = std::mem::take(&mut root.revoked_sessions);
+        self.api_keys = std::mem::take(&mut root.api_keys);
         let bytes = bytes.map_err(|e| archive_err(&self.id, e.to_string()))?;
         if self.base_checked {
             debug_assert!(validate::validate(&bytes).is_ok());

@@ -48,7 +48,7 @@ pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -96,6 +96,20 @@ pub struct TenantSnap {
     pub grant_meta: Vec<GrantMeta>,
     /// Interned `assigned_by` values.
     pub actors: Vec<String>,
+    /// Sessions revoked before their expiry: session id → its expiry (unix seconds).
+    pub revoked_sessions: FxHashMap<String, i64>,
+    /// Live API keys by key id.
+    pub api_keys: FxHashMap<String, ApiKeyRec>,
+}
+
+/// An API key: whose it is, the SHA-256 of its secret, when it expires.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyRec {
+    /// Index into `users`.
+    pub user: u32,
+    pub sha256: [u8; 32],
+    /// Unix seconds, or [`NEVER`].
+    pub expires: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +137,8 @@ pub struct UserRec {
     pub status: u8,
     pub kind: u8,
     pub session_epoch: u64,
+    /// Guests: pre-order index of the node whose subtree is all they may read; else [`NONE`].
+    pub scope: u32,
     pub grants: Span,
     pub groups: Span,
 }

@@ -73,6 +73,17 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
     if !v.user_index.matches(users, |i| v.users[i].id.as_str()) {
         return Err(bad("user index does not match users"));
     }
+    for (i, u) in v.users.iter().enumerate() {
+        let scope = u.scope.to_native();
+        if scope != NONE && scope as usize >= n {
+            return Err(bad(format!("user {i} has guest scope {scope} outside the nodes")));
+        }
+    }
+    for (id, k) in v.api_keys.iter() {
+        if k.user.to_native() as usize >= users {
+            return Err(bad(format!("API key '{id}' names no user")));
+        }
+    }
     let roles = v.roles.len();
     let words = v.words.to_native() as usize;
     if words == 0 || words * 64 < roles || v.bitsets.len() % words != 0 || v.bitsets.is_empty() {

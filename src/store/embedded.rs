@@ -126,6 +126,10 @@ pub fn kind_code(kind: Kind) -> u8 {
         Kind::Group => 5,
         Kind::Assignment => 6,
         Kind::Plugin => 7,
+        Kind::Credential => 8,
+        Kind::Session => 9,
+        Kind::ApiKey => 10,
+        Kind::Invitation => 11,
     }
 }
 
@@ -552,7 +556,9 @@ impl EmbeddedStore {
         let job_rows = collapse_ops(commit)?;
         let meta = serde_json::to_vec(&Meta::of(commit))
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let body = serde_json::to_vec(commit).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // Rows come from the commit, the log from its log form (credentials redacted).
+        let body = serde_json::to_vec(&*commit.log_form())
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             tenant: commit.tenant.clone(),

@@ -39,10 +39,23 @@ pub enum Kind {
     Group,
     Assignment,
     Plugin,
+    /// A user's secrets (password hash, access-card hashes), id = user id. Stored as rows, but
+    /// never logged or published: [`Commit::log_form`] replaces their documents by
+    /// [`REDACTED`] in the log (audit) and on the change stream.
+    Credential,
+    /// A sign-in session (id = session id): user, channel, expiry, whether it was revoked.
+    Session,
+    /// A machine client's API key (id = key id): owner, SHA-256 of the secret, expiry, revoked.
+    ApiKey,
+    /// A pending invitation (id = SHA-256 of its token): user, expiry, whether it was used.
+    Invitation,
 }
 
+/// What a [`Kind::Credential`] document becomes in the log and on the change stream.
+pub const REDACTED: &str = "redacted";
+
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Tenant,
         Kind::Node,
         Kind::Role,
@@ -50,6 +63,10 @@ impl Kind {
         Kind::Group,
         Kind::Assignment,
         Kind::Plugin,
+        Kind::Credential,
+        Kind::Session,
+        Kind::ApiKey,
+        Kind::Invitation,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +77,10 @@ impl Kind {
             Kind::Group => "group",
             Kind::Assignment => "assignment",
             Kind::Plugin => "plugin",
+            Kind::Credential => "credential",
+            Kind::Session => "session",
+            Kind::ApiKey => "api_key",
+            Kind::Invitation => "invitation",
         }
     }
     pub fn parse(s: &str) -> Option<Kind> {
@@ -149,6 +170,22 @@ impl RowOp {
 pub const MAX_KEY_BYTES: usize = 1024;
 
 impl Commit {
+    /// The commit as the log (audit) and the change stream carry it: the documents of
+    /// [`Kind::Credential`] rows replaced by `{"redacted": true}`. Rows are stored from the
+    /// commit itself; only this form leaves the store.
+    pub fn log_form(&self) -> std::borrow::Cow<'_, Commit> {
+        if !self.ops.iter().any(|op| op.kind == Kind::Credential) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut c = self.clone();
+        for op in c.ops.iter_mut().filter(|op| op.kind == Kind::Credential) {
+            for doc in [&mut op.value, &mut op.before].into_iter().flatten() {
+                *doc = serde_json::json!({ REDACTED: true });
+            }
+        }
+        std::borrow::Cow::Owned(c)
+    }
+
     /// Checks what every engine can store identically, so that behaviour does not depend on the
     /// engine: `revision` in `1..=i64::MAX` (PostgreSQL `bigint`), a non-empty tenant id, no string
     /// longer than [`MAX_KEY_BYTES`] among the keys, no NUL character anywhere — neither in

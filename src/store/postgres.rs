@@ -494,7 +494,9 @@ impl PostgresStore {
 
         let (up_kinds, up_ids, up_docs, _) = upserts;
         let (del_kinds, del_ids) = deletes;
-        let commit_sum = integrity::commit_sum_canonical(commit).to_vec();
+        // Rows come from the commit, the log from its log form (credentials redacted).
+        let logged = commit.log_form();
+        let commit_sum = integrity::commit_sum_canonical(&logged).to_vec();
         let upsert = async {
             if up_ids.is_empty() {
                 return Ok(0);
@@ -521,7 +523,7 @@ impl PostgresStore {
             tx.execute(&st, &[&commit.tenant, &del_kinds, &del_ids])
                 .await
         };
-        let ops = Json(&commit.ops);
+        let ops = Json(&logged.ops);
         let log = async {
             let st = tx.prepare_cached(&self.sql.insert_commit).await?;
             let params: [&(dyn ToSql + Sync); 8] = [

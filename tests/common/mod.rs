@@ -389,10 +389,16 @@ fn make_tenant(
                 _ => UserKind::Member,
             },
             session_epoch: 0,
+            first_name: None,
+            last_name: None,
+            logout: None,
+            scope: None,
         });
     }
     for (j, (active, members)) in groups.iter().enumerate() {
         t.groups.push(Group {
+            logout: None,
+            access: None,
             id: format!("g{j}"),
             name: format!("Group {j}"),
             status: if *active {

@@ -121,6 +121,10 @@ fn random_tenant(rng: &mut Rng, i: usize) -> Tenant {
                 _ => UserKind::Member,
             },
             session_epoch: 0,
+            first_name: None,
+            last_name: None,
+            logout: None,
+            scope: None,
         });
     }
     for g in 0..rng.below(4) {
@@ -131,6 +135,8 @@ fn random_tenant(rng: &mut Rng, i: usize) -> Tenant {
             }
         }
         t.groups.push(Group {
+            logout: None,
+            access: None,
             id: format!("g{g}"),
             name: format!("G{g}"),
             status: if rng.chance(25) {

@@ -58,6 +58,8 @@ pub fn create_group(doc: &TenantDoc, req: &GroupCreate) -> Rule {
         name,
         status: req.status,
         members: req.members.clone(),
+        logout: None,
+        access: None,
     };
     Ok(super::created(Kind::Group, &g.id, &g))
 }

@@ -2,7 +2,7 @@
 
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
-use crate::model::{check_id, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus};
+use crate::model::{check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus};
 use crate::store::{Kind, RowOp};
 
 requests! {
@@ -15,12 +15,17 @@ requests! {
         pub status: TenantStatus,
         #[serde(default)]
         pub quotas: Quotas,
+        pub logout: Option<LogoutPeriod>,
+        #[serde(default)]
+        pub require_group: bool,
     }
     TenantPatch {
         pub name: Option<String>,
         pub rbac: Option<Rbac>,
         pub status: Option<TenantStatus>,
         pub quotas: Option<Quotas>,
+        pub logout: Option<LogoutPeriod>,
+        pub require_group: Option<bool>,
     }
 }
 
@@ -50,6 +55,11 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
         status: req.status,
         quotas: req.quotas,
         created_at: now,
+        sign_in: crate::model::SignIn {
+            logout: req.logout,
+            require_group: req.require_group,
+            ..crate::model::SignIn::default()
+        },
     };
     Ok(super::created(Kind::Tenant, &req.id, &s))
 }
@@ -75,6 +85,12 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(st) = patch.status {
         s.status = st;
+    }
+    if let Some(l) = patch.logout {
+        s.sign_in.logout = Some(l);
+    }
+    if let Some(r) = patch.require_group {
+        s.sign_in.require_group = r;
     }
     f.done()?;
     if let Some(q) = patch.quotas {
@@ -105,6 +121,10 @@ pub fn delete_tenant(doc: &TenantDoc) -> Rule {
         .chain(rows(Kind::Plugin, &doc.plugins, |p| {
             PluginRow::summary(&json(p))
         }))
+        .chain(rows(Kind::Credential, &doc.credentials, json))
+        .chain(rows(Kind::Session, &doc.sessions, json))
+        .chain(rows(Kind::ApiKey, &doc.api_keys, json))
+        .chain(rows(Kind::Invitation, &doc.invitations, json))
         .collect();
     Ok(super::deleted(Kind::Tenant, &s.id, s, ops))
 }
