@@ -80,13 +80,18 @@ fn main() {
     let user = rules::create_user(
         &doc,
         &UserCreate {
-            id: "new-user".into(),
+            id: Some("new-user".into()),
+            first_name: None,
+            last_name: None,
+            password: None,
+            logout: None,
             email: "new-user@bench.example".into(),
             name: None,
             kind: UserKind::Member,
             status: None,
         },
         worlds::NOW,
+        &Default::default(),
     )
     .unwrap();
     let ms = median(11, || admit(&doc, "b", &user.ops).unwrap());

@@ -139,7 +139,11 @@ async fn writes_per_second(cp: Arc<ControlPlane>, secs: f64) -> f64 {
                 while Instant::now() < stop {
                     let id = format!("w{k}-{i}");
                     let req = UserCreate {
-                        id: id.clone(),
+                        id: Some(id.clone()),
+                        first_name: None,
+                        last_name: None,
+                        password: None,
+                        logout: None,
                         email: format!("{id}@b.example"),
                         name: None,
                         kind: UserKind::Member,
@@ -147,7 +151,7 @@ async fn writes_per_second(cp: Arc<ControlPlane>, secs: f64) -> f64 {
                     };
                     if cp
                         .write("b", "bench", None, |d| {
-                            rules::create_user(d, &req, worlds::NOW)
+                            rules::create_user(d, &req, worlds::NOW, &Default::default())
                         })
                         .await
                         .is_ok()

@@ -177,14 +177,18 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                     // Not an assignment: the follower recompiles the tenant.
                     let id = format!("new-{step}-{k}");
                     let req = UserCreate {
-                        id: id.clone(),
+                        id: Some(id.clone()),
+                        first_name: None,
+                        last_name: None,
+                        password: None,
+                        logout: None,
                         email: format!("{id}@t.example"),
                         name: None,
                         kind: UserKind::Member,
                         status: None,
                     };
                     cp.write("t", "admin", None, |d| {
-                        rules::create_user(d, &req, worlds::NOW)
+                        rules::create_user(d, &req, worlds::NOW, &Default::default())
                     })
                     .await
                 }

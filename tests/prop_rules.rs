@@ -240,13 +240,17 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 "not an email",
             ];
             let req = rules::UserCreate {
-                id: user(d, *u),
+                id: Some(user(d, *u)),
+                first_name: None,
+                last_name: None,
+                password: None,
+                logout: None,
                 email: emails[*email as usize % emails.len()].into(),
                 name: None,
                 kind: kind(*k),
                 status: inactive.then_some(UserStatus::Inactive),
             };
-            rules::create_user(d, &req, NOW)
+            rules::create_user(d, &req, NOW, &Default::default())
         }
         Op::UpdateUser {
             user: u,
@@ -262,6 +266,7 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 name: Some(format!("Name {u}")),
                 kind: k.map(kind),
                 email,
+                ..Default::default()
             };
             rules::update_user(d, &id, &p, NOW)
         }

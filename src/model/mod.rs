@@ -492,6 +492,26 @@ pub fn check_email(email: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A password as a request carries it: never printed (`Debug` hides it) nor serialized.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(p: impl Into<String>) -> Password {
+        Password(p.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
 /// Password rules: at least 8 characters, with an upper-case letter, a lower-case letter and a
 /// digit; at most 256 bytes (argon2 hashes any length, but a bound keeps the work bounded).
 pub fn check_password(password: &str) -> Result<(), String> {

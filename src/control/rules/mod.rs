@@ -26,6 +26,7 @@ macro_rules! requests {
 
 mod assignment;
 mod group;
+mod identity;
 mod node;
 mod plugin;
 mod role;
@@ -38,6 +39,7 @@ use serde::Serialize;
 
 pub use assignment::*;
 pub use group::*;
+pub use identity::*;
 pub use node::*;
 pub use plugin::*;
 pub use role::*;

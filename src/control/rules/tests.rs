@@ -65,13 +65,17 @@ fn moving_a_node_under_its_descendant_is_a_cycle() {
 fn duplicate_email_is_case_insensitive() {
     let d = doc();
     let req = UserCreate {
-        id: "zed".into(),
+        id: Some("zed".into()),
         email: "ALICE@femo.example".into(),
         name: None,
+        first_name: Some("Zed".into()),
+        last_name: None,
+        password: None,
         kind: UserKind::Member,
         status: None,
+        logout: None,
     };
-    match create_user(&d, &req, 5).unwrap_err() {
+    match create_user(&d, &req, 5, &NewUserSecrets::default()).unwrap_err() {
         RuleError::Conflict { code, .. } => assert_eq!(code, "duplicate_email"),
         e => panic!("{e}"),
     }

@@ -3,26 +3,78 @@
 
 use super::tenant::{is_admin, quota_room, Usage};
 use super::{Fields, Rule, RuleError};
-use crate::control::doc::{TenantDoc, UserRow};
+use crate::control::doc::{json, CredentialRow, InvitationRow, TenantDoc, UserRow};
 use crate::model::Principal;
-use crate::model::{check_email, check_id, Timestamp, User, UserKind, UserStatus};
+use crate::model::{
+    check_email, check_id, check_password, check_person_name, Timestamp, User, UserKind,
+    UserStatus,
+};
 use crate::store::{Commit, Kind, RowOp};
 
 requests! {
     UserCreate {
-        pub id: String,
+        /// Derived from the email's local part when absent.
+        pub id: Option<String>,
         pub email: String,
+        /// Display name; `first_name last_name` when absent.
         pub name: Option<String>,
+        pub first_name: Option<String>,
+        pub last_name: Option<String>,
+        /// Hashed before the rule runs (see [`NewUserSecrets`]); never stored as given.
+        pub password: Option<crate::model::Password>,
         #[serde(default)]
         pub kind: UserKind,
         pub status: Option<UserStatus>,
+        pub logout: Option<crate::model::LogoutPeriod>,
     }
     UserPatch {
         pub name: Option<String>,
+        pub first_name: Option<String>,
+        pub last_name: Option<String>,
         pub kind: Option<UserKind>,
         /// Emails are immutable: accepted only when unchanged.
         pub email: Option<String>,
+        pub logout: Option<crate::model::LogoutPeriod>,
     }
+}
+
+/// What a user create stores besides the user: the password's hash (computed before the
+/// tenant is locked: argon2 is slow on purpose), or else an invitation (the SHA-256 of its
+/// token, and its expiry).
+#[derive(Debug, Clone, Default)]
+pub struct NewUserSecrets {
+    pub password_hash: Option<String>,
+    pub invitation: Option<(String, Timestamp)>,
+}
+
+/// The next session epoch of a user: `now`, or one more than the current epoch when that is
+/// not older (epochs only grow, and each raise kills the sessions opened before it).
+pub fn next_epoch(current: u64, now: Timestamp) -> u64 {
+    (now.max(0) as u64).max(current.saturating_add(1))
+}
+
+/// An id for a user created without one: the email's local part made an id, with `-2`, `-3`…
+/// when taken.
+fn derive_user_id(doc: &TenantDoc, email: &str) -> String {
+    let local = email.split('@').next().unwrap_or("");
+    let mut base: String = local
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | '.' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .take(64)
+        .collect();
+    if base.is_empty() || base.bytes().all(|b| b == b'.') {
+        base = "user".into();
+    }
+    if !doc.users.contains_key(&base) {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|id| !doc.users.contains_key(id))
+        .unwrap_or(base)
 }
 
 /// Status transitions of a user.
@@ -48,16 +100,50 @@ fn room_for_user(doc: &TenantDoc, kind: UserKind) -> Result<(), RuleError> {
     )
 }
 
-pub fn create_user(doc: &TenantDoc, req: &UserCreate, now: Timestamp) -> Rule {
+pub fn create_user(
+    doc: &TenantDoc,
+    req: &UserCreate,
+    now: Timestamp,
+    secrets: &NewUserSecrets,
+) -> Rule {
     let mut f = Fields::default();
-    f.check("id", check_id("user id", &req.id));
+    let id = match &req.id {
+        Some(id) => id.clone(),
+        None => derive_user_id(doc, &req.email),
+    };
+    f.check("id", check_id("user id", &id));
     f.check("email", check_email(&req.email));
-    let name = super::name_or_id(&req.name, &req.id, &mut f);
+    if let Some(n) = &req.first_name {
+        f.check("first_name", check_person_name("first_name", n));
+    } else if req.name.is_none() {
+        f.push("first_name", "first_name is required");
+    }
+    if let Some(n) = &req.last_name {
+        f.check("last_name", check_person_name("last_name", n));
+    }
+    if let Some(p) = &req.password {
+        f.check("password", check_password(p.expose()));
+    }
+    if req.kind == UserKind::Guest {
+        f.push("kind", "guests are created through /guests");
+    }
+    let display = match (&req.first_name, &req.last_name) {
+        (Some(a), Some(b)) => Some(format!("{a} {b}")),
+        (Some(a), None) => Some(a.clone()),
+        _ => None,
+    };
+    let name = super::name_or_id(&req.name.clone().or(display), &id, &mut f);
     if req.status == Some(UserStatus::Deleted) {
         f.push("status", "a new user cannot be created deleted");
     }
     f.done()?;
-    super::absent(&doc.users, Kind::User, &req.id)?;
+    if req.password.is_some() != secrets.password_hash.is_some() {
+        return Err(RuleError::invalid(
+            "password",
+            "the password was not hashed before the write (internal error)",
+        ));
+    }
+    super::absent(&doc.users, Kind::User, &id)?;
     let email_lc = req.email.to_ascii_lowercase();
     if let Some(other) = doc
         .users
@@ -75,22 +161,40 @@ pub fn create_user(doc: &TenantDoc, req: &UserCreate, now: Timestamp) -> Rule {
     room_for_user(doc, req.kind)?;
     let u = UserRow {
         user: User {
-            id: req.id.clone(),
+            id: id.clone(),
             email: req.email.clone(),
             name,
             status: req.status.unwrap_or(UserStatus::Active),
             kind: req.kind,
             session_epoch: 0,
-            first_name: None,
-            last_name: None,
-            logout: None,
+            first_name: req.first_name.clone(),
+            last_name: req.last_name.clone(),
+            logout: req.logout,
             scope: None,
         },
         created_at: now,
         updated_at: now,
         last_login_at: None,
     };
-    Ok(super::created(Kind::User, &req.id, &u))
+    let mut c = super::created(Kind::User, &id, &u);
+    if let Some(hash) = &secrets.password_hash {
+        let cred = CredentialRow {
+            password: Some(hash.clone()),
+            cards: Vec::new(),
+        };
+        c.ops
+            .push(RowOp::put(Kind::Credential, id.as_str(), json(&cred), None));
+    } else if let Some((sha, expires_at)) = &secrets.invitation {
+        let inv = InvitationRow {
+            user: id.clone(),
+            created_at: now,
+            expires_at: *expires_at,
+            accepted_at: None,
+        };
+        c.ops
+            .push(RowOp::put(Kind::Invitation, sha.as_str(), json(&inv), None));
+    }
+    Ok(c)
 }
 
 pub fn update_user(doc: &TenantDoc, id: &str, patch: &UserPatch, now: Timestamp) -> Rule {
@@ -99,7 +203,21 @@ pub fn update_user(doc: &TenantDoc, id: &str, patch: &UserPatch, now: Timestamp)
             f.push("email", "email is immutable");
         }
         super::rename(&patch.name, &mut u.user.name, f);
+        if let Some(n) = &patch.first_name {
+            f.check("first_name", check_person_name("first_name", n));
+            u.user.first_name = Some(n.clone());
+        }
+        if let Some(n) = &patch.last_name {
+            f.check("last_name", check_person_name("last_name", n));
+            u.user.last_name = Some(n.clone());
+        }
+        if let Some(l) = patch.logout {
+            u.user.logout = Some(l);
+        }
         if let Some(k) = patch.kind {
+            if (k == UserKind::Guest) != (cur.user.kind == UserKind::Guest) {
+                f.push("kind", "a user cannot become a guest or stop being one");
+            }
             f.take()?;
             if is_admin(k) && !is_admin(cur.user.kind) && cur.user.status != UserStatus::Deleted {
                 let admin = Usage {
@@ -142,7 +260,7 @@ pub fn transition_user(doc: &TenantDoc, id: &str, t: UserTransition, now: Timest
                     true => format!("user '{id}' is already deleted"),
                     false => format!("user '{id}' is deleted"),
                 })?;
-                u.user.session_epoch = now.max(0) as u64;
+                u.user.session_epoch = next_epoch(cur.user.session_epoch, now);
                 if deleting {
                     u.user.status = UserStatus::Deleted;
                     "user.delete"
@@ -206,6 +324,28 @@ pub fn erase_user(doc: &TenantDoc, id: &str) -> Rule {
             ));
         }
     }
+    if doc.credentials.contains_key(id) {
+        ops.push(RowOp::delete(Kind::Credential, id, None));
+    }
+    let owned = |user: &str| user == id;
+    ops.extend(
+        doc.sessions
+            .iter()
+            .filter(|(_, s)| owned(&s.user))
+            .map(|(sid, _)| RowOp::delete(Kind::Session, sid.as_str(), None)),
+    );
+    ops.extend(
+        doc.api_keys
+            .iter()
+            .filter(|(_, k)| owned(&k.user))
+            .map(|(kid, _)| RowOp::delete(Kind::ApiKey, kid.as_str(), None)),
+    );
+    ops.extend(
+        doc.invitations
+            .iter()
+            .filter(|(_, i)| owned(&i.user))
+            .map(|(iid, _)| RowOp::delete(Kind::Invitation, iid.as_str(), None)),
+    );
     ops.push(RowOp::delete(Kind::User, id, None));
     Ok(super::Change {
         action: "user.erase".into(),

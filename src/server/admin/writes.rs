@@ -58,7 +58,7 @@ macro_rules! collections {
 
 collections! {
     Nodes Node NodeCreate NodePatch |d, r, _| rules::create_node(d, r), |d, id, p, _| rules::update_node(d, id, p), |d, id, _, _| rules::delete_node(d, id);
-    Users User UserCreate UserPatch |d, r, c| rules::create_user(d, r, c.now), |d, id, p, c| rules::update_user(d, id, p, c.now), |d, id, _, c| rules::transition_user(d, id, UserTransition::Delete, c.now);
+    Users User UserCreate UserPatch |d, r, c| rules::create_user(d, r, c.now, &rules::NewUserSecrets::default()), |d, id, p, c| rules::update_user(d, id, p, c.now), |d, id, _, c| rules::transition_user(d, id, UserTransition::Delete, c.now);
     Groups Group GroupCreate GroupPatch |d, r, _| rules::create_group(d, r), |d, id, p, _| rules::update_group(d, id, p), |d, id, _, _| rules::delete_group(d, id);
     Roles Role RoleCreate RolePatch |d, r, _| rules::create_role(d, r), |d, id, p, _| rules::update_role(d, id, p), |d, id, _, _| rules::delete_role(d, id);
     Assignments Assignment AssignmentCreate AssignmentPatch |d, r, c| rules::create_assignment(d, r, c.actor, c.now), |d, id, p, c| rules::update_assignment(d, id, p, c.now), |d, id, _, _| rules::delete_assignment(d, id);
