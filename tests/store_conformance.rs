@@ -1336,8 +1336,7 @@ async fn old_control_plane_store_loads(target: &Target) {
         .write("femo", "kim", None, |d| {
             let patch = rules::UserPatch {
                 name: Some("Renamed".into()),
-                kind: None,
-                email: None,
+                ..Default::default()
             };
             rules::update_user(d, &user, &patch, 1_700_000_100)
         })
