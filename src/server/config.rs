@@ -37,6 +37,8 @@ pub struct Config {
     pub forward_auth: ForwardAuthConfig,
     /// Limits of tenant plugin calls (`plugins/ABI.md`).
     pub plugins: PluginConfig,
+    /// Sign-in: session signing keys, throttling, invitations. See `identity`.
+    pub sign_in: SignInConfig,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `portcullis=debug`.
     pub log: String,
     /// Log format: `text` or `json`.
@@ -244,10 +246,56 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             forward_auth: ForwardAuthConfig::default(),
             plugins: PluginConfig::default(),
+            sign_in: SignInConfig::default(),
             log: "info".to_string(),
             log_format: "text".to_string(),
         }
     }
+}
+
+/// Sign-in settings (`POST /v1/tenants/{t}/sessions`, invitations).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignInConfig {
+    /// Session signing keys, Ed25519 PKCS#8 PEM files; the first signs, all verify. Without
+    /// any, `serve` keeps one generated key in the embedded store's directory
+    /// (`session-key.pem`); on PostgreSQL without keys, sign-in is off (503).
+    pub session_keys: Vec<SessionKeyConfig>,
+    /// Failed sign-ins per account (email or card) within the window before 429.
+    pub max_failures_per_account: u32,
+    /// Failed sign-ins per client address within the window before 429.
+    pub max_failures_per_client: u32,
+    /// The throttling window, seconds.
+    pub failure_window_seconds: u64,
+    /// How long an invitation can be accepted, hours.
+    pub invitation_ttl_hours: u32,
+    /// Invitations are also POSTed (JSON) to this `http://` URL; none: only the create call's
+    /// answer carries them.
+    pub invitation_webhook: Option<String>,
+}
+
+impl Default for SignInConfig {
+    fn default() -> SignInConfig {
+        SignInConfig {
+            session_keys: Vec::new(),
+            max_failures_per_account: 5,
+            max_failures_per_client: 20,
+            failure_window_seconds: 900,
+            invitation_ttl_hours: 72,
+            invitation_webhook: None,
+        }
+    }
+}
+
+/// One session signing key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionKeyConfig {
+    /// Key id in token headers and the JWK set; derived from the key when absent.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Ed25519 private key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
+    pub private_key_file: PathBuf,
 }
 
 /// How JWTs are verified (`Authorization: Bearer`, the `"token"` field of data-plane requests).
@@ -492,6 +540,24 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "{name} must be greater than 0"
+                )));
+            }
+        }
+        let si = &self.sign_in;
+        for (name, v) in [
+            ("sign_in.max_failures_per_account", u64::from(si.max_failures_per_account)),
+            ("sign_in.max_failures_per_client", u64::from(si.max_failures_per_client)),
+            ("sign_in.failure_window_seconds", si.failure_window_seconds),
+            ("sign_in.invitation_ttl_hours", u64::from(si.invitation_ttl_hours)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+            }
+        }
+        if let Some(url) = &si.invitation_webhook {
+            if !url.starts_with("http://") {
+                return Err(ConfigError::Invalid(format!(
+                    "sign_in.invitation_webhook '{url}' must be an http:// URL"
                 )));
             }
         }

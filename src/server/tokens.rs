@@ -141,7 +141,13 @@ struct Key {
     alg: Alg,
     verifier: Verifier,
     tenants: Box<[Box<str>]>,
+    /// A Portcullis session key (`identity::session`): selected by `kid` only, issuer
+    /// `portcullis`, and its tokens carry a session id and epoch checked against the snapshot.
+    session: bool,
 }
+
+/// Longest lifetime of a Portcullis session token: the longest logout period, plus an hour.
+pub const SESSION_MAX_LIFETIME: i64 = (crate::model::LogoutPeriod::MAX_HOURS as i64 + 1) * 3600;
 
 impl Key {
     fn label(&self) -> String {
@@ -162,6 +168,8 @@ pub struct Tokens {
     max_bytes: usize,
     /// Longest lifetime accepted: `exp` at most this many seconds after `iat` and after now.
     max_lifetime: i64,
+    /// Tokens whose (slow) signature verified recently.
+    verified: SigCache,
 }
 
 impl Default for Tokens {
@@ -177,6 +185,7 @@ impl Default for Tokens {
             leeway: c.leeway_seconds as i64,
             max_bytes: c.max_token_bytes,
             max_lifetime: c.max_lifetime_seconds as i64,
+            verified: SigCache::new(),
         }
     }
 }
@@ -205,12 +214,24 @@ pub struct Claims<'a> {
     iss: Option<Cow<'a, str>>,
     /// `Some(true)` when `aud` contains the configured audience.
     aud_ok: Option<bool>,
+    /// Session tokens: session id, session epoch, channel, kind (`session` or `guest`).
+    pub sid: Option<Cow<'a, str>>,
+    pub sep: Option<u64>,
+    pub ch: Option<Cow<'a, str>>,
+    pub knd: Option<Cow<'a, str>>,
 }
 
 /// A token whose signature and time window were verified.
 pub struct Verified<'a, 'k> {
     pub claims: Claims<'a>,
     key: &'k Key,
+}
+
+impl Verified<'_, '_> {
+    /// Signed by a Portcullis session key.
+    pub fn is_session(&self) -> bool {
+        self.key.session
+    }
 }
 
 const STACK: usize = 1024;
@@ -243,7 +264,37 @@ impl Tokens {
             leeway: i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX),
             max_bytes: config.max_token_bytes,
             max_lifetime: i64::try_from(config.max_lifetime_seconds).unwrap_or(i64::MAX),
+            verified: SigCache::new(),
         })
+    }
+
+    /// [`Tokens::new`] plus Portcullis session keys (kid, SPKI PEM of an Ed25519 key).
+    pub fn with_sessions(
+        config: &TokensConfig,
+        sessions: &[(String, String)],
+    ) -> Result<Tokens, ConfigError> {
+        let mut t = Tokens::new(config)?;
+        for (kid, pem) in sessions {
+            let kc = KeyConfig {
+                kid: Some(kid.clone()),
+                alg: "EdDSA".into(),
+                secret: None,
+                secret_file: None,
+                public_key: Some(pem.clone()),
+                public_key_file: None,
+                tenants: Vec::new(),
+            };
+            let mut key = load_key(&kc)
+                .map_err(|e| ConfigError::Invalid(format!("session key '{kid}': {e}")))?;
+            if t.keys.iter().any(|k| k.kid.as_deref() == Some(kid.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "session key id '{kid}' is also the kid of a tokens.keys entry"
+                )));
+            }
+            key.session = true;
+            t.keys.push(key);
+        }
+        Ok(t)
     }
 
     /// True when at least one key is configured.
@@ -321,7 +372,14 @@ impl Tokens {
             }
             self.select(&header)?
         };
-        self.check_signature(key, signing_input.as_bytes(), sig_b64)?;
+        // Asymmetric signatures cost tens of microseconds: a token verified before is found in
+        // the cache by its whole text (so a reused signature over other claims never hits).
+        if key.alg == Alg::Hs256 || !self.verified.contains(token) {
+            self.check_signature(key, signing_input.as_bytes(), sig_b64)?;
+            if key.alg != Alg::Hs256 {
+                self.verified.insert(token);
+            }
+        }
         let payload = b64(payload_b64, stack, heap, "payload")?;
         let claims = ClaimsSeed {
             subject: &self.subject_claim,
@@ -330,7 +388,15 @@ impl Tokens {
         }
         .deserialize(&mut serde_json::Deserializer::from_slice(payload))
         .map_err(|e| malformed(&format!("claims: {e}")))?;
-        self.check_times(&claims, now)?;
+        if key.session {
+            self.check_times(&claims, now, SESSION_MAX_LIFETIME)?;
+            let want = crate::identity::session::ISSUER;
+            if claims.iss.as_deref() != Some(want) {
+                return Err(TokenError::Issuer(want.to_string()));
+            }
+            return Ok(Verified { claims, key });
+        }
+        self.check_times(&claims, now, self.max_lifetime)?;
         if let Some(want) = &self.issuer {
             if claims.iss.as_deref() != Some(&**want) {
                 return Err(TokenError::Issuer(want.to_string()));
@@ -365,7 +431,8 @@ impl Tokens {
                 Ok(key)
             }
             None => {
-                let mut found = self.keys.iter().filter(|k| k.alg == alg);
+                // Session keys are chosen by kid only.
+                let mut found = self.keys.iter().filter(|k| k.alg == alg && !k.session);
                 match (found.next(), found.count()) {
                     (Some(k), 0) => Ok(k),
                     (Some(_), n) => Err(TokenError::AmbiguousKey(n + 1)),
@@ -401,7 +468,7 @@ impl Tokens {
         }
     }
 
-    fn check_times(&self, c: &Claims, now: i64) -> Result<(), TokenError> {
+    fn check_times(&self, c: &Claims, now: i64, max_lifetime: i64) -> Result<(), TokenError> {
         let exp = c
             .exp
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
@@ -412,8 +479,8 @@ impl Tokens {
         // (with leeway) and from `iat` when present.
         let from_now = exp.saturating_sub(now.saturating_add(self.leeway));
         let from_iat = c.iat.map_or(0, |iat| exp.saturating_sub(iat));
-        if from_now > self.max_lifetime || from_iat > self.max_lifetime {
-            return Err(TokenError::LifetimeTooLong(exp, self.max_lifetime));
+        if from_now > max_lifetime || from_iat > max_lifetime {
+            return Err(TokenError::LifetimeTooLong(exp, max_lifetime));
         }
         if let Some(nbf) = c.nbf {
             if nbf > now.saturating_add(self.leeway) {
@@ -449,6 +516,22 @@ impl Tokens {
             _ => TokenError::UnknownUser(clip(sub)),
         })?;
         let epoch = user.session_epoch.to_native();
+        if v.key.session {
+            // A Portcullis session: not logged out, opened at the user's current epoch, and a
+            // guest token for a guest (and only for one).
+            let sid = c
+                .sid
+                .as_deref()
+                .ok_or_else(|| TokenError::MissingClaim("sid".into()))?;
+            if view.revoked_sessions.contains_key(sid) || c.sep != Some(epoch) {
+                return Err(TokenError::Revoked(clip(sub)));
+            }
+            let guest_token = c.knd.as_deref() == Some("guest");
+            if guest_token != (user.kind == crate::snapshot::KIND_GUEST) {
+                return Err(TokenError::Revoked(clip(sub)));
+            }
+            return Ok(user.id.as_str());
+        }
         if epoch > 0 {
             // A token without `iat` cannot prove it is newer than the epoch. `iat` has
             // one-second granularity: a token issued in the very second of a revocation may
@@ -484,6 +567,46 @@ impl Tokens {
             None => return Err(TokenError::MissingClaim(self.tenant_claim.to_string())),
         }
         Ok(())
+    }
+}
+
+/// Tokens whose asymmetric signature verified: a fixed table of slots indexed by a keyed hash
+/// of the token, each holding one token's text. A lookup is one atomic load and a comparison;
+/// an insert replaces the slot's previous token. Entries need no expiry of their own: the
+/// claims (and `exp`) are checked on every use, hit or miss.
+struct SigCache {
+    slots: Box<[arc_swap::ArcSwapOption<Box<str>>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl SigCache {
+    const SLOTS: usize = 4096;
+
+    fn new() -> SigCache {
+        SigCache {
+            slots: (0..Self::SLOTS)
+                .map(|_| arc_swap::ArcSwapOption::empty())
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn slot(&self, token: &str) -> &arc_swap::ArcSwapOption<Box<str>> {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(token) as usize;
+        &self.slots[h % self.slots.len()]
+    }
+
+    fn contains(&self, token: &str) -> bool {
+        self.slot(token)
+            .load()
+            .as_deref()
+            .is_some_and(|t| **t == *token)
+    }
+
+    fn insert(&self, token: &str) {
+        self.slot(token)
+            .store(Some(std::sync::Arc::new(token.into())));
     }
 }
 
@@ -572,6 +695,7 @@ fn load_key(k: &KeyConfig) -> Result<Key, String> {
         alg,
         verifier,
         tenants: k.tenants.iter().map(|t| t.as_str().into()).collect(),
+        session: false,
     })
 }
 
@@ -730,6 +854,10 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     "nbf" => once(&mut c.nbf, map.next_value::<NumericDate>()?.0, k)?,
                     "iat" => once(&mut c.iat, map.next_value::<NumericDate>()?.0, k)?,
                     "iss" => once(&mut c.iss, map.next_value::<CowStr>()?.0, k)?,
+                    "sid" => once(&mut c.sid, map.next_value::<CowStr>()?.0, k)?,
+                    "sep" => once(&mut c.sep, map.next_value::<u64>()?, k)?,
+                    "ch" => once(&mut c.ch, map.next_value::<CowStr>()?.0, k)?,
+                    "knd" => once(&mut c.knd, map.next_value::<CowStr>()?.0, k)?,
                     "aud" => {
                         let ok = map.next_value_seed(AudSeed(self.audience))?;
                         once(&mut c.aud_ok, ok, k)?;
