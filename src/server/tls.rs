@@ -6,8 +6,9 @@
 //! - Every handshake takes the current certificate from an [`ArcSwap`] ([`Current`], the
 //!   `ResolvesServerCert` of the listener): one atomic load and reference count, no lock.
 //! - [`Tls::watch`] polls the certificate and key files (size, mtime, inode) every
-//!   `reload_interval_ms`; when either changed, both are read again and, when they load and
-//!   match, swapped in for new handshakes (open connections keep theirs). A file that does not
+//!   `reload_interval_ms`; when either changed (and then stayed unchanged for one more poll),
+//!   both are read again and, when they load and match, swapped in for new handshakes (open
+//!   connections keep theirs). A file that does not
 //!   load keeps the previous certificate, logs an error naming the file and counts
 //!   `portcullis_tls_reload_errors_total`; the next change is tried again.
 //! - The handshake runs in the connection's task, under its admission watchdog
@@ -319,22 +320,28 @@ impl Tls {
     }
 
     /// Polls the certificate and key files and swaps in a changed pair that loads; runs until
-    /// the task is aborted (returns at once when reloads are off).
+    /// the task is aborted (returns at once when reloads are off). A change is loaded once the
+    /// files have stayed the same for one more poll, so a certificate and key written one after
+    /// the other are read as a pair.
     pub async fn watch(self: Arc<Self>, errors: IntCounter) {
         let Some(every) = self.interval else {
             return;
         };
-        let mut seen = self.loaded;
+        // The stamps of the pair in use (or that last failed), and those seen at the last poll.
+        let mut loaded = self.loaded;
+        let mut last = self.loaded;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         loop {
             tick.tick().await;
             let now = self.files.stamps();
-            if now == seen {
+            let settled = now == last;
+            last = now;
+            if now == loaded || !settled {
                 continue;
             }
-            seen = now;
+            loaded = now;
             self.reload(&errors);
         }
     }
