@@ -145,9 +145,14 @@ async fn connection<S>(
             state.metrics.error(ErrorCode::BadRequest);
             tls::refuse_plain_http(stream).await;
         }
-        Err(tls::Refused::Handshake(e)) => {
+        // A TLS error (rustls' errors come as InvalidData): counted. A peer that went away
+        // (reset, end of stream) is not a failure of the handshake.
+        Err(tls::Refused::Handshake(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             state.metrics.tls_handshake_failures().inc();
             tracing::debug!(listener = tls.listener(), error = %e, "TLS handshake failed");
+        }
+        Err(tls::Refused::Handshake(e)) => {
+            tracing::debug!(listener = tls.listener(), error = %e, "TLS handshake cut off");
         }
         Err(tls::Refused::Closed) => {}
     }

@@ -191,7 +191,7 @@ impl Metrics {
         )?;
         let tls_handshake_failures = IntCounter::new(
             "portcullis_tls_handshake_failures_total",
-            "TLS connections closed before a completed handshake: protocol errors, refused or missing client certificates, plain HTTP on a TLS port",
+            "TLS handshakes that failed with a TLS error (protocol, refused or missing client certificate) and plain HTTP sent to a TLS port; clients that disconnect mid-handshake are not counted",
         )?;
         reg(&registry, &mut families, &tls_reload_errors)?;
         reg(&registry, &mut families, &tls_handshake_failures)?;

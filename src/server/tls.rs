@@ -209,8 +209,8 @@ fn provider() -> CryptoProvider {
 pub enum Refused {
     /// The client sent plain HTTP (answer it with [`refuse_plain_http`]).
     PlainHttp(TcpStream),
-    /// The handshake failed (protocol error, client certificate missing or refused, timeout of
-    /// the peer...).
+    /// The handshake failed: a TLS error (`InvalidData`: protocol, client certificate missing
+    /// or refused, no common protocol) or the peer went away.
     Handshake(std::io::Error),
     /// The client closed the connection before sending anything.
     Closed,
