@@ -733,3 +733,36 @@ fn bad_certificates_keys_and_settings_stop_the_start_naming_the_file() {
         );
     }
 }
+
+#[test]
+fn an_optional_client_certificate_must_still_chain_to_the_client_ca() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf("portcullis", 1, false);
+    let clients = Ca::new("clients CA");
+    let dir_ca = tempfile::tempdir().unwrap();
+    let ca_file = dir_ca.path().join("clients.crt");
+    std::fs::write(&ca_file, clients.pem()).unwrap();
+    let setup = Setup::new(
+        &leaf,
+        &format!("  client_ca_file: {}\n", ca_file.display()),
+        "",
+    );
+    let s = setup.start();
+    // No certificate: served (require_client_cert is off).
+    assert_eq!(
+        get(s.addr, &client(&ca, None, &[]), "/healthz")
+            .unwrap()
+            .status,
+        200
+    );
+    // The right one: served; another CA's: refused.
+    let good = clients.leaf("gateway", 2, true);
+    assert_eq!(
+        get(s.addr, &client(&ca, Some(&good), &[]), "/healthz")
+            .unwrap()
+            .status,
+        200
+    );
+    let foreign = Ca::new("foreign CA").leaf("intruder", 3, true);
+    assert!(get(s.addr, &client(&ca, Some(&foreign), &[]), "/healthz").is_err());
+}
