@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::control::{follower, ControlPlane};
 use crate::model::file::DataFile;
+use crate::server::tls::Tls;
 use crate::server::{self, Config, State, Surface};
 use crate::store::embedded::FILE_NAME;
 
@@ -56,6 +57,8 @@ pub enum StartError {
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     Server(#[from] crate::server::StateError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error(
         "no admin token configured: a PostgreSQL store has no directory to keep a generated one \
          in; set admin_token_file (--admin-token-file, PORTCULLIS_ADMIN_TOKEN_FILE)"
@@ -83,6 +86,8 @@ pub struct Started {
     pub state: Arc<State>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
+    admin_tls: Option<Arc<Tls>>,
 }
 
 impl Started {
@@ -111,6 +116,9 @@ pub async fn start(
         tracing::warn!(error = %e, "no background compile thread; plugins compile inline");
     }
     let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
+    // Certificates and keys before any port: a bad file stops the start naming it.
+    let tls = Tls::new("tls", &state.config.tls)?;
+    let admin_tls = Tls::new("admin_tls", &state.config.admin_tls)?;
 
     // Listeners first: a port in use stops the start before any store is touched.
     let listener = bind(state.config.listen).await?;
@@ -155,6 +163,8 @@ pub async fn start(
         state: Arc::new(state),
         listener,
         admin,
+        tls,
+        admin_tls,
     })
 }
 
@@ -164,6 +174,8 @@ pub async fn serve(started: Started) -> std::io::Result<()> {
         state,
         listener,
         admin,
+        tls,
+        admin_tls,
     } = started;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -175,9 +187,21 @@ pub async fn serve(started: Started) -> std::io::Result<()> {
     let mut surface = Surface::All;
     let mut admin_task = None;
     if let Some(l) = admin {
-        tracing::info!(addr = %l.local_addr()?, "management API listening");
+        let tls_sha256 = admin_tls.as_ref().map(|t| t.fingerprint());
+        tracing::info!(
+            addr = %l.local_addr()?,
+            tls = admin_tls.is_some(),
+            tls_sha256,
+            "management API listening"
+        );
         surface = Surface::DataPlane;
-        let serving = server::serve(Arc::clone(&state), l, Surface::Admin, until_stopped());
+        let serving = server::serve(
+            Arc::clone(&state),
+            l,
+            Surface::Admin,
+            admin_tls,
+            until_stopped(),
+        );
         admin_task = Some(tokio::spawn(serving));
     }
     let addr = listener.local_addr()?;
@@ -187,8 +211,15 @@ pub async fn serve(started: Started) -> std::io::Result<()> {
         signalled.await;
         let _ = stop.send(true);
     });
-    tracing::info!(%addr, tenants = state.registry.len(), "portcullis listening");
-    let result = server::serve(state, listener, surface, until_stopped()).await;
+    let tls_sha256 = tls.as_ref().map(|t| t.fingerprint());
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        tls_sha256,
+        tenants = state.registry.len(),
+        "portcullis listening"
+    );
+    let result = server::serve(state, listener, surface, tls, until_stopped()).await;
     if let Some(t) = admin_task {
         let _ = t.await;
     }

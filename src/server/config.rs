@@ -27,6 +27,10 @@ pub struct Config {
     /// File holding the management API's bearer token (one line; not readable or writable by
     /// group or others). With neither this nor `admin_token`, `serve` generates a token.
     pub admin_token_file: Option<PathBuf>,
+    /// TLS on `listen` (plain HTTP when no certificate is given). See `server::tls`.
+    pub tls: TlsConfig,
+    /// TLS on `admin_listen` (plain HTTP when no certificate is given).
+    pub admin_tls: TlsConfig,
     pub limits: ServerLimits,
     /// Who may use the data plane, and how much it shows (all off: a loopback sidecar).
     pub data_plane: DataPlaneConfig,
@@ -73,6 +77,66 @@ pub struct ServerLimits {
     /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive,
     /// HTTP/2 PING-only clients), milliseconds.
     pub idle_timeout_ms: u64,
+}
+
+/// TLS of one listener: on when `cert_file` and `key_file` are given.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM (the server's certificate first, then intermediates).
+    pub cert_file: Option<PathBuf>,
+    /// Private key of that certificate, PEM (PKCS#8, PKCS#1 or SEC1); mode 600.
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign accepted client certificates (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse handshakes without a client certificate signed by `client_ca_file`. Without it, a
+    /// client certificate is verified when one is presented, and optional.
+    pub require_client_cert: bool,
+    /// How often `cert_file` and `key_file` are checked for changes (size, mtime), milliseconds;
+    /// 0: never (read at start only).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> TlsConfig {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: false,
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Is TLS on?
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// Checks the settings of the block called `name` (`tls`, `admin_tls`) go together.
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad(format!(
+                "{name}.cert_file and {name}.key_file go together: give both or neither"
+            ));
+        }
+        if !self.enabled() && (self.client_ca_file.is_some() || self.require_client_cert) {
+            return bad(format!(
+                "{name}.client_ca_file and {name}.require_client_cert need {name}.cert_file and \
+                 {name}.key_file"
+            ));
+        }
+        if self.require_client_cert && self.client_ca_file.is_none() {
+            return bad(format!(
+                "{name}.require_client_cert needs {name}.client_ca_file (the CA that signs \
+                 client certificates)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Plugin runtime limits; defaults are `plugin::Limits::default()`.
@@ -240,6 +304,8 @@ impl Default for Config {
             admin_listen: None,
             admin_token: None,
             admin_token_file: None,
+            tls: TlsConfig::default(),
+            admin_tls: TlsConfig::default(),
             limits: ServerLimits::default(),
             data_plane: DataPlaneConfig::default(),
             metrics: MetricsConfig::default(),
@@ -623,6 +689,15 @@ impl Config {
                 "tokens.subject_claim and tokens.tenant_claim are both '{}'",
                 t.subject_claim
             )));
+        }
+        self.tls.validate("tls")?;
+        self.admin_tls.validate("admin_tls")?;
+        if self.admin_tls.enabled() && self.admin_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "admin_tls needs admin_listen (without it the management API is served on \
+                 listen, with tls)"
+                    .into(),
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(

@@ -1,5 +1,6 @@
 //! Listening: the accept loop with connection admission (`server::conn`), HTTP/1.1 and h2c on
-//! one port, graceful drain, and the shutdown signals. `app` binds the listeners.
+//! one port (or HTTP/1.1 and HTTP/2 over TLS, `server::tls`), graceful drain, and the shutdown
+//! signals. `app` binds the listeners.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,20 +8,26 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::body::Resp;
 use super::conn;
 use super::error::{ApiError, ErrorCode};
 use super::protocol;
 use super::router::{handle, Surface};
+use super::tls::{self, Tls};
 use super::State;
 
+type Builder = auto::Builder<TokioExecutor>;
+
 /// Serves until `shutdown` resolves, then drains in-flight requests (up to `limits.drain_ms`).
+/// With `tls`, every connection is TLS (and its certificate files are watched for changes).
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
     surface: Surface,
+    tls: Option<Arc<Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -48,6 +55,10 @@ pub async fn serve(
         },
         Arc::clone(&state.conns),
     );
+    let reloads = tls.as_ref().map(|t| {
+        let errors = state.metrics.tls_reload_errors().clone();
+        tokio::spawn(Arc::clone(t).watch(errors))
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -78,18 +89,21 @@ pub async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(protocol::ErrorBodies::new(stream)), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
+        let st = Arc::clone(&state);
         tokio::spawn(async move {
-            // Dropping the connection future closes the socket.
+            // The handshake too runs under the watchdog: the first-request timeout bounds it.
             let closed = tokio::select! {
-                _ = conn => None,
+                () = connection(&st, stream, tls, &builder, svc, watcher) => None,
                 r = admitted.watchdog() => Some(r),
             };
             admitted.finish(closed);
         });
+    }
+    if let Some(r) = reloads {
+        r.abort();
     }
     drop(listener);
     let drain = Duration::from_millis(state.config.limits.drain_ms);
@@ -101,6 +115,69 @@ pub async fn serve(
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// Serves one accepted connection until it closes: the TLS handshake first when the listener
+/// has TLS. Dropping the future closes the socket.
+async fn connection<S>(
+    state: &State,
+    stream: TcpStream,
+    tls: Option<Arc<Tls>>,
+    builder: &Builder,
+    svc: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Resp,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let Some(tls) = tls else {
+        return http(stream, builder, svc, watcher).await;
+    };
+    match tls.accept(stream).await {
+        Ok(stream) => http(stream, builder, svc, watcher).await,
+        Err(tls::Refused::PlainHttp(stream)) => {
+            state.metrics.tls_handshake_failures().inc();
+            state.metrics.error(ErrorCode::BadRequest);
+            tls::refuse_plain_http(stream).await;
+        }
+        // A TLS error (rustls' errors come as InvalidData): counted. A peer that went away
+        // (reset, end of stream) is not a failure of the handshake.
+        Err(tls::Refused::Handshake(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            state.metrics.tls_handshake_failures().inc();
+            tracing::debug!(listener = tls.listener(), error = %e, "TLS handshake failed");
+        }
+        Err(tls::Refused::Handshake(e)) => {
+            tracing::debug!(listener = tls.listener(), error = %e, "TLS handshake cut off");
+        }
+        Err(tls::Refused::Closed) => {}
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 on a connection's (plain or decrypted) byte stream.
+async fn http<I, S>(
+    io: I,
+    builder: &Builder,
+    svc: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Resp,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(protocol::ErrorBodies::new(io)), svc)
+        .into_owned();
+    let _ = watcher.watch(conn).await;
 }
 
 /// The answer to a first request that finds the serving limit reached; the connection closes.

@@ -77,6 +77,8 @@ pub struct Metrics {
     conns_accepted: IntCounter,
     tenants_unavailable: IntGauge,
     compile_failures: IntCounterVec,
+    tls_reload_errors: IntCounter,
+    tls_handshake_failures: IntCounter,
     families: Vec<Family>,
     per_tenant: bool,
 }
@@ -183,6 +185,16 @@ impl Metrics {
         reg(&registry, &mut families, &conns_closed)?;
         reg(&registry, &mut families, &conns_open)?;
         reg(&registry, &mut families, &conns_accepted)?;
+        let tls_reload_errors = IntCounter::new(
+            "portcullis_tls_reload_errors_total",
+            "Changed TLS certificate or key files that could not be loaded (the previous certificate stays in use)",
+        )?;
+        let tls_handshake_failures = IntCounter::new(
+            "portcullis_tls_handshake_failures_total",
+            "TLS handshakes that failed with a TLS error (protocol, refused or missing client certificate) and plain HTTP sent to a TLS port; clients that disconnect mid-handshake are not counted",
+        )?;
+        reg(&registry, &mut families, &tls_reload_errors)?;
+        reg(&registry, &mut families, &tls_handshake_failures)?;
         let tenants_unavailable = IntGauge::new(
             "portcullis_tenants_unavailable",
             "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
@@ -240,6 +252,8 @@ impl Metrics {
             conns_accepted,
             tenants_unavailable,
             compile_failures,
+            tls_reload_errors,
+            tls_handshake_failures,
             families,
             per_tenant,
         })
@@ -268,6 +282,16 @@ impl Metrics {
         if let Some(h) = self.latency.get(endpoint as usize) {
             h.observe(seconds);
         }
+    }
+
+    /// The counter of TLS certificate reloads that failed.
+    pub fn tls_reload_errors(&self) -> &IntCounter {
+        &self.tls_reload_errors
+    }
+
+    /// The counter of TLS handshakes that failed.
+    pub fn tls_handshake_failures(&self) -> &IntCounter {
+        &self.tls_handshake_failures
     }
 
     #[inline]

@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: the shared [`State`] and the wait for a snapshot at a revision;
 //! - [`listen`]: accept loop, listeners, drain, signals; [`conn`]: connection admission;
+//!   [`tls`]: TLS (rustls), client certificates, certificate reloads;
 //! - [`router`]: surfaces, routes, health/readiness/metrics, data-plane dispatch;
 //! - [`body`]: request bodies and the JSON response helper; [`protocol`]: JSON bodies for the
 //!   errors hyper answers itself (unparsable requests, oversized headers);
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod router;
 pub mod state;
+pub mod tls;
 pub mod tokens;
 
 pub use body::{json, read_binary_body, read_body, Resp};
