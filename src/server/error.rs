@@ -47,11 +47,17 @@ pub enum ErrorCode {
     PluginBusy,
     HostNotAllowed,
     HeadersTooLarge,
+    InvalidCredentials,
+    TooManyAttempts,
+    SignInNotAllowed,
+    InvalidInvitation,
+    CardInUse,
+    SignInUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -84,6 +90,12 @@ impl ErrorCode {
         ErrorCode::PluginBusy,
         ErrorCode::HostNotAllowed,
         ErrorCode::HeadersTooLarge,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::TooManyAttempts,
+        ErrorCode::SignInNotAllowed,
+        ErrorCode::InvalidInvitation,
+        ErrorCode::CardInUse,
+        ErrorCode::SignInUnavailable,
     ];
 
     /// The code as answered.
@@ -121,6 +133,12 @@ impl ErrorCode {
             ErrorCode::PluginBusy => "plugin_busy",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::HostNotAllowed => "host_not_allowed",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::SignInNotAllowed => "sign_in_not_allowed",
+            ErrorCode::InvalidInvitation => "invalid_invitation",
+            ErrorCode::CardInUse => "card_in_use",
+            ErrorCode::SignInUnavailable => "sign_in_unavailable",
         }
     }
 
@@ -159,6 +177,12 @@ impl ErrorCode {
             ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::SignInNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::InvalidInvitation => StatusCode::GONE,
+            ErrorCode::CardInUse => StatusCode::CONFLICT,
+            ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -333,8 +357,10 @@ impl From<ControlError> for ApiError {
                 ApiError::invalid(msg, to_json(&fields))
             }
             ControlError::Rule(RuleError::Conflict { code, message }) => {
+                // Rules refuse with client errors only (most are 409; sign-in refusals 401/403,
+                // a used invitation 410).
                 let code = ErrorCode::parse(code)
-                    .filter(|c| c.status() == StatusCode::CONFLICT)
+                    .filter(|c| c.status().is_client_error())
                     .unwrap_or_else(|| {
                         tracing::error!(code, "a rule refused with a code the API does not know");
                         ErrorCode::InvalidState

@@ -309,6 +309,8 @@ pub struct LogQuery {
     /// Revisions strictly greater than this — for replay and paging (meant for one tenant;
     /// without `tenant` it applies to every tenant's revisions alike).
     pub after_revision: Option<u64>,
+    /// The actor: `alice` matches commits by `alice` and by `alice#<channel>` (an actor signed
+    /// in through a channel, see `server::admin::Caller`).
     pub actor: Option<String>,
     /// Prefix match on `action`, e.g. `user.`.
     pub action_prefix: Option<String>,
@@ -345,7 +347,9 @@ impl LogQuery {
     ) -> bool {
         self.tenant.as_deref().is_none_or(|t| t == tenant)
             && self.after_revision.is_none_or(|after| revision > after)
-            && self.actor.as_deref().is_none_or(|a| a == actor)
+            && self.actor.as_deref().is_none_or(|a| {
+                a == actor || actor.strip_prefix(a).is_some_and(|r| r.starts_with('#'))
+            })
             && self
                 .action_prefix
                 .as_deref()
@@ -547,6 +551,8 @@ mod tests {
         assert!(!q.matches("u", 3, "a", 10, "user.create", "user:x"));
         assert!(!q.matches("t", 2, "a", 10, "user.create", "user:x"));
         assert!(!q.matches("t", 3, "b", 10, "user.create", "user:x"));
+        assert!(q.matches("t", 3, "a#console", 10, "user.create", "user:x"));
+        assert!(!q.matches("t", 3, "ab", 10, "user.create", "user:x"));
         assert!(!q.matches("t", 3, "a", 10, "role.create", "user:x"));
         assert!(!q.matches("t", 3, "a", 10, "user.create", "user:y"));
         assert!(!q.matches("t", 3, "a", 9, "user.create", "user:x"));

@@ -728,7 +728,12 @@ impl PostgresStore {
             );
         }
         if let Some(a) = &query.actor {
-            clause(&mut sql, "actor = $", Box::new(a.clone()));
+            // `alice` also matches `alice#console` (the actor's channel, see `LogQuery::actor`).
+            clause(
+                &mut sql,
+                "(actor = $ OR starts_with(actor, $ || '#'))",
+                Box::new(a.clone()),
+            );
         }
         if let Some(p) = &query.action_prefix {
             let pattern = format!("{}%", like_escape(p));
