@@ -32,6 +32,9 @@ pub const DEFAULT_STORE: &str = "portcullis-data";
 /// The file, in the embedded store's directory, that receives a generated admin token.
 pub const TOKEN_FILE: &str = "admin-token";
 
+/// The file, in the embedded store's directory, that keeps the generated session signing key.
+pub const SESSION_KEY_FILE: &str = "session-key.pem";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
@@ -64,6 +67,8 @@ pub enum StartError {
          in; set admin_token_file (--admin-token-file, PORTCULLIS_ADMIN_TOKEN_FILE)"
     )]
     NoAdminToken,
+    #[error("session keys: {0}")]
+    SessionKeys(String),
     #[error("no admin token configured and the OS random source failed: {0}")]
     Random(getrandom::Error),
     #[error("cannot write the generated admin token to '{path}': {source}")]
@@ -154,6 +159,21 @@ pub async fn start(
         if let Err(e) = host.use_disk_cache(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");
         }
+    }
+    match session_keys(&state.config, &location)? {
+        Some(keys) => {
+            state.tokens = crate::server::tokens::Tokens::with_sessions(
+                &state.config.tokens,
+                &keys.public_keys(),
+            )
+            .map_err(crate::server::StateError::from)?;
+            let cfg = state.config.sign_in.clone();
+            state.sign_in = Some(Arc::new(server::admin::identity::SignIn::new(keys, cfg)));
+        }
+        None => tracing::warn!(
+            "sign-in is off: no session signing key (set sign_in.session_keys to sign in on a \
+             PostgreSQL store)"
+        ),
     }
     follower::start(Arc::clone(&cp), registry).await;
     state.control = Some(cp);
@@ -398,6 +418,44 @@ fn issue_token(location: &Location, configured: Option<String>) -> Result<String
         let _ = writeln!(err, "management API token for this run: {token}");
     }
     Ok(token)
+}
+
+/// The session signing keys: the configured files, else the one kept in the embedded store's
+/// directory (generated on first start). `None` on PostgreSQL without configured keys.
+fn session_keys(
+    config: &Config,
+    location: &Location,
+) -> Result<Option<crate::identity::SessionKeys>, StartError> {
+    let err = StartError::SessionKeys;
+    let mut pems = Vec::new();
+    for k in &config.sign_in.session_keys {
+        let pem = std::fs::read_to_string(&k.private_key_file)
+            .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
+        crate::server::config::check_private_file(&k.private_key_file)
+            .map_err(|e| err(e.to_string()))?;
+        pems.push((k.kid.clone(), pem));
+    }
+    if pems.is_empty() {
+        let Some(dir) = location.dir() else {
+            return Ok(None);
+        };
+        let path = dir.join(SESSION_KEY_FILE);
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pem = crate::identity::SessionKeys::generate_pem().map_err(err)?;
+                write_private(&path, pem.trim_end())
+                    .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                tracing::info!(file = %path.display(), "generated a session signing key");
+                pem
+            }
+            Err(e) => return Err(err(format!("{}: {e}", path.display()))),
+        };
+        pems.push((None, pem));
+    }
+    crate::identity::SessionKeys::from_pems(&pems)
+        .map(Some)
+        .map_err(err)
 }
 
 /// Writes `token` and a newline to `path`, readable by its owner only, replacing the file

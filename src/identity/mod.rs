@@ -13,8 +13,7 @@ pub mod session;
 pub mod throttle;
 
 pub use secret::{
-    card_hash, hash_password, random_hex, verify_password, verify_unknown, ApiKeySecret,
-    HashError,
+    card_hash, hash_password, random_hex, verify_password, verify_unknown, ApiKeySecret, HashError,
 };
 pub use session::{SessionClaims, SessionKeys, SessionKind};
 pub use throttle::Throttle;

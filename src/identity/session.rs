@@ -57,7 +57,10 @@ pub struct SessionKeys {
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionKeys")
-            .field("kids", &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -55,7 +55,10 @@ impl Throttle {
         let mut wait = None;
         for (key, limit) in keys {
             if let Some(q) = map.get_mut(&key) {
-                while q.front().is_some_and(|&t| t + self.limits.window_seconds <= now) {
+                while q
+                    .front()
+                    .is_some_and(|&t| t + self.limits.window_seconds <= now)
+                {
                     q.pop_front();
                 }
                 if q.len() >= limit as usize {
@@ -134,7 +137,10 @@ mod tests {
         for i in 0..2 {
             t.failed("t", &format!("other{i}"), "1.2.3.4", 110);
         }
-        assert!(t.blocked("t", "fresh", "1.2.3.4", 111).is_some(), "client limit");
+        assert!(
+            t.blocked("t", "fresh", "1.2.3.4", 111).is_some(),
+            "client limit"
+        );
         t.succeeded("t", "a@x");
         assert_eq!(t.blocked("t", "a@x", "5.5.5.5", 104), None);
     }

@@ -129,7 +129,9 @@ impl std::str::FromStr for LogoutPeriod {
             t => {
                 let n = t.strip_suffix('h').unwrap_or(t);
                 let hours = n.parse::<u32>().map_err(|_| {
-                    format!("logout period '{s}' is not a number of hours, '1d' (22 h) or '5d' (110 h)")
+                    format!(
+                        "logout period '{s}' is not a number of hours, '1d' (22 h) or '5d' (110 h)"
+                    )
                 })?;
                 LogoutPeriod::from_hours(hours)
             }

@@ -611,13 +611,24 @@ impl Config {
         }
         let si = &self.sign_in;
         for (name, v) in [
-            ("sign_in.max_failures_per_account", u64::from(si.max_failures_per_account)),
-            ("sign_in.max_failures_per_client", u64::from(si.max_failures_per_client)),
+            (
+                "sign_in.max_failures_per_account",
+                u64::from(si.max_failures_per_account),
+            ),
+            (
+                "sign_in.max_failures_per_client",
+                u64::from(si.max_failures_per_client),
+            ),
             ("sign_in.failure_window_seconds", si.failure_window_seconds),
-            ("sign_in.invitation_ttl_hours", u64::from(si.invitation_ttl_hours)),
+            (
+                "sign_in.invitation_ttl_hours",
+                u64::from(si.invitation_ttl_hours),
+            ),
         ] {
             if v == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
             }
         }
         if let Some(url) = &si.invitation_webhook {
@@ -742,6 +753,27 @@ pub fn check_admin_token(token: &str) -> Result<(), String> {
              {MIN_ADMIN_TOKEN_DISTINCT} are needed)"
         ));
     }
+    Ok(())
+}
+
+/// Refuses a secret file (a private key) that group or others may read or write.
+pub fn check_private_file(path: &Path) -> Result<(), ConfigError> {
+    let bad = |message: String| ConfigError::TokenFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o066 != 0 {
+            return Err(bad(format!(
+                "mode {mode:03o} lets group or others read or write it; `chmod 600` it"
+            )));
+        }
+    }
+    let _ = meta;
     Ok(())
 }
 

@@ -214,6 +214,8 @@ pub struct ApiError {
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
     /// Methods for the `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// Seconds for the `Retry-After` header (429).
+    pub retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -225,6 +227,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             allow: None,
+            retry_after: None,
         }
     }
     /// A 405 naming the methods the path allows (sent as the `Allow` header).
@@ -333,6 +336,10 @@ impl ApiError {
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -61,7 +61,7 @@ pub async fn serve(
     });
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -78,17 +78,20 @@ pub async fn serve(
         let admitted = admission.accept();
         let st = Arc::clone(&state);
         let c = Arc::clone(&admitted);
-        let svc = hyper::service::service_fn(move |req| {
-            let st = Arc::clone(&st);
-            let c = Arc::clone(&c);
-            async move {
-                let resp = match c.begin() {
-                    Ok(_in_flight) => handle(st, surface, req).await,
-                    Err(_) => too_many_connections(&st),
-                };
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(super::admin::identity::PeerAddr(peer));
+                let st = Arc::clone(&st);
+                let c = Arc::clone(&c);
+                async move {
+                    let resp = match c.begin() {
+                        Ok(_in_flight) => handle(st, surface, req).await,
+                        Err(_) => too_many_connections(&st),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
         let watcher = graceful.watcher();
         let builder = Arc::clone(&builder);
         let tls = tls.clone();

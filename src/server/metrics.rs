@@ -79,6 +79,7 @@ pub struct Metrics {
     compile_failures: IntCounterVec,
     tls_reload_errors: IntCounter,
     tls_handshake_failures: IntCounter,
+    sign_ins: IntCounterVec,
     families: Vec<Family>,
     per_tenant: bool,
 }
@@ -195,6 +196,14 @@ impl Metrics {
         )?;
         reg(&registry, &mut families, &tls_reload_errors)?;
         reg(&registry, &mut families, &tls_handshake_failures)?;
+        let sign_ins = IntCounterVec::new(
+            Opts::new(
+                "portcullis_sign_ins_total",
+                "Sign-in attempts by method (password, card) and result (ok, refused: bad credentials, not_allowed: refused by group or channel rules, throttled: 429)",
+            ),
+            &["method", "result"],
+        )?;
+        reg(&registry, &mut families, &sign_ins)?;
         let tenants_unavailable = IntGauge::new(
             "portcullis_tenants_unavailable",
             "Tenants whose stored state does not compile: not served (503 tenant_unavailable), named by /readyz",
@@ -254,6 +263,7 @@ impl Metrics {
             compile_failures,
             tls_reload_errors,
             tls_handshake_failures,
+            sign_ins,
             families,
             per_tenant,
         })
@@ -287,6 +297,11 @@ impl Metrics {
     /// The counter of TLS certificate reloads that failed.
     pub fn tls_reload_errors(&self) -> &IntCounter {
         &self.tls_reload_errors
+    }
+
+    /// Counts a sign-in attempt.
+    pub fn sign_in(&self, method: &str, result: &str) {
+        self.sign_ins.with_label_values(&[method, result]).inc();
     }
 
     /// The counter of TLS handshakes that failed.

@@ -59,6 +59,16 @@ async fn route(
     let path = req.uri().path();
     let admin_path =
         path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
+    if path == "/.well-known/jwks.json" {
+        // Public keys of session tokens: on every listener, for every gateway and sidecar.
+        return (
+            Endpoint::Other,
+            match *req.method() {
+                Method::GET | Method::HEAD => Ok(admin::identity::jwks(state)),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+        );
+    }
     // `metrics.admin_listener_only`: `/metrics` moves to the admin listener.
     let admin_metrics = path == "/metrics" && state.config.metrics.admin_listener_only;
     if surface == Surface::Admin && !admin_path && path != "/healthz" && !admin_metrics {

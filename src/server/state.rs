@@ -27,6 +27,8 @@ pub struct State {
     pub control: Option<Arc<crate::control::ControlPlane>>,
     /// Bearer token of the management API.
     pub admin_token: Option<String>,
+    /// Sign-in (session keys, throttle), where this process issues sessions.
+    pub sign_in: Option<std::sync::Arc<super::admin::identity::SignIn>>,
     /// Connection admission counters of every listener (`server::conn`).
     pub conns: Arc<super::conn::ConnStats>,
 }
@@ -60,6 +62,7 @@ impl State {
             ready: AtomicBool::new(false),
             control: None,
             admin_token: None,
+            sign_in: None,
             conns: Arc::new(super::conn::ConnStats::default()),
         })
     }

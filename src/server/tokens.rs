@@ -117,6 +117,8 @@ pub enum TokenError {
     UserDeleted(String),
     #[error("token was issued before the sessions of user '{0}' were revoked")]
     Revoked(String),
+    #[error("API key '{0}' is unknown, revoked or wrong")]
+    UnknownKey(String),
 }
 
 impl From<TokenError> for ApiError {
@@ -286,7 +288,10 @@ impl Tokens {
             };
             let mut key = load_key(&kc)
                 .map_err(|e| ConfigError::Invalid(format!("session key '{kid}': {e}")))?;
-            if t.keys.iter().any(|k| k.kid.as_deref() == Some(kid.as_str())) {
+            if t.keys
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str()))
+            {
                 return Err(ConfigError::Invalid(format!(
                     "session key id '{kid}' is also the kid of a tokens.keys entry"
                 )));
@@ -313,6 +318,9 @@ impl Tokens {
         token: &str,
         now: i64,
     ) -> Result<&'s str, TokenError> {
+        if token.starts_with(crate::identity::secret::API_KEY_PREFIX) {
+            return api_key_user(snap.view(), token, now).map(|(user, _)| user);
+        }
         self.verify_with(token, now, |v| {
             self.identify(v, snap.tenant_id(), snap.view())
         })?
@@ -607,6 +615,37 @@ impl SigCache {
     fn insert(&self, token: &str) {
         self.slot(token)
             .store(Some(std::sync::Arc::new(token.into())));
+    }
+}
+
+/// The user an API key (`pck_<id>_<secret>`) stands for in a tenant's snapshot, and the key id:
+/// the key must exist (not revoked), not be expired, its secret must match, and its user be
+/// active.
+pub fn api_key_user<'s, 'k>(
+    view: &'s ArchivedTenantSnap,
+    key: &'k str,
+    now: i64,
+) -> Result<(&'s str, &'k str), TokenError> {
+    let (id, secret) =
+        crate::identity::secret::parse_api_key(key).ok_or_else(|| malformed("not an API key"))?;
+    let rec = view
+        .api_keys
+        .get(id)
+        .ok_or_else(|| TokenError::UnknownKey(clip(id)))?;
+    if !crate::identity::secret::api_key_matches(secret, &rec.sha256) {
+        return Err(TokenError::UnknownKey(clip(id)));
+    }
+    if rec.expires.to_native() <= now {
+        return Err(TokenError::Expired(rec.expires.to_native()));
+    }
+    let user = view
+        .users
+        .get(rec.user.to_native() as usize)
+        .ok_or_else(|| TokenError::UnknownKey(clip(id)))?;
+    match user.status {
+        crate::snapshot::STATUS_ACTIVE => Ok((user.id.as_str(), id)),
+        crate::snapshot::STATUS_DELETED => Err(TokenError::UserDeleted(clip(&user.id))),
+        _ => Err(TokenError::UserInactive(clip(&user.id))),
     }
 }
 

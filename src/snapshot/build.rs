@@ -31,9 +31,9 @@ use rustc_hash::FxHashMap;
 
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
-    validate, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec, ArchivedSpan,
-    ApiKeyRec, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec, PluginRec, RoleRec,
-    Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
+    validate, ApiKeyRec, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec,
+    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec,
+    PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,

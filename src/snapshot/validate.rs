@@ -76,7 +76,9 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
     for (i, u) in v.users.iter().enumerate() {
         let scope = u.scope.to_native();
         if scope != NONE && scope as usize >= n {
-            return Err(bad(format!("user {i} has guest scope {scope} outside the nodes")));
+            return Err(bad(format!(
+                "user {i} has guest scope {scope} outside the nodes"
+            )));
         }
     }
     for (id, k) in v.api_keys.iter() {

@@ -7,8 +7,8 @@ use crate::control::doc::{
     assignment_id, json, ApiKeyRow, AssignmentRow, CredentialRow, SessionRow, TenantDoc, UserRow,
 };
 use crate::model::{
-    check_email, check_text, Assignment, Channel, GroupStatus, LogoutPeriod, Principal,
-    Timestamp, User, UserKind, UserStatus,
+    check_email, check_text, Assignment, Channel, GroupStatus, LogoutPeriod, Principal, Timestamp,
+    User, UserKind, UserStatus,
 };
 use crate::store::{Kind, RowOp};
 
@@ -79,7 +79,7 @@ pub fn logout_period(doc: &TenantDoc, user: &User) -> LogoutPeriod {
     let groups = doc
         .groups
         .values()
-        .filter(|g| g.status == GroupStatus::Active && g.members.iter().any(|m| *m == user.id))
+        .filter(|g| g.status == GroupStatus::Active && g.members.contains(&user.id))
         .filter_map(|g| g.logout)
         .min();
     groups
@@ -117,13 +117,16 @@ pub fn open_session(
     let groups: Vec<_> = doc
         .groups
         .values()
-        .filter(|g| g.members.iter().any(|m| *m == c.user))
+        .filter(|g| g.members.contains(&c.user))
         .collect();
     let active: Vec<_> = groups
         .iter()
         .filter(|g| g.status == GroupStatus::Active)
         .collect();
-    let require = doc.settings.as_ref().is_some_and(|s| s.sign_in.require_group);
+    let require = doc
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.sign_in.require_group);
     if require && cur.user.kind == UserKind::Member && active.is_empty() {
         return Err(not_allowed(
             "this tenant requires membership of an active group to sign in".into(),
@@ -332,7 +335,13 @@ pub fn accept_invitation(doc: &TenantDoc, sha: &str, hash: &str, now: Timestamp)
 }
 
 /// A new invitation for an existing user (e.g. the first one expired).
-pub fn invite(doc: &TenantDoc, user: &str, sha: &str, expires_at: Timestamp, now: Timestamp) -> Rule {
+pub fn invite(
+    doc: &TenantDoc,
+    user: &str,
+    sha: &str,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> Rule {
     let cur = find(&doc.users, "user", user)?;
     if cur.user.status == UserStatus::Deleted || cur.user.kind == UserKind::Guest {
         return Err(RuleError::conflict(
@@ -454,7 +463,13 @@ pub const MAX_GUEST_SECONDS: i64 = 30 * 86_400;
 
 /// Creates guest `id`: a read-only user limited to `scope`'s subtree, with a `viewer`
 /// assignment there that expires with the guest.
-pub fn create_guest(doc: &TenantDoc, req: &GuestCreate, id: &str, by: &str, now: Timestamp) -> Rule {
+pub fn create_guest(
+    doc: &TenantDoc,
+    req: &GuestCreate,
+    id: &str,
+    by: &str,
+    now: Timestamp,
+) -> Rule {
     let mut f = Fields::default();
     f.check("name", check_text("name", &req.name));
     if req.name.trim().is_empty() {

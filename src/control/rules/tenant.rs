@@ -2,7 +2,9 @@
 
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
-use crate::model::{check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus};
+use crate::model::{
+    check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus,
+};
 use crate::store::{Kind, RowOp};
 
 requests! {

@@ -6,8 +6,7 @@ use super::{Fields, Rule, RuleError};
 use crate::control::doc::{json, CredentialRow, InvitationRow, TenantDoc, UserRow};
 use crate::model::Principal;
 use crate::model::{
-    check_email, check_id, check_password, check_person_name, Timestamp, User, UserKind,
-    UserStatus,
+    check_email, check_id, check_password, check_person_name, Timestamp, User, UserKind, UserStatus,
 };
 use crate::store::{Commit, Kind, RowOp};
 

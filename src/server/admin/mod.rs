@@ -10,8 +10,10 @@
 //! upload and download.
 
 pub mod http;
+pub mod identity;
 pub mod plugins;
 pub mod reads;
+pub mod webhook;
 pub mod writes;
 
 use bytes::Bytes;
@@ -20,7 +22,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
 
-use self::http::{authorize, segments, Query};
+use self::http::{segments, Query};
+use self::identity::Caller;
 use self::writes::{Op, Writer};
 use super::error::ApiError;
 use super::{Resp, State};
@@ -84,6 +87,16 @@ enum Route<'a> {
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
+    Sessions(&'a str),
+    SessionCurrent(&'a str),
+    InvitationAccept(&'a str, &'a str),
+    UserPassword(&'a str, &'a str),
+    UserInvitation(&'a str, &'a str),
+    UserCards(&'a str, &'a str),
+    ApiKeys(&'a str),
+    ApiKey(&'a str, &'a str),
+    Guests(&'a str),
+    Guest(&'a str, &'a str),
 }
 
 impl<'a> Route<'a> {
@@ -95,6 +108,16 @@ impl<'a> Route<'a> {
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
             ["tenants", t, "audit", rev] => Route::AuditEntry(t, rev),
+            ["tenants", t, "sessions"] => Route::Sessions(t),
+            ["tenants", t, "sessions", "current"] => Route::SessionCurrent(t),
+            ["tenants", t, "invitations", token, "accept"] => Route::InvitationAccept(t, token),
+            ["tenants", t, "api-keys"] => Route::ApiKeys(t),
+            ["tenants", t, "api-keys", id] => Route::ApiKey(t, id),
+            ["tenants", t, "guests"] => Route::Guests(t),
+            ["tenants", t, "guests", id] => Route::Guest(t, id),
+            ["tenants", t, "users", id, "password"] => Route::UserPassword(t, id),
+            ["tenants", t, "users", id, "invitation"] => Route::UserInvitation(t, id),
+            ["tenants", t, "users", id, "cards"] => Route::UserCards(t, id),
             ["tenants", t, c] => Route::List(t, Coll::parse(c)?),
             ["tenants", t, c, id] => Route::Entity(t, Coll::parse(c)?, id),
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
@@ -131,7 +154,62 @@ impl<'a> Route<'a> {
             Route::Tenant(_) | Route::Entity(..) => "GET, PATCH, DELETE",
             Route::UserOp(..) | Route::UserErase(..) | Route::Members(..) => "POST",
             Route::Member(..) => "DELETE",
+            Route::Sessions(..)
+            | Route::InvitationAccept(..)
+            | Route::UserPassword(..)
+            | Route::UserInvitation(..)
+            | Route::Guests(..) => "POST",
+            Route::SessionCurrent(..) | Route::Guest(..) => "DELETE",
+            Route::UserCards(..) => "POST, DELETE",
+            Route::ApiKeys(..) => "GET, POST",
+            Route::ApiKey(..) => "DELETE",
         }
+    }
+
+    /// The tenant the path addresses, if any.
+    fn tenant(self) -> Option<&'a str> {
+        use Route::*;
+        match self {
+            OpenApi | PlatformUsers | Tenants => None,
+            Tenant(t)
+            | Audit(t)
+            | AuditEntry(t, _)
+            | List(t, _)
+            | Entity(t, _, _)
+            | PluginWasm(t, _)
+            | UserOp(t, _, _)
+            | UserErase(t, _)
+            | Members(t, _)
+            | Member(t, _, _)
+            | Sessions(t)
+            | SessionCurrent(t)
+            | InvitationAccept(t, _)
+            | UserPassword(t, _)
+            | UserInvitation(t, _)
+            | UserCards(t, _)
+            | ApiKeys(t)
+            | ApiKey(t, _)
+            | Guests(t)
+            | Guest(t, _) => Some(t),
+        }
+    }
+}
+
+/// Who may call what, until per-operation permissions land: the platform token everything;
+/// a tenant's owners and administrators everything in their tenant; every signed-in user their
+/// own sign-out and password change.
+fn permit(caller: &Caller, route: Route<'_>, method: &Method) -> Result<(), ApiError> {
+    match (route, method) {
+        (Route::SessionCurrent(t), &Method::DELETE) if caller.user_in(t).is_some() => Ok(()),
+        (Route::UserPassword(t, id), &Method::POST) if caller.user_in(t) == Some(id) => Ok(()),
+        _ => match route.tenant() {
+            Some(t) => identity::require_manager(caller, t),
+            None if *caller == Caller::Platform => Ok(()),
+            None => Err(ApiError::new(
+                super::error::ErrorCode::Forbidden,
+                "only the platform token may use platform-wide endpoints",
+            )),
+        },
     }
 }
 
@@ -149,7 +227,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
     if req.uri().path() == "/v1/openapi.json" && req.method() == Method::GET {
         return Ok(openapi());
     }
-    authorize(state, &req)?;
+    let path = req.uri().path().to_string();
+    let segs = segments(&path)?;
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let parsed = Route::parse(&segs);
+    let method = req.method().clone();
     let Some(cp) = state.control.clone() else {
         return Err(ApiError::new(
             super::error::ErrorCode::NotFound,
@@ -157,21 +239,45 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         ));
     };
     let cp = &*cp;
-    let path = req.uri().path().to_string();
-    let segs = segments(&path)?;
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let route = Route::parse(&segs).ok_or_else(|| ApiError::not_found(&path))?;
-    let method = req.method().clone();
+    // Sign-in and invitation acceptance carry their own credentials.
+    match (parsed, &method) {
+        (Some(Route::Sessions(t)), &Method::POST) => {
+            return identity::sign_in(state, cp, t, req).await
+        }
+        (Some(Route::InvitationAccept(t, token)), &Method::POST) => {
+            return identity::accept_invitation(state, cp, t, token, req).await
+        }
+        _ => {}
+    }
+    let caller = identity::authenticate(state, &req, parsed.and_then(Route::tenant))?;
+    let route = parsed.ok_or_else(|| ApiError::not_found(&path))?;
+    permit(&caller, route, &method)?;
+    let actor = caller.actor();
+    let actor = actor.as_str();
     let q = Query::of(&req);
     let now = state.clock.now();
     let w = |tenant| Writer {
         state,
         cp,
         tenant,
-        actor: "admin",
+        actor,
     };
     use Route::*;
     match (route, method) {
+        (SessionCurrent(t), Method::DELETE) => identity::sign_out(state, cp, &caller, t).await,
+        (UserPassword(t, id), Method::POST) => identity::set_password(&w(t), id, req).await,
+        (UserInvitation(t, id), Method::POST) => identity::reinvite(&w(t), id).await,
+        (UserCards(t, id), Method::POST) => identity::add_card(&w(t), id, req).await,
+        (UserCards(t, id), Method::DELETE) => identity::remove_cards(&w(t), id).await,
+        (ApiKeys(t), Method::GET) => identity::list_api_keys(cp, t).await,
+        (ApiKeys(t), Method::POST) => identity::create_api_key(&w(t), req).await,
+        (ApiKey(t, id), Method::DELETE) => identity::revoke_api_key(&w(t), id).await,
+        (Guests(t), Method::POST) => identity::create_guest(&w(t), req).await,
+        (Guest(t, id), Method::DELETE) => identity::revoke_guest(&w(t), id).await,
+        (List(t, Coll::Users), Method::POST) => identity::create_user(&w(t), req).await,
+        (Entity(t, Coll::Users, id), Method::DELETE) => {
+            w(t).transition(id, UserTransition::Delete, &req).await
+        }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,

@@ -162,8 +162,18 @@ impl Writer<'_> {
     ) -> Result<Resp, ApiError> {
         let e = if_match(req, Kind::User, id)?;
         let now = self.state.clock.now();
-        self.commit(e, false, |d| rules::transition_user(d, id, tr, now))
-            .await
+        let w = self
+            .cp
+            .write(self.tenant, self.actor, e, |d| {
+                rules::transition_user(d, id, tr, now)
+            })
+            .await?;
+        if matches!(tr, UserTransition::Deactivate | UserTransition::Delete) {
+            // The user's sessions end with this write: answer once they are refused here.
+            Ok(super::identity::written_visible(self.state, self.tenant, w).await)
+        } else {
+            Ok(written(w, false))
+        }
     }
 
     /// `POST /v1/tenants/{t}/users/{id}/erase`: removes a deleted user and scrubs the user's
