@@ -260,21 +260,21 @@ fn errors_are_precise() {
         (
             "POST",
             "/v1/tenants/acme/users",
-            Some(json!({"id": "x1", "email": "ANN@acme.example"})),
+            Some(json!({"id": "x1", "first_name": "Test", "email": "ANN@acme.example"})),
             409,
             "duplicate_email",
         ),
         (
             "POST",
             "/v1/tenants/acme/users",
-            Some(json!({"id": "ann", "email": "ann2@acme.example"})),
+            Some(json!({"id": "ann", "first_name": "Test", "email": "ann2@acme.example"})),
             409,
             "already_exists",
         ),
         (
             "POST",
             "/v1/tenants/acme/users",
-            Some(json!({"id": "bad id", "email": "nope"})),
+            Some(json!({"id": "bad id", "first_name": "Test", "email": "nope"})),
             422,
             "invalid",
         ),
@@ -476,7 +476,7 @@ fn concurrent_writes_lose_nothing() {
                 a.ok(
                     "POST",
                     &format!("/v1/tenants/{t}/users"),
-                    json!({"id": format!("u{w}-{i}"), "email": format!("u{w}-{i}@x.example")}),
+                    json!({"id": format!("u{w}-{i}"), "first_name": "Test", "email": format!("u{w}-{i}@x.example")}),
                 );
             }
         }));
@@ -578,7 +578,7 @@ fn audit_records_every_change() {
         (c["before"]["name"].as_str(), c["after"]["name"].as_str()),
         (Some("Bob"), Some("Bobby"))
     );
-    assert_eq!(items[0]["actor"], "admin");
+    assert_eq!(items[0]["actor"], "platform");
     let v = a.ok("GET", "/v1/tenants/acme/audit?limit=3", Value::Null);
     assert_eq!(v["items"].as_array().unwrap().len(), 3);
     let after = v["next_after_revision"].as_str().unwrap();
@@ -645,7 +645,8 @@ fn audit_entries_are_bounded_and_erasure_scrubs_the_log() {
             &erase["change_count"],
             &erase["changes_truncated"]
         ),
-        (&json!("user.erase"), &json!(rev), &json!(26), &json!(true))
+        // 25 memberships, the pending invitation (bob was created without a password), the user.
+        (&json!("user.erase"), &json!(rev), &json!(27), &json!(true))
     );
     assert_eq!(erase["changes"].as_array().unwrap().len(), 20);
 
@@ -657,7 +658,7 @@ fn audit_entries_are_bounded_and_erasure_scrubs_the_log() {
     );
     assert_eq!(
         (p1["change_count"].as_u64(), p1["next_page_token"].as_str()),
-        (Some(26), Some("20"))
+        (Some(27), Some("20"))
     );
     assert_eq!(p1["changes"].as_array().unwrap().len(), 20);
     let p2 = a.ok(
@@ -665,10 +666,10 @@ fn audit_entries_are_bounded_and_erasure_scrubs_the_log() {
         &format!("/v1/tenants/acme/audit/{rev}?page_size=20&page_token=20"),
         Value::Null,
     );
-    assert_eq!(p2["changes"].as_array().unwrap().len(), 6);
+    assert_eq!(p2["changes"].as_array().unwrap().len(), 7);
     assert!(p2["next_page_token"].is_null());
     assert_eq!(
-        p2["changes"][5],
+        p2["changes"][6],
         json!({"kind": "user", "id": "bob", "before": null, "after": null})
     );
     let (st, _, _) = a.call(
@@ -742,7 +743,7 @@ fn kill_9_loses_no_acknowledged_write() {
         std::thread::spawn(move || {
             for i in 0..100_000 {
                 let body =
-                    json!({"id": format!("u{i}"), "email": format!("u{i}@c.example")}).to_string();
+                    json!({"id": format!("u{i}"), "first_name": "Test", "email": format!("u{i}@c.example")}).to_string();
                 let auth = format!("Bearer {TOKEN}");
                 let (st, _, b) = server::raw_request(
                     addr,
@@ -801,7 +802,7 @@ fn kill_9_loses_no_acknowledged_write() {
     let v = b.ok(
         "POST",
         "/v1/tenants/c/users",
-        json!({"id": "after", "email": "after@c.example"}),
+        json!({"id": "after", "first_name": "Test", "email": "after@c.example"}),
     );
     assert_eq!(v["revision"].as_u64(), Some(rev + 1));
 }

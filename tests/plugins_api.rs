@@ -91,7 +91,7 @@ fn plugins_over_the_management_api() {
             &s,
             "POST",
             "/v1/tenants/plant/users",
-            Some(json!({"id": "ann", "email": "ann@plant.example"})),
+            Some(json!({"id": "ann", "first_name": "Test", "email": "ann@plant.example"})),
         ),
         201,
     );
