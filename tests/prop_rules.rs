@@ -281,6 +281,8 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 name: None,
                 status: GroupStatus::Active,
                 members: members.iter().map(|m| user(d, *m)).collect(),
+                logout: None,
+                access: None,
             };
             rules::create_group(d, &req)
         }
@@ -291,8 +293,8 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 GroupStatus::Inactive
             };
             let p = rules::GroupPatch {
-                name: None,
                 status: Some(status),
+                ..Default::default()
             };
             rules::update_group(d, &group(d, *g), &p)
         }

@@ -1311,7 +1311,7 @@ async fn old_control_plane_store_loads(target: &Target) {
     use portcullis::control::{rules, ControlPlane};
     let data = portcullis::model::file::load_str(portcullis::engine::DEMO_DATA).unwrap();
     let femo = data.tenants.iter().find(|t| t.id == "femo").unwrap();
-    let mut ops = rules::import(femo, 1_700_000_000).unwrap().ops;
+    let mut ops = rules::import(femo, 1_700_000_000, &[]).unwrap().ops;
     for op in &mut ops {
         if let Some(v) = &mut op.value {
             *v = with_rev(v.clone(), 1);

@@ -122,8 +122,17 @@ impl ControlPlane {
             if self.tenants.contains_key(&t.id) {
                 continue;
             }
-            self.write_new(&t.id, actor, |_| rules::import(t, crate::clock::unix_now()))
-                .await?;
+            // Initial passwords of the data file: hashed here, stored as credentials.
+            let mut hashes = Vec::with_capacity(t.sign_in.passwords.len());
+            for (user, password) in &t.sign_in.passwords {
+                let hash = crate::identity::hash_password(password)
+                    .map_err(|e| RuleError::invalid("password", format!("user '{user}': {e}")))?;
+                hashes.push((user.clone(), hash));
+            }
+            self.write_new(&t.id, actor, |_| {
+                rules::import(t, crate::clock::unix_now(), &hashes)
+            })
+            .await?;
             imported.push(t.id.clone());
         }
         Ok(imported)

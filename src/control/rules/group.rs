@@ -15,10 +15,14 @@ requests! {
         pub status: GroupStatus,
         #[serde(default)]
         pub members: Vec<String>,
+        pub logout: Option<crate::model::LogoutPeriod>,
+        pub access: Option<Vec<crate::model::Channel>>,
     }
     GroupPatch {
         pub name: Option<String>,
         pub status: Option<GroupStatus>,
+        pub logout: Option<crate::model::LogoutPeriod>,
+        pub access: Option<Vec<crate::model::Channel>>,
     }
 }
 
@@ -58,8 +62,8 @@ pub fn create_group(doc: &TenantDoc, req: &GroupCreate) -> Rule {
         name,
         status: req.status,
         members: req.members.clone(),
-        logout: None,
-        access: None,
+        logout: req.logout,
+        access: req.access.clone(),
     };
     Ok(super::created(Kind::Group, &g.id, &g))
 }
@@ -67,6 +71,12 @@ pub fn create_group(doc: &TenantDoc, req: &GroupCreate) -> Rule {
 pub fn update_group(doc: &TenantDoc, id: &str, patch: &GroupPatch) -> Rule {
     super::edit(&doc.groups, Kind::Group, id, |cur, g, f| {
         super::rename(&patch.name, &mut g.name, f);
+        if let Some(l) = patch.logout {
+            g.logout = Some(l);
+        }
+        if let Some(a) = &patch.access {
+            g.access = Some(a.clone());
+        }
         let Some(s) = patch.status else {
             return Ok("group.update");
         };

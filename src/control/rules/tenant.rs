@@ -31,16 +31,30 @@ requests! {
     }
 }
 
-/// Imports a whole (validated) tenant as its first commit.
-pub fn import(t: &Tenant, now: Timestamp) -> Rule {
+/// Imports a whole (validated) tenant as its first commit; `password_hashes` are the hashes
+/// of the data file's initial passwords, by user id (see [`crate::model::SignIn::passwords`]).
+pub fn import(t: &Tenant, now: Timestamp, password_hashes: &[(String, String)]) -> Rule {
     let problems = t.validate();
     if !problems.is_empty() {
         return Err(RuleError::from_problems(&problems));
     }
+    let mut ops = TenantDoc::ops_from_tenant(t, now);
+    for (user, hash) in password_hashes {
+        let cred = crate::control::doc::CredentialRow {
+            password: Some(hash.clone()),
+            cards: Vec::new(),
+        };
+        ops.push(RowOp::put(
+            Kind::Credential,
+            user.as_str(),
+            json(&cred),
+            None,
+        ));
+    }
     Ok(Change {
         action: "tenant.import".into(),
         target: super::target(Kind::Tenant, &t.id),
-        ops: TenantDoc::ops_from_tenant(t, now),
+        ops,
         result: serde_json::json!({ "id": t.id }),
     })
 }

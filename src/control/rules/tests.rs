@@ -9,7 +9,7 @@ fn doc() -> TenantDoc {
     let data = crate::model::file::load_str(crate::engine::DEMO_DATA).unwrap();
     let t = data.tenants.iter().find(|t| t.id == "femo").unwrap();
     let mut d = TenantDoc::default();
-    apply(&mut d, import(t, 1000).unwrap());
+    apply(&mut d, import(t, 1000, &[]).unwrap());
     d
 }
 
