@@ -41,7 +41,7 @@ fn main() {
         ..worlds::M
     };
     let t = worlds::tenant("b", spec, 7);
-    let c = rules::import(&t, worlds::NOW).unwrap();
+    let c = rules::import(&t, worlds::NOW, &[]).unwrap();
     let mut doc = TenantDoc::default();
     doc.apply(&Commit {
         tenant: "b".into(),
