@@ -115,7 +115,7 @@ pub enum TokenError {
     UserInactive(String),
     #[error("user '{0}' is deleted")]
     UserDeleted(String),
-    #[error("token was issued before the sessions of user '{0}' were revoked")]
+    #[error("the session has ended: user '{0}' signed out, or their sessions were revoked")]
     Revoked(String),
     #[error("API key '{0}' is unknown, revoked or wrong")]
     UnknownKey(String),
@@ -1415,7 +1415,7 @@ tenants:
         };
         refused(
             go(&with(c.clone(), "iat", (epoch - 1).into())),
-            "issued before the sessions of user 'rita' were revoked",
+            "user 'rita' signed out, or their sessions were revoked",
         );
         // Without iat a token cannot prove it is newer.
         refused(go(&c), "were revoked");
