@@ -7,6 +7,7 @@
 mod decide;
 mod generate;
 mod plugin;
+mod plugin_eval;
 mod serve;
 mod token;
 

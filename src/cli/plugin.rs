@@ -12,15 +12,19 @@ use http_body_util::Full;
 
 use portcullis::plugin::{Limits, PluginHost};
 
+use super::plugin_eval::read_module;
 use super::{err, out};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
     /// Validate and compile a module locally, as an upload would (no server needed).
     Validate {
-        /// The `.wasm` file.
+        /// The `.wasm` file (or WebAssembly text, `.wat`).
         file: PathBuf,
     },
+    /// Run one call of a module locally and print its verdict, reason, fuel used, time and any
+    /// trap message (exit 0 allow, 2 abstain/deny/failure).
+    Eval(super::plugin_eval::EvalArgs),
     /// Upload a module as tenant plugin NAME (creates it, or replaces it atomically).
     Upload {
         #[command(flatten)]
@@ -28,7 +32,7 @@ pub enum PluginCommand {
         /// Free-text description.
         #[arg(long)]
         description: Option<String>,
-        /// The `.wasm` file.
+        /// The `.wasm` file (WebAssembly text, `.wat`, is converted before the upload).
         file: PathBuf,
     },
     /// List a tenant's plugins.
@@ -103,13 +107,13 @@ impl ApiArgs {
 pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     let (api, method, path, body) = match cmd {
         PluginCommand::Validate { file } => return validate(&file),
+        PluginCommand::Eval(a) => return super::plugin_eval::run(&a),
         PluginCommand::Upload {
             plugin,
             description,
             file,
         } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| format!("cannot read '{}': {e}", file.display()))?;
+            let bytes = read_module(&file)?;
             let mut path = plugin.path();
             if let Some(d) = description {
                 path.push_str("?description=");
@@ -153,9 +157,8 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn validate(file: &PathBuf) -> Result<ExitCode, String> {
-    let bytes =
-        std::fs::read(file).map_err(|e| format!("cannot read '{}': {e}", file.display()))?;
+fn validate(file: &std::path::Path) -> Result<ExitCode, String> {
+    let bytes = read_module(file)?;
     let host = PluginHost::new(Limits::default()).map_err(|e| e.to_string())?;
     let name = file
         .file_stem()

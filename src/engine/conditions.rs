@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
 use crate::model::split_action;
-use crate::plugin::{Outcome, PluginInput};
+use crate::plugin::{CallDetail, Outcome, PluginInput};
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
@@ -55,7 +55,7 @@ impl<'a> SnapshotConditions<'a> {
         v: &ArchivedTenantSnap,
         grant: u32,
         x: u32,
-        reason: Option<&mut String>,
+        detail: Option<&mut CallDetail>,
     ) -> (Outcome, String) {
         let Some(g) = v.grants.get(grant as usize) else {
             return (Outcome::NoInstance, String::new());
@@ -68,7 +68,7 @@ impl<'a> SnapshotConditions<'a> {
             return (Outcome::NoInstance, String::new());
         };
         // The version (hex SHA-256) only for explanations: formatting it costs ~1 µs.
-        let version = if reason.is_some() {
+        let version = if detail.is_some() {
             plugin.version()
         } else {
             String::new()
@@ -147,8 +147,8 @@ impl<'a> SnapshotConditions<'a> {
         let outcome = INPUT.with(|buf| {
             let mut buf = buf.borrow_mut();
             input.encode(&mut buf);
-            match reason {
-                Some(r) => plugin.call_with_reason(&buf, r),
+            match detail {
+                Some(d) => plugin.call_detailed(&buf, d),
                 None => plugin.call(&buf),
             }
         });
@@ -162,8 +162,8 @@ impl Conditions for SnapshotConditions<'_> {
     }
 
     fn explain(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> (Verdict, ConditionNote) {
-        let mut reason = String::new();
-        let (outcome, version) = self.run(v, grant, x, Some(&mut reason));
+        let mut detail = CallDetail::default();
+        let (outcome, version) = self.run(v, grant, x, Some(&mut detail));
         let verdict = verdict(outcome);
         let mut note = ConditionNote::of(v, grant, verdict);
         note.version = version;
@@ -172,7 +172,8 @@ impl Conditions for SnapshotConditions<'_> {
         } else {
             outcome.code()
         };
-        note.reason = reason;
+        note.reason = detail.reason;
+        note.trap = detail.trap;
         (verdict, note)
     }
 }

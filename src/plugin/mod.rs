@@ -531,6 +531,47 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Everything known about one call (see [`Plugin::call_detailed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallDetail {
+    /// The reason the plugin set (empty when none). After a trap: what it set before trapping
+    /// (the SDK's panic handler puts the panic's location, or its text, there).
+    pub reason: String,
+    /// What stopped the call, when it trapped or failed to start: wasmtime's description and
+    /// the innermost wasm frame (`wasm trap: wasm `unreachable` instruction executed in
+    /// func[3] at 0x1a2`). Empty for an answer.
+    pub trap: String,
+    /// Fuel the call burnt (`portcullis_alloc` and `portcullis_evaluate`), about one unit per
+    /// wasm instruction; the limit is [`Limits::fuel`].
+    pub fuel_used: u64,
+}
+
+/// A trap or host error, in one line: the trap's description (or the error's root cause) and
+/// the innermost wasm frame, when a backtrace was captured.
+fn describe(e: &wasmtime::Error) -> String {
+    use std::fmt::Write;
+    let mut s = match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    if let Some(f) = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+    {
+        s.push_str(" in ");
+        match f.func_name() {
+            Some(n) => s.push_str(n),
+            None => {
+                let _ = write!(s, "func[{}]", f.func_index());
+            }
+        }
+        if let Some(o) = f.module_offset() {
+            let _ = write!(s, " at 0x{o:x}");
+        }
+    }
+    s
+}
+
 /// Map a wasmtime error to an outcome.
 fn classify(store: &Store<HostState>, e: &wasmtime::Error) -> Outcome {
     let st = store.data();
@@ -657,7 +698,23 @@ impl Plugin {
         })
     }
 
-    fn invoke(&self, live: &mut Live, input: &[u8]) -> Outcome {
+    /// One call on `live`; a trap's or host error's description goes to `trap` when asked.
+    fn invoke(&self, live: &mut Live, input: &[u8], trap: Option<&mut String>) -> Outcome {
+        let mut failed = None;
+        let outcome = self.invoke_inner(live, input, &mut failed);
+        if let (Some(t), Some(e)) = (trap, failed) {
+            t.clear();
+            t.push_str(&describe(&e));
+        }
+        outcome
+    }
+
+    fn invoke_inner(
+        &self,
+        live: &mut Live,
+        input: &[u8],
+        failed: &mut Option<wasmtime::Error>,
+    ) -> Outcome {
         let store = &mut live.store;
         {
             let st = store.data_mut();
@@ -671,7 +728,11 @@ impl Plugin {
         let len = input.len() as i32;
         let ptr = match live.alloc.call(&mut *store, len) {
             Ok(p) => p,
-            Err(e) => return classify(store, &e),
+            Err(e) => {
+                let o = classify(store, &e);
+                *failed = Some(e);
+                return o;
+            }
         };
         if ptr == 0 {
             return Outcome::BadAlloc;
@@ -687,7 +748,11 @@ impl Plugin {
             Ok(1) => Outcome::Allow,
             Ok(2) => Outcome::Deny,
             Ok(_) => Outcome::BadResult,
-            Err(e) => classify(store, &e),
+            Err(e) => {
+                let o = classify(store, &e);
+                *failed = Some(e);
+                o
+            }
         }
     }
 
@@ -698,11 +763,21 @@ impl Plugin {
 
     /// As [`Plugin::call`], also copying the plugin's reason (empty when none) into `reason`.
     pub fn call_with_reason(&self, input: &[u8], reason: &mut String) -> Outcome {
-        self.call_inner(input, Some(reason))
+        let mut detail = CallDetail::default();
+        let o = self.call_inner(input, Some(&mut detail));
+        *reason = detail.reason;
+        o
     }
 
-    fn call_inner(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
-        let outcome = self.run(input, reason);
+    /// As [`Plugin::call`], with everything known about the call in `detail`: the reason, a
+    /// trap's message, the fuel used. For `plugin eval`, explanations and tests; not for the
+    /// per-check path (it formats).
+    pub fn call_detailed(&self, input: &[u8], detail: &mut CallDetail) -> Outcome {
+        self.call_inner(input, Some(detail))
+    }
+
+    fn call_inner(&self, input: &[u8], detail: Option<&mut CallDetail>) -> Outcome {
+        let outcome = self.run(input, detail);
         self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
         if outcome.is_failure() {
             self.warn(outcome);
@@ -753,7 +828,11 @@ impl Plugin {
         }
     }
 
-    fn run(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
+    fn run(&self, input: &[u8], detail: Option<&mut CallDetail>) -> Outcome {
+        let mut detail = detail;
+        if let Some(d) = detail.as_deref_mut() {
+            *d = CallDetail::default();
+        }
         if input.len() > self.limits.max_input_bytes {
             return Outcome::InputTooLarge;
         }
@@ -762,13 +841,21 @@ impl Plugin {
             Some(l) => l,
             None => match self.instantiate() {
                 Ok(l) => l,
-                Err((o, _)) => return o,
+                Err((o, msg)) => {
+                    if let Some(d) = detail.as_deref_mut() {
+                        d.trap = msg;
+                    }
+                    return o;
+                }
             },
         };
-        let outcome = self.invoke(&mut live, input);
-        if let Some(r) = reason {
-            r.clear();
-            r.push_str(&String::from_utf8_lossy(&live.store.data().reason));
+        let outcome = self.invoke(&mut live, input, detail.as_deref_mut().map(|d| &mut d.trap));
+        if let Some(d) = detail {
+            let st = live.store.data();
+            d.reason = String::from_utf8_lossy(&st.reason).into_owned();
+            d.fuel_used = st
+                .fuel_budget
+                .saturating_sub(live.store.get_fuel().unwrap_or(0));
         }
         if !outcome.is_failure() {
             let mut idle = lock(&self.idle);

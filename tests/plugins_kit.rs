@@ -1,0 +1,308 @@
+//! The plugin authors' kit (issue 18), run as a tenant developer would: `portcullis plugin eval`
+//! and data-file test cases asserting a plugin's reason, through the real `portcullis` process
+//! and WAT fixtures (`tests/fixtures/plugins`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/plugins/{name}.wat")
+}
+
+/// Compiles fixture `name` into `dir/<as>.wasm`.
+fn wasm_into(dir: &Path, name: &str, as_name: &str) -> PathBuf {
+    let p = dir.join(format!("{as_name}.wasm"));
+    std::fs::write(&p, wat::parse_file(fixture(name)).unwrap()).unwrap();
+    p
+}
+
+fn eval(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["plugin", "eval"];
+    all.extend_from_slice(args);
+    let o = portcullis(&all);
+    let stdout = text(&o.stdout);
+    let stderr = text(&o.stderr);
+    (o.status.code(), format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn eval_prints_verdict_reason_fuel_time_and_trap() {
+    let base = ["--action", "asset:operate", "--resource", "press-7"];
+    let with = |f: &str, extra: &[&str]| {
+        let fx = fixture(f);
+        let mut a = vec![fx.as_str()];
+        a.extend_from_slice(&base);
+        a.extend_from_slice(extra);
+        eval(&a)
+    };
+    let (code, out) = with("deny", &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("verdict: deny\n"), "{out}");
+    assert!(out.contains("reason: vetoed\n"), "{out}");
+    assert!(
+        out.contains("fuel: ") && out.contains(" of 10000000"),
+        "{out}"
+    );
+    assert!(out.contains("µs per call"), "{out}");
+
+    let (code, out) = with("allow", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("verdict: allow\n"), "{out}");
+
+    // A trap names itself and where it happened.
+    let (code, out) = with("trap", &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("verdict: deny (outcome trap)"), "{out}");
+    assert!(
+        out.contains("trap: wasm trap: wasm `unreachable` instruction executed in func["),
+        "{out}"
+    );
+
+    // Running out of fuel shows the whole budget burnt.
+    let (code, out) = with("loop", &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("(outcome out_of_fuel)") || out.contains("(outcome timeout)"),
+        "{out}"
+    );
+
+    // The context reaches the plugin (flag bit) — and a context the data plane would refuse is
+    // refused here too.
+    let (_, out) = with("has_context", &["--context", r#"{"a":1}"#]);
+    assert!(out.contains("verdict: abstain"), "path of 1 entry: {out}");
+    let (code, out) = with("has_context", &["--context", r#"{"a":1,"a":2}"#]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("duplicate key 'a'"), "{out}");
+
+    // JSON output, repeated calls.
+    let (code, out) = with("deny", &["--json", "--repeat", "50"]);
+    assert_eq!(code, Some(2), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["reason"], "vetoed");
+    assert_eq!(v["calls"], 50);
+    assert!(v["fuel_used"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["time_us"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["version"].as_str().unwrap().len(), 64);
+
+    // Bad flags are errors (exit 1), not verdicts.
+    let (code, out) = with("deny", &["--at", "yesterday"]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = eval(&[&fixture("deny"), "--action", "operate", "--resource", "x"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("resource:verb"), "{out}");
+    let (code, out) = eval(&[&fixture("wasi"), "--action", "a:b", "--resource", "x"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("refused") && out.contains("wasi"), "{out}");
+}
+
+/// `--at` is the plugin's `now`, and it may be 0 (the epoch).
+#[test]
+fn eval_at_sets_now_even_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // Allows iff now (i64 at offset 8) is 0; else abstains.
+    let src = dir.path().join("epoch.wat");
+    std::fs::write(
+        &src,
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "portcullis_abi_version") (result i32) (i32.const 1))
+  (func (export "portcullis_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "portcullis_evaluate") (param $p i32) (param i32) (result i32)
+    (i64.eqz (i64.load (i32.add (local.get $p) (i32.const 8))))))"#,
+    )
+    .unwrap();
+    let f = src.to_str().unwrap();
+    let args = |at: &'static str| [f, "--action", "a:b", "--resource", "r", "--at", at];
+    assert_eq!(eval(&args("0")).0, Some(0));
+    assert_eq!(eval(&args("1970-01-01T00:00:00Z")).0, Some(0));
+    assert_eq!(eval(&args("1")).0, Some(2));
+    assert_eq!(eval(&[f, "--action", "a:b", "--resource", "r"]).0, Some(2));
+}
+
+const WORLD: &str = r#"
+tenants:
+  - id: plant
+    rbac: enterprise
+    plugins:
+      - { name: deny, path: deny.wasm }
+      - { name: ctx, path: has_context.wasm }
+      - { name: trap, path: trap.wasm }
+    nodes:
+      - { id: org, kind: organisation }
+      - { id: site, kind: site, parent: org }
+      - { id: press-1, kind: asset, parent: site }
+    roles:
+      - { id: op-deny, permissions: ["asset:operate"], plugin: deny }
+      - { id: op-ctx, permissions: ["asset:operate"], plugin: ctx }
+      - { id: op-trap, permissions: ["asset:operate"], plugin: trap }
+    users:
+      - { id: dana, email: dana@x.example, kind: admin }
+      - { id: finn, email: finn@x.example }
+      - { id: tess, email: tess@x.example }
+    groups:
+      - { id: crew, members: [finn] }
+    assignments:
+      - { user: dana, role: op-deny, scope: org }
+      - { group: crew, role: op-ctx, scope: site }
+      - { user: tess, role: op-trap, scope: org }
+"#;
+
+fn world(dir: &Path, tests: &str) -> PathBuf {
+    wasm_into(dir, "deny", "deny");
+    wasm_into(dir, "has_context", "has_context");
+    wasm_into(dir, "trap", "trap");
+    let p = dir.join("world.yaml");
+    let tests = if tests.is_empty() {
+        "tests: []\n".to_string()
+    } else {
+        format!("tests:\n{tests}")
+    };
+    std::fs::write(&p, format!("{WORLD}{tests}")).unwrap();
+    p
+}
+
+#[test]
+fn data_file_cases_assert_a_plugin_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = world(
+        dir.path(),
+        r#"  - { tenant: plant, subject: dana, action: asset:operate, resource: press-1, allowed: false, reason: plugin_denied, plugin_reason: vetoed }
+  - { tenant: plant, subject: finn, action: asset:operate, resource: press-1, allowed: true, context: { channel: console } }
+"#,
+    );
+    let o = portcullis(&["test", good.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+
+    // A wrong plugin reason fails, and the failure says what each plugin said.
+    let bad = world(
+        dir.path(),
+        r#"  - { tenant: plant, subject: dana, action: asset:operate, resource: press-1, allowed: false, plugin_reason: "out of hours" }
+  - { tenant: plant, subject: finn, action: asset:operate, resource: press-1, allowed: true }
+  - { tenant: plant, subject: tess, action: asset:operate, resource: press-1, allowed: true }
+  - { tenant: plant, subject: finn, action: asset:operate, resource: press-1, allowed: false, plugin_reason: anything }
+"#,
+    );
+    let o = portcullis(&["test", bad.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", text(&o.stderr));
+    assert!(out.contains("0 passed, 4 failed"), "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[0].contains(r#"with plugin reason "out of hours""#)
+            && lines[0].contains(r#"plugins: deny deny "vetoed""#),
+        "{}",
+        lines[0]
+    );
+    // Without context the group's plugin abstains.
+    assert!(
+        lines[1].contains("got deny (condition_not_met); plugins: ctx abstain"),
+        "{}",
+        lines[1]
+    );
+    // A trap shows its message.
+    assert!(
+        lines[2].contains("plugins: trap trap (trap: wasm trap: wasm `unreachable`"),
+        "{}",
+        lines[2]
+    );
+    // Asking for a reason no plugin gave fails even when the decision matches.
+    assert!(lines[3].contains("plugins: ctx abstain"), "{}", lines[3]);
+}
+
+#[test]
+fn eval_builds_the_input_from_a_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = world(dir.path(), "");
+    let d = data.to_str().unwrap();
+    // finn holds op-ctx through the group, at site: the path org > site > press-1 has 3 entries.
+    let (code, out) = eval(&[
+        &fixture("has_context"),
+        "--data",
+        d,
+        "--subject",
+        "finn",
+        "--action",
+        "asset:operate",
+        "--resource",
+        "press-1",
+        "--context",
+        "{}",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "role 'op-ctx', scope 'site', path organisation:org > site:site > asset:press-1"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("subject 'finn' (member)"), "{out}");
+    // On `site` the path has 2 entries: abstain.
+    let (code, out) = eval(&[
+        &fixture("has_context"),
+        "--data",
+        d,
+        "--subject",
+        "finn",
+        "--action",
+        "asset:operate",
+        "--resource",
+        "site",
+        "--context",
+        "{}",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("verdict: abstain"), "{out}");
+    // Attributes come from the user.
+    let (_, out) = eval(&[
+        &fixture("deny"),
+        "--data",
+        d,
+        "--subject",
+        "dana",
+        "--action",
+        "asset:operate",
+        "--resource",
+        "press-1",
+    ]);
+    assert!(
+        out.contains("subject 'dana' (admin), role 'op-deny', scope 'org'"),
+        "{out}"
+    );
+    // Unknown subject, resource: clear errors.
+    for (s, r, needle) in [
+        ("nobody", "press-1", "no user 'nobody'"),
+        ("finn", "ghost", "no node 'ghost'"),
+        ("finn", "org", "no assignment of 'finn'"),
+    ] {
+        let (code, out) = eval(&[
+            &fixture("deny"),
+            "--data",
+            d,
+            "--subject",
+            s,
+            "--action",
+            "asset:operate",
+            "--resource",
+            r,
+        ]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+}
