@@ -306,3 +306,150 @@ fn eval_builds_the_input_from_a_data_file() {
         assert!(out.contains(needle), "{needle}: {out}");
     }
 }
+
+/// Debian's wasm32 Rust toolchain and clang (DESIGN §4): installed by `plugins/build.sh` when
+/// absent, as `tests/run.sh` does before the tests.
+fn toolchains() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let ok = Path::new("/usr/bin/rustc").exists()
+            && Path::new("/usr/bin/cargo").exists()
+            && Path::new("/usr/lib/rustlib/wasm32-unknown-unknown").exists()
+            && Path::new("/usr/bin/clang").exists();
+        if !ok {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/build.sh");
+            let st = Command::new("bash").arg(&script).status().unwrap();
+            assert!(
+                st.success(),
+                "plugins/build.sh (installs the toolchains) failed"
+            );
+        }
+    });
+}
+
+/// Runs `cmd` in `dir` with the test's `portcullis` first on PATH; returns (exit, output).
+fn sh(dir: &Path, cmd: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", cmd])
+        .current_dir(dir)
+        .env("PATH", path)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        format!("{}{}", text(&o.stdout), text(&o.stderr)),
+    )
+}
+
+/// `portcullis plugin new` in each language: the project builds outside this repository,
+/// validates, evaluates and passes its data-file tests; a broken rule fails them.
+#[test]
+fn plugin_new_scaffolds_a_project_that_builds_evals_and_tests() {
+    toolchains();
+    let root = tempfile::tempdir().unwrap();
+    for (lang, build) in [
+        ("rust", "./build.sh"),
+        ("c", "./build.sh"),
+        (
+            "wat",
+            "portcullis plugin validate mw-wat.wat --out mw-wat.wasm",
+        ),
+    ] {
+        let name = format!("mw-{lang}");
+        let (code, out) = sh(
+            root.path(),
+            &format!("portcullis plugin new {name} --lang {lang}"),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{out}");
+        let dir = root.path().join(&name);
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        assert!(readme.contains(&format!("--lang {lang}")), "{readme}");
+        let t0 = std::time::Instant::now();
+        let (code, out) = sh(&dir, build, &[]);
+        assert_eq!(code, Some(0), "{lang} build: {out}");
+        let wasm = std::fs::metadata(dir.join(format!("{name}.wasm")))
+            .unwrap()
+            .len();
+        eprintln!("{lang}: built in {:?}, {wasm} bytes", t0.elapsed());
+        assert!(wasm < 32 * 1024, "{lang}: {wasm} bytes");
+        let (code, out) = sh(
+            &dir,
+            &format!("portcullis plugin validate {name}.wasm"),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{out}");
+        assert!(!out.contains("warning"), "a stripped module: {out}");
+        let ctx = if lang == "wat" {
+            "{}"
+        } else {
+            r#"{"ticket":"MW-1234"}"#
+        };
+        let (code, out) = sh(
+            &dir,
+            &format!(
+                "portcullis plugin eval {name}.wasm --action asset:operate --resource press-7 \
+                 --context '{ctx}' --at 2026-01-05T23:00:00Z"
+            ),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("verdict: allow"), "{out}");
+        let (code, out) = sh(
+            &dir,
+            &format!(
+                "portcullis plugin eval {name}.wasm --data tests.yaml --subject mia \
+                 --action asset:operate --resource press-7 --context '{ctx}' --at 2026-01-05T12:00:00Z"
+            ),
+            &[],
+        );
+        assert_eq!(code, Some(2), "{out}");
+        assert!(
+            out.contains("reason: outside the maintenance window (22:00-06:00 UTC)"),
+            "{out}"
+        );
+        let (code, out) = sh(&dir, "portcullis test tests.yaml", &[]);
+        assert_eq!(code, Some(0), "{lang}: {out}");
+        assert!(out.contains(" passed, 0 failed"), "{out}");
+        // The tests can fail: a rule that no longer gives its reason is caught.
+        let tests = std::fs::read_to_string(dir.join("tests.yaml")).unwrap();
+        std::fs::write(
+            dir.join("broken.yaml"),
+            tests.replace("(22:00-06:00 UTC)\"", "(21:00-06:00 UTC)\""),
+        )
+        .unwrap();
+        let (code, out) = sh(&dir, "portcullis test broken.yaml", &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("1 failed"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "plugins: {name} abstain \"outside the maintenance window (22:00-06:00 UTC)\""
+            )),
+            "{out}"
+        );
+    }
+    // The Rust project's own unit tests run natively with the SDK's InputBuilder — on the
+    // host toolchain, as `cargo test` would for its author.
+    let (code, out) = sh(
+        &root.path().join("mw-rust"),
+        "CARGO_TARGET_DIR=target/native cargo test --quiet 2>&1",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("3 passed"), "{out}");
+    // A second `new` into the same place is refused; so is a bad name.
+    let (code, out) = sh(root.path(), "portcullis plugin new mw-rust", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not empty"), "{out}");
+    let (code, out) = sh(root.path(), "portcullis plugin new ../evil", &[]);
+    assert_eq!(code, Some(1), "{out}");
+}

@@ -17,10 +17,16 @@ use super::{err, out};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
+    /// Write a new plugin project (Rust, C or WAT) that builds outside this repository, with
+    /// data-file tests and a README from build to upload.
+    New(super::plugin_new::NewArgs),
     /// Validate and compile a module locally, as an upload would (no server needed).
     Validate {
         /// The `.wasm` file (or WebAssembly text, `.wat`).
         file: PathBuf,
+        /// Also write the checked module as binary `.wasm` here (e.g. from a `.wat`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run one call of a module locally and print its verdict, reason, fuel used, time and any
     /// trap message (exit 0 allow, 2 abstain/deny/failure).
@@ -106,7 +112,8 @@ impl ApiArgs {
 /// Runs a plugin command; prints the server's JSON answer. Exit 0 on 2xx, 1 otherwise.
 pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     let (api, method, path, body) = match cmd {
-        PluginCommand::Validate { file } => return validate(&file),
+        PluginCommand::Validate { file, out } => return validate(&file, out.as_deref()),
+        PluginCommand::New(a) => return super::plugin_new::run(&a),
         PluginCommand::Eval(a) => return super::plugin_eval::run(&a),
         PluginCommand::Upload {
             plugin,
@@ -157,7 +164,10 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn validate(file: &std::path::Path) -> Result<ExitCode, String> {
+fn validate(
+    file: &std::path::Path,
+    out_file: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
     let bytes = read_module(file)?;
     let host = PluginHost::new(Limits::default()).map_err(|e| e.to_string())?;
     let name = file
@@ -166,13 +176,23 @@ fn validate(file: &std::path::Path) -> Result<ExitCode, String> {
         .unwrap_or("plugin");
     match host.load("local", name, &bytes) {
         Ok(p) => {
+            if let Some(o) = out_file {
+                std::fs::write(o, &bytes)
+                    .map_err(|e| format!("cannot write '{}': {e}", o.display()))?;
+            }
             out(&format!(
-                "ok: {} bytes, ABI version {}, sha256 {}, compiled in {:.1} ms",
+                "ok: {} bytes, ABI version {}, sha256 {}, compiled in {:.1} ms{}",
                 bytes.len(),
                 portcullis::plugin::ABI_VERSION,
                 p.version(),
-                p.compile_time().as_secs_f64() * 1e3
+                p.compile_time().as_secs_f64() * 1e3,
+                out_file
+                    .map(|o| format!("; written to {}", o.display()))
+                    .unwrap_or_default()
             ))?;
+            if let Some(hint) = size_hint(&bytes) {
+                err(&format!("warning: {hint}"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -180,6 +200,53 @@ fn validate(file: &std::path::Path) -> Result<ExitCode, String> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A warning for a module that carries debug or name sections (built without the release
+/// profile of `plugins/templates/rust/Cargo.toml`, or not stripped): they cost upload size,
+/// store space and every sidecar's memory, and nothing else would say so.
+fn size_hint(b: &[u8]) -> Option<String> {
+    fn leb(b: &[u8], i: &mut usize) -> Option<usize> {
+        let mut v = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    if b.get(..4)? != b"\0asm" {
+        return None;
+    }
+    let (mut i, mut custom, mut names) = (8usize, 0usize, Vec::new());
+    while i < b.len() {
+        let id = b[i];
+        i += 1;
+        let size = leb(b, &mut i)?;
+        let end = i.checked_add(size)?;
+        if id == 0 {
+            let mut j = i;
+            let n = leb(b, &mut j)?;
+            let name = String::from_utf8_lossy(b.get(j..j.checked_add(n)?)?).into_owned();
+            custom += size;
+            if !names.contains(&name) && names.len() < 6 {
+                names.push(name);
+            }
+        }
+        i = end;
+    }
+    (custom >= 1024).then(|| {
+        format!(
+            "{custom} of the module's {} bytes are custom sections ({}): build with a release \
+             profile that strips them (opt-level = \"s\", lto = true, strip = true, \
+             panic = \"abort\"; see `portcullis plugin new`)",
+            b.len(),
+            names.join(", ")
+        )
+    })
 }
 
 /// Bytes left as they are in a path or query segment: RFC 3986 unreserved characters.

@@ -126,8 +126,10 @@ fn number_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// End of the value starting at `i` (no leading whitespace), checking its syntax, depth and
-/// duplicate keys (refused, as the host refuses them), and that numbers are finite.
-fn value_end(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+/// duplicate keys (refused, as the host refuses them); with `FINITE`, also that numbers are
+/// finite `f64`s (float parsing costs a wasm module ~20 KB, so the plugin-side reader, whose
+/// input the host has checked already, skips it).
+fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b't' => b.get(i..i + 4).filter(|s| *s == b"true").map(|_| i + 4),
@@ -140,7 +142,7 @@ fn value_end(b: &[u8], i: usize, depth: usize) -> Option<usize> {
                 return Some(j + 1);
             }
             loop {
-                j = value_end(b, j, depth + 1)?;
+                j = value_end::<FINITE>(b, j, depth + 1)?;
                 j = ws(b, j);
                 match *b.get(j)? {
                     b',' => j = ws(b, j + 1),
@@ -168,7 +170,7 @@ fn value_end(b: &[u8], i: usize, depth: usize) -> Option<usize> {
                     }
                     k = ws(b, ke);
                     k = ws(b, k + 1); // ':'
-                    k = value_end(b, k, depth + 1)?;
+                    k = value_end::<FINITE>(b, k, depth + 1)?;
                     k = ws(b, k);
                     k = ws(b, k + 1); // ','
                 }
@@ -177,7 +179,7 @@ fn value_end(b: &[u8], i: usize, depth: usize) -> Option<usize> {
                     return None;
                 }
                 j = ws(b, j + 1);
-                j = value_end(b, j, depth + 1)?;
+                j = value_end::<FINITE>(b, j, depth + 1)?;
                 j = ws(b, j);
                 match *b.get(j)? {
                     b',' => j = ws(b, j + 1),
@@ -188,6 +190,9 @@ fn value_end(b: &[u8], i: usize, depth: usize) -> Option<usize> {
         }
         _ => {
             let e = number_end(b, i)?;
+            if !FINITE {
+                return Some(e);
+            }
             // Numbers must be finite f64s, as the host requires.
             let text = core::str::from_utf8(&b[i..e]).ok()?;
             match text.parse::<f64>() {
@@ -339,9 +344,19 @@ pub fn str_equals(raw: &str, want: &str) -> bool {
 /// well-formed, at most [`MAX_DEPTH`] deep, without duplicate keys and with finite numbers —
 /// what the host accepts as a context.
 pub fn parse(text: &str) -> Option<Json<'_>> {
+    parse_with::<true>(text)
+}
+
+/// [`parse`] without checking that numbers fit an `f64` (for input the host has checked
+/// already: [`crate::Input::ctx`]); keeps float parsing out of the module.
+pub fn parse_checked_input(text: &str) -> Option<Json<'_>> {
+    parse_with::<false>(text)
+}
+
+fn parse_with<const FINITE: bool>(text: &str) -> Option<Json<'_>> {
     let b = text.as_bytes();
     let i = ws(b, 0);
-    let e = value_end(b, i, 1)?;
+    let e = value_end::<FINITE>(b, i, 1)?;
     if ws(b, e) != b.len() {
         return None;
     }
@@ -372,7 +387,7 @@ impl<'a> Iterator for Members<'a> {
             return None;
         }
         v = ws(b, v + 1);
-        let ve = value_end(b, v, 1)?;
+        let ve = value_end::<false>(b, v, 1)?;
         self.pos = ws(b, ve);
         Some((key, Json { text: &self.text[v..ve] }))
     }

@@ -177,7 +177,7 @@ impl<'a> Input<'a> {
         if !self.has_context() {
             return None;
         }
-        json::parse(self.context_json())
+        json::parse_checked_input(self.context_json())
     }
     /// The context value at `path` (`.`-separated keys, e.g. `device.class`). A key present
     /// twice in an object is not found (the host refuses such contexts anyway; see [`json`]).
