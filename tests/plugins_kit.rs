@@ -98,6 +98,17 @@ fn eval_prints_verdict_reason_fuel_time_and_trap() {
     assert!(v["time_us"].as_f64().unwrap() > 0.0, "{v}");
     assert_eq!(v["version"].as_str().unwrap().len(), 64);
 
+    // Bad answers say what was wrong.
+    let (code, out) = with("bad_alloc", &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("(outcome bad_alloc)"), "{out}");
+    assert!(out.contains("trap: portcullis_alloc("), "{out}");
+    let (_, out) = with("bad_result", &[]);
+    assert!(
+        out.contains("trap: portcullis_evaluate returned 7; verdicts are 0"),
+        "{out}"
+    );
+
     // Bad flags are errors (exit 1), not verdicts.
     let (code, out) = with("deny", &["--at", "yesterday"]);
     assert_eq!(code, Some(1), "{out}");

@@ -203,7 +203,8 @@ pub enum Outcome {
     BadResult,
     /// `portcullis_alloc` returned 0 or a range outside memory.
     BadAlloc,
-    /// The reason was longer than the limit.
+    /// `set_reason` was called with a negative length. (A reason longer than the limit is
+    /// cut with a marker, [`REASON_TRUNCATED`], not a failure.)
     ReasonTooLong,
     /// The input was larger than the limit.
     InputTooLarge,
@@ -299,6 +300,26 @@ fn on_deadline(
     } else {
         Ok(wasmtime::UpdateDeadline::Interrupt)
     }
+}
+
+/// What ends a reason the host cut to its limit.
+pub const REASON_TRUNCATED: &str = "…";
+
+/// Keeps `bytes` as the reason, or, when longer than `max`, its first bytes up to a UTF-8
+/// character boundary followed by [`REASON_TRUNCATED`], `max` bytes at most in all.
+fn set_reason_cut(reason: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    reason.clear();
+    if bytes.len() <= max {
+        reason.extend_from_slice(bytes);
+        return;
+    }
+    let mut end = max.saturating_sub(REASON_TRUNCATED.len());
+    // Back off continuation bytes (10xxxxxx) so a character is never split.
+    while end > 0 && bytes.get(end).is_some_and(|b| b & 0xC0 == 0x80) {
+        end -= 1;
+    }
+    reason.extend_from_slice(&bytes[..end]);
+    reason.extend_from_slice(REASON_TRUNCATED.as_bytes());
 }
 
 /// Wall-clock cap of a call that is descheduled rather than busy, in multiples of the deadline.
@@ -698,17 +719,6 @@ impl Plugin {
         })
     }
 
-    /// One call on `live`; a trap's or host error's description goes to `trap` when asked.
-    fn invoke(&self, live: &mut Live, input: &[u8], trap: Option<&mut String>) -> Outcome {
-        let mut failed = None;
-        let outcome = self.invoke_inner(live, input, &mut failed);
-        if let (Some(t), Some(e)) = (trap, failed) {
-            t.clear();
-            t.push_str(&describe(&e));
-        }
-        outcome
-    }
-
     fn invoke_inner(
         &self,
         live: &mut Live,
@@ -735,19 +745,34 @@ impl Plugin {
             }
         };
         if ptr == 0 {
+            *failed = Some(wasmtime::Error::msg(format!(
+                "portcullis_alloc({len}) returned 0 (no buffer)"
+            )));
             return Outcome::BadAlloc;
         }
         let start = ptr as u32 as usize;
         let mem = live.memory.data_mut(&mut *store);
+        let size = mem.len();
         match mem.get_mut(start..start + input.len()) {
             Some(dst) => dst.copy_from_slice(input),
-            None => return Outcome::BadAlloc,
+            None => {
+                *failed = Some(wasmtime::Error::msg(format!(
+                    "portcullis_alloc({len}) returned {start:#x}: the buffer ends past the \
+                     memory's {size} bytes"
+                )));
+                return Outcome::BadAlloc;
+            }
         }
         match live.evaluate.call(&mut *store, (ptr, len)) {
             Ok(0) => Outcome::Abstain,
             Ok(1) => Outcome::Allow,
             Ok(2) => Outcome::Deny,
-            Ok(_) => Outcome::BadResult,
+            Ok(v) => {
+                *failed = Some(wasmtime::Error::msg(format!(
+                    "portcullis_evaluate returned {v}; verdicts are 0 (abstain), 1 (allow), 2 (deny)"
+                )));
+                Outcome::BadResult
+            }
             Err(e) => {
                 let o = classify(store, &e);
                 *failed = Some(e);
@@ -779,9 +804,6 @@ impl Plugin {
     fn call_inner(&self, input: &[u8], detail: Option<&mut CallDetail>) -> Outcome {
         let outcome = self.run(input, detail);
         self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
-        if outcome.is_failure() {
-            self.warn(outcome);
-        }
         if self.breaker.record(outcome, &self.limits) {
             self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -809,7 +831,9 @@ impl Plugin {
 
     /// Logs a failure, at most once a second per plugin (a hostile plugin must not flood logs;
     /// the counters see every failure).
-    fn warn(&self, outcome: Outcome) {
+    /// `trap` describes what stopped the call and `reason` is what the plugin set (the SDK's
+    /// panic handler sets one before trapping); both are formatted only when a line is written.
+    fn warn(&self, outcome: Outcome, trap: impl FnOnce() -> String, reason: &[u8]) {
         let now = crate::clock::unix_now().max(0) as u64;
         let last = self.last_warn.load(Ordering::Relaxed);
         if now > last
@@ -821,7 +845,10 @@ impl Plugin {
             tracing::warn!(
                 tenant = %self.tenant,
                 plugin = %self.name,
+                version = %self.version(),
                 outcome = outcome.code(),
+                trap = ?trap(),
+                reason = ?String::from_utf8_lossy(reason),
                 failures = self.stats.failures(),
                 "plugin call failed; the grant denies"
             );
@@ -834,7 +861,19 @@ impl Plugin {
             *d = CallDetail::default();
         }
         if input.len() > self.limits.max_input_bytes {
-            return Outcome::InputTooLarge;
+            let o = Outcome::InputTooLarge;
+            let why = || {
+                format!(
+                    "input of {} bytes is over the limit of {}",
+                    input.len(),
+                    self.limits.max_input_bytes
+                )
+            };
+            self.warn(o, why, b"");
+            if let Some(d) = detail {
+                d.trap = why();
+            }
+            return o;
         }
         let pooled = lock(&self.idle).pop();
         let mut live = match pooled {
@@ -842,16 +881,23 @@ impl Plugin {
             None => match self.instantiate() {
                 Ok(l) => l,
                 Err((o, msg)) => {
-                    if let Some(d) = detail.as_deref_mut() {
+                    self.warn(o, || msg.clone(), b"");
+                    if let Some(d) = detail {
                         d.trap = msg;
                     }
                     return o;
                 }
             },
         };
-        let outcome = self.invoke(&mut live, input, detail.as_deref_mut().map(|d| &mut d.trap));
+        let mut failed = None;
+        let outcome = self.invoke_inner(&mut live, input, &mut failed);
+        let st = live.store.data();
+        if outcome.is_failure() {
+            let trap = || failed.as_ref().map(describe).unwrap_or_default();
+            self.warn(outcome, trap, &st.reason);
+        }
         if let Some(d) = detail {
-            let st = live.store.data();
+            d.trap = failed.as_ref().map(describe).unwrap_or_default();
             d.reason = String::from_utf8_lossy(&st.reason).into_owned();
             d.fuel_used = st
                 .fuel_budget
@@ -995,10 +1041,9 @@ impl PluginHost {
                 "portcullis",
                 "set_reason",
                 |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-                    let max = caller.data().max_reason;
-                    if len < 0 || len as usize > max {
+                    if len < 0 {
                         caller.data_mut().reason_too_long = true;
-                        wasmtime::bail!("plugin reason is longer than {max} bytes");
+                        wasmtime::bail!("plugin reason has a negative length ({len})");
                     }
                     let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
                         wasmtime::bail!("plugin has no memory");
@@ -1008,8 +1053,7 @@ impl PluginHost {
                     let Some(bytes) = data.get(start..start + len as usize) else {
                         wasmtime::bail!("plugin reason is out of bounds");
                     };
-                    state.reason.clear();
-                    state.reason.extend_from_slice(bytes);
+                    set_reason_cut(&mut state.reason, bytes, state.max_reason);
                     Ok(())
                 },
             )
