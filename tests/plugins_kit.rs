@@ -464,3 +464,313 @@ fn plugin_new_scaffolds_a_project_that_builds_evals_and_tests() {
     let (code, out) = sh(root.path(), "portcullis plugin new ../evil", &[]);
     assert_eq!(code, Some(1), "{out}");
 }
+
+#[path = "common/server.rs"]
+mod server;
+
+const TOKEN: &str = "kit-admin-token-0123456789";
+
+/// The fenced `sh` blocks of a README, in order, as one script.
+fn sh_blocks(readme: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in readme.lines() {
+        if line.trim() == "```sh" {
+            inside = true;
+        } else if inside && line.trim() == "```" {
+            inside = false;
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A scaffolded project's README, every command as written, against a real server: build,
+/// validate, eval, data-file tests, upload, bind, explain, versions — and, after a second
+/// version, rollback; then the server holds the first version again, and the audit log says so.
+#[test]
+fn the_scaffolded_readme_runs_as_written_against_a_real_server() {
+    toolchains();
+    let s = server::Server::start(&[], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    let root = tempfile::tempdir().unwrap();
+    let token_file = root.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let url = format!("http://{}", s.addr);
+    let envs = [
+        ("PORTCULLIS_ADMIN_URL", url.as_str()),
+        ("PORTCULLIS_ADMIN_TOKEN_FILE", token_file.to_str().unwrap()),
+        ("TENANT", "femo"),
+    ];
+    let versions = |name: &str| -> serde_json::Value {
+        let (st, v) = s.admin_call(
+            TOKEN,
+            "GET",
+            &format!("/v1/tenants/femo/plugins/{name}/versions"),
+            serde_json::Value::Null,
+        );
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+    for lang in ["rust", "wat"] {
+        let name = format!("readme-{lang}");
+        let (code, out) = sh(
+            root.path(),
+            &format!("portcullis plugin new {name} --lang {lang}"),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{out}");
+        let dir = root.path().join(&name);
+        let script = sh_blocks(&std::fs::read_to_string(dir.join("README.md")).unwrap());
+        assert!(script.contains("portcullis plugin rollback"), "{script}");
+        let (code, out) = sh(&dir, &script, &envs);
+        assert_eq!(code, Some(0), "{lang} README:\n{out}");
+        assert!(out.contains(" passed, 0 failed"), "{out}");
+        // The explanation shows the plugin's verdict, version and reason.
+        assert!(
+            out.contains("\"outcome\":\"abstain\"")
+                && out.contains(&format!("\"plugin\":\"{name}\"")),
+            "{out}"
+        );
+        let v1 = versions(&name)["data"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if lang == "wat" {
+            // A second version (another window), uploaded by the same script: it rolls back.
+            let wat = dir.join(format!("{name}.wat"));
+            let text = std::fs::read_to_string(&wat).unwrap();
+            std::fs::write(&wat, text.replace("(i64.const 22)", "(i64.const 21)")).unwrap();
+            let (code, out) = sh(&dir, &script, &envs);
+            assert_eq!(code, Some(0), "{out}");
+            let v = versions(&name);
+            assert_eq!(v["data"][0]["sha256"], v1.as_str(), "rolled back: {v}");
+            assert_eq!(v["data"][0]["current"], true);
+            let v2 = v["data"][1]["sha256"].as_str().unwrap().to_string();
+            assert_ne!(v2, v1);
+            // Audited.
+            let (st, a) = s.admin_call(
+                TOKEN,
+                "GET",
+                "/v1/tenants/femo/audit?action=plugin.",
+                serde_json::Value::Null,
+            );
+            assert_eq!(st, 200);
+            let actions: Vec<&str> = a["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["target"].as_str().is_some_and(|t| t.contains(&name)))
+                .filter_map(|e| e["action"].as_str())
+                .collect();
+            assert!(actions.contains(&"plugin.rollback"), "{a}");
+            assert!(actions.contains(&"plugin.replace"), "{a}");
+            assert!(
+                !a.to_string().contains("\"wasm\""),
+                "no module bytes in the audit log"
+            );
+        }
+    }
+}
+
+/// Versions and rollback through the CLI and the API: the store keeps the last 3 previous
+/// versions, a rollback needs a kept SHA-256, `--if-match` refuses a stale replacement, and a
+/// failing plugin's warning names its version and trap.
+#[test]
+fn versions_rollback_and_if_match() {
+    let s = server::Server::start(&[], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}", s.addr);
+    let envs = [
+        ("PORTCULLIS_ADMIN_URL", url.as_str()),
+        ("PORTCULLIS_ADMIN_TOKEN", TOKEN),
+    ];
+    let fixtures = ["allow", "deny", "abstain", "has_context", "trap"];
+    let mut shas = Vec::new();
+    for f in fixtures {
+        let p = wasm_into(dir.path(), f, f);
+        shas.push(portcullis_sha(&std::fs::read(&p).unwrap()));
+        let (code, out) = sh(
+            dir.path(),
+            &format!("portcullis plugin upload --tenant femo --name gate {f}.wasm"),
+            &envs,
+        );
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let versions = |s: &server::Server| {
+        let (st, v) = s.admin_call(
+            TOKEN,
+            "GET",
+            "/v1/tenants/femo/plugins/gate/versions",
+            serde_json::Value::Null,
+        );
+        assert_eq!(st, 200, "{v}");
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["sha256"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // Current (trap) first, then the 3 newest previous ones; the oldest (allow) is dropped.
+    assert_eq!(
+        versions(&s),
+        vec![
+            shas[4].clone(),
+            shas[3].clone(),
+            shas[2].clone(),
+            shas[1].clone()
+        ]
+    );
+    // Roll back to `deny`; `trap` becomes the newest previous version.
+    let (code, out) = sh(
+        dir.path(),
+        &format!(
+            "portcullis plugin rollback --tenant femo --name gate --to {}",
+            shas[1]
+        ),
+        &envs,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        versions(&s),
+        vec![
+            shas[1].clone(),
+            shas[4].clone(),
+            shas[3].clone(),
+            shas[2].clone()
+        ]
+    );
+    // A version not kept: 404; not a SHA-256: 422.
+    let (code, out) = sh(
+        dir.path(),
+        &format!(
+            "portcullis plugin rollback --tenant femo --name gate --to {}",
+            shas[0]
+        ),
+        &envs,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("HTTP 404") && out.contains("not found"),
+        "{out}"
+    );
+    let (code, out) = sh(
+        dir.path(),
+        "portcullis plugin rollback --tenant femo --name gate --to xyz",
+        &envs,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("HTTP 422"), "{out}");
+    // --if-match: the current ETag passes, a stale one is refused (409), nothing changes.
+    let (_, v) = s.admin_call(
+        TOKEN,
+        "GET",
+        "/v1/tenants/femo/plugins/gate",
+        serde_json::Value::Null,
+    );
+    let tag = v["etag"].as_str().unwrap().trim_matches('"').to_string();
+    let (code, out) = sh(
+        dir.path(),
+        "portcullis plugin upload --tenant femo --name gate --if-match 1 allow.wasm",
+        &envs,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("HTTP 409"), "{out}");
+    assert_eq!(versions(&s)[0], shas[1], "the stale upload changed nothing");
+    let (code, out) = sh(
+        dir.path(),
+        &format!("portcullis plugin upload --tenant femo --name gate --if-match {tag} allow.wasm"),
+        &envs,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(versions(&s)[0], shas[0]);
+    // Audited: the rollback is an entry of its own, without module bytes.
+    let (_, a) = s.admin_call(
+        TOKEN,
+        "GET",
+        "/v1/tenants/femo/audit?action=plugin.rollback",
+        serde_json::Value::Null,
+    );
+    let items = a["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{a}");
+    assert!(!a.to_string().contains("\"wasm\""), "{a}");
+
+    // A trapping version in a check: the warning names the plugin, its version and the trap.
+    let (code, out) = sh(
+        dir.path(),
+        &format!(
+            "portcullis plugin rollback --tenant femo --name gate --to {}",
+            shas[4]
+        ),
+        &envs,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let (st, v) = s.admin_call(
+        TOKEN,
+        "POST",
+        "/v1/tenants/femo/roles",
+        serde_json::json!({"id": "gated", "permissions": ["asset:operate"], "plugin": "gate"}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = s.admin_call(
+        TOKEN,
+        "POST",
+        "/v1/tenants/femo/assignments",
+        serde_json::json!({"user": "hana", "role": "gated", "scope": "femo"}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let rev = v["revision"].as_u64().unwrap();
+    let (st, e) = s.post_json(
+        "/v1/explain",
+        &serde_json::json!({"tenant": "femo", "subject": "hana", "action": "asset:operate",
+            "resource": "press-7", "min_revision": rev})
+        .to_string(),
+    );
+    assert_eq!(st, 200, "{e}");
+    let cond = e["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.get("condition").filter(|c| c["plugin"] == "gate"))
+        .unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(cond["outcome"], "trap");
+    assert!(
+        cond["trap"]
+            .as_str()
+            .unwrap()
+            .starts_with("wasm trap: wasm `unreachable` instruction executed"),
+        "{cond}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = s.log.lock().unwrap().clone();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("plugin call failed") && l.contains("plugin=gate"))
+        {
+            assert!(line.contains(&format!("version={}", shas[4])), "{line}");
+            assert!(
+                line.contains("trap=\"wasm trap: wasm `unreachable`"),
+                "{line}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no warning:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn portcullis_sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}

@@ -38,6 +38,10 @@ pub enum PluginCommand {
         /// Free-text description.
         #[arg(long)]
         description: Option<String>,
+        /// Replace only if the plugin is still at this ETag (the `etag` of `plugin show`):
+        /// a concurrent change answers 409 instead of being overwritten.
+        #[arg(long)]
+        if_match: Option<String>,
         /// The `.wasm` file (WebAssembly text, `.wat`, is converted before the upload).
         file: PathBuf,
     },
@@ -52,6 +56,30 @@ pub enum PluginCommand {
     Show(Named),
     /// Delete a plugin (refused while a role names it).
     Delete(Named),
+    /// The plugin's current version and the previous ones kept for rollback.
+    Versions(Named),
+    /// Make a kept previous version (by SHA-256) current again.
+    Rollback {
+        #[command(flatten)]
+        plugin: Named,
+        /// The version to restore: its SHA-256 (hex), from `plugin versions`.
+        #[arg(long)]
+        to: String,
+        /// Roll back only if the plugin is still at this ETag.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+}
+
+/// A request body and its content type.
+struct Body {
+    bytes: Vec<u8>,
+    content_type: &'static str,
+}
+
+/// The `If-Match` header for an ETag given on the command line (`7` or `"7"`).
+fn etag(tag: Option<String>) -> Option<String> {
+    tag.map(|t| format!("\"{}\"", t.trim().trim_matches('"')))
 }
 
 /// One tenant plugin on a server.
@@ -111,6 +139,7 @@ impl ApiArgs {
 
 /// Runs a plugin command; prints the server's JSON answer. Exit 0 on 2xx, 1 otherwise.
 pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
+    let mut if_match = None;
     let (api, method, path, body) = match cmd {
         PluginCommand::Validate { file, out } => return validate(&file, out.as_deref()),
         PluginCommand::New(a) => return super::plugin_new::run(&a),
@@ -118,6 +147,7 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
         PluginCommand::Upload {
             plugin,
             description,
+            if_match: tag,
             file,
         } => {
             let bytes = read_module(&file)?;
@@ -126,7 +156,29 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
                 path.push_str("?description=");
                 path.push_str(&seg(&d));
             }
-            (plugin.api, hyper::Method::PUT, path, Some(bytes))
+            if_match = etag(tag);
+            let body = Body {
+                bytes,
+                content_type: "application/wasm",
+            };
+            (plugin.api, hyper::Method::PUT, path, Some(body))
+        }
+        PluginCommand::Versions(p) => {
+            let path = format!("{}/versions", p.path());
+            (p.api, hyper::Method::GET, path, None)
+        }
+        PluginCommand::Rollback {
+            plugin,
+            to,
+            if_match: tag,
+        } => {
+            let path = format!("{}/rollback", plugin.path());
+            if_match = etag(tag);
+            let body = Body {
+                bytes: serde_json::json!({ "sha256": to }).to_string().into_bytes(),
+                content_type: "application/json",
+            };
+            (plugin.api, hyper::Method::POST, path, Some(body))
         }
         PluginCommand::List { api, tenant } => (
             api,
@@ -143,7 +195,7 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
             (p.api, hyper::Method::DELETE, path, None)
         }
     };
-    let (status, text) = request(&api, method, &path, body)?;
+    let (status, text) = request(&api, method, &path, body, if_match.as_deref())?;
     let json = serde_json::from_str::<serde_json::Value>(&text).ok();
     let pretty = json
         .as_ref()
@@ -301,7 +353,8 @@ fn request(
     api: &ApiArgs,
     method: hyper::Method,
     path: &str,
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
+    if_match: Option<&str>,
 ) -> Result<(hyper::StatusCode, String), String> {
     let target = Target::parse(&api.url)?;
     let token = api.token()?;
@@ -312,7 +365,7 @@ fn request(
     rt.block_on(async {
         match tokio::time::timeout(
             Duration::from_secs(60),
-            send(&target, &token, method, path, body),
+            send(&target, &token, method, path, body, if_match),
         )
         .await
         {
@@ -330,7 +383,8 @@ async fn send(
     token: &str,
     method: hyper::Method,
     path: &str,
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
+    if_match: Option<&str>,
 ) -> Result<(hyper::StatusCode, String), String> {
     use http_body_util::BodyExt;
     use hyper::header;
@@ -369,11 +423,16 @@ async fn send(
         .header(header::HOST, &target.authority)
         .header(header::CONNECTION, "close")
         .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/wasm");
+    if let Some(b) = &body {
+        req = req.header(header::CONTENT_TYPE, b.content_type);
+    }
+    if let Some(tag) = if_match {
+        req = req.header(header::IF_MATCH, tag);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.bytes).unwrap_or_default(),
+        )))
         .map_err(|e| format!("bad request: {e}"))?;
     let resp = sender
         .send_request(req)
@@ -419,7 +478,7 @@ mod tests {
             token: Some("t0k3n".into()),
             token_file: None,
         };
-        let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None);
+        let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None, None);
         let head = t.join().unwrap();
         assert!(
             head.starts_with("GET /base/v1/x?y=%20 HTTP/1.1\r\n"),
