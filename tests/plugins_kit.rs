@@ -774,3 +774,101 @@ fn portcullis_sha(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// Logs `n` debug lines (`line 0` …) per call, then allows.
+fn chatty_wat(n: u32) -> String {
+    format!(
+        r#"(module
+  (import "portcullis" "debug_log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "line 0")
+  (func (export "portcullis_abi_version") (result i32) (i32.const 1))
+  (func (export "portcullis_alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "portcullis_evaluate") (param i32 i32) (result i32) (local $i i32)
+    (loop $l
+      (i32.store8 (i32.const 21) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+      (call $log (i32.const 16) (i32.const 6))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {n}))))
+    (i32.const 1)))"#
+    )
+}
+
+/// `portcullis.debug_log`: printed by `plugin eval`; logged by the server only for the tenants
+/// of `plugins.debug_log_tenants`, at most 10 lines a second per plugin version.
+#[test]
+fn debug_log_is_off_by_default_per_tenant_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("chatty.wat");
+    std::fs::write(&f, chatty_wat(3)).unwrap();
+    let (code, out) = eval(&[f.to_str().unwrap(), "--action", "a:b", "--resource", "r"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("debug: line 0\ndebug: line 1\ndebug: line 2\n"),
+        "{out}"
+    );
+    let wasm = wat::parse_str(chatty_wat(30)).unwrap();
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(&config, "plugins:\n  debug_log_tenants: [femo]\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    for (tenant_on, args) in [(true, vec!["--config", config.as_str()]), (false, vec![])] {
+        let s = server::Server::start(&args, &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+        let (st, _, b) = s.request(
+            "PUT",
+            "/v1/tenants/femo/plugins/chatty",
+            &[
+                ("authorization", &format!("Bearer {TOKEN}")),
+                ("content-type", "application/wasm"),
+            ],
+            &wasm,
+        );
+        assert!(st == 200 || st == 201, "{b}");
+        let mut rev = 0;
+        for (method, path, body) in [
+            (
+                "POST",
+                "/v1/tenants/femo/roles",
+                serde_json::json!({"id": "chat", "permissions": ["asset:operate"], "plugin": "chatty"}),
+            ),
+            (
+                "POST",
+                "/v1/tenants/femo/assignments",
+                serde_json::json!({"user": "hana", "role": "chat", "scope": "femo"}),
+            ),
+        ] {
+            let (st, v) = s.admin_call(TOKEN, method, path, body);
+            assert_eq!(st, 201, "{v}");
+            rev = v["revision"].as_u64().unwrap();
+        }
+        let body = format!(
+            r#"{{"tenant":"femo","subject":"hana","action":"asset:operate","resource":"press-7","min_revision":{rev}}}"#
+        );
+        let (st, v) = s.post_json("/v1/check", &body);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["allowed"], true, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let log = s.log.lock().unwrap().clone();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("plugin debug_log"))
+            .collect();
+        if tenant_on {
+            // 30 lines in one call, one second: 10 written (a second that turns during the
+            // call may let a few more through).
+            assert!(
+                (10..=20).contains(&lines.len()),
+                "{} lines:\n{log}",
+                lines.len()
+            );
+            assert!(
+                lines[0].contains("plugin=chatty")
+                    && lines[0].contains("version=")
+                    && lines[0].contains("line=\"line 0\""),
+                "{}",
+                lines[0]
+            );
+        } else {
+            assert!(lines.is_empty(), "off by default:\n{log}");
+        }
+    }
+}

@@ -339,3 +339,8 @@ fn duplicate_keys_are_refused_by_both() {
         assert!(sdk_json::parse(t).is_none(), "{t}");
     }
 }
+
+/// The SDK's own tests (`plugins/sdk/tests/sdk.rs`: context lookups, time helpers, builder,
+/// reasons), run here too so `cargo test` of this crate covers them.
+#[path = "../plugins/sdk/tests/sdk.rs"]
+mod sdk_own_tests;

@@ -291,6 +291,7 @@ pub fn run(a: &EvalArgs) -> Result<ExitCode, String> {
             "input_bytes": buf.len(),
             "version": plugin.version(),
             "compile_ms": plugin.compile_time().as_secs_f64() * 1e3,
+            "debug": detail.debug,
         });
         out(&v.to_string())?;
     } else {
@@ -307,6 +308,9 @@ pub fn run(a: &EvalArgs) -> Result<ExitCode, String> {
         }
         if !detail.trap.is_empty() {
             lines.push(format!("trap: {}", detail.trap));
+        }
+        for d in &detail.debug {
+            lines.push(format!("debug: {d}"));
         }
         lines.push(format!("fuel: {} of {}", detail.fuel_used, limits.fuel));
         lines.push(format!(

@@ -4,8 +4,8 @@
 //! - One [`PluginHost`] owns one wasmtime [`Engine`] (cranelift, pooling allocator, epoch
 //!   interruption, fuel) and one epoch ticker thread.
 //! - [`PluginHost::load`] validates a module before anything runs it (size cap, only the
-//!   `portcullis.set_reason` import, required exports with their exact types, declared memory
-//!   within the cap), compiles it once, instantiates it under the call limits and checks
+//!   `portcullis.set_reason` and `portcullis.debug_log` imports, required exports with their
+//!   exact types, declared memory within the cap), compiles it once, instantiates it under the call limits and checks
 //!   `portcullis_abi_version() == 1`. Compiled plugins are cached per (tenant, plugin name,
 //!   SHA-256 of the bytes): re-uploading the same version costs nothing.
 //! - Instances: each [`Plugin`] keeps a small pool of idle live instances (own `Store` each).
@@ -150,7 +150,7 @@ pub enum ModuleError {
     },
     #[error("plugin '{name}' is not a valid wasm module: {msg}")]
     Invalid { name: String, msg: String },
-    #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' (i32, i32) -> () is allowed")]
+    #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' and 'portcullis.debug_log', both (i32, i32) -> (), are allowed")]
     ForbiddenImport {
         name: String,
         module: String,
@@ -277,6 +277,10 @@ impl Outcome {
 struct HostState {
     limits: Limiter,
     reason: Vec<u8>,
+    /// Where `portcullis.debug_log` lines go (see [`DebugLog`]).
+    debug: Arc<DebugLog>,
+    /// Lines of `debug_log` kept for the caller of a detailed call (`plugin eval`), when asked.
+    capture: Option<Vec<String>>,
     max_reason: usize,
     reason_too_long: bool,
     /// Fuel given to the current call.
@@ -299,6 +303,57 @@ fn on_deadline(
         Ok(wasmtime::UpdateDeadline::Continue(1))
     } else {
         Ok(wasmtime::UpdateDeadline::Interrupt)
+    }
+}
+
+/// Most `portcullis.debug_log` lines one plugin version writes to the log per second; the
+/// rest are dropped (and counted in the next line written).
+pub const DEBUG_LINES_PER_SECOND: u32 = 10;
+
+/// The `portcullis.debug_log` sink of one plugin version: off unless its tenant is in the
+/// host's debug set ([`PluginHost::set_debug_tenants`]); then lines go to the log at INFO
+/// (target `portcullis::plugin::debug`), rate-limited.
+struct DebugLog {
+    tenant: String,
+    plugin: String,
+    version: String,
+    tenants: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// (unix second, lines written in it, lines dropped since the last written).
+    window: Mutex<(u64, u32, u64)>,
+}
+
+impl DebugLog {
+    fn enabled(&self) -> bool {
+        self.tenants
+            .read()
+            .map(|t| t.contains(&self.tenant))
+            .unwrap_or(false)
+    }
+
+    fn write(&self, line: &str) {
+        let now = crate::clock::unix_now().max(0) as u64;
+        let dropped = {
+            let mut w = lock(&self.window);
+            if w.0 != now {
+                w.0 = now;
+                w.1 = 0;
+            }
+            if w.1 >= DEBUG_LINES_PER_SECOND {
+                w.2 += 1;
+                return;
+            }
+            w.1 += 1;
+            std::mem::take(&mut w.2)
+        };
+        tracing::info!(
+            target: "portcullis::plugin::debug",
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            version = %self.version,
+            dropped,
+            line = ?line,
+            "plugin debug_log"
+        );
     }
 }
 
@@ -546,6 +601,7 @@ pub struct Plugin {
     compile_time: Duration,
     /// Unix second of the last failure logged (failures are logged at most once a second).
     last_warn: AtomicU64,
+    debug: Arc<DebugLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -565,6 +621,9 @@ pub struct CallDetail {
     /// Fuel the call burnt (`portcullis_alloc` and `portcullis_evaluate`), about one unit per
     /// wasm instruction; the limit is [`Limits::fuel`].
     pub fuel_used: u64,
+    /// The lines the call wrote with `portcullis.debug_log` (each cut to 256 bytes), whatever
+    /// the debug setting of its tenant.
+    pub debug: Vec<String>,
 }
 
 /// A trap or host error, in one line: the trap's description (or the error's root cause) and
@@ -651,6 +710,8 @@ impl Plugin {
                     refused: false,
                 },
                 reason: Vec::with_capacity(self.limits.max_reason_bytes),
+                debug: self.debug.clone(),
+                capture: None,
                 max_reason: self.limits.max_reason_bytes,
                 reason_too_long: false,
                 fuel_budget: self.limits.fuel,
@@ -890,7 +951,11 @@ impl Plugin {
             },
         };
         let mut failed = None;
+        if detail.is_some() {
+            live.store.data_mut().capture = Some(Vec::new());
+        }
         let outcome = self.invoke_inner(&mut live, input, &mut failed);
+        let debug = live.store.data_mut().capture.take();
         let st = live.store.data();
         if outcome.is_failure() {
             let trap = || failed.as_ref().map(describe).unwrap_or_default();
@@ -902,6 +967,7 @@ impl Plugin {
             d.fuel_used = st
                 .fuel_budget
                 .saturating_sub(live.store.get_fuel().unwrap_or(0));
+            d.debug = debug.unwrap_or_default();
         }
         if !outcome.is_failure() {
             let mut idle = lock(&self.idle);
@@ -1001,6 +1067,8 @@ pub struct PluginHost {
     freed: Condvar,
     /// Directory of compiled modules kept across restarts ([`PluginHost::use_disk_cache`]).
     disk: OnceLock<std::path::PathBuf>,
+    /// Tenants whose plugins' `debug_log` lines are written to the log.
+    debug_tenants: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     _ticker: Ticker,
 }
 
@@ -1058,6 +1126,44 @@ impl PluginHost {
                 },
             )
             .map_err(engine_err)?;
+        linker
+            .func_wrap(
+                "portcullis",
+                "debug_log",
+                |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+                    // Off (the default) and not captured: one read lock, nothing read.
+                    let capture = caller.data().capture.is_some();
+                    let sink = caller.data().debug.clone();
+                    let enabled = sink.enabled();
+                    if !capture && !enabled {
+                        return Ok(());
+                    }
+                    if len < 0 {
+                        wasmtime::bail!("debug_log with a negative length ({len})");
+                    }
+                    let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
+                        wasmtime::bail!("plugin has no memory");
+                    };
+                    let (data, state) = mem.data_and_store_mut(&mut caller);
+                    let start = ptr as u32 as usize;
+                    let Some(bytes) = data.get(start..start + len as usize) else {
+                        wasmtime::bail!("debug_log line is out of bounds");
+                    };
+                    let mut cut = Vec::new();
+                    set_reason_cut(&mut cut, bytes, state.max_reason);
+                    let line = String::from_utf8_lossy(&cut).into_owned();
+                    if enabled {
+                        sink.write(&line);
+                    }
+                    if let Some(c) = state.capture.as_mut() {
+                        if c.len() < 1000 {
+                            c.push(line);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(engine_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let (engine, stop, tick) = (engine.clone(), stop.clone(), limits.tick);
@@ -1081,6 +1187,7 @@ impl PluginHost {
             busy: Mutex::new(BusyState::default()),
             freed: Condvar::new(),
             disk: OnceLock::new(),
+            debug_tenants: Arc::default(),
             _ticker: Ticker {
                 stop,
                 handle: Some(handle),
@@ -1090,6 +1197,14 @@ impl PluginHost {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The tenants whose plugins' `portcullis.debug_log` lines go to the log (none by default;
+    /// `plugins.debug_log_tenants`). Takes effect at once for loaded plugins too.
+    pub fn set_debug_tenants<S: AsRef<str>>(&self, tenants: &[S]) {
+        if let Ok(mut t) = self.debug_tenants.write() {
+            *t = tenants.iter().map(|s| s.as_ref().to_owned()).collect();
+        }
     }
 
     /// Keeps compiled modules in `dir` (created with mode 0700), so a restart loads them instead
@@ -1435,7 +1550,7 @@ impl PluginHost {
         let compile_time = t0.elapsed();
         for imp in module.imports() {
             let ok = imp.module() == "portcullis"
-                && imp.name() == "set_reason"
+                && matches!(imp.name(), "set_reason" | "debug_log")
                 && matches!(imp.ty(), ExternType::Func(ref f)
                     if f.params().len() == 2
                         && f.params().all(|p| p.is_i32())
@@ -1518,6 +1633,13 @@ impl PluginHost {
             stats: Stats::default(),
             compile_time: spent,
             last_warn: AtomicU64::new(0),
+            debug: Arc::new(DebugLog {
+                tenant: tenant.to_owned(),
+                plugin: name.to_owned(),
+                version: crate::model::hex(&hash),
+                tenants: self.debug_tenants.clone(),
+                window: Mutex::new((0, 0, 0)),
+            }),
         };
         // Start one instance: runs the start function under the limits and checks the version.
         let mut live = plugin

@@ -232,6 +232,34 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 extern "C" {
     #[link_name = "set_reason"]
     fn host_set_reason(ptr: i32, len: i32);
+    #[link_name = "debug_log"]
+    fn host_debug_log(ptr: i32, len: i32);
+}
+
+/// Print-style debugging: one line to the host. Free unless enabled: the server logs it only
+/// for tenants in `plugins.debug_log_tenants` (rate-limited); `portcullis plugin eval` always
+/// prints it. Lines over 256 bytes are cut. Off wasm (native tests) lines are kept for
+/// [`take_debug_log`]. The import appears in a module only if the plugin calls this.
+pub fn debug_log(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    // SAFETY: the host only reads `len` bytes at `ptr` from this module's memory.
+    unsafe {
+        host_debug_log(line.as_ptr() as i32, line.len() as i32)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    DEBUG_LINES.with(|d| d.borrow_mut().push(line.into()));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+std::thread_local! {
+    static DEBUG_LINES: core::cell::RefCell<std::vec::Vec<std::string::String>> =
+        core::cell::RefCell::new(std::vec::Vec::new());
+}
+
+/// Off wasm: the lines [`debug_log`] wrote on this thread since the last call.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn take_debug_log() -> std::vec::Vec<std::string::String> {
+    DEBUG_LINES.with(|d| core::mem::take(&mut *d.borrow_mut()))
 }
 
 /// Longest reason the host keeps whole (bytes); longer ones are cut at a character boundary

@@ -153,3 +153,11 @@ fn reasons_are_cut_with_a_marker() {
     set_reason(&"x".repeat(MAX_REASON));
     assert_eq!(last_reason().len(), MAX_REASON, "exactly the limit is kept whole");
 }
+
+#[test]
+fn debug_lines_are_kept_natively() {
+    portcullis_plugin_sdk::debug_log("first");
+    portcullis_plugin_sdk::debug_log("second");
+    assert_eq!(portcullis_plugin_sdk::take_debug_log(), vec!["first", "second"]);
+    assert!(portcullis_plugin_sdk::take_debug_log().is_empty());
+}

@@ -65,6 +65,17 @@ static inline pc_str pc_attr(const pc_input *in, const char *key, int *found) { 
 /* UTC hour (0-23) of unix seconds. */
 static inline int pc_hour(i64 t) { i64 s = t % 86400; if (s < 0) s += 86400; return (int)(s / 3600); }
 
+__attribute__((import_module("portcullis"), import_name("debug_log")))
+void portcullis_debug_log(const char *ptr, int len);
+
+/* Print-style debugging (logged by the server only for tenants in plugins.debug_log_tenants,
+ * rate-limited; always printed by `portcullis plugin eval`). */
+static inline void pc_debug(const char *lit) {
+    int n = 0;
+    while (lit[n]) n++;
+    portcullis_debug_log(lit, n);
+}
+
 static inline void pc_reason(const char *lit) {
     int n = 0;
     while (lit[n]) n++;
