@@ -448,6 +448,28 @@ fn plugin_new_scaffolds_a_project_that_builds_evals_and_tests() {
             "{out}"
         );
     }
+    // The SDK's context reader is linear: a 55 KB context of 1,500 members (the ticket last)
+    // costs well under the fuel limit.
+    let mut big: serde_json::Map<String, serde_json::Value> = (0..1500)
+        .map(|i| (format!("k{i}"), serde_json::Value::from(i)))
+        .collect();
+    big.insert("ticket".into(), "MW-1".into());
+    let big = serde_json::Value::Object(big).to_string();
+    let (code, out) = eval(&[
+        root.path().join("mw-rust/mw-rust.wasm").to_str().unwrap(),
+        "--action",
+        "asset:operate",
+        "--resource",
+        "p",
+        "--at",
+        "2026-01-05T23:00:00Z",
+        "--json",
+        "--context",
+        &big,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["fuel_used"].as_u64().unwrap() < 4_000_000, "{v}");
     // The Rust project's own unit tests run natively with the SDK's InputBuilder — on the
     // host toolchain, as `cargo test` would for its author.
     let (code, out) = sh(

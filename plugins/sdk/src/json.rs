@@ -125,11 +125,12 @@ fn number_end(b: &[u8], i: usize) -> Option<usize> {
     Some(j)
 }
 
-/// End of the value starting at `i` (no leading whitespace), checking its syntax, depth and
-/// duplicate keys (refused, as the host refuses them); with `FINITE`, also that numbers are
-/// finite `f64`s (float parsing costs a wasm module ~20 KB, so the plugin-side reader, whose
-/// input the host has checked already, skips it).
-fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+/// End of the value starting at `i` (no leading whitespace), checking its syntax and depth;
+/// with `STRICT` also what the host checks before a plugin runs — no duplicate keys (a
+/// quadratic check per object) and finite numbers (float parsing costs a wasm module ~20 KB).
+/// The plugin-side reader, whose input the host has checked already, is not strict: linear, and
+/// small.
+fn value_end<const STRICT: bool>(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b't' => b.get(i..i + 4).filter(|s| *s == b"true").map(|_| i + 4),
@@ -142,7 +143,7 @@ fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usi
                 return Some(j + 1);
             }
             loop {
-                j = value_end::<FINITE>(b, j, depth + 1)?;
+                j = value_end::<STRICT>(b, j, depth + 1)?;
                 j = ws(b, j);
                 match *b.get(j)? {
                     b',' => j = ws(b, j + 1),
@@ -163,14 +164,14 @@ fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usi
                 let key_end = string_end(b, j)?;
                 // A key seen before in this object: refused.
                 let mut k = ws(b, i + 1);
-                while k < j {
+                while STRICT && k < j {
                     let ke = string_end(b, k)?;
                     if keys_equal(&b[k..ke], &b[j..key_end]) {
                         return None;
                     }
                     k = ws(b, ke);
                     k = ws(b, k + 1); // ':'
-                    k = value_end::<FINITE>(b, k, depth + 1)?;
+                    k = value_end::<STRICT>(b, k, depth + 1)?;
                     k = ws(b, k);
                     k = ws(b, k + 1); // ','
                 }
@@ -179,7 +180,7 @@ fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usi
                     return None;
                 }
                 j = ws(b, j + 1);
-                j = value_end::<FINITE>(b, j, depth + 1)?;
+                j = value_end::<STRICT>(b, j, depth + 1)?;
                 j = ws(b, j);
                 match *b.get(j)? {
                     b',' => j = ws(b, j + 1),
@@ -190,7 +191,7 @@ fn value_end<const FINITE: bool>(b: &[u8], i: usize, depth: usize) -> Option<usi
         }
         _ => {
             let e = number_end(b, i)?;
-            if !FINITE {
+            if !STRICT {
                 return Some(e);
             }
             // Numbers must be finite f64s, as the host requires.
@@ -347,16 +348,17 @@ pub fn parse(text: &str) -> Option<Json<'_>> {
     parse_with::<true>(text)
 }
 
-/// [`parse`] without checking that numbers fit an `f64` (for input the host has checked
-/// already: [`crate::Input::ctx`]); keeps float parsing out of the module.
+/// [`parse`] without the checks the host made already (duplicate keys, finite numbers): for
+/// [`crate::Input::ctx`]. Linear in the context's size, and keeps float parsing out of the
+/// module. A lookup ([`Json::get`]) still treats a key present twice as not found.
 pub fn parse_checked_input(text: &str) -> Option<Json<'_>> {
     parse_with::<false>(text)
 }
 
-fn parse_with<const FINITE: bool>(text: &str) -> Option<Json<'_>> {
+fn parse_with<const STRICT: bool>(text: &str) -> Option<Json<'_>> {
     let b = text.as_bytes();
     let i = ws(b, 0);
-    let e = value_end::<FINITE>(b, i, 1)?;
+    let e = value_end::<STRICT>(b, i, 1)?;
     if ws(b, e) != b.len() {
         return None;
     }
