@@ -2,12 +2,10 @@
 //!
 //! One [`SnapshotConditions`] serves one request: it borrows the snapshot the check runs on (so
 //! a check always runs the plugin versions of that snapshot, even while a replacement is being
-//! installed), builds the ABI input for each matched grant in a per-thread buffer, and parses
-//! the request `context` at most once, and only if a plugin actually runs.
+//! installed), builds the ABI input for each matched grant in a per-thread buffer, and
+//! checks the request `context` at most once, and only if a plugin actually runs.
 
 use std::cell::RefCell;
-
-use serde_json::Value;
 
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
@@ -37,8 +35,9 @@ thread_local! {
 pub struct SnapshotConditions<'a> {
     snap: &'a Snapshot,
     req: Request<'a>,
-    /// Lazily parsed `context`: None = not parsed yet; `Err` = it could not be read.
-    context: Option<Result<Option<Value>, ()>>,
+    /// Whether the request `context` passed the host's check: None = not checked yet (checked
+    /// at most once per request, and only if a plugin runs).
+    context_ok: Option<bool>,
 }
 
 impl<'a> SnapshotConditions<'a> {
@@ -46,7 +45,7 @@ impl<'a> SnapshotConditions<'a> {
         SnapshotConditions {
             snap,
             req,
-            context: None,
+            context_ok: None,
         }
     }
 
@@ -79,20 +78,16 @@ impl<'a> SnapshotConditions<'a> {
             return (plugin.refused(Outcome::BudgetExhausted), version);
         }
         let req = self.req;
-        // Requests arrive with their context checked (`plugin::check_context`), so this parse
+        // Requests arrive with their context checked (`plugin::check_context`), so this check
         // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
-        // that was sent never becomes no context).
-        let context = self.context.get_or_insert_with(|| match req.context {
-            None => Ok(None),
-            Some(raw) => crate::plugin::check_context(raw)
-                .ok()
-                .and_then(|()| serde_json::from_str::<Value>(raw).ok())
-                .map(Some)
-                .ok_or(()),
+        // that was sent never becomes no context). The encoder reads the raw JSON itself.
+        let ok = *self.context_ok.get_or_insert_with(|| {
+            req.context
+                .is_none_or(|raw| crate::plugin::check_context(raw).is_ok())
         });
-        let Ok(context) = context else {
+        if !ok {
             return (Outcome::NoInstance, String::new());
-        };
+        }
         let (action_resource, verb) = split_action(req.action).unwrap_or(("", ""));
         let user = crate::decide::user(v, req.subject);
         let kind = match user.map(|u| u.kind) {
@@ -137,7 +132,7 @@ impl<'a> SnapshotConditions<'a> {
             scope,
             path: &path[..depth],
             attrs: &[("kind", kind), ("email", email)],
-            context: context.as_ref(),
+            context: None,
             context_raw: req.context,
         };
         // The circuit breaker last: a half-open breaker's probe must be followed by a call.
