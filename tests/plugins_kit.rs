@@ -894,3 +894,62 @@ fn debug_log_is_off_by_default_per_tenant_and_rate_limited() {
         }
     }
 }
+
+/// A Rust plugin that panics: the SDK's panic handler sets the reason before the trap — `panic`
+/// by default, `panic at FILE:LINE` with `panic-location`, the text with `panic-message` — and
+/// `plugin eval` shows it with the trap.
+#[test]
+fn a_panicking_rust_plugin_reports_its_panic() {
+    toolchains();
+    let root = tempfile::tempdir().unwrap();
+    let (code, out) = sh(root.path(), "portcullis plugin new boom", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    let dir = root.path().join("boom");
+    let lib = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    let needle = "    if input.verb() == \"read\" {\n        return Verdict::Allow;\n    }";
+    assert!(text.contains(needle));
+    std::fs::write(
+        &lib,
+        text.replace(
+            needle,
+            "    if input.verb() == \"read\" {\n        panic!(\"boom: {}\", input.resource());\n    }",
+        ),
+    )
+    .unwrap();
+    let manifest = dir.join("Cargo.toml");
+    let cargo = std::fs::read_to_string(&manifest).unwrap();
+    let dep = "portcullis-plugin-sdk = { path = \"portcullis-plugin-sdk\" }";
+    assert!(cargo.contains(dep));
+    for (feature, reason) in [
+        ("", "reason: panic\n"),
+        ("panic-location", "reason: panic at src/lib.rs:"),
+        (
+            "panic-message",
+            "reason: panicked at 'boom: press-7', src/lib.rs:",
+        ),
+    ] {
+        let with = if feature.is_empty() {
+            dep.to_string()
+        } else {
+            dep.replace(" }", &format!(", features = [\"{feature}\"] }}"))
+        };
+        std::fs::write(&manifest, cargo.replace(dep, &with)).unwrap();
+        let (code, out) = sh(&dir, "./build.sh", &[]);
+        assert_eq!(code, Some(0), "{out}");
+        let (code, out) = eval(&[
+            dir.join("boom.wasm").to_str().unwrap(),
+            "--action",
+            "asset:read",
+            "--resource",
+            "press-7",
+        ]);
+        assert_eq!(code, Some(2), "{out}");
+        assert!(out.contains("verdict: deny (outcome trap)"), "{out}");
+        assert!(out.contains(reason), "{feature}: {out}");
+        assert!(
+            out.contains("trap: wasm trap: wasm `unreachable` instruction executed"),
+            "{out}"
+        );
+    }
+}
