@@ -925,8 +925,9 @@ fn a_panicking_rust_plugin_reports_its_panic() {
         ("", "reason: panic\n"),
         ("panic-location", "reason: panic at src/lib.rs:"),
         (
+            // The text's layout is the toolchain's (1.63: `panicked at 'boom: press-7', …`).
             "panic-message",
-            "reason: panicked at 'boom: press-7', src/lib.rs:",
+            "boom: press-7",
         ),
     ] {
         let with = if feature.is_empty() {

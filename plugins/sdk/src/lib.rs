@@ -337,7 +337,7 @@ pub fn last_reason() -> std::string::String {
 /// `panic`, then the call traps; the host reports the trap (`explain`, `plugin eval`, the
 /// warning log) with that reason. Feature `panic-location`: `panic at FILE:LINE`; feature
 /// `panic-message`: the panic's whole text. Either keeps the panic's formatting data in the
-/// module (~3.5 KB more for a small plugin), so they are opt-in.
+/// module (the `plugin new` template: 8.4 KB, 19.9 KB, 21.8 KB), so they are opt-in.
 #[cfg(all(target_arch = "wasm32", feature = "panic-handler"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
