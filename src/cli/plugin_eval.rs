@@ -40,8 +40,8 @@ pub struct EvalArgs {
     /// The tenant (with --data: needed when the file holds several).
     #[arg(long)]
     tenant: Option<String>,
-    /// The matched role id (with --data: the subject's assignment on the resource's path whose
-    /// role names a plugin, when omitted).
+    /// The matched role id (with --data, when omitted: the subject's assignment on the
+    /// resource's path whose role names the plugin called like FILE's stem, else any plugin).
     #[arg(long)]
     role: Option<String>,
     /// The matched assignment's scope node (default: as --role, or the resource).
@@ -121,7 +121,12 @@ fn scene_from_flags(a: &EvalArgs) -> Result<Scene, String> {
 }
 
 /// The input's parts from a data file, as the host would build them for this check.
-fn scene_from_data(a: &EvalArgs, data: &DataFile, file: &Path) -> Result<Scene, String> {
+fn scene_from_data(
+    a: &EvalArgs,
+    data: &DataFile,
+    file: &Path,
+    plugin_name: &str,
+) -> Result<Scene, String> {
     let t: &Tenant = match &a.tenant {
         Some(id) => data
             .tenants
@@ -172,13 +177,25 @@ fn scene_from_data(a: &EvalArgs, data: &DataFile, file: &Path) -> Result<Scene, 
     let (role, scope) = match (&a.role, &a.scope) {
         (Some(r), Some(s)) => (r.clone(), s.clone()),
         (role, scope) => {
-            let with_plugin = |r: &str| t.roles.iter().any(|x| x.id == r && x.plugin.is_some());
-            let found = t.assignments.iter().find(|x| {
-                holds(&x.principal)
-                    && on_path(&x.scope)
-                    && role.as_ref().map_or(with_plugin(&x.role), |r| *r == x.role)
-                    && scope.as_ref().is_none_or(|s| *s == x.scope)
-            });
+            // A role naming a plugin called like the module file first, then any plugin role.
+            let with_plugin = |r: &str, named: Option<&str>| {
+                t.roles.iter().any(|x| {
+                    x.id == r
+                        && x.plugin.is_some()
+                        && named.is_none_or(|n| x.plugin.as_deref() == Some(n))
+                })
+            };
+            let candidate = |named: Option<&str>| {
+                t.assignments.iter().find(|x| {
+                    holds(&x.principal)
+                        && on_path(&x.scope)
+                        && role
+                            .as_ref()
+                            .map_or(with_plugin(&x.role, named), |r| *r == x.role)
+                        && scope.as_ref().is_none_or(|s| *s == x.scope)
+                })
+            };
+            let found = candidate(Some(plugin_name)).or_else(|| candidate(None));
             match found {
                 Some(x) => (x.role.clone(), x.scope.clone()),
                 None => {
@@ -225,21 +242,21 @@ pub fn run(a: &EvalArgs) -> Result<ExitCode, String> {
     if a.repeat == 0 {
         return Err("--repeat must be at least 1".into());
     }
+    let name = a
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
     let scene = match &a.data {
         Some(f) => {
             let data = file::load_path(f).map_err(|e| format!("{}: {e}", f.display()))?;
-            scene_from_data(a, &data, f)?
+            scene_from_data(a, &data, f, name)?
         }
         None => scene_from_flags(a)?,
     };
     let bytes = read_module(&a.file)?;
     let limits = Limits::default();
     let host = PluginHost::new(limits).map_err(|e| e.to_string())?;
-    let name = a
-        .file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin");
     let plugin = host
         .load(&scene.tenant, name, &bytes)
         .map_err(|e| format!("refused: {e}"))?;
