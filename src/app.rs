@@ -155,6 +155,9 @@ pub async fn start(
         .disk_cache_dir
         .clone()
         .or_else(|| location.dir().map(|d| d.join("plugin-cache")));
+    if let Some(host) = registry.plugin_host() {
+        host.set_debug_tenants(&state.config.plugins.debug_log_tenants);
+    }
     if let (Some(host), Some(dir)) = (registry.plugin_host(), disk_cache) {
         if let Err(e) = host.use_disk_cache(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");

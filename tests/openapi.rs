@@ -82,6 +82,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/tenants/{tenant}/plugins/{plugin}"),
     ("delete", "/v1/tenants/{tenant}/plugins/{plugin}"),
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/wasm"),
+    ("get", "/v1/tenants/{tenant}/plugins/{plugin}/versions"),
+    ("post", "/v1/tenants/{tenant}/plugins/{plugin}/rollback"),
 ];
 
 const METHODS: &[&str] = &[
@@ -465,6 +467,7 @@ fn request_types() -> Vec<(&'static str, Parse)> {
         ("RolePatch", parser!(rules::RolePatch)),
         ("AssignmentCreate", parser!(rules::AssignmentCreate)),
         ("AssignmentPatch", parser!(rules::AssignmentPatch)),
+        ("PluginRollback", parser!(rules::PluginRollback)),
     ]
 }
 

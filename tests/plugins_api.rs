@@ -342,7 +342,8 @@ fn plugins_over_the_management_api() {
         m.lines()
             .any(|l| l.starts_with("portcullis_plugin_calls_total{")
                 && l.contains("outcome=\"deny\"")
-                && l.contains("tenant=\"plant\"")),
+                && l.contains("tenant=\"plant\"")
+                && l.contains("version=\"")),
         "{m}"
     );
 

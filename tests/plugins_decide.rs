@@ -405,3 +405,35 @@ fn compiled_modules_survive_a_restart_in_the_disk_cache() {
         "the damaged file was rewritten"
     );
 }
+
+/// `/v1/filter`'s `reason` is subject-level (README, OpenAPI `FilterResponse`): when every
+/// matching grant is vetoed or abstains, nothing is permitted and the reason is
+/// `no_matching_assignment`; the plugins' own verdicts are per resource, in explain.
+#[test]
+fn filter_reason_when_every_grant_is_vetoed_or_abstains() {
+    let (reg, _dir) = setup();
+    let s = reg.get("plant").unwrap();
+    let resources = ["press-1", "press-2"];
+    let filter = |subject: &str| {
+        let mut out = Vec::new();
+        let d = Request {
+            subject,
+            action: "asset:operate",
+            now: NOW,
+            context: None,
+        }
+        .filter(&s, &resources, |i| out.push(resources[i]));
+        (out, d.allowed, d.reason)
+    };
+    // g: op-deny at org vetoes everything.
+    assert_eq!(filter("g"), (vec![], false, Reason::NoMatchingAssignment));
+    // b: op-abstain only.
+    assert_eq!(filter("b"), (vec![], false, Reason::NoMatchingAssignment));
+    // d: vetoed on press-1 only: granted.
+    assert_eq!(filter("d"), (vec!["press-2"], true, Reason::Granted));
+    // The per-resource answer names the veto.
+    assert_eq!(
+        check(&s, "g", "asset:operate", "press-1", None).reason,
+        Reason::PluginDenied
+    );
+}

@@ -146,9 +146,54 @@ fn deep_recursion_overflows_the_stack() {
     denies(&host(), "acme", "stack", &[Outcome::StackOverflow]);
 }
 
+/// A 1 MB reason is cut to the limit with a marker; the verdict stands. A negative length
+/// or a reason outside memory is a failure (deny).
 #[test]
-fn huge_reason_denies() {
-    denies(&host(), "acme", "huge_reason", &[Outcome::ReasonTooLong]);
+fn huge_reason_is_cut_with_a_marker() {
+    let h = host();
+    let p = h.load("acme", "huge_reason", &wasm("huge_reason")).unwrap();
+    let mut reason = String::new();
+    assert_eq!(p.call_with_reason(&input(), &mut reason), Outcome::Allow);
+    assert_eq!(reason.len(), 256, "{reason:?}");
+    assert!(reason.ends_with(portcullis::plugin::REASON_TRUNCATED));
+    // A multi-byte character is never split: 300 × "é" keeps 126 of them and the marker.
+    let cut = |text: &str| {
+        let src = format!(
+            r#"(module (import "portcullis" "set_reason" (func $r (param i32 i32)))
+              (memory (export "memory") 1) (data (i32.const 16) "{text}")
+              (func (export "portcullis_abi_version") (result i32) (i32.const 1))
+              (func (export "portcullis_alloc") (param i32) (result i32) (i32.const 4096))
+              (func (export "portcullis_evaluate") (param i32 i32) (result i32)
+                (call $r (i32.const 16) (i32.const {len})) (i32.const 0)))"#,
+            len = text.len()
+        );
+        let p = h
+            .load("acme", "cut", &wat::parse_str(&src).unwrap())
+            .unwrap();
+        let mut reason = String::new();
+        let o = p.call_with_reason(&input(), &mut reason);
+        (o, reason)
+    };
+    let (o, r) = cut(&"é".repeat(300));
+    assert_eq!(o, Outcome::Abstain);
+    assert_eq!(r, format!("{}…", "é".repeat(126)));
+    let (o, r) = cut(&"x".repeat(256));
+    assert_eq!(
+        (o, r.len()),
+        (Outcome::Abstain, 256),
+        "the limit itself is kept whole"
+    );
+    // Negative length: a failure.
+    let neg = r#"(module (import "portcullis" "set_reason" (func $r (param i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "portcullis_abi_version") (result i32) (i32.const 1))
+      (func (export "portcullis_alloc") (param i32) (result i32) (i32.const 4096))
+      (func (export "portcullis_evaluate") (param i32 i32) (result i32)
+        (call $r (i32.const 16) (i32.const -1)) (i32.const 1)))"#;
+    let p = h
+        .load("acme", "neg", &wat::parse_str(neg).unwrap())
+        .unwrap();
+    assert_eq!(p.call(&input()), Outcome::ReasonTooLong);
 }
 
 #[test]

@@ -129,6 +129,13 @@ ensure_postgres() {
 
 ensure_postgres
 
+# curl: the scaffolded plugin README's commands run as written by tests/plugins_kit.rs.
+if ! command -v curl >/dev/null; then
+    log "installing curl (apt)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+fi
+
 log "example plugins for tests/plugins_examples.rs: plugins/build.sh"
 # Installs Debian rustc/cargo/libstd-rust-dev-wasm32/clang/lld when absent.
 bash plugins/build.sh

@@ -7,6 +7,8 @@
 mod decide;
 mod generate;
 mod plugin;
+mod plugin_eval;
+mod plugin_new;
 mod serve;
 mod token;
 
@@ -40,8 +42,8 @@ enum Command {
     /// Mint a JWT for development and tests (production tokens come from your identity
     /// provider): signed with an HS256 key of the config, or with --private-key.
     Token(token::TokenArgs),
-    /// Tenant WASM plugins: validate a module locally, or upload, list, show and delete a
-    /// tenant's plugins through a running server's management API.
+    /// Tenant WASM plugins: start a project, validate or evaluate a module locally, or upload,
+    /// list, show and delete a tenant's plugins through a running server's management API.
     Plugin {
         #[command(subcommand)]
         cmd: plugin::PluginCommand,

@@ -12,15 +12,25 @@ use http_body_util::Full;
 
 use portcullis::plugin::{Limits, PluginHost};
 
+use super::plugin_eval::read_module;
 use super::{err, out};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
+    /// Write a new plugin project (Rust, C or WAT) that builds outside this repository, with
+    /// data-file tests and a README from build to upload.
+    New(super::plugin_new::NewArgs),
     /// Validate and compile a module locally, as an upload would (no server needed).
     Validate {
-        /// The `.wasm` file.
+        /// The `.wasm` file (or WebAssembly text, `.wat`).
         file: PathBuf,
+        /// Also write the checked module as binary `.wasm` here (e.g. from a `.wat`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
+    /// Run one call of a module locally and print its verdict, reason, fuel used, time and any
+    /// trap message (exit 0 allow, 2 abstain/deny/failure).
+    Eval(super::plugin_eval::EvalArgs),
     /// Upload a module as tenant plugin NAME (creates it, or replaces it atomically).
     Upload {
         #[command(flatten)]
@@ -28,7 +38,11 @@ pub enum PluginCommand {
         /// Free-text description.
         #[arg(long)]
         description: Option<String>,
-        /// The `.wasm` file.
+        /// Replace only if the plugin is still at this ETag (the `etag` of `plugin show`):
+        /// a concurrent change answers 409 instead of being overwritten.
+        #[arg(long)]
+        if_match: Option<String>,
+        /// The `.wasm` file (WebAssembly text, `.wat`, is converted before the upload).
         file: PathBuf,
     },
     /// List a tenant's plugins.
@@ -42,6 +56,30 @@ pub enum PluginCommand {
     Show(Named),
     /// Delete a plugin (refused while a role names it).
     Delete(Named),
+    /// The plugin's current version and the previous ones kept for rollback.
+    Versions(Named),
+    /// Make a kept previous version (by SHA-256) current again.
+    Rollback {
+        #[command(flatten)]
+        plugin: Named,
+        /// The version to restore: its SHA-256 (hex), from `plugin versions`.
+        #[arg(long)]
+        to: String,
+        /// Roll back only if the plugin is still at this ETag.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+}
+
+/// A request body and its content type.
+struct Body {
+    bytes: Vec<u8>,
+    content_type: &'static str,
+}
+
+/// The `If-Match` header for an ETag given on the command line (`7` or `"7"`).
+fn etag(tag: Option<String>) -> Option<String> {
+    tag.map(|t| format!("\"{}\"", t.trim().trim_matches('"')))
 }
 
 /// One tenant plugin on a server.
@@ -101,21 +139,46 @@ impl ApiArgs {
 
 /// Runs a plugin command; prints the server's JSON answer. Exit 0 on 2xx, 1 otherwise.
 pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
+    let mut if_match = None;
     let (api, method, path, body) = match cmd {
-        PluginCommand::Validate { file } => return validate(&file),
+        PluginCommand::Validate { file, out } => return validate(&file, out.as_deref()),
+        PluginCommand::New(a) => return super::plugin_new::run(&a),
+        PluginCommand::Eval(a) => return super::plugin_eval::run(&a),
         PluginCommand::Upload {
             plugin,
             description,
+            if_match: tag,
             file,
         } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| format!("cannot read '{}': {e}", file.display()))?;
+            let bytes = read_module(&file)?;
             let mut path = plugin.path();
             if let Some(d) = description {
                 path.push_str("?description=");
                 path.push_str(&seg(&d));
             }
-            (plugin.api, hyper::Method::PUT, path, Some(bytes))
+            if_match = etag(tag);
+            let body = Body {
+                bytes,
+                content_type: "application/wasm",
+            };
+            (plugin.api, hyper::Method::PUT, path, Some(body))
+        }
+        PluginCommand::Versions(p) => {
+            let path = format!("{}/versions", p.path());
+            (p.api, hyper::Method::GET, path, None)
+        }
+        PluginCommand::Rollback {
+            plugin,
+            to,
+            if_match: tag,
+        } => {
+            let path = format!("{}/rollback", plugin.path());
+            if_match = etag(tag);
+            let body = Body {
+                bytes: serde_json::json!({ "sha256": to }).to_string().into_bytes(),
+                content_type: "application/json",
+            };
+            (plugin.api, hyper::Method::POST, path, Some(body))
         }
         PluginCommand::List { api, tenant } => (
             api,
@@ -132,7 +195,7 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
             (p.api, hyper::Method::DELETE, path, None)
         }
     };
-    let (status, text) = request(&api, method, &path, body)?;
+    let (status, text) = request(&api, method, &path, body, if_match.as_deref())?;
     let json = serde_json::from_str::<serde_json::Value>(&text).ok();
     let pretty = json
         .as_ref()
@@ -153,9 +216,11 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn validate(file: &PathBuf) -> Result<ExitCode, String> {
-    let bytes =
-        std::fs::read(file).map_err(|e| format!("cannot read '{}': {e}", file.display()))?;
+fn validate(
+    file: &std::path::Path,
+    out_file: Option<&std::path::Path>,
+) -> Result<ExitCode, String> {
+    let bytes = read_module(file)?;
     let host = PluginHost::new(Limits::default()).map_err(|e| e.to_string())?;
     let name = file
         .file_stem()
@@ -163,13 +228,23 @@ fn validate(file: &PathBuf) -> Result<ExitCode, String> {
         .unwrap_or("plugin");
     match host.load("local", name, &bytes) {
         Ok(p) => {
+            if let Some(o) = out_file {
+                std::fs::write(o, &bytes)
+                    .map_err(|e| format!("cannot write '{}': {e}", o.display()))?;
+            }
             out(&format!(
-                "ok: {} bytes, ABI version {}, sha256 {}, compiled in {:.1} ms",
+                "ok: {} bytes, ABI version {}, sha256 {}, compiled in {:.1} ms{}",
                 bytes.len(),
                 portcullis::plugin::ABI_VERSION,
                 p.version(),
-                p.compile_time().as_secs_f64() * 1e3
+                p.compile_time().as_secs_f64() * 1e3,
+                out_file
+                    .map(|o| format!("; written to {}", o.display()))
+                    .unwrap_or_default()
             ))?;
+            if let Some(hint) = size_hint(&bytes) {
+                err(&format!("warning: {hint}"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -177,6 +252,53 @@ fn validate(file: &PathBuf) -> Result<ExitCode, String> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A warning for a module that carries debug or name sections (built without the release
+/// profile of `plugins/templates/rust/Cargo.toml`, or not stripped): they cost upload size,
+/// store space and every sidecar's memory, and nothing else would say so.
+fn size_hint(b: &[u8]) -> Option<String> {
+    fn leb(b: &[u8], i: &mut usize) -> Option<usize> {
+        let mut v = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    if b.get(..4)? != b"\0asm" {
+        return None;
+    }
+    let (mut i, mut custom, mut names) = (8usize, 0usize, Vec::new());
+    while i < b.len() {
+        let id = b[i];
+        i += 1;
+        let size = leb(b, &mut i)?;
+        let end = i.checked_add(size)?;
+        if id == 0 {
+            let mut j = i;
+            let n = leb(b, &mut j)?;
+            let name = String::from_utf8_lossy(b.get(j..j.checked_add(n)?)?).into_owned();
+            custom += size;
+            if !names.contains(&name) && names.len() < 6 {
+                names.push(name);
+            }
+        }
+        i = end;
+    }
+    (custom >= 1024).then(|| {
+        format!(
+            "{custom} of the module's {} bytes are custom sections ({}): build with a release \
+             profile that strips them (opt-level = \"s\", lto = true, strip = true, \
+             panic = \"abort\"; see `portcullis plugin new`)",
+            b.len(),
+            names.join(", ")
+        )
+    })
 }
 
 /// Bytes left as they are in a path or query segment: RFC 3986 unreserved characters.
@@ -231,7 +353,8 @@ fn request(
     api: &ApiArgs,
     method: hyper::Method,
     path: &str,
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
+    if_match: Option<&str>,
 ) -> Result<(hyper::StatusCode, String), String> {
     let target = Target::parse(&api.url)?;
     let token = api.token()?;
@@ -242,7 +365,7 @@ fn request(
     rt.block_on(async {
         match tokio::time::timeout(
             Duration::from_secs(60),
-            send(&target, &token, method, path, body),
+            send(&target, &token, method, path, body, if_match),
         )
         .await
         {
@@ -260,7 +383,8 @@ async fn send(
     token: &str,
     method: hyper::Method,
     path: &str,
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
+    if_match: Option<&str>,
 ) -> Result<(hyper::StatusCode, String), String> {
     use http_body_util::BodyExt;
     use hyper::header;
@@ -299,11 +423,16 @@ async fn send(
         .header(header::HOST, &target.authority)
         .header(header::CONNECTION, "close")
         .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/wasm");
+    if let Some(b) = &body {
+        req = req.header(header::CONTENT_TYPE, b.content_type);
+    }
+    if let Some(tag) = if_match {
+        req = req.header(header::IF_MATCH, tag);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.bytes).unwrap_or_default(),
+        )))
         .map_err(|e| format!("bad request: {e}"))?;
     let resp = sender
         .send_request(req)
@@ -349,7 +478,7 @@ mod tests {
             token: Some("t0k3n".into()),
             token_file: None,
         };
-        let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None);
+        let r = request(&api, hyper::Method::GET, "/v1/x?y=%20", None, None);
         let head = t.join().unwrap();
         assert!(
             head.starts_with("GET /base/v1/x?y=%20 HTTP/1.1\r\n"),

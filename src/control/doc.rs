@@ -116,16 +116,55 @@ pub struct PluginRow {
     pub uploaded_by: Option<String>,
     #[serde(default)]
     pub uploaded_at: Timestamp,
+    /// Versions this one replaced, newest first, for rollback (bounded:
+    /// `control::rules::PLUGIN_VERSIONS_KEPT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<PluginVersion>,
+}
+
+/// A version of a plugin that another one replaced (kept in [`PluginRow::previous`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub sha256: String,
+    pub size: usize,
+    #[serde(with = "wasm_b64")]
+    pub wasm: std::sync::Arc<[u8]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_by: Option<String>,
+    #[serde(default)]
+    pub uploaded_at: Timestamp,
 }
 
 impl PluginRow {
-    /// The row's JSON without the module bytes (for audit entries and API responses).
+    /// The row's JSON without the module bytes, its own or its previous versions' (for audit
+    /// entries and API responses).
     pub fn summary(v: &serde_json::Value) -> serde_json::Value {
         let mut v = v.clone();
         if let Some(m) = v.as_object_mut() {
             m.remove("wasm");
+            if let Some(serde_json::Value::Array(prev)) = m.get_mut("previous") {
+                for p in prev {
+                    if let Some(pm) = p.as_object_mut() {
+                        pm.remove("wasm");
+                    }
+                }
+            }
         }
         v
+    }
+
+    /// This row's current version, as a previous one.
+    pub fn as_version(&self) -> PluginVersion {
+        PluginVersion {
+            description: self.description.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            wasm: self.wasm.clone(),
+            uploaded_by: self.uploaded_by.clone(),
+            uploaded_at: self.uploaded_at,
+        }
     }
 }
 
@@ -376,6 +415,7 @@ impl TenantDoc {
                 wasm: p.wasm.clone(),
                 uploaded_by: None,
                 uploaded_at: now,
+                previous: Vec::new(),
             };
             ops.push(row(Kind::Plugin, &p.name, json(&p)));
         }

@@ -43,9 +43,13 @@ pub struct ConditionNote {
     pub version: String,
     /// `allow`, `deny`, `abstain`, or the failure (`timeout`, `trap`, `unavailable`, …).
     pub outcome: &'static str,
-    /// The reason the plugin gave, if any.
+    /// The reason the plugin gave, if any (after a trap: what it set before trapping).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// What stopped the call when it trapped or failed to start (wasmtime's description and
+    /// the innermost wasm frame).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trap: String,
 }
 
 impl ConditionNote {
@@ -69,6 +73,7 @@ impl ConditionNote {
                 Verdict::Unavailable => "circuit_open",
             },
             reason: String::new(),
+            trap: String::new(),
         }
     }
 }

@@ -2,17 +2,15 @@
 //!
 //! One [`SnapshotConditions`] serves one request: it borrows the snapshot the check runs on (so
 //! a check always runs the plugin versions of that snapshot, even while a replacement is being
-//! installed), builds the ABI input for each matched grant in a per-thread buffer, and parses
-//! the request `context` at most once, and only if a plugin actually runs.
+//! installed), builds the ABI input for each matched grant in a per-thread buffer, and
+//! checks the request `context` at most once, and only if a plugin actually runs.
 
 use std::cell::RefCell;
-
-use serde_json::Value;
 
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
 use crate::model::split_action;
-use crate::plugin::{Outcome, PluginInput};
+use crate::plugin::{CallDetail, Outcome, PluginInput};
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
@@ -37,8 +35,9 @@ thread_local! {
 pub struct SnapshotConditions<'a> {
     snap: &'a Snapshot,
     req: Request<'a>,
-    /// Lazily parsed `context`: None = not parsed yet; `Err` = it could not be read.
-    context: Option<Result<Option<Value>, ()>>,
+    /// Whether the request `context` passed the host's check: None = not checked yet (checked
+    /// at most once per request, and only if a plugin runs).
+    context_ok: Option<bool>,
 }
 
 impl<'a> SnapshotConditions<'a> {
@@ -46,7 +45,7 @@ impl<'a> SnapshotConditions<'a> {
         SnapshotConditions {
             snap,
             req,
-            context: None,
+            context_ok: None,
         }
     }
 
@@ -55,7 +54,7 @@ impl<'a> SnapshotConditions<'a> {
         v: &ArchivedTenantSnap,
         grant: u32,
         x: u32,
-        reason: Option<&mut String>,
+        detail: Option<&mut CallDetail>,
     ) -> (Outcome, String) {
         let Some(g) = v.grants.get(grant as usize) else {
             return (Outcome::NoInstance, String::new());
@@ -68,7 +67,7 @@ impl<'a> SnapshotConditions<'a> {
             return (Outcome::NoInstance, String::new());
         };
         // The version (hex SHA-256) only for explanations: formatting it costs ~1 µs.
-        let version = if reason.is_some() {
+        let version = if detail.is_some() {
             plugin.version()
         } else {
             String::new()
@@ -79,20 +78,16 @@ impl<'a> SnapshotConditions<'a> {
             return (plugin.refused(Outcome::BudgetExhausted), version);
         }
         let req = self.req;
-        // Requests arrive with their context checked (`plugin::check_context`), so this parse
+        // Requests arrive with their context checked (`plugin::check_context`), so this check
         // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
-        // that was sent never becomes no context).
-        let context = self.context.get_or_insert_with(|| match req.context {
-            None => Ok(None),
-            Some(raw) => crate::plugin::check_context(raw)
-                .ok()
-                .and_then(|()| serde_json::from_str::<Value>(raw).ok())
-                .map(Some)
-                .ok_or(()),
+        // that was sent never becomes no context). The encoder reads the raw JSON itself.
+        let ok = *self.context_ok.get_or_insert_with(|| {
+            req.context
+                .is_none_or(|raw| crate::plugin::check_context(raw).is_ok())
         });
-        let Ok(context) = context else {
+        if !ok {
             return (Outcome::NoInstance, String::new());
-        };
+        }
         let (action_resource, verb) = split_action(req.action).unwrap_or(("", ""));
         let user = crate::decide::user(v, req.subject);
         let kind = match user.map(|u| u.kind) {
@@ -137,7 +132,7 @@ impl<'a> SnapshotConditions<'a> {
             scope,
             path: &path[..depth],
             attrs: &[("kind", kind), ("email", email)],
-            context: context.as_ref(),
+            context: None,
             context_raw: req.context,
         };
         // The circuit breaker last: a half-open breaker's probe must be followed by a call.
@@ -147,8 +142,8 @@ impl<'a> SnapshotConditions<'a> {
         let outcome = INPUT.with(|buf| {
             let mut buf = buf.borrow_mut();
             input.encode(&mut buf);
-            match reason {
-                Some(r) => plugin.call_with_reason(&buf, r),
+            match detail {
+                Some(d) => plugin.call_detailed(&buf, d),
                 None => plugin.call(&buf),
             }
         });
@@ -162,8 +157,8 @@ impl Conditions for SnapshotConditions<'_> {
     }
 
     fn explain(&mut self, v: &ArchivedTenantSnap, grant: u32, x: u32) -> (Verdict, ConditionNote) {
-        let mut reason = String::new();
-        let (outcome, version) = self.run(v, grant, x, Some(&mut reason));
+        let mut detail = CallDetail::default();
+        let (outcome, version) = self.run(v, grant, x, Some(&mut detail));
         let verdict = verdict(outcome);
         let mut note = ConditionNote::of(v, grant, verdict);
         note.version = version;
@@ -172,7 +167,8 @@ impl Conditions for SnapshotConditions<'_> {
         } else {
             outcome.code()
         };
-        note.reason = reason;
+        note.reason = detail.reason;
+        note.trap = detail.trap;
         (verdict, note)
     }
 }

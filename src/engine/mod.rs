@@ -9,7 +9,7 @@
 
 pub mod conditions;
 
-use crate::decide::{self, Decision, Explanation, Reason};
+use crate::decide::{self, ConditionNote, Decision, Explanation, Reason};
 use crate::model::file::{DataFile, TestCase};
 use crate::snapshot::{BuildError, Registry, Snapshot};
 
@@ -201,6 +201,8 @@ pub struct TestFailure {
     pub case: TestCase,
     pub allowed: bool,
     pub reason: Reason,
+    /// What each plugin condition run for the check said (outcome, version, reason, trap).
+    pub plugins: Vec<ConditionNote>,
 }
 
 impl std::fmt::Display for TestFailure {
@@ -208,7 +210,7 @@ impl std::fmt::Display for TestFailure {
         let c = &self.case;
         write!(
             f,
-            "line {}: {} {} {} on {} in tenant '{}': expected {}{}, got {} ({})",
+            "line {}: {} {} {} on {} in tenant '{}': expected {}{}",
             c.line,
             c.subject,
             if c.allowed { "may" } else { "may not" },
@@ -220,38 +222,91 @@ impl std::fmt::Display for TestFailure {
                 .as_deref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default(),
+        )?;
+        if let Some(r) = &c.plugin_reason {
+            write!(f, " with plugin reason {r:?}")?;
+        }
+        write!(
+            f,
+            ", got {} ({})",
             if self.allowed { "allow" } else { "deny" },
             self.reason.code()
-        )
+        )?;
+        if self.plugins.is_empty() {
+            if c.plugin_reason.is_some() {
+                write!(f, "; no plugin ran")?;
+            }
+            return Ok(());
+        }
+        write!(f, "; plugins:")?;
+        for (i, n) in self.plugins.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{} {}", n.plugin, n.outcome)?;
+            if !n.reason.is_empty() {
+                write!(f, " {:?}", n.reason)?;
+            }
+            if !n.trap.is_empty() {
+                write!(f, " (trap: {})", n.trap)?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Evaluates every `tests:` case of `data` against `registry`; returns the failures.
+/// Evaluates every `tests:` case of `data` against `registry`; returns the failures. A case
+/// with `plugin_reason` passes only if some plugin condition run for its check gave exactly that
+/// reason; a failing case reports what every plugin condition of the check said.
 pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFailure> {
     let mut failures = Vec::new();
     for c in &data.tests {
-        let (allowed, reason) = match registry.get(&c.tenant) {
-            Some(snap) => {
-                let ctx = c.context.as_ref().map(ToString::to_string);
-                let d = Request {
-                    subject: &c.subject,
-                    action: &c.action,
-                    now: c.at.unwrap_or(now),
-                    context: ctx.as_deref(),
-                }
-                .check(&snap, &c.resource);
-                (d.allowed, d.reason)
-            }
-            None => (false, Reason::UnknownSubject),
-        };
-        let reason_ok = c.reason.as_deref().is_none_or(|r| r == reason.code());
-        if allowed != c.allowed || !reason_ok {
+        let Some(snap) = registry.get(&c.tenant) else {
             failures.push(TestFailure {
                 case: c.clone(),
-                allowed,
-                reason,
+                allowed: false,
+                reason: Reason::UnknownSubject,
+                plugins: Vec::new(),
+            });
+            continue;
+        };
+        let ctx = c.context.as_ref().map(ToString::to_string);
+        let req = Request {
+            subject: &c.subject,
+            action: &c.action,
+            now: c.at.unwrap_or(now),
+            context: ctx.as_deref(),
+        };
+        let d = req.check(&snap, &c.resource);
+        // Plugin verdicts and reasons come from an explanation (one more call per plugin grant,
+        // only for cases that ask for a reason or fail).
+        let mut plugins = None;
+        let notes = || plugins_of(&req, &snap, &c.resource);
+        let reason_ok = c.reason.as_deref().is_none_or(|r| r == d.reason.code());
+        let plugin_ok = match &c.plugin_reason {
+            None => true,
+            Some(want) => {
+                let n = notes();
+                let ok = n.iter().any(|n| n.reason == *want);
+                plugins = Some(n);
+                ok
+            }
+        };
+        if d.allowed != c.allowed || !reason_ok || !plugin_ok {
+            failures.push(TestFailure {
+                case: c.clone(),
+                allowed: d.allowed,
+                reason: d.reason,
+                plugins: plugins.unwrap_or_else(notes),
             });
         }
     }
     failures
+}
+
+/// The plugin conditions an explanation of the check ran, in assignment order.
+fn plugins_of(req: &Request<'_>, snap: &Snapshot, resource: &str) -> Vec<ConditionNote> {
+    req.explain(snap, resource)
+        .assignments
+        .into_iter()
+        .filter_map(|a| a.condition)
+        .collect()
 }

@@ -44,6 +44,10 @@ pub struct TestCase {
     /// The request `context` handed to plugin conditions.
     #[serde(default)]
     pub context: Option<serde_json::Value>,
+    /// Expected reason a plugin condition gave (`set_reason`): some plugin run for this check
+    /// must have given exactly this reason.
+    #[serde(default)]
+    pub plugin_reason: Option<String>,
     /// 1-based line of the case in the file (0 when not from a file).
     #[serde(skip)]
     pub line: u64,
@@ -603,6 +607,12 @@ pub fn to_json(tenants: &[Tenant], tests: &[TestCase]) -> String {
             m.insert("allowed".into(), json!(c.allowed));
             opt(&mut m, "at", ts(c.at));
             opt(&mut m, "reason", c.reason.as_ref().map(|r| json!(r)));
+            opt(&mut m, "context", c.context.clone());
+            opt(
+                &mut m,
+                "plugin_reason",
+                c.plugin_reason.as_ref().map(|r| json!(r)),
+            );
             Value::Object(m)
         })
         .collect();

@@ -1,5 +1,10 @@
 //! Encoder of the ABI v1 input layout (`plugins/ABI.md`).
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Header size of the v1 layout.
@@ -25,9 +30,11 @@ pub struct PluginInput<'a> {
     pub path: &'a [(&'a str, &'a str)],
     /// Subject attributes (`kind`, `email`).
     pub attrs: &'a [(&'a str, &'a str)],
-    /// The request `context`, parsed (its string and number members go into the member table).
+    /// The request `context`, parsed; used only when `context_raw` is `None` (then serialized
+    /// for the raw slot).
     pub context: Option<&'a Value>,
-    /// The request `context` exactly as the caller sent it, for the raw slot; when `None`, the
+    /// The request `context` exactly as the caller sent it: the raw slot, and the source of the
+    /// member table (top-level string and number members, in document order). When `None`, the
     /// raw slot holds `context` serialized.
     pub context_raw: Option<&'a str>,
 }
@@ -46,18 +53,125 @@ fn put_ref(out: &mut Vec<u8>, at: usize, bytes: &[u8]) {
     put_u32(out, at + 4, bytes.len() as u32);
 }
 
-fn context_members(ctx: Option<&Value>) -> impl Iterator<Item = (&String, &Value)> {
-    ctx.and_then(Value::as_object)
-        .into_iter()
-        .flat_map(|m| m.iter())
-        .filter(|(_, v)| v.is_string() || v.is_number())
+/// The context members a plugin sees (ABI v1): the top-level members of the raw context JSON,
+/// when it is an object, whose value is a string (unescaped) or a number (its text exactly as
+/// sent), in the order of the JSON text. Derived from the raw bytes alone, so the member table
+/// and the raw slot always agree, and the SDK's test-input builder reproduces it. A context the
+/// host would refuse (`check_context`: duplicate keys, too deep, not finite) never gets here;
+/// JSON that does not parse yields no members.
+fn context_members(raw: &str) -> Vec<(Cow<'_, str>, Member<'_>)> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(Cow<'de, str>, Member<'de>)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(k) = map.next_key::<CowStr<'de>>()? {
+                let v: &'de RawValue = map.next_value()?;
+                let text = v.get();
+                match text.as_bytes().first() {
+                    Some(b'"') => {
+                        let s: CowStr<'de> =
+                            serde_json::from_str(text).map_err(de::Error::custom)?;
+                        out.push((k.0, Member::Str(s.0)));
+                    }
+                    Some(b'-' | b'0'..=b'9') => out.push((k.0, Member::Num(text))),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        }
+        // Any other top-level value: no members.
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(Vec::new())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    match de.deserialize_any(Members) {
+        Ok(m) if de.end().is_ok() => m,
+        _ => Vec::new(),
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A context member's value as the plugin sees it.
+enum Member<'a> {
+    /// A string, unescaped.
+    Str(Cow<'a, str>),
+    /// A number's JSON text, as sent.
+    Num(&'a str),
+}
+
+impl Member<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Member::Str(s) => s.as_bytes(),
+            Member::Num(n) => n.as_bytes(),
+        }
+    }
 }
 
 impl PluginInput<'_> {
     /// Write the v1 layout into `out` (cleared first; reuse it to avoid allocating).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
-        let n_ctx = context_members(self.context).count();
+        // The raw slot: the context exactly as sent, else `context` serialized.
+        let serialized;
+        let raw: Option<&str> = match (self.context_raw, self.context) {
+            (Some(raw), _) => Some(raw),
+            (None, Some(ctx)) => {
+                serialized = serde_json::to_string(ctx).unwrap_or_default();
+                Some(serialized.as_str())
+            }
+            (None, None) => None,
+        };
+        let members = raw.map(context_members).unwrap_or_default();
+        let n_ctx = members.len();
         let path_at = HEADER_LEN;
         let attrs_at = path_at + 16 * self.path.len();
         let ctx_at = attrs_at + 16 * self.attrs.len();
@@ -73,26 +187,14 @@ impl PluginInput<'_> {
         put_ref(out, 48, self.resource.as_bytes());
         put_ref(out, 56, self.role.as_bytes());
         put_ref(out, 64, self.scope.as_bytes());
-        // Raw context JSON.
-        let start = out.len();
-        match (self.context_raw, self.context) {
-            (Some(raw), _) => out.extend_from_slice(raw.as_bytes()),
-            // Writing a Value into a Vec cannot fail.
-            (None, Some(ctx)) => {
-                let _ = serde_json::to_writer(&mut *out, ctx);
-            }
-            (None, None) => {}
-        }
-        let raw_len = out.len() - start;
-        put_u32(out, 72, start as u32);
-        put_u32(out, 76, raw_len as u32);
+        put_ref(out, 72, raw.unwrap_or("").as_bytes());
         put_u32(out, 80, path_at as u32);
         put_u32(out, 84, self.path.len() as u32);
         put_u32(out, 88, attrs_at as u32);
         put_u32(out, 92, self.attrs.len() as u32);
         put_u32(out, 96, ctx_at as u32);
         put_u32(out, 100, n_ctx as u32);
-        put_u32(out, 104, u32::from(self.context.is_some()));
+        put_u32(out, 104, u32::from(raw.is_some()));
         for (i, (kind, id)) in self.path.iter().enumerate() {
             put_ref(out, path_at + 16 * i, kind.as_bytes());
             put_ref(out, path_at + 16 * i + 8, id.as_bytes());
@@ -101,19 +203,10 @@ impl PluginInput<'_> {
             put_ref(out, attrs_at + 16 * i, k.as_bytes());
             put_ref(out, attrs_at + 16 * i + 8, v.as_bytes());
         }
-        for (i, (k, v)) in context_members(self.context).enumerate() {
+        for (i, (k, v)) in members.iter().enumerate() {
             let e = ctx_at + 16 * i;
             put_ref(out, e, k.as_bytes());
-            match v {
-                Value::String(s) => put_ref(out, e + 8, s.as_bytes()),
-                other => {
-                    let start = out.len();
-                    let _ = serde_json::to_writer(&mut *out, other);
-                    put_u32(out, e + 8, start as u32);
-                    let len = (out.len() - start) as u32;
-                    put_u32(out, e + 12, len);
-                }
-            }
+            put_ref(out, e + 8, v.bytes());
         }
         let total = out.len() as u32;
         put_u32(out, 4, total);
@@ -191,6 +284,43 @@ mod tests {
         input.encode(&mut b);
         assert_eq!(str_at(&b, 72), raw);
         assert_eq!(u32_at(&b, 100), 2);
+    }
+
+    #[test]
+    fn members_come_from_the_raw_json_in_order_numbers_as_sent() {
+        let raw =
+            r#"{"z":"a\"b\u00e9","n":1.50,"e":-2E+3,"o":{"x":1},"b":true,"a":[1],"k\u0041":"v"}"#;
+        let input = PluginInput {
+            context_raw: Some(raw),
+            ..PluginInput::default()
+        };
+        let mut b = Vec::new();
+        input.encode(&mut b);
+        let c = u32_at(&b, 96) as usize;
+        let n = u32_at(&b, 100) as usize;
+        let members: Vec<(&str, &str)> = (0..n)
+            .map(|i| (str_at(&b, c + 16 * i), str_at(&b, c + 16 * i + 8)))
+            .collect();
+        assert_eq!(
+            members,
+            vec![
+                ("z", "a\"b\u{e9}"),
+                ("n", "1.50"),
+                ("e", "-2E+3"),
+                ("kA", "v")
+            ]
+        );
+        // Not an object: no members, the raw slot as sent.
+        for raw in ["[1,2]", "\"s\"", "3", "null", "{bad"] {
+            let input = PluginInput {
+                context_raw: Some(raw),
+                ..PluginInput::default()
+            };
+            input.encode(&mut b);
+            assert_eq!(u32_at(&b, 100), 0, "{raw}");
+            assert_eq!(str_at(&b, 72), raw);
+            assert_eq!(u32_at(&b, 104), 1);
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! - One [`PluginHost`] owns one wasmtime [`Engine`] (cranelift, pooling allocator, epoch
 //!   interruption, fuel) and one epoch ticker thread.
 //! - [`PluginHost::load`] validates a module before anything runs it (size cap, only the
-//!   `portcullis.set_reason` import, required exports with their exact types, declared memory
-//!   within the cap), compiles it once, instantiates it under the call limits and checks
+//!   `portcullis.set_reason` and `portcullis.debug_log` imports, required exports with their
+//!   exact types, declared memory within the cap), compiles it once, instantiates it under the call limits and checks
 //!   `portcullis_abi_version() == 1`. Compiled plugins are cached per (tenant, plugin name,
 //!   SHA-256 of the bytes): re-uploading the same version costs nothing.
 //! - Instances: each [`Plugin`] keeps a small pool of idle live instances (own `Store` each).
@@ -150,7 +150,7 @@ pub enum ModuleError {
     },
     #[error("plugin '{name}' is not a valid wasm module: {msg}")]
     Invalid { name: String, msg: String },
-    #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' (i32, i32) -> () is allowed")]
+    #[error("plugin '{name}' imports '{module}.{field}'; only 'portcullis.set_reason' and 'portcullis.debug_log', both (i32, i32) -> (), are allowed")]
     ForbiddenImport {
         name: String,
         module: String,
@@ -203,7 +203,8 @@ pub enum Outcome {
     BadResult,
     /// `portcullis_alloc` returned 0 or a range outside memory.
     BadAlloc,
-    /// The reason was longer than the limit.
+    /// `set_reason` was called with a negative length. (A reason longer than the limit is
+    /// cut with a marker, [`REASON_TRUNCATED`], not a failure.)
     ReasonTooLong,
     /// The input was larger than the limit.
     InputTooLarge,
@@ -276,6 +277,10 @@ impl Outcome {
 struct HostState {
     limits: Limiter,
     reason: Vec<u8>,
+    /// Where `portcullis.debug_log` lines go (see [`DebugLog`]).
+    debug: Arc<DebugLog>,
+    /// Lines of `debug_log` kept for the caller of a detailed call (`plugin eval`), when asked.
+    capture: Option<Vec<String>>,
     max_reason: usize,
     reason_too_long: bool,
     /// Fuel given to the current call.
@@ -299,6 +304,77 @@ fn on_deadline(
     } else {
         Ok(wasmtime::UpdateDeadline::Interrupt)
     }
+}
+
+/// Most `portcullis.debug_log` lines one plugin version writes to the log per second; the
+/// rest are dropped (and counted in the next line written).
+pub const DEBUG_LINES_PER_SECOND: u32 = 10;
+
+/// The `portcullis.debug_log` sink of one plugin version: off unless its tenant is in the
+/// host's debug set ([`PluginHost::set_debug_tenants`]); then lines go to the log at INFO
+/// (target `portcullis::plugin::debug`), rate-limited.
+struct DebugLog {
+    tenant: String,
+    plugin: String,
+    version: String,
+    tenants: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// (unix second, lines written in it, lines dropped since the last written).
+    window: Mutex<(u64, u32, u64)>,
+}
+
+impl DebugLog {
+    fn enabled(&self) -> bool {
+        self.tenants
+            .read()
+            .map(|t| t.contains(&self.tenant))
+            .unwrap_or(false)
+    }
+
+    fn write(&self, line: &str) {
+        let now = crate::clock::unix_now().max(0) as u64;
+        let dropped = {
+            let mut w = lock(&self.window);
+            if w.0 != now {
+                w.0 = now;
+                w.1 = 0;
+            }
+            if w.1 >= DEBUG_LINES_PER_SECOND {
+                w.2 += 1;
+                return;
+            }
+            w.1 += 1;
+            std::mem::take(&mut w.2)
+        };
+        tracing::info!(
+            target: "portcullis::plugin::debug",
+            tenant = %self.tenant,
+            plugin = %self.plugin,
+            version = %self.version,
+            dropped,
+            line = ?line,
+            "plugin debug_log"
+        );
+    }
+}
+
+/// What ends a reason the host cut to its limit.
+pub const REASON_TRUNCATED: &str = "…";
+
+/// Keeps `bytes` as the reason, or, when longer than `max`, its first bytes up to a UTF-8
+/// character boundary followed by [`REASON_TRUNCATED`], `max` bytes at most in all.
+fn set_reason_cut(reason: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    reason.clear();
+    if bytes.len() <= max {
+        reason.extend_from_slice(bytes);
+        return;
+    }
+    let mut end = max.saturating_sub(REASON_TRUNCATED.len());
+    // Back off continuation bytes (10xxxxxx) so a character is never split.
+    while end > 0 && bytes.get(end).is_some_and(|b| b & 0xC0 == 0x80) {
+        end -= 1;
+    }
+    reason.extend_from_slice(&bytes[..end]);
+    reason.extend_from_slice(REASON_TRUNCATED.as_bytes());
 }
 
 /// Wall-clock cap of a call that is descheduled rather than busy, in multiples of the deadline.
@@ -525,10 +601,55 @@ pub struct Plugin {
     compile_time: Duration,
     /// Unix second of the last failure logged (failures are logged at most once a second).
     last_warn: AtomicU64,
+    debug: Arc<DebugLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Everything known about one call (see [`Plugin::call_detailed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallDetail {
+    /// The reason the plugin set (empty when none). After a trap: what it set before trapping
+    /// (the SDK's panic handler puts the panic's location, or its text, there).
+    pub reason: String,
+    /// What stopped the call, when it trapped or failed to start: wasmtime's description and
+    /// the innermost wasm frame (`wasm trap: wasm `unreachable` instruction executed in
+    /// func[3] at 0x1a2`). Empty for an answer.
+    pub trap: String,
+    /// Fuel the call burnt (`portcullis_alloc` and `portcullis_evaluate`), about one unit per
+    /// wasm instruction; the limit is [`Limits::fuel`].
+    pub fuel_used: u64,
+    /// The lines the call wrote with `portcullis.debug_log` (each cut to 256 bytes), whatever
+    /// the debug setting of its tenant.
+    pub debug: Vec<String>,
+}
+
+/// A trap or host error, in one line: the trap's description (or the error's root cause) and
+/// the innermost wasm frame, when a backtrace was captured.
+fn describe(e: &wasmtime::Error) -> String {
+    use std::fmt::Write;
+    let mut s = match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    if let Some(f) = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+    {
+        s.push_str(" in ");
+        match f.func_name() {
+            Some(n) => s.push_str(n),
+            None => {
+                let _ = write!(s, "func[{}]", f.func_index());
+            }
+        }
+        if let Some(o) = f.module_offset() {
+            let _ = write!(s, " at 0x{o:x}");
+        }
+    }
+    s
 }
 
 /// Map a wasmtime error to an outcome.
@@ -589,6 +710,8 @@ impl Plugin {
                     refused: false,
                 },
                 reason: Vec::with_capacity(self.limits.max_reason_bytes),
+                debug: self.debug.clone(),
+                capture: None,
                 max_reason: self.limits.max_reason_bytes,
                 reason_too_long: false,
                 fuel_budget: self.limits.fuel,
@@ -657,7 +780,12 @@ impl Plugin {
         })
     }
 
-    fn invoke(&self, live: &mut Live, input: &[u8]) -> Outcome {
+    fn invoke_inner(
+        &self,
+        live: &mut Live,
+        input: &[u8],
+        failed: &mut Option<wasmtime::Error>,
+    ) -> Outcome {
         let store = &mut live.store;
         {
             let st = store.data_mut();
@@ -671,23 +799,46 @@ impl Plugin {
         let len = input.len() as i32;
         let ptr = match live.alloc.call(&mut *store, len) {
             Ok(p) => p,
-            Err(e) => return classify(store, &e),
+            Err(e) => {
+                let o = classify(store, &e);
+                *failed = Some(e);
+                return o;
+            }
         };
         if ptr == 0 {
+            *failed = Some(wasmtime::Error::msg(format!(
+                "portcullis_alloc({len}) returned 0 (no buffer)"
+            )));
             return Outcome::BadAlloc;
         }
         let start = ptr as u32 as usize;
         let mem = live.memory.data_mut(&mut *store);
+        let size = mem.len();
         match mem.get_mut(start..start + input.len()) {
             Some(dst) => dst.copy_from_slice(input),
-            None => return Outcome::BadAlloc,
+            None => {
+                *failed = Some(wasmtime::Error::msg(format!(
+                    "portcullis_alloc({len}) returned {start:#x}: the buffer ends past the \
+                     memory's {size} bytes"
+                )));
+                return Outcome::BadAlloc;
+            }
         }
         match live.evaluate.call(&mut *store, (ptr, len)) {
             Ok(0) => Outcome::Abstain,
             Ok(1) => Outcome::Allow,
             Ok(2) => Outcome::Deny,
-            Ok(_) => Outcome::BadResult,
-            Err(e) => classify(store, &e),
+            Ok(v) => {
+                *failed = Some(wasmtime::Error::msg(format!(
+                    "portcullis_evaluate returned {v}; verdicts are 0 (abstain), 1 (allow), 2 (deny)"
+                )));
+                Outcome::BadResult
+            }
+            Err(e) => {
+                let o = classify(store, &e);
+                *failed = Some(e);
+                o
+            }
         }
     }
 
@@ -698,15 +849,22 @@ impl Plugin {
 
     /// As [`Plugin::call`], also copying the plugin's reason (empty when none) into `reason`.
     pub fn call_with_reason(&self, input: &[u8], reason: &mut String) -> Outcome {
-        self.call_inner(input, Some(reason))
+        let mut detail = CallDetail::default();
+        let o = self.call_inner(input, Some(&mut detail));
+        *reason = detail.reason;
+        o
     }
 
-    fn call_inner(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
-        let outcome = self.run(input, reason);
+    /// As [`Plugin::call`], with everything known about the call in `detail`: the reason, a
+    /// trap's message, the fuel used. For `plugin eval`, explanations and tests; not for the
+    /// per-check path (it formats).
+    pub fn call_detailed(&self, input: &[u8], detail: &mut CallDetail) -> Outcome {
+        self.call_inner(input, Some(detail))
+    }
+
+    fn call_inner(&self, input: &[u8], detail: Option<&mut CallDetail>) -> Outcome {
+        let outcome = self.run(input, detail);
         self.stats.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
-        if outcome.is_failure() {
-            self.warn(outcome);
-        }
         if self.breaker.record(outcome, &self.limits) {
             self.stats.breaker_opens.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -734,7 +892,9 @@ impl Plugin {
 
     /// Logs a failure, at most once a second per plugin (a hostile plugin must not flood logs;
     /// the counters see every failure).
-    fn warn(&self, outcome: Outcome) {
+    /// `trap` describes what stopped the call and `reason` is what the plugin set (the SDK's
+    /// panic handler sets one before trapping); both are formatted only when a line is written.
+    fn warn(&self, outcome: Outcome, trap: impl FnOnce() -> String, reason: &[u8]) {
         let now = crate::clock::unix_now().max(0) as u64;
         let last = self.last_warn.load(Ordering::Relaxed);
         if now > last
@@ -746,29 +906,68 @@ impl Plugin {
             tracing::warn!(
                 tenant = %self.tenant,
                 plugin = %self.name,
+                version = %self.version(),
                 outcome = outcome.code(),
+                trap = ?trap(),
+                reason = ?String::from_utf8_lossy(reason),
                 failures = self.stats.failures(),
                 "plugin call failed; the grant denies"
             );
         }
     }
 
-    fn run(&self, input: &[u8], reason: Option<&mut String>) -> Outcome {
+    fn run(&self, input: &[u8], detail: Option<&mut CallDetail>) -> Outcome {
+        let mut detail = detail;
+        if let Some(d) = detail.as_deref_mut() {
+            *d = CallDetail::default();
+        }
         if input.len() > self.limits.max_input_bytes {
-            return Outcome::InputTooLarge;
+            let o = Outcome::InputTooLarge;
+            let why = || {
+                format!(
+                    "input of {} bytes is over the limit of {}",
+                    input.len(),
+                    self.limits.max_input_bytes
+                )
+            };
+            self.warn(o, why, b"");
+            if let Some(d) = detail {
+                d.trap = why();
+            }
+            return o;
         }
         let pooled = lock(&self.idle).pop();
         let mut live = match pooled {
             Some(l) => l,
             None => match self.instantiate() {
                 Ok(l) => l,
-                Err((o, _)) => return o,
+                Err((o, msg)) => {
+                    self.warn(o, || msg.clone(), b"");
+                    if let Some(d) = detail {
+                        d.trap = msg;
+                    }
+                    return o;
+                }
             },
         };
-        let outcome = self.invoke(&mut live, input);
-        if let Some(r) = reason {
-            r.clear();
-            r.push_str(&String::from_utf8_lossy(&live.store.data().reason));
+        let mut failed = None;
+        if detail.is_some() {
+            live.store.data_mut().capture = Some(Vec::new());
+        }
+        let outcome = self.invoke_inner(&mut live, input, &mut failed);
+        let debug = live.store.data_mut().capture.take();
+        let st = live.store.data();
+        if outcome.is_failure() {
+            let trap = || failed.as_ref().map(describe).unwrap_or_default();
+            self.warn(outcome, trap, &st.reason);
+        }
+        if let Some(d) = detail {
+            d.trap = failed.as_ref().map(describe).unwrap_or_default();
+            d.reason = String::from_utf8_lossy(&st.reason).into_owned();
+            d.fuel_used = st
+                .fuel_budget
+                .saturating_sub(live.store.get_fuel().unwrap_or(0));
+            d.debug = debug.unwrap_or_default();
         }
         if !outcome.is_failure() {
             let mut idle = lock(&self.idle);
@@ -868,6 +1067,8 @@ pub struct PluginHost {
     freed: Condvar,
     /// Directory of compiled modules kept across restarts ([`PluginHost::use_disk_cache`]).
     disk: OnceLock<std::path::PathBuf>,
+    /// Tenants whose plugins' `debug_log` lines are written to the log.
+    debug_tenants: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     _ticker: Ticker,
 }
 
@@ -908,10 +1109,9 @@ impl PluginHost {
                 "portcullis",
                 "set_reason",
                 |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-                    let max = caller.data().max_reason;
-                    if len < 0 || len as usize > max {
+                    if len < 0 {
                         caller.data_mut().reason_too_long = true;
-                        wasmtime::bail!("plugin reason is longer than {max} bytes");
+                        wasmtime::bail!("plugin reason has a negative length ({len})");
                     }
                     let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
                         wasmtime::bail!("plugin has no memory");
@@ -921,8 +1121,45 @@ impl PluginHost {
                     let Some(bytes) = data.get(start..start + len as usize) else {
                         wasmtime::bail!("plugin reason is out of bounds");
                     };
-                    state.reason.clear();
-                    state.reason.extend_from_slice(bytes);
+                    set_reason_cut(&mut state.reason, bytes, state.max_reason);
+                    Ok(())
+                },
+            )
+            .map_err(engine_err)?;
+        linker
+            .func_wrap(
+                "portcullis",
+                "debug_log",
+                |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+                    // Off (the default) and not captured: one read lock, nothing read.
+                    let capture = caller.data().capture.is_some();
+                    let sink = caller.data().debug.clone();
+                    let enabled = sink.enabled();
+                    if !capture && !enabled {
+                        return Ok(());
+                    }
+                    if len < 0 {
+                        wasmtime::bail!("debug_log with a negative length ({len})");
+                    }
+                    let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
+                        wasmtime::bail!("plugin has no memory");
+                    };
+                    let (data, state) = mem.data_and_store_mut(&mut caller);
+                    let start = ptr as u32 as usize;
+                    let Some(bytes) = data.get(start..start + len as usize) else {
+                        wasmtime::bail!("debug_log line is out of bounds");
+                    };
+                    let mut cut = Vec::new();
+                    set_reason_cut(&mut cut, bytes, state.max_reason);
+                    let line = String::from_utf8_lossy(&cut).into_owned();
+                    if enabled {
+                        sink.write(&line);
+                    }
+                    if let Some(c) = state.capture.as_mut() {
+                        if c.len() < 1000 {
+                            c.push(line);
+                        }
+                    }
                     Ok(())
                 },
             )
@@ -950,6 +1187,7 @@ impl PluginHost {
             busy: Mutex::new(BusyState::default()),
             freed: Condvar::new(),
             disk: OnceLock::new(),
+            debug_tenants: Arc::default(),
             _ticker: Ticker {
                 stop,
                 handle: Some(handle),
@@ -959,6 +1197,14 @@ impl PluginHost {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The tenants whose plugins' `portcullis.debug_log` lines go to the log (none by default;
+    /// `plugins.debug_log_tenants`). Takes effect at once for loaded plugins too.
+    pub fn set_debug_tenants<S: AsRef<str>>(&self, tenants: &[S]) {
+        if let Ok(mut t) = self.debug_tenants.write() {
+            *t = tenants.iter().map(|s| s.as_ref().to_owned()).collect();
+        }
     }
 
     /// Keeps compiled modules in `dir` (created with mode 0700), so a restart loads them instead
@@ -1304,7 +1550,7 @@ impl PluginHost {
         let compile_time = t0.elapsed();
         for imp in module.imports() {
             let ok = imp.module() == "portcullis"
-                && imp.name() == "set_reason"
+                && matches!(imp.name(), "set_reason" | "debug_log")
                 && matches!(imp.ty(), ExternType::Func(ref f)
                     if f.params().len() == 2
                         && f.params().all(|p| p.is_i32())
@@ -1387,6 +1633,13 @@ impl PluginHost {
             stats: Stats::default(),
             compile_time: spent,
             last_warn: AtomicU64::new(0),
+            debug: Arc::new(DebugLog {
+                tenant: tenant.to_owned(),
+                plugin: name.to_owned(),
+                version: crate::model::hex(&hash),
+                tenants: self.debug_tenants.clone(),
+                window: Mutex::new((0, 0, 0)),
+            }),
         };
         // Start one instance: runs the start function under the limits and checks the version.
         let mut live = plugin

@@ -182,6 +182,10 @@ pub struct PluginConfig {
     /// Directory keeping compiled modules across restarts; none: `<store>/plugin-cache` for
     /// the embedded store, no disk cache with PostgreSQL.
     pub disk_cache_dir: Option<PathBuf>,
+    /// Tenants whose plugins' `portcullis.debug_log` lines are logged (INFO, target
+    /// `portcullis::plugin::debug`, at most 10 lines a second per plugin version); none by
+    /// default.
+    pub debug_log_tenants: Vec<String>,
 }
 
 impl Default for PluginConfig {
@@ -206,6 +210,7 @@ impl Default for PluginConfig {
             max_functions: l.max_functions,
             module_cache: l.module_cache,
             disk_cache_dir: None,
+            debug_log_tenants: Vec::new(),
         }
     }
 }

@@ -161,9 +161,9 @@ impl Metrics {
         let plugin_calls = IntCounterVec::new(
             Opts::new(
                 "portcullis_plugin_calls_total",
-                "Plugin calls of the live plugin versions, by outcome (failures: timeout, out_of_fuel, memory_limit, stack_overflow, trap, bad_result, bad_alloc, reason_too_long, input_too_large, no_instance; not called: budget_exhausted, circuit_open)",
+                "Plugin calls of the live plugin versions (version: hex SHA-256 of the module), by outcome (failures: timeout, out_of_fuel, memory_limit, stack_overflow, trap, bad_result, bad_alloc, reason_too_long, input_too_large, no_instance; not called: budget_exhausted, circuit_open)",
             ),
-            &["tenant", "plugin", "outcome"],
+            &["tenant", "plugin", "version", "outcome"],
         )?;
         let conns_closed = IntCounterVec::new(
             Opts::new(
@@ -341,11 +341,12 @@ impl Metrics {
         self.plugin_calls.reset();
         for (id, s) in &tenants {
             for p in s.attached_plugins() {
+                let version = p.version();
                 for o in crate::plugin::Outcome::ALL {
                     let n = p.stats().count(o);
                     if n > 0 {
                         self.plugin_calls
-                            .with_label_values(&[id.as_str(), p.name(), o.code()])
+                            .with_label_values(&[id.as_str(), p.name(), &version, o.code()])
                             .inc_by(n);
                     }
                 }

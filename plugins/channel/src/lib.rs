@@ -1,6 +1,6 @@
 //! Access channel: the grant applies only when `context.channel` is `console` (e.g. the plant's
 //! control-room console, not the mobile app). Otherwise the plugin abstains.
-#![no_std]
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 use portcullis_plugin_sdk::{export_plugin, set_reason, Input, Verdict};
 
@@ -19,9 +19,3 @@ fn evaluate(input: &Input) -> Verdict {
 }
 
 export_plugin!(evaluate);
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    core::arch::wasm32::unreachable()
-}

@@ -3,7 +3,7 @@
 //! public device is vetoed, so a kiosk can never act through another grant of its user; other
 //! requests abstain (the kiosk grant simply does not apply). The host consults a plugin only for
 //! grants that match the request, so give the kiosk role the actions it must veto (e.g. `*`).
-#![no_std]
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 use portcullis_plugin_sdk::{export_plugin, set_reason, Input, Verdict};
 
@@ -23,9 +23,3 @@ fn evaluate(input: &Input) -> Verdict {
 }
 
 export_plugin!(evaluate);
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    core::arch::wasm32::unreachable()
-}

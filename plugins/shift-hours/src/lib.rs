@@ -5,7 +5,7 @@
 //! A role without such a suffix takes the hours from the context members `shift_start` and
 //! `shift_end` (numbers), for roles that delegate the schedule to a trusted caller. Outside the
 //! shift the plugin abstains (other grants may still allow); no schedule at all denies.
-#![no_std]
+#![cfg_attr(target_arch = "wasm32", no_std)]
 
 use portcullis_plugin_sdk::{export_plugin, parse_u64, set_reason, Input, Verdict};
 
@@ -63,9 +63,3 @@ fn evaluate(input: &Input) -> Verdict {
 }
 
 export_plugin!(evaluate);
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    core::arch::wasm32::unreachable()
-}

@@ -83,6 +83,8 @@ enum Route<'a> {
     List(&'a str, Coll),
     Entity(&'a str, Coll, &'a str),
     PluginWasm(&'a str, &'a str),
+    PluginVersions(&'a str, &'a str),
+    PluginRollback(&'a str, &'a str),
     UserOp(&'a str, &'a str, UserTransition),
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
@@ -121,6 +123,8 @@ impl<'a> Route<'a> {
             ["tenants", t, c] => Route::List(t, Coll::parse(c)?),
             ["tenants", t, c, id] => Route::Entity(t, Coll::parse(c)?, id),
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
+            ["tenants", t, "plugins", name, "versions"] => Route::PluginVersions(t, name),
+            ["tenants", t, "plugins", name, "rollback"] => Route::PluginRollback(t, name),
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
             ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
@@ -147,7 +151,9 @@ impl<'a> Route<'a> {
             | Route::PlatformUsers
             | Route::Audit(..)
             | Route::AuditEntry(..)
-            | Route::PluginWasm(..) => "GET",
+            | Route::PluginWasm(..)
+            | Route::PluginVersions(..) => "GET",
+            Route::PluginRollback(..) => "POST",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
@@ -177,6 +183,8 @@ impl<'a> Route<'a> {
             | List(t, _)
             | Entity(t, _, _)
             | PluginWasm(t, _)
+            | PluginVersions(t, _)
+            | PluginRollback(t, _)
             | UserOp(t, _, _)
             | UserErase(t, _)
             | Members(t, _)
@@ -294,6 +302,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         }
         (Entity(t, Coll::Plugins, name), Method::DELETE) => w(t).delete_plugin(name, &req).await,
         (PluginWasm(t, name), Method::GET) => plugins::download(cp, t, name).await,
+        (PluginVersions(t, name), Method::GET) => plugins::versions(cp, t, name).await,
+        (PluginRollback(t, name), Method::POST) => plugins::rollback(&w(t), name, req).await,
         (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
         (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,

@@ -10,7 +10,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 use serde_json::json;
 
-use super::http::{if_match, Query};
+use super::http::{body, if_match, respond, Query};
 use super::writes::Writer;
 use crate::control::rules::{self, RuleError};
 use crate::control::{ControlError, ControlPlane};
@@ -111,4 +111,89 @@ pub async fn download(cp: &ControlPlane, t: &str, name: &str) -> Result<Resp, Ap
         r.headers_mut().insert(header::ETAG, v);
     }
     Ok(r)
+}
+
+/// `GET /v1/tenants/{t}/plugins/{name}/versions`: the current version and the kept previous
+/// ones (newest first), without their bytes.
+pub async fn versions(cp: &ControlPlane, t: &str, name: &str) -> Result<Resp, ApiError> {
+    let (v, rev, etag) = cp
+        .read(t, |d| {
+            (
+                rules::plugin_versions(d, name),
+                d.revision,
+                d.rev_of(Kind::Plugin, name),
+            )
+        })
+        .await?;
+    let v =
+        v.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("plugin '{name}' not found")))?;
+    Ok(respond(
+        hyper::StatusCode::OK,
+        json!({ "data": v, "kept": rules::PLUGIN_VERSIONS_KEPT }),
+        Some(rev),
+        Some(etag),
+    ))
+}
+
+/// `POST /v1/tenants/{t}/plugins/{name}/rollback` `{"sha256"}`: makes a kept previous version
+/// current again (loaded by the plugin runtime first, as an upload is; audited as
+/// `plugin.rollback`). `If-Match` guards against a concurrent change.
+pub async fn rollback(
+    w: &Writer<'_>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let (state, cp, t) = (w.state, w.cp, w.tenant);
+    let e = if_match(&req, Kind::Plugin, name)?;
+    let r: rules::PluginRollback = body(state, req).await?;
+    let sha = r.sha256.to_ascii_lowercase();
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ControlError::Rule(RuleError::invalid(
+            "sha256",
+            "a version is the module's SHA-256 in hex (64 characters)",
+        ))
+        .into());
+    }
+    let host = state.registry.plugin_host().cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::PluginsUnavailable,
+            "this process has no plugin runtime",
+        )
+    })?;
+    // The kept bytes passed the runtime's checks when uploaded; the limits may have changed
+    // since, so they are loaded again before the commit (a cache hit when unchanged).
+    let wasm = cp
+        .read(t, |d| {
+            d.plugins.get(name).and_then(|p| {
+                if p.sha256 == sha {
+                    Some(p.wasm.clone())
+                } else {
+                    p.previous
+                        .iter()
+                        .find(|v| v.sha256 == sha)
+                        .map(|v| v.wasm.clone())
+                }
+            })
+        })
+        .await?;
+    if let Some(wasm) = wasm {
+        let (host, name2, t2) = (host.clone(), name.to_string(), t.to_string());
+        let loaded = tokio::task::spawn_blocking(move || host.load(&t2, &name2, &wasm).map(|_| ()))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, plugin = %name, "plugin compile task failed");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the plugin could not be compiled (internal error)",
+                )
+            })?;
+        loaded.map_err(|e| {
+            ApiError::invalid(
+                e.to_string(),
+                json!([{"field": "sha256", "message": e.to_string()}]),
+            )
+        })?;
+    }
+    w.commit(e, false, move |d| rules::rollback_plugin(d, name, &sha))
+        .await
 }
