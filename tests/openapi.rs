@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use portcullis::control::rules;
 use portcullis::decide::{GrantOutcome, Reason};
-use portcullis::model::{GroupStatus, Quotas, Rbac, TenantStatus, UserKind, UserStatus};
+use portcullis::model::{
+    Channel, GroupStatus, LogoutPeriod, Quotas, Rbac, TenantStatus, UserKind, UserStatus,
+};
 use portcullis::server::{api, metrics::ERROR_CODES, Config, State};
 use portcullis::store::Kind;
 
@@ -30,6 +32,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/filter"),
     ("post", "/v1/scopes"),
     ("post", "/v1/explain"),
+    ("get", "/.well-known/jwks.json"),
+    ("head", "/.well-known/jwks.json"),
     // src/server/admin/mod.rs
     ("get", "/v1/openapi.json"),
     ("get", "/v1/users"),
@@ -84,6 +88,28 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/wasm"),
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/versions"),
     ("post", "/v1/tenants/{tenant}/plugins/{plugin}/rollback"),
+    // src/server/admin/mod.rs, identity (handlers in src/server/admin/identity.rs)
+    ("post", "/v1/tenants/{tenant}/sessions"),
+    ("delete", "/v1/tenants/{tenant}/sessions/current"),
+    ("post", "/v1/tenants/{tenant}/invitations/{token}/accept"),
+    ("post", "/v1/tenants/{tenant}/users/{user}/password"),
+    ("post", "/v1/tenants/{tenant}/users/{user}/invitation"),
+    ("post", "/v1/tenants/{tenant}/users/{user}/cards"),
+    ("delete", "/v1/tenants/{tenant}/users/{user}/cards"),
+    ("get", "/v1/tenants/{tenant}/api-keys"),
+    ("post", "/v1/tenants/{tenant}/api-keys"),
+    ("delete", "/v1/tenants/{tenant}/api-keys/{key}"),
+    ("post", "/v1/tenants/{tenant}/guests"),
+    ("delete", "/v1/tenants/{tenant}/guests/{guest}"),
+];
+
+/// Management routes that need no bearer (`handle` in `src/server/admin/mod.rs` answers them
+/// before `identity::authenticate`): sign-in and invitation acceptance carry their own
+/// credentials, and the document itself is public.
+const PUBLIC_MANAGEMENT: &[(&str, &str)] = &[
+    ("get", "/v1/openapi.json"),
+    ("post", "/v1/tenants/{tenant}/sessions"),
+    ("post", "/v1/tenants/{tenant}/invitations/{token}/accept"),
 ];
 
 const METHODS: &[&str] = &[
@@ -132,6 +158,10 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
 
 fn is_management(path: &str) -> bool {
     path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json"
+}
+
+fn needs_bearer(method: &str, path: &str) -> bool {
+    is_management(path) && !PUBLIC_MANAGEMENT.contains(&(method, path))
 }
 
 fn string_set(v: &Value) -> BTreeSet<String> {
@@ -280,16 +310,30 @@ fn management_routes_need_the_bearer_token_and_the_data_plane_does_not() {
         (&scheme["type"], &scheme["scheme"]),
         (&json!("http"), &json!("bearer"))
     );
+    let unauthenticated = json!({"$ref": "#/components/responses/Unauthenticated"});
     for (method, path, op) in operations(&doc) {
-        if is_management(&path) {
+        if needs_bearer(&method, &path) {
             assert_eq!(
                 op["security"],
                 json!([{"bearerAuth": []}]),
                 "{method} {path}"
             );
-            assert!(
-                op["responses"]["401"].is_object(),
+            assert_eq!(
+                op["responses"]["401"], unauthenticated,
                 "{method} {path}: no 401"
+            );
+            // `permit`: a signed-in user who does not manage the tenant, another tenant's
+            // credential, or a platform-wide endpoint without the platform token.
+            assert!(
+                op["responses"]["403"].is_object(),
+                "{method} {path}: no 403"
+            );
+        } else if is_management(&path) {
+            // Explicitly open, and never the bearer's 401.
+            assert_eq!(op["security"], json!([]), "{method} {path} needs no bearer");
+            assert_ne!(
+                op["responses"]["401"], unauthenticated,
+                "{method} {path} checks no bearer"
             );
         } else {
             assert!(
@@ -405,6 +449,11 @@ fn enums_are_the_code_enums() {
     );
     assert_eq!(schema_enum(&doc, "UserKind"), uk, "UserKind");
 
+    let ch = names(&[Channel::Console, Channel::Field], |c| match c {
+        Channel::Console | Channel::Field => {}
+    });
+    assert_eq!(schema_enum(&doc, "Channel"), ch, "Channel");
+
     let gs = names(&[GroupStatus::Active, GroupStatus::Inactive], |s| match s {
         GroupStatus::Active | GroupStatus::Inactive => {}
     });
@@ -468,6 +517,8 @@ fn request_types() -> Vec<(&'static str, Parse)> {
         ("AssignmentCreate", parser!(rules::AssignmentCreate)),
         ("AssignmentPatch", parser!(rules::AssignmentPatch)),
         ("PluginRollback", parser!(rules::PluginRollback)),
+        ("ApiKeyCreate", parser!(rules::ApiKeyCreate)),
+        ("GuestCreate", parser!(rules::GuestCreate)),
     ]
 }
 
@@ -566,11 +617,134 @@ fn request_schemas_are_the_request_types() {
             parse(ex).unwrap_or_else(|e| panic!("{name}: example rejected: {e}"));
         }
     }
-    // `MemberAdd` is a private type in admin.rs: `struct M { user: String }`, deny_unknown_fields.
-    let m = &schemas["MemberAdd"];
-    assert_eq!(m["required"], json!(["user"]));
-    assert_eq!(m["properties"].as_object().unwrap().len(), 1);
-    assert_eq!(m["additionalProperties"], false);
+    // Private request types, all `deny_unknown_fields`: `MemberAdd` is `struct M { user }` in
+    // admin/writes.rs; in admin/identity.rs `SignIn` is `SignInRequest { email?, password?,
+    // card?, channel? }`, `PasswordSet` is `PasswordBody { password }`, `CardAdd` is
+    // `CardBody { card }`.
+    for (name, fields, required) in PRIVATE_REQUEST_TYPES {
+        let m = &schemas[*name];
+        let props: BTreeSet<&str> = m["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(props, fields.iter().copied().collect(), "{name}: fields");
+        assert_eq!(
+            m.get("required").cloned().unwrap_or(json!([])),
+            json!(required),
+            "{name}: required"
+        );
+        assert_eq!(m["additionalProperties"], false, "{name}");
+        let ex = &m["example"];
+        conforms(&doc, m, ex).unwrap_or_else(|e| panic!("{name}: example {ex}: {e}"));
+    }
+    // Sign-in takes an email and a password, or a card: the document says exactly which.
+    let sign_in = &schemas["SignIn"];
+    for (body, ok) in [
+        (json!({"email": "a@b.example", "password": "x"}), true),
+        (json!({"card": "04A1B2C3", "channel": "field"}), true),
+        (
+            json!({"email": "a@b.example", "password": "x", "card": "c"}),
+            false,
+        ),
+        (json!({"email": "a@b.example", "card": "c"}), false),
+        (json!({"email": "a@b.example"}), false),
+        (json!({}), false),
+    ] {
+        assert_eq!(conforms(&doc, sign_in, &body).is_ok(), ok, "SignIn {body}");
+    }
+}
+
+/// Request types private to the server: (schema, fields, required).
+const PRIVATE_REQUEST_TYPES: &[(&str, &[&str], &[&str])] = &[
+    ("MemberAdd", &["user"], &["user"]),
+    ("SignIn", &["email", "password", "card", "channel"], &[]),
+    ("PasswordSet", &["password"], &["password"]),
+    ("CardAdd", &["card"], &["card"]),
+];
+
+/// Whether `v` has the members `schema` requires and no others (`properties`,
+/// `additionalProperties: false`, `required`, and `oneOf`/`anyOf`/`not` over those). Enough
+/// for the bodies of the private request types; member values are not checked.
+fn conforms(doc: &Value, schema: &Value, v: &Value) -> Result<(), String> {
+    let s = resolve(doc, schema);
+    let obj = v.as_object().ok_or("not an object")?;
+    for r in s.get("required").map(string_set).unwrap_or_default() {
+        if !obj.contains_key(&r) {
+            return Err(format!("lacks '{r}'"));
+        }
+    }
+    if let (Some(p), Some(false)) = (
+        s.get("properties").and_then(Value::as_object),
+        s.get("additionalProperties").and_then(Value::as_bool),
+    ) {
+        if let Some(k) = obj.keys().find(|k| !p.contains_key(*k)) {
+            return Err(format!("unknown member '{k}'"));
+        }
+    }
+    if let Some(alts) = s.get("oneOf").and_then(Value::as_array) {
+        let n = alts.iter().filter(|a| conforms(doc, a, v).is_ok()).count();
+        if n != 1 {
+            return Err(format!("matches {n} of oneOf"));
+        }
+    }
+    if let Some(alts) = s.get("anyOf").and_then(Value::as_array) {
+        if !alts.iter().any(|a| conforms(doc, a, v).is_ok()) {
+            return Err("matches none of anyOf".into());
+        }
+    }
+    if let Some(not) = s.get("not") {
+        if conforms(doc, not, v).is_ok() {
+            return Err("matches 'not'".into());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn logout_periods_are_the_documented_forms() {
+    let doc = doc();
+    let s = &doc["components"]["schemas"]["LogoutPeriod"];
+    let hours = &s["oneOf"][0];
+    assert_eq!(hours["minimum"], 1);
+    assert_eq!(hours["maximum"], LogoutPeriod::MAX_HOURS);
+    assert_eq!(
+        doc["components"]["schemas"]["LogoutHours"]["maximum"],
+        LogoutPeriod::MAX_HOURS
+    );
+    let parse = |v: Value| serde_json::from_value::<LogoutPeriod>(v).map(LogoutPeriod::hours);
+    for (v, h) in [
+        (json!(1), 1),
+        (json!(720), 720),
+        (json!("1d"), 22),
+        (json!("5d"), 110),
+        (json!("8h"), 8),
+        (json!("12"), 12),
+    ] {
+        assert_eq!(parse(v.clone()).ok(), Some(h), "{v}");
+    }
+    let text = s["description"].as_str().unwrap();
+    assert!(text.contains("`1d` (= 22 hours)") && text.contains("`5d` (= 110 hours)"));
+    for v in [json!(0), json!(721), json!("2w"), json!("0h"), json!(-1)] {
+        assert!(parse(v.clone()).is_err(), "{v} accepted");
+    }
+    // Every request schema with a `logout` takes this form.
+    for name in [
+        "TenantCreate",
+        "TenantPatch",
+        "UserCreate",
+        "UserPatch",
+        "GroupCreate",
+        "GroupPatch",
+    ] {
+        let l = &doc["components"]["schemas"][name]["properties"]["logout"];
+        let l = l.get("allOf").map_or(l, |a| &a[0]);
+        assert_eq!(
+            l["$ref"], "#/components/schemas/LogoutPeriod",
+            "{name}.logout"
+        );
+    }
 }
 
 #[test]
@@ -596,7 +770,17 @@ fn every_request_body_is_checked_and_its_examples_parse() {
             .as_str()
             .unwrap_or_else(|| panic!("{method} {path}: body schema is not a component"))
             .trim_start_matches("#/components/schemas/");
-        if name == "MemberAdd" {
+        if let Some((_, fields, _)) = PRIVATE_REQUEST_TYPES.iter().find(|(n, ..)| *n == name) {
+            let schema = &doc["components"]["schemas"][name];
+            for (k, e) in media["examples"].as_object().into_iter().flatten() {
+                conforms(&doc, schema, &e["value"])
+                    .unwrap_or_else(|err| panic!("{method} {path} example {k}: {err}"));
+                assert!(e["value"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .all(|k| fields.contains(&k.as_str())));
+            }
             continue;
         }
         let parse = types
