@@ -69,7 +69,10 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         HeaderValue::from_static("/api/femo/assets/press-7"),
     );
     for (k, v) in pairs {
-        h.insert(HeaderName::from_static(k), HeaderValue::from_str(v).unwrap());
+        h.insert(
+            HeaderName::from_static(k),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
@@ -79,13 +82,25 @@ fn bench_forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward_auth");
     let hdr = headers(&[("x-user", "alice")]);
     let allowed = |r: Result<portcullis::server::Resp, _>| r.unwrap().status().as_u16() == 200;
-    assert!(allowed(forward::handle(&state, &Method::GET, "@hdr", None, &hdr)));
+    assert!(allowed(forward::handle(
+        &state,
+        &Method::GET,
+        "@hdr",
+        None,
+        &hdr
+    )));
     g.bench_function("trusted_header", |b| {
         b.iter(|| forward::handle(&state, &Method::GET, "@hdr", None, &hdr))
     });
     let t = token(&keys, "s1");
     let jwt = headers(&[("authorization", &format!("Bearer {t}"))]);
-    assert!(allowed(forward::handle(&state, &Method::GET, "", None, &jwt)));
+    assert!(allowed(forward::handle(
+        &state,
+        &Method::GET,
+        "",
+        None,
+        &jwt
+    )));
     g.bench_function("session_jwt_cached", |b| {
         b.iter(|| forward::handle(&state, &Method::GET, "", None, &jwt))
     });

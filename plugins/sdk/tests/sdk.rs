@@ -63,14 +63,29 @@ fn duplicate_keys_are_never_picked() {
     assert!(json::parse(&deep).is_none());
     let ok = format!("{}1{}", "[".repeat(31), "]".repeat(31));
     assert!(json::parse(&ok).is_some());
-    for bad in ["{\"a\":1e400}", "{\"a\":01}", "{\"a\":1,}", "{\"a\" 1}", "[1] x", "\"\\x\""] {
+    for bad in [
+        "{\"a\":1e400}",
+        "{\"a\":01}",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "[1] x",
+        "\"\\x\"",
+    ] {
         assert!(json::parse(bad).is_none(), "{bad}");
     }
     // Surrogate pairs and unicode escapes.
     let v = json::parse(r#""\ud83d\ude00 \u00e9""#).unwrap();
     assert!(v.str_eq("😀 é"));
-    for lone in [r#""\ud83d""#, r#""\ude00""#, r#""\ud83d\u0041""#, r#""\ud83dx""#] {
-        assert!(json::parse(lone).is_none(), "lone surrogates are refused: {lone}");
+    for lone in [
+        r#""\ud83d""#,
+        r#""\ude00""#,
+        r#""\ud83d\u0041""#,
+        r#""\ud83dx""#,
+    ] {
+        assert!(
+            json::parse(lone).is_none(),
+            "lone surrogates are refused: {lone}"
+        );
     }
 }
 
@@ -91,9 +106,15 @@ fn time_helpers() {
     assert!(!time::in_hours(t + 8 * 3600, 22, 6), "06:13");
     assert!(time::weekday(t + 4 * 86_400).is_weekend(), "Saturday");
     assert_eq!(time::parse_rfc3339("2023-11-14T22:13:20Z"), Some(t));
-    assert_eq!(time::parse_rfc3339("2023-11-14T23:13:20.999+01:00"), Some(t));
+    assert_eq!(
+        time::parse_rfc3339("2023-11-14T23:13:20.999+01:00"),
+        Some(t)
+    );
     assert_eq!(time::parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-    assert_eq!(time::parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+    assert_eq!(
+        time::parse_rfc3339("2024-02-29T00:00:00Z"),
+        Some(1_709_164_800)
+    );
     for bad in [
         "2023-02-29T00:00:00Z",
         "2023-11-14 22:13:20",
@@ -121,7 +142,11 @@ fn builder_fields_read_back() {
         .tenant("femo")
         .subject("zoe")
         .action("asset:operate")
-        .path(&[("organisation", "femo"), ("site", "lyon"), ("asset", "robot-12")])
+        .path(&[
+            ("organisation", "femo"),
+            ("site", "lyon"),
+            ("asset", "robot-12"),
+        ])
         .resource("robot-12")
         .role("console-operator")
         .scope("lyon")
@@ -132,12 +157,18 @@ fn builder_fields_read_back() {
     assert_eq!(i.now(), 1_700_000_000);
     assert_eq!((i.tenant(), i.subject()), ("femo", "zoe"));
     assert_eq!((i.action_resource(), i.verb()), ("asset", "operate"));
-    assert_eq!((i.resource(), i.role(), i.scope()), ("robot-12", "console-operator", "lyon"));
+    assert_eq!(
+        (i.resource(), i.role(), i.scope()),
+        ("robot-12", "console-operator", "lyon")
+    );
     assert_eq!(i.path().len(), 3);
     assert_eq!(i.path().get(1), Some(("site", "lyon")));
     assert_eq!(i.subject_kind(), "guest");
     assert_eq!(i.attrs().find("email"), Some("zoe@femo.example"));
-    assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize, b.len());
+    assert_eq!(
+        u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize,
+        b.len()
+    );
 }
 
 #[test]
@@ -151,13 +182,20 @@ fn reasons_are_cut_with_a_marker() {
     assert!(r.ends_with('…'));
     assert!(r.starts_with("éé"));
     set_reason(&"x".repeat(MAX_REASON));
-    assert_eq!(last_reason().len(), MAX_REASON, "exactly the limit is kept whole");
+    assert_eq!(
+        last_reason().len(),
+        MAX_REASON,
+        "exactly the limit is kept whole"
+    );
 }
 
 #[test]
 fn debug_lines_are_kept_natively() {
     portcullis_plugin_sdk::debug_log("first");
     portcullis_plugin_sdk::debug_log("second");
-    assert_eq!(portcullis_plugin_sdk::take_debug_log(), vec!["first", "second"]);
+    assert_eq!(
+        portcullis_plugin_sdk::take_debug_log(),
+        vec!["first", "second"]
+    );
     assert!(portcullis_plugin_sdk::take_debug_log().is_empty());
 }
