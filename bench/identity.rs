@@ -7,6 +7,8 @@
 //!
 //! `cargo bench --bench identity`; results in `bench/identity-results.md`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
