@@ -140,3 +140,88 @@ fn deleting_a_group_removes_its_assignments() {
     apply(&mut d, c);
     assert_eq!(d.assignments.len(), before - 1);
 }
+
+#[test]
+fn invitations_expire_and_are_used_once() {
+    let mut d = doc();
+    let req = UserCreate {
+        id: Some("nina".into()),
+        email: "nina@femo.example".into(),
+        name: None,
+        first_name: Some("Nina".into()),
+        last_name: None,
+        password: None,
+        kind: UserKind::Member,
+        status: Some(UserStatus::Inactive),
+        logout: None,
+    };
+    let secrets = NewUserSecrets {
+        password_hash: None,
+        invitation: Some(("sha-1".into(), 5000)),
+    };
+    let c = create_user(&d, &req, 2000, &secrets).unwrap();
+    apply(&mut d, c);
+    let code = |r: Rule| match r {
+        Err(RuleError::Conflict { code, .. }) => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(accept_invitation(&d, "sha-1", "h", 5000)),
+        "invalid_invitation",
+        "expired"
+    );
+    assert_eq!(
+        code(accept_invitation(&d, "nope", "h", 2001)),
+        "invalid_invitation"
+    );
+    let c = accept_invitation(&d, "sha-1", "h", 4999).unwrap();
+    apply(&mut d, c);
+    assert_eq!(d.users["nina"].user.status, UserStatus::Active);
+    assert_eq!(d.credentials["nina"].password.as_deref(), Some("h"));
+    assert_eq!(
+        code(accept_invitation(&d, "sha-1", "h2", 4999)),
+        "invalid_invitation",
+        "used"
+    );
+}
+
+#[test]
+fn sessions_open_with_the_logout_period_and_close_once() {
+    let mut d = doc();
+    let c = login_candidate(&d, "ALICE@femo.example").unwrap();
+    assert_eq!(c.user, "alice");
+    assert!(
+        c.password_hash.is_none(),
+        "this document was imported without hashes"
+    );
+    let o = open_session(&d, &c, crate::model::Channel::Console, "s1", 10_000).unwrap();
+    assert_eq!(o.expires_at, 10_000 + 12 * 3600);
+    apply(&mut d, o.change);
+    assert_eq!(d.users["alice"].last_login_at, Some(10_000));
+    // A stale epoch (the password changed meanwhile) is refused.
+    let stale = LoginCandidate {
+        epoch: 7,
+        ..c.clone()
+    };
+    assert!(open_session(&d, &stale, crate::model::Channel::Console, "s2", 10_001).is_err());
+    let closed = close_session(&d, "s1", "alice", 10_002).unwrap();
+    apply(&mut d, closed);
+    assert!(d.sessions["s1"].revoked);
+    assert!(
+        close_session(&d, "s1", "bob", 10_003).is_err(),
+        "another user's session"
+    );
+    // Expired sessions are pruned by later sign-ins.
+    let o = open_session(
+        &d,
+        &c,
+        crate::model::Channel::Console,
+        "s3",
+        10_000 + 13 * 3600,
+    )
+    .unwrap();
+    apply(&mut d, o.change);
+    assert!(!d.sessions.contains_key("s1"));
+    // Guests and inactive users are no candidates.
+    assert!(login_candidate(&d, "erik@femo.example").is_none());
+}
