@@ -290,7 +290,12 @@ pub async fn sign_in(
     let now = state.clock.now();
     let (method, account) = match (&r.email, &r.password, &r.card) {
         (Some(e), Some(_), None) => ("password", e.trim().to_lowercase()),
-        (None, None, Some(_)) => ("card", "card".to_string()),
+        // Per card (a cheap digest: throttling runs before argon2), so that failures with one
+        // card never lock out the others.
+        (None, None, Some(c)) => (
+            "card",
+            format!("card:{}", sha256_hex(&c.expose().trim().to_ascii_uppercase())),
+        ),
         _ => {
             return Err(ApiError::bad_request(
                 "give either 'email' and 'password', or 'card'",
