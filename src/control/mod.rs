@@ -78,6 +78,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A commit as it leaves the control plane (the change bus, NATS, a replay from the log): the
+/// one place where what followers may see of a commit is decided.
+pub fn published(commit: Commit) -> Commit {
+    commit
+}
+
 impl ControlPlane {
     /// Opens the control plane over `store`, loading every tenant.
     pub async fn open(store: Arc<dyn Store>) -> Result<ControlPlane, ControlError> {
@@ -132,6 +138,20 @@ impl ControlPlane {
     /// Subscribes to committed changes, in commit order per tenant.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
         self.bus.subscribe()
+    }
+
+    /// The logged commits of `tenant` after revision `after` (at most `limit`), in the form the
+    /// change bus carries them ([`published`]): what a publisher that fell behind (a crash, an
+    /// outage) sends again. Commits a log rewrite dropped are missing: callers check continuity.
+    pub async fn replay(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Commit>>, ControlError> {
+        let q = crate::store::LogQuery::replay(tenant, after, limit);
+        let commits = self.store.log(&q).await?;
+        Ok(commits.into_iter().map(|c| Arc::new(published(c))).collect())
     }
 
     /// Copies of every tenant document (for a follower starting up; subscribe first).
@@ -362,7 +382,7 @@ impl ControlPlane {
             *doc = self.load_doc(tenant).await?;
         }
         let deleted = doc.settings.is_none();
-        let _ = self.bus.send(Arc::new(commit));
+        let _ = self.bus.send(Arc::new(published(commit)));
         if deleted {
             // The tenant is gone: so is the personal data in its log (its rows went with the
             // commit). A failure here is repaired when the id is created again.
