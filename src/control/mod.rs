@@ -13,6 +13,7 @@ pub mod check;
 pub mod doc;
 pub mod follower;
 pub mod rules;
+pub mod shard;
 pub mod views;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio::sync::{broadcast, Mutex};
 
 pub use doc::TenantDoc;
 pub use rules::{Change, RuleError};
+pub use shard::TenantSet;
 
 use crate::model::file::DataFile;
 use crate::store::{Commit, LogEdit, LogEditor, Store, StoreError, StoreHealth};
