@@ -20,7 +20,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
-use crate::control::{follower, ControlPlane};
+use crate::control::{follower, ControlPlane, TenantSet};
+use crate::fleet;
 use crate::model::file::DataFile;
 use crate::server::{self, Config, State, Surface};
 use crate::store::embedded::FILE_NAME;
@@ -61,6 +62,10 @@ pub enum StartError {
          in; set admin_token_file (--admin-token-file, PORTCULLIS_ADMIN_TOKEN_FILE)"
     )]
     NoAdminToken,
+    #[error("portcullis sidecar needs a NATS URL: --nats URL (PORTCULLIS_NATS, nats.url)")]
+    NoNats,
+    #[error(transparent)]
+    Config(#[from] crate::server::config::ConfigError),
     #[error("no admin token configured and the OS random source failed: {0}")]
     Random(getrandom::Error),
     #[error("cannot write the generated admin token to '{path}': {source}")]
@@ -147,7 +152,16 @@ pub async fn start(
             tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");
         }
     }
-    follower::start(Arc::clone(&cp), registry).await;
+    follower::start(Arc::clone(&cp), Arc::clone(&registry)).await;
+    if let Some(options) = nats_options(&state.config, "portcullis-serve") {
+        let n = &state.config.nats;
+        let policy = fleet::publish::Policy {
+            every_revisions: n.snapshot_every_revisions,
+            every: std::time::Duration::from_secs(n.snapshot_every_seconds),
+        };
+        let status = Arc::new(fleet::publish::Status::default());
+        fleet::publish::spawn(Arc::clone(&cp), registry, options, policy, status);
+    }
     state.control = Some(cp);
     state.admin_token = Some(token);
     state.ready.store(true, Ordering::Release);
@@ -156,6 +170,67 @@ pub async fn start(
         listener,
         admin,
     })
+}
+
+/// The NATS connection settings of `config`, when it names a server.
+fn nats_options(config: &Config, name: &str) -> Option<fleet::Options> {
+    let url = config.nats.url.as_ref()?;
+    Some(fleet::Options {
+        url: url.0.clone(),
+        name: name.to_string(),
+        replicas: config.nats.replicas,
+    })
+}
+
+/// Starts what `portcullis sidecar` runs: the data plane only, its tenants loaded from NATS
+/// (snapshots, then the event stream) and kept current. Returns once the listener is bound:
+/// `/healthz` answers at once, `/readyz` once every followed tenant is loaded.
+pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
+    let options = nats_options(&config, "portcullis-sidecar").ok_or(StartError::NoNats)?;
+    let set = config.nats.tenant_set()?;
+    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
+    if let Err(e) = registry.compile_in_background() {
+        tracing::warn!(error = %e, "no background compile thread; plugins compile inline");
+    }
+    if let (Some(host), Some(dir)) = (registry.plugin_host(), &config.plugins.disk_cache_dir) {
+        if let Err(e) = host.use_disk_cache(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");
+        }
+    }
+    let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
+    let listener = bind(state.config.listen).await?;
+    if set != TenantSet::All {
+        state.following = Some(set.clone());
+    }
+    let state = Arc::new(state);
+    let status = Arc::new(fleet::follow::Status::default());
+    let source = fleet::follow::Follow::new(options, set, Arc::clone(&status));
+    tokio::spawn(async move {
+        // The follower runs on (its own task) once the snapshots are installed.
+        let _following = follower::start_from(source, registry).await;
+    });
+    let ready = Arc::clone(&state);
+    tokio::spawn(async move {
+        while !status.ready.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        ready.ready.store(true, Ordering::Release);
+        tracing::info!(
+            tenants = ready.registry.len(),
+            "sidecar ready: every followed tenant is loaded"
+        );
+    });
+    Ok(Started {
+        state,
+        listener,
+        admin: None,
+    })
+}
+
+/// [`start_sidecar`], then [`serve`].
+pub async fn run_sidecar(config: Config) -> Result<(), RunError> {
+    let started = start_sidecar(config).await?;
+    serve(started).await.map_err(RunError::Serve)
 }
 
 /// Serves a started process until SIGINT/SIGTERM, then drains (`limits.drain_ms`).

@@ -153,7 +153,10 @@ impl ControlPlane {
     ) -> Result<Vec<Arc<Commit>>, ControlError> {
         let q = crate::store::LogQuery::replay(tenant, after, limit);
         let commits = self.store.log(&q).await?;
-        Ok(commits.into_iter().map(|c| Arc::new(published(c))).collect())
+        Ok(commits
+            .into_iter()
+            .map(|c| Arc::new(published(c)))
+            .collect())
     }
 
     /// Copies of every tenant document (for a follower starting up; subscribe first).

@@ -84,6 +84,8 @@ pub struct Follow {
     /// Stream sequence at boot: reached once the boot replay is done.
     boot_high: u64,
     caught_up: bool,
+    /// Changes when the connection is re-established.
+    reconnected: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Follow {
@@ -99,6 +101,7 @@ impl Follow {
             restart: None,
             boot_high: 0,
             caught_up: false,
+            reconnected: tokio::sync::watch::channel(0).1,
         }
     }
 
@@ -111,15 +114,17 @@ impl Follow {
         loop {
             match Fleet::connect(&self.options).await {
                 Ok(f) => {
-                    tracing::info!(url = %self.options.url, follows = %self.set.describe(), "following NATS JetStream");
+                    tracing::info!(url = %self.options.shown(), follows = %self.set.describe(), "following NATS JetStream");
                     self.status.connected.store(true, Ordering::Release);
                     self.status.contact();
+                    self.reconnected = f.reconnected.subscribe();
+                    self.reconnected.mark_unchanged();
                     self.fleet = Some(f.clone());
                     return f;
                 }
                 Err(e) => {
                     self.status.connected.store(false, Ordering::Release);
-                    tracing::warn!(url = %self.options.url, error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS unreachable; serving the snapshots held");
+                    tracing::warn!(url = %self.options.shown(), error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS unreachable; serving the snapshots held");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -332,7 +337,16 @@ impl Source for Follow {
                 let Some(messages) = self.messages.as_mut() else {
                     continue;
                 };
-                match messages.next().await {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = self.reconnected.changed() => {
+                        // A restarted server has no consumer for us: read on from where we are.
+                        tracing::info!(from = self.high + 1, "NATS reconnected; reading the event stream again");
+                        self.messages = None;
+                        continue;
+                    }
+                };
+                match next {
                     Some(Ok(m)) => {
                         self.status.connected.store(true, Ordering::Release);
                         if let Some(e) = self.judge(&m) {
@@ -408,10 +422,7 @@ impl Source for Follow {
             self.messages = None;
             self.restart = None;
             let mut out = HashMap::new();
-            let names: Vec<String> = names
-                .into_iter()
-                .filter(|t| self.set.contains(t))
-                .collect();
+            let names: Vec<String> = names.into_iter().filter(|t| self.set.contains(t)).collect();
             for t in names {
                 if let Some(l) = self.load_tenant(&t).await {
                     out.insert(t, l);

@@ -336,6 +336,9 @@ pub fn decode_object(bytes: &[u8], tenant: &str, revision: u64) -> Result<Decode
 /// (each created when missing, with the settings above; existing ones are used as they are).
 #[derive(Clone)]
 pub struct Fleet {
+    /// Bumped each time the connection is (re-)established: a server that restarted has lost
+    /// its ephemeral consumers.
+    pub reconnected: tokio::sync::watch::Sender<u64>,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
@@ -353,15 +356,71 @@ pub struct Options {
     pub replicas: usize,
 }
 
+impl Options {
+    /// The server addresses of a comma-separated URL list.
+    fn addrs(&self) -> Result<Vec<async_nats::ServerAddr>, FleetError> {
+        self.url
+            .split(',')
+            .map(|u| {
+                u.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|e| FleetError::Nats(format!("bad NATS URL '{}': {e}", shown_url(u))))
+            })
+            .collect()
+    }
+
+    /// The URL(s) for logs: any `user:password@` replaced by `***@`.
+    pub fn shown(&self) -> String {
+        self.url
+            .split(',')
+            .map(shown_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn shown_url(u: &str) -> String {
+    match (u.find("://"), u.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}***{}", &u[..s + 3], &u[a..]),
+        (None, Some(a)) => format!("***{}", &u[a..]),
+        _ => u.to_string(),
+    }
+}
+
 impl Fleet {
     /// Connects once (no retry: callers retry with backoff) and opens or creates the stream and
     /// buckets. After this, the client reconnects by itself.
     pub async fn connect(o: &Options) -> Result<Fleet, FleetError> {
+        let (reconnected, _) = tokio::sync::watch::channel(0u64);
+        let bump = reconnected.clone();
+        // Only a connection that comes back counts (the first one is announced too).
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .name(&o.name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
-            .connect(o.url.as_str())
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(2_000))
+            })
+            .event_callback(move |event| {
+                let (bump, lost) = (bump.clone(), lost.clone());
+                async move {
+                    use std::sync::atomic::Ordering::AcqRel;
+                    match event {
+                        async_nats::Event::Connected if lost.swap(false, AcqRel) => {
+                            tracing::info!("NATS connection re-established");
+                            bump.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Connected => {}
+                        async_nats::Event::Disconnected => {
+                            lost.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::warn!("NATS connection lost; reconnecting")
+                        }
+                        other => tracing::info!(event = %other, "NATS"),
+                    }
+                }
+            })
+            .connect(o.addrs()?)
             .await
             .map_err(FleetError::nats)?;
         let js = jetstream::new(client.clone());
@@ -408,6 +467,7 @@ impl Fleet {
                 .map_err(FleetError::nats)?,
         };
         Ok(Fleet {
+            reconnected,
             client,
             js,
             stream,
@@ -473,6 +533,22 @@ impl Fleet {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        let o = |url: &str| Options {
+            url: url.into(),
+            name: "t".into(),
+            replicas: 1,
+        };
+        assert_eq!(o("nats://u:secret@h:4222").shown(), "nats://***@h:4222");
+        assert_eq!(
+            o("nats://h:1,nats://tok@h:2").shown(),
+            "nats://h:1,nats://***@h:2"
+        );
+        assert_eq!(o("u:p@h").shown(), "***@h");
+        assert_eq!(o("nats://h:4222").shown(), "nats://h:4222");
+    }
 
     #[test]
     fn tokens_round_trip_and_stay_one_subject_token() {

@@ -74,13 +74,13 @@ pub fn spawn(
             let fleet = match Fleet::connect(&options).await {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(url = %options.url, error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS unreachable; events wait in the store's log");
+                    tracing::warn!(url = %options.shown(), error = %e, retry_in_ms = backoff.as_millis() as u64, "NATS unreachable; events wait in the store's log");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
-            tracing::info!(url = %options.url, "publishing change events to NATS JetStream");
+            tracing::info!(url = %options.shown(), "publishing change events to NATS JetStream");
             p.status.connected.store(true, Ordering::Release);
             let r = p.session(&fleet).await;
             p.status.connected.store(false, Ordering::Release);
@@ -138,6 +138,8 @@ impl Publisher {
     /// bus. `Ok` only when the bus closed.
     async fn session(&mut self, f: &Fleet) -> Result<(), Error> {
         self.tenants.clear();
+        let mut reconnected = f.reconnected.subscribe();
+        reconnected.mark_unchanged();
         self.catch_up_all(f).await?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,6 +154,10 @@ impl Publisher {
                     Err(RecvError::Closed) => return Ok(()),
                 },
                 _ = tick.tick() => self.snapshots_due(f).await?,
+                // A restarted server may have lost what it had not written yet: ask it again.
+                _ = reconnected.changed() => {
+                    return Err(Error::Fleet(FleetError::Nats("connection re-established".into())));
+                }
             }
         }
     }

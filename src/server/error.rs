@@ -47,11 +47,12 @@ pub enum ErrorCode {
     PluginBusy,
     HostNotAllowed,
     HeadersTooLarge,
+    TenantNotHere,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -84,6 +85,7 @@ impl ErrorCode {
         ErrorCode::PluginBusy,
         ErrorCode::HostNotAllowed,
         ErrorCode::HeadersTooLarge,
+        ErrorCode::TenantNotHere,
     ];
 
     /// The code as answered.
@@ -121,6 +123,7 @@ impl ErrorCode {
             ErrorCode::PluginBusy => "plugin_busy",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::HostNotAllowed => "host_not_allowed",
+            ErrorCode::TenantNotHere => "tenant_not_here",
         }
     }
 
@@ -159,6 +162,7 @@ impl ErrorCode {
             ErrorCode::PluginBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 

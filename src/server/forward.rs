@@ -692,10 +692,7 @@ impl Req<'_> {
             state.tokens.check_tenant(v, &tenant)?;
         }
         let Some(snap) = state.registry.get(&tenant) else {
-            return Err(match state.registry.failure(&tenant) {
-                Some(f) => ApiError::tenant_unavailable(&tenant, &f),
-                None => ApiError::unknown_tenant(&tenant).for_gateway(),
-            });
+            return Err(super::state::missing(state, &tenant).for_gateway());
         };
         let view = snap.view();
         let subject = identify(view)?;

@@ -168,6 +168,26 @@ fn readyz(state: &State) -> Resp {
             Bytes::from(body.to_string()),
         );
     }
+    // A sidecar started with --tenants: each of them must be there.
+    if let Some(named) = state.following.as_ref().and_then(|s| s.named()) {
+        let absent: Vec<&str> = named
+            .iter()
+            .filter(|t| state.registry.get(t).is_none() && state.registry.failure(t).is_none())
+            .map(String::as_str)
+            .collect();
+        if !absent.is_empty() {
+            let body = serde_json::json!({
+                "status": "degraded",
+                "code": ErrorCode::NotReady.as_str(),
+                "error": format!("tenant(s) {} not found in the fleet", absent.join(", ")),
+                "tenants": n,
+            });
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from(body.to_string()),
+            );
+        }
+    }
     // A store that fails its writes (disk full, I/O errors) cannot acknowledge changes: not
     // ready until it recovers (the embedded engine reopens itself and probes every second).
     if let Some(cp) = &state.control {

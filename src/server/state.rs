@@ -29,6 +29,9 @@ pub struct State {
     pub admin_token: Option<String>,
     /// Connection admission counters of every listener (`server::conn`).
     pub conns: Arc<super::conn::ConnStats>,
+    /// A sidecar's tenants (`portcullis sidecar --tenants / --tenant-shard`); others are
+    /// answered 421 `tenant_not_here`. `None`: every tenant.
+    pub following: Option<crate::control::TenantSet>,
 }
 
 /// Why the shared state cannot be built (the server does not start).
@@ -61,8 +64,17 @@ impl State {
             control: None,
             admin_token: None,
             conns: Arc::new(super::conn::ConnStats::default()),
+            following: None,
         })
     }
+}
+
+/// Why there is no snapshot of `tenant`: not followed here (421), failed (503), unknown (404).
+pub fn missing(state: &State, tenant: &str) -> ApiError {
+    if let Some(set) = state.following.as_ref().filter(|s| !s.contains(tenant)) {
+        return ApiError::new(ErrorCode::TenantNotHere, set.not_here(tenant));
+    }
+    ApiError::no_snapshot(&state.registry, tenant)
 }
 
 /// The snapshot of `tenant`, waiting (bounded) until it reaches `min_revision`.
@@ -77,9 +89,16 @@ pub async fn snapshot_at(
             Some(s) => return Ok(s),
             // A tenant whose plugins compile in the background: wait for it (bounded).
             None if state.registry.is_loading(tenant) => 0,
-            None => return Err(ApiError::no_snapshot(&state.registry, tenant)),
+            None => return Err(missing(state, tenant)),
         },
     };
+    if state
+        .following
+        .as_ref()
+        .is_some_and(|s| !s.contains(tenant))
+    {
+        return Err(missing(state, tenant));
+    }
     let mut changes = state.registry.subscribe();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(state.config.limits.max_revision_wait_ms);
@@ -104,7 +123,7 @@ pub async fn snapshot_at(
                         ErrorCode::NotReady,
                         format!("tenant '{tenant}' is loading (its plugins are compiling); retry shortly"),
                     ),
-                    None => ApiError::no_snapshot(&state.registry, tenant),
+                    None => missing(state, tenant),
                     Some(r) => ApiError::new(
                         ErrorCode::RevisionUnavailable,
                         format!("tenant '{tenant}' is at revision {r}; min_revision {min} not reached in time"),
