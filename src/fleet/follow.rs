@@ -385,7 +385,12 @@ impl Source for Follow {
     }
 
     fn load<'a>(&'a mut self, tenant: &'a str) -> BoxFuture<'a, Option<Loaded>> {
-        Box::pin(async move { self.load_tenant(tenant).await })
+        Box::pin(async move {
+            let loaded = self.load_tenant(tenant).await;
+            let revision = self.tenants.get(tenant).map_or(0, |t| t.revision);
+            tracing::info!(tenant, revision, "tenant reloaded from its snapshot");
+            loaded
+        })
     }
 
     fn load_all(&mut self) -> BoxFuture<'_, HashMap<String, Loaded>> {
