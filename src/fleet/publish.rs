@@ -236,16 +236,18 @@ impl Publisher {
                 return Ok(());
             }
             let commits = self.cp.replay(tenant, from, 256).await?;
-            let mut next = from + 1;
             let mut sent = false;
             for c in &commits {
+                let published = self.published(tenant);
+                if c.revision <= published {
+                    continue; // covered by a reset (a commit too large for an event)
+                }
                 // A missing revision (dropped from the log) or a tombstone (a deleted tenant's
                 // log keeps no changes): the commits cannot travel; the snapshot does.
-                if c.revision != next || c.ops.is_empty() {
+                if c.revision != published + 1 || c.ops.is_empty() {
                     break;
                 }
                 self.send(f, c).await?;
-                next += 1;
                 sent = true;
             }
             if !sent {
