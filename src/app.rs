@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::control::{follower, ControlPlane, TenantSet};
 use crate::fleet;
 use crate::model::file::DataFile;
+use crate::server::metrics::FleetReport;
 use crate::server::{self, Config, State, Surface};
 use crate::store::embedded::FILE_NAME;
 
@@ -160,7 +161,14 @@ pub async fn start(
             every: std::time::Duration::from_secs(n.snapshot_every_seconds),
         };
         let status = Arc::new(fleet::publish::Status::default());
-        fleet::publish::spawn(Arc::clone(&cp), registry, options, policy, status);
+        fleet::publish::spawn(
+            Arc::clone(&cp),
+            registry,
+            options,
+            policy,
+            Arc::clone(&status),
+        );
+        state.fleet = Some(Box::new(move || publisher_report(&status)));
     }
     state.control = Some(cp);
     state.admin_token = Some(token);
@@ -202,8 +210,17 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
     if set != TenantSet::All {
         state.following = Some(set.clone());
     }
-    let state = Arc::new(state);
     let status = Arc::new(fleet::follow::Status::default());
+    let max = state.config.nats.max_staleness_seconds;
+    if max > 0 {
+        state.staleness = Some(crate::server::state::Staleness {
+            last_contact_ms: Arc::clone(&status.last_contact_ms),
+            max_ms: max.saturating_mul(1000),
+        });
+    }
+    let reporting = Arc::clone(&status);
+    state.fleet = Some(Box::new(move || sidecar_report(&reporting)));
+    let state = Arc::new(state);
     let source = fleet::follow::Follow::new(options, set, Arc::clone(&status));
     tokio::spawn(async move {
         // The follower runs on (its own task) once the snapshots are installed.
@@ -225,6 +242,47 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
         listener,
         admin: None,
     })
+}
+
+/// The publisher's status as `/metrics` shows it.
+fn publisher_report(s: &fleet::publish::Status) -> FleetReport {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    FleetReport {
+        connected: s.connected.load(Ordering::Acquire),
+        last_contact_ms: n(&s.last_contact_ms),
+        events: vec![("published", n(&s.events))],
+        resyncs: 0,
+        snapshots_published: n(&s.snapshots),
+        tenants: Vec::new(),
+    }
+}
+
+/// The sidecar's status as `/metrics` shows it.
+fn sidecar_report(s: &fleet::follow::Status) -> FleetReport {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let tenants = s
+        .tenants
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|(t, (seen, held))| (t.clone(), *seen, *held))
+                .collect()
+        })
+        .unwrap_or_default();
+    FleetReport {
+        connected: s.connected.load(Ordering::Acquire),
+        last_contact_ms: n(&s.last_contact_ms),
+        events: vec![
+            ("applied", n(&s.events)),
+            ("corrupt", n(&s.corrupt)),
+            ("duplicate", n(&s.duplicates)),
+            ("gap", n(&s.gaps)),
+            ("reset", n(&s.resets)),
+        ],
+        resyncs: n(&s.resyncs),
+        snapshots_published: 0,
+        tenants,
+    }
 }
 
 /// [`start_sidecar`], then [`serve`].

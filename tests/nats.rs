@@ -387,3 +387,73 @@ fn sharded_sidecars_hold_only_their_tenants() {
     assert_eq!(st, 503, "{body}");
     assert!(body.contains("nope"), "{body}");
 }
+
+/// The value of an unlabelled (or fully labelled) sample in a `/metrics` text.
+fn metric(s: &Server, name: &str) -> Option<f64> {
+    let (_, _, text) = s.request("GET", "/metrics", &[], b"");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn max_staleness_fails_closed_while_nats_is_silent_and_metrics_show_the_fleet() {
+    let _s = serial();
+    let mut nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let strict = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        strict.path(),
+        "nats:\n  max_staleness_seconds: 2\nmetrics:\n  per_tenant: true\n",
+    )
+    .unwrap();
+    let strict_sidecar = sidecar(&nats, &strict, &[]);
+    let lenient = sidecar(&nats, &cfg, &[]);
+    let rev = set_active(&cp, "alice", false);
+    assert_alice(&strict_sidecar, rev, false);
+    assert_eq!(
+        metric(&strict_sidecar, "portcullis_fleet_connected"),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &strict_sidecar,
+            "portcullis_fleet_events_total{outcome=\"applied\"}"
+        ) >= Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &strict_sidecar,
+            "portcullis_fleet_tenant_revision_applied{tenant=\"femo\"}"
+        ),
+        Some(rev as f64)
+    );
+    assert!(metric(&cp, "portcullis_fleet_events_total{outcome=\"published\"}") >= Some(1.0));
+    nats.kill();
+    // The strict one refuses once NATS has been silent for 2 s; the other keeps serving.
+    wait_until("the strict sidecar to fail closed", || {
+        alice(&strict_sidecar, None).0 == 503
+    });
+    let (st, v) = alice(&strict_sidecar, None);
+    assert_eq!((st, v["code"].as_str()), (503, Some("stale")), "{v}");
+    let (st, _, body) = strict_sidecar.request("GET", "/readyz", &[], b"");
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("\"stale\""), "{body}");
+    assert_eq!(
+        metric(&strict_sidecar, "portcullis_fleet_connected"),
+        Some(0.0)
+    );
+    assert!(metric(&strict_sidecar, "portcullis_fleet_seconds_since_contact") >= Some(2.0));
+    let (st, v) = alice(&lenient, None);
+    assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
+    // A write during the outage; NATS back: both serve it.
+    let rev = set_active(&cp, "alice", true);
+    nats.restart();
+    wait_until("the strict sidecar to hear from NATS again", || {
+        alice(&strict_sidecar, None).0 == 200
+    });
+    assert_alice(&strict_sidecar, rev, true);
+    assert_alice(&lenient, rev, true);
+    wait_ready(&strict_sidecar);
+}

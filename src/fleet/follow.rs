@@ -35,8 +35,9 @@ pub struct Status {
     /// boot time.
     pub ready: AtomicBool,
     pub connected: AtomicBool,
-    /// Unix ms of the last message or successful request from NATS.
-    pub last_contact_ms: AtomicU64,
+    /// Unix ms of the last sign of life from NATS: a message, an answer, or the connection
+    /// seen up (checked every 250 ms).
+    pub last_contact_ms: Arc<AtomicU64>,
     pub events: AtomicU64,
     pub resyncs: AtomicU64,
     pub corrupt: AtomicU64,
@@ -337,8 +338,19 @@ impl Source for Follow {
                 let Some(messages) = self.messages.as_mut() else {
                     continue;
                 };
+                let alive = self.fleet.as_ref().map(|f| f.client.clone());
                 let next = tokio::select! {
                     m = messages.next() => m,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        let up = alive.is_some_and(|c| {
+                            c.connection_state() == async_nats::connection::State::Connected
+                        });
+                        self.status.connected.store(up, Ordering::Release);
+                        if up {
+                            self.status.contact();
+                        }
+                        continue;
+                    }
                     _ = self.reconnected.changed() => {
                         // A restarted server has no consumer for us: read on from where we are.
                         tracing::info!(from = self.high + 1, "NATS reconnected; reading the event stream again");

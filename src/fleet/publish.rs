@@ -47,6 +47,8 @@ pub struct Status {
     pub snapshots: AtomicU64,
     pub resets: AtomicU64,
     pub failures: AtomicU64,
+    /// Unix ms of the last answer from NATS.
+    pub last_contact_ms: AtomicU64,
 }
 
 /// Starts publishing `cp`'s commits and snapshots to NATS, forever, reconnecting with backoff.
@@ -153,7 +155,14 @@ impl Publisher {
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 },
-                _ = tick.tick() => self.snapshots_due(f).await?,
+                _ = tick.tick() => {
+                    if f.client.connection_state() == async_nats::connection::State::Connected {
+                        self.status
+                            .last_contact_ms
+                            .store(now_ms().max(0) as u64, Ordering::Relaxed);
+                    }
+                    self.snapshots_due(f).await?
+                }
                 // A restarted server may have lost what it had not written yet: ask it again.
                 _ = reconnected.changed() => {
                     return Err(Error::Fleet(FleetError::Nats("connection re-established".into())));
@@ -288,6 +297,9 @@ impl Publisher {
                 .await
                 .map_err(nats)?;
         self.note_sent(&c.tenant, c.revision, ack.sequence);
+        self.status
+            .last_contact_ms
+            .store(now_ms().max(0) as u64, Ordering::Relaxed);
         if ack.duplicate {
             // Sent before (an ack lost in an outage) — or another publisher used this id.
             let m = f.stream.get_raw_message(ack.sequence).await.map_err(nats)?;

@@ -194,6 +194,9 @@ pub struct NatsConfig {
     pub tenants: Vec<String>,
     /// Sidecar: follow only shard `INDEX/COUNT` of the tenants (FNV-1a of the id, modulo COUNT).
     pub tenant_shard: Option<String>,
+    /// Sidecar: with no contact with NATS for longer than this, refuse to decide (503 `stale`)
+    /// instead of serving what it holds; 0: never (keep serving the last snapshots).
+    pub max_staleness_seconds: u64,
 }
 
 impl Default for NatsConfig {
@@ -205,6 +208,7 @@ impl Default for NatsConfig {
             replicas: 1,
             tenants: Vec::new(),
             tenant_shard: None,
+            max_staleness_seconds: 0,
         }
     }
 }

@@ -48,11 +48,12 @@ pub enum ErrorCode {
     HostNotAllowed,
     HeadersTooLarge,
     TenantNotHere,
+    Stale,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -86,6 +87,7 @@ impl ErrorCode {
         ErrorCode::HostNotAllowed,
         ErrorCode::HeadersTooLarge,
         ErrorCode::TenantNotHere,
+        ErrorCode::Stale,
     ];
 
     /// The code as answered.
@@ -124,6 +126,7 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::HostNotAllowed => "host_not_allowed",
             ErrorCode::TenantNotHere => "tenant_not_here",
+            ErrorCode::Stale => "stale",
         }
     }
 
@@ -163,6 +166,7 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -103,9 +103,11 @@ async fn route(
             if let Err(e) = state.exposure.metrics_allowed(req.headers()) {
                 return (Endpoint::Other, Err(e));
             }
+            let fleet = state.fleet.as_ref().map(|f| f());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
                 &state.registry,
                 &state.conns,
+                fleet.as_ref(),
                 state.clock.now(),
             ))));
             r.headers_mut().insert(
@@ -162,6 +164,19 @@ fn readyz(state: &State) -> Resp {
             "failed": failed.iter().map(|(t, f)| serde_json::json!({
                 "tenant": t, "revision": f.revision, "error": f.error,
             })).collect::<Vec<_>>(),
+        });
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        );
+    }
+    // A sidecar that fails closed on staleness is not ready either.
+    if let Some(Err(e)) = state.staleness.as_ref().map(|s| s.check()) {
+        let body = serde_json::json!({
+            "status": "stale",
+            "code": e.code.as_str(),
+            "error": e.message,
+            "tenants": n,
         });
         return json(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -32,6 +32,41 @@ pub struct State {
     /// A sidecar's tenants (`portcullis sidecar --tenants / --tenant-shard`); others are
     /// answered 421 `tenant_not_here`. `None`: every tenant.
     pub following: Option<crate::control::TenantSet>,
+    /// The fleet's status for `/metrics` (`serve --nats`, `sidecar`).
+    pub fleet: Option<super::metrics::FleetReporter>,
+    /// A sidecar's `nats.max_staleness_seconds`: fail closed when NATS has been silent longer.
+    pub staleness: Option<Staleness>,
+}
+
+/// How long a sidecar may go without hearing from NATS before it refuses to decide.
+pub struct Staleness {
+    /// Unix ms of the last sign of life from NATS (0: never).
+    pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub max_ms: u64,
+}
+
+impl Staleness {
+    /// `Err` (503 `stale`) when NATS has been silent for longer than allowed.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let last = self
+            .last_contact_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let silent = now.saturating_sub(last);
+        if last == 0 || silent > self.max_ms {
+            return Err(ApiError::new(
+                ErrorCode::Stale,
+                format!(
+                    "no contact with NATS for {} s (nats.max_staleness_seconds is {}): refusing to decide on possibly stale data",
+                    silent / 1000,
+                    self.max_ms / 1000
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why the shared state cannot be built (the server does not start).
@@ -65,6 +100,8 @@ impl State {
             admin_token: None,
             conns: Arc::new(super::conn::ConnStats::default()),
             following: None,
+            fleet: None,
+            staleness: None,
         })
     }
 }
@@ -83,6 +120,9 @@ pub async fn snapshot_at(
     tenant: &str,
     min_revision: Option<u64>,
 ) -> Result<SnapshotGuard, ApiError> {
+    if let Some(s) = &state.staleness {
+        s.check()?;
+    }
     let min = match min_revision {
         Some(min) => min,
         None => match state.registry.get(tenant) {
