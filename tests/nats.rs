@@ -457,3 +457,65 @@ fn max_staleness_fails_closed_while_nats_is_silent_and_metrics_show_the_fleet() 
     assert_alice(&lenient, rev, true);
     wait_ready(&strict_sidecar);
 }
+
+#[test]
+fn tenant_creation_and_deletion_travel_to_sidecars() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    let ok = |method: &str, path: &str, body: Value| -> u64 {
+        let (st, v) = cp.admin_call(TOKEN, method, path, body);
+        assert!(st == 200 || st == 201, "{method} {path}: {st} {v}");
+        v["revision"].as_u64().unwrap_or(0)
+    };
+    ok(
+        "POST",
+        "/v1/tenants",
+        json!({"id": "acme", "name": "Acme", "rbac": "enterprise"}),
+    );
+    ok(
+        "POST",
+        "/v1/tenants/acme/nodes",
+        json!({"id": "acme", "kind": "organisation"}),
+    );
+    ok(
+        "POST",
+        "/v1/tenants/acme/nodes",
+        json!({"id": "press-1", "kind": "asset", "parent": "acme"}),
+    );
+    ok(
+        "POST",
+        "/v1/tenants/acme/users",
+        json!({"id": "ann", "email": "ann@acme.example", "name": "Ann"}),
+    );
+    let rev = ok(
+        "POST",
+        "/v1/tenants/acme/assignments",
+        json!({"user": "ann", "role": "operator", "scope": "acme"}),
+    );
+    let (st, v) = check(&a, "acme", "ann", "asset:operate", "press-1", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+    // acme is in shard 1 of 2 (FNV-1a): a sidecar of that shard started now has it.
+    let shard = sidecar(&nats, &cfg, &["--tenant-shard", "1/2"]);
+    let (st, v) = check(&shard, "acme", "ann", "asset:operate", "press-1", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+    assert_eq!(alice(&shard, None).0, 421, "femo is in shard 0/2");
+    // Deleted: gone from the sidecars, and from one that boots afterwards.
+    let (st, v) = cp.admin_call(TOKEN, "DELETE", "/v1/tenants/acme", Value::Null);
+    assert!(st == 200 || st == 204, "{st} {v}");
+    for s in [&a, &shard] {
+        wait_until("acme gone", || {
+            check(s, "acme", "ann", "asset:operate", "press-1", None).0 == 404
+        });
+    }
+    let late = sidecar(&nats, &cfg, &[]);
+    let (st, v) = check(&late, "acme", "ann", "asset:operate", "press-1", None);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (404, Some("unknown_tenant")),
+        "{v}"
+    );
+    assert_eq!(alice(&late, None).0, 200);
+}
