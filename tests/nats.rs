@@ -518,4 +518,27 @@ fn tenant_creation_and_deletion_travel_to_sidecars() {
         "{v}"
     );
     assert_eq!(alice(&late, None).0, 200);
+    // The id created again: its revisions go on, and every sidecar follows the new tenant.
+    let again = ok(
+        "POST",
+        "/v1/tenants",
+        json!({"id": "acme", "name": "Acme 2", "rbac": "none"}),
+    );
+    assert!(again > rev, "{again} after {rev}");
+    ok(
+        "POST",
+        "/v1/tenants/acme/nodes",
+        json!({"id": "acme", "kind": "organisation"}),
+    );
+    let rev = ok(
+        "POST",
+        "/v1/tenants/acme/users",
+        json!({"id": "cy", "email": "cy@acme.example", "name": "Cy"}),
+    );
+    for s in [&a, &shard, &late] {
+        let (st, v) = check(s, "acme", "cy", "asset:read", "acme", Some(rev));
+        assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+        let (st, v) = check(s, "acme", "ann", "asset:read", "acme", Some(rev));
+        assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
+    }
 }

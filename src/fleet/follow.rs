@@ -134,13 +134,19 @@ impl Follow {
     }
 }
 
-/// One attempt at loading `tenant`'s snapshot: `None` when it has no record or is deleted.
+/// One attempt at loading `tenant`'s snapshot: `None` when it has no record; a deleted tenant
+/// is an empty document at its deletion's revision.
 async fn try_load(f: &Fleet, tenant: &str) -> Result<(Option<Record>, Option<Loaded>), FleetError> {
     let Some(r) = f.record(tenant).await? else {
         return Ok((None, None));
     };
     if r.deleted {
-        return Ok((Some(r), None));
+        // Nothing to serve; but the id's revisions go on if it is created again.
+        let doc = TenantDoc {
+            revision: r.revision,
+            ..TenantDoc::default()
+        };
+        return Ok((Some(r), Some(Loaded::doc(doc))));
     }
     let bytes = f.object(&r).await?;
     let (tenant_s, revision) = (tenant.to_string(), r.revision);

@@ -408,6 +408,10 @@ impl Publisher {
                 .get(tenant)
                 .filter(|s| s.revision() == revision)
                 .map(|g| Arc::clone(&*g));
+            if archive.is_none() && !ahead && self.registry.failure(tenant).is_none() {
+                // The follower is still building it: next time (sidecars would compile it).
+                return Ok(None);
+            }
             let name = tenant.to_string();
             let bytes = tokio::task::spawn_blocking(move || {
                 encode_object(&doc.to_rows(&name), archive.as_deref())
