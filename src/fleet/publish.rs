@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{encode_event, encode_object, event_revision, subject, token, Fleet, FleetError};
+use super::{decode_event, encode_event, encode_object, event_revision, subject, token};
 use super::{now_ms, Options, Record, OBJECT_FORMAT, RESET_ACTION};
+use super::{Fleet, FleetError};
 use crate::control::{ControlError, ControlPlane};
 use crate::snapshot::Registry;
 use crate::store::Commit;
@@ -177,26 +178,52 @@ impl Publisher {
             return Ok(());
         }
         let mut t = Tenant::default();
-        match f
+        let ours = self.cp.doc(tenant).await.map_or(0, |d| d.revision);
+        // The last event on the subject, if it is a valid one of a revision we have: anything
+        // else (corrupt, foreign, from the future) says nothing about what was published.
+        let last = match f
             .stream
             .get_last_raw_message_by_subject(&subject(tenant))
             .await
         {
-            Ok(m) => {
-                t.published = event_revision(&m.headers).unwrap_or(0);
-                t.seqs.push_back((t.published, m.sequence));
-            }
+            Ok(m) => match decode_event(m.subject.as_str(), Some(&m.headers), &m.payload) {
+                Ok(c) if c.revision <= ours => Some((c.revision, m.sequence)),
+                Ok(c) => {
+                    tracing::error!(tenant, revision = c.revision, ours, "the stream's last event claims a revision the store does not have; ignoring it");
+                    None
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        tenant,
+                        why,
+                        "the stream's last event is not valid; ignoring it"
+                    );
+                    None
+                }
+            },
             Err(e)
                 if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                None
+            }
             Err(e) => return Err(nats(e)),
+        };
+        if let Some((revision, seq)) = last {
+            t.published = revision;
+            t.seqs.push_back((revision, seq));
         }
         match f.record(tenant).await {
-            Ok(r) => t.snapshot = r.map(|r| r.revision),
+            Ok(r) => t.snapshot = r.map(|r| r.revision).filter(|r| *r <= ours),
             Err(FleetError::Corrupt(e)) => {
                 tracing::warn!(tenant, error = %e, "unreadable snapshot record; publishing a new one");
             }
             Err(e) => return Err(e.into()),
+        }
+        if last.is_none() {
+            // Without a valid last event, the snapshot is the floor: what it holds, a sidecar
+            // gets from it (sending older events again would only make sidecars reload).
+            t.published = t.snapshot.unwrap_or(0);
         }
         if t.snapshot.is_none_or(|s| s < t.published) {
             t.dirty_since = Some(Instant::now());
