@@ -594,3 +594,61 @@ fn commits_made_while_nats_is_down_are_published_by_the_restarted_control_plane(
     let rev = set_active(&cp, "alice", true);
     assert_alice(&a, rev, true);
 }
+
+#[test]
+fn plugin_modules_travel_and_run_on_the_sidecar() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    let wasm = |name: &str| {
+        wat::parse_file(format!(
+            "{}/tests/fixtures/plugins/{name}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let upload = |module: &[u8]| -> u64 {
+        let auth = format!("Bearer {TOKEN}");
+        let (st, _, body) = cp.request(
+            "PUT",
+            "/v1/tenants/femo/plugins/gate",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/wasm"),
+            ],
+            module,
+        );
+        assert!(st == 200 || st == 201, "{st} {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let ok = |method: &str, path: &str, body: Value| -> u64 {
+        let (st, v) = cp.admin_call(TOKEN, method, path, body);
+        assert!(st == 200 || st == 201, "{method} {path}: {st} {v}");
+        v["revision"].as_u64().unwrap()
+    };
+    upload(&wasm("deny"));
+    ok(
+        "POST",
+        "/v1/tenants/femo/roles",
+        json!({"id": "gated", "name": "Gated", "permissions": ["door:open"], "plugin": "gate"}),
+    );
+    let rev = ok(
+        "POST",
+        "/v1/tenants/femo/assignments",
+        json!({"user": "omar", "role": "gated", "scope": "femo"}),
+    );
+    let (st, v) = check(&a, "femo", "omar", "door:open", "press-7", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
+    // The module replaced: the sidecar compiles and runs the new one.
+    let rev = upload(&wasm("allow"));
+    let (st, v) = check(&a, "femo", "omar", "door:open", "press-7", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+    // A sidecar booting now gets the module from the snapshot.
+    let b = sidecar(&nats, &cfg, &[]);
+    let (st, v) = check(&b, "femo", "omar", "door:open", "press-7", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+}
