@@ -652,3 +652,64 @@ fn plugin_modules_travel_and_run_on_the_sidecar() {
     let (st, v) = check(&b, "femo", "omar", "door:open", "press-7", Some(rev));
     assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
 }
+
+#[test]
+fn an_erased_user_leaves_no_copy_in_nats() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    set_active(&cp, "omar", false);
+    let (st, v) = cp.admin_call(TOKEN, "DELETE", "/v1/tenants/femo/users/omar", Value::Null);
+    assert!(st == 200 || st == 204, "{st} {v}");
+    let (st, v) = cp.admin_call(
+        TOKEN,
+        "POST",
+        "/v1/tenants/femo/users/omar/erase",
+        json!({}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let rev = v["revision"].as_u64().unwrap();
+    let (st, v) = check(&a, "femo", "omar", "asset:calibrate", "press-8", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
+    // Neither the stream nor the snapshot object holds omar's email any more.
+    let rt = runtime();
+    let f = fleet(&rt, &nats);
+    wait_until("the snapshot at the erasure", || {
+        rt.block_on(f.record("femo"))
+            .unwrap()
+            .is_some_and(|r| r.revision >= rev)
+    });
+    let payloads: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        let mut seq = 1;
+        while let Ok(m) = f
+            .stream
+            .direct_get_next_for_subject(fleet::subject("femo"), Some(seq))
+            .await
+        {
+            out.push(String::from_utf8_lossy(&m.payload).into_owned());
+            seq = m.sequence + 1;
+        }
+        out
+    });
+    assert!(!payloads.is_empty());
+    assert!(
+        payloads.iter().all(|p| !p.contains("omar@femo.example")),
+        "{payloads:?}"
+    );
+    let record = rt.block_on(f.record("femo")).unwrap().unwrap();
+    let object = rt.block_on(f.object(&record)).unwrap();
+    assert!(!String::from_utf8_lossy(&object).contains("omar@femo.example"));
+    assert!(String::from_utf8_lossy(&object).contains("alice@femo.example"));
+    // A sidecar booting now (snapshot + what is left of the stream) decides the same.
+    let b = sidecar(&nats, &cfg, &[]);
+    let (st, v) = check(&b, "femo", "omar", "asset:calibrate", "press-8", Some(rev));
+    assert_eq!(
+        (st, v["reason"].as_str()),
+        (200, Some("unknown_subject")),
+        "{v}"
+    );
+    assert_alice(&b, rev, true);
+}

@@ -31,6 +31,15 @@ use crate::control::{ControlError, ControlPlane};
 use crate::snapshot::Registry;
 use crate::store::Commit;
 
+/// Whether a commit forgets personal data that older events still hold: a user's erasure (the
+/// log was scrubbed) or the tenant's deletion (its log dropped).
+fn forgets(c: &Commit) -> bool {
+    c.action == "user.erase"
+        || c.ops
+            .iter()
+            .any(|op| op.kind == crate::store::Kind::Tenant && op.value.is_none())
+}
+
 /// When a changed tenant gets a new snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -305,6 +314,38 @@ impl Publisher {
             tracing::error!(tenant = %c.tenant, revision = c.revision, "the stream holds another event under this revision's id; publishing a snapshot");
             return self.reset(f, &c.tenant, true).await;
         }
+        if forgets(c) {
+            self.forget(f, &c.tenant, c.revision).await?;
+        }
+        Ok(())
+    }
+
+    /// After a commit that forgets personal data (a user erased, a tenant deleted): a snapshot
+    /// at it, then the tenant's older events purged from the stream — the store's log was
+    /// scrubbed or dropped, NATS keeps no copy either.
+    async fn forget(&mut self, f: &Fleet, tenant: &str, revision: u64) -> Result<(), Error> {
+        let Some(seq) = self
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.seqs.iter().rev().find(|(r, _)| *r == revision))
+            .map(|(_, seq)| *seq)
+        else {
+            return Ok(());
+        };
+        self.snapshot(f, tenant, true).await?;
+        let purged = f
+            .stream
+            .purge()
+            .filter(subject(tenant))
+            .sequence(seq)
+            .await
+            .map_err(nats)?;
+        tracing::info!(
+            tenant,
+            revision,
+            purged = purged.purged,
+            "older events of the tenant purged from the stream"
+        );
         Ok(())
     }
 
@@ -329,8 +370,13 @@ impl Publisher {
             .store(now_ms().max(0) as u64, Ordering::Relaxed);
         if ack.duplicate {
             // Sent before (an ack lost in an outage) — or another publisher used this id.
-            let m = f.stream.get_raw_message(ack.sequence).await.map_err(nats)?;
-            if m.payload != payload {
+            // (A message that cannot be read back, e.g. purged, counts as other content.)
+            let same = f
+                .stream
+                .get_raw_message(ack.sequence)
+                .await
+                .is_ok_and(|m| m.payload == payload);
+            if !same {
                 return Ok(false);
             }
         }
