@@ -220,6 +220,9 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
     }
     let reporting = Arc::clone(&status);
     state.fleet = Some(Box::new(move || sidecar_report(&reporting)));
+    let id = sidecar_id(listener.local_addr().map_or(0, |a| a.port()));
+    tracing::info!(id = %id, "sidecar status reported to NATS under this id");
+    fleet::follow::spawn_reporter(options.clone(), id, set.describe(), Arc::clone(&status));
     let state = Arc::new(state);
     let source = fleet::follow::Follow::new(options, set, Arc::clone(&status));
     tokio::spawn(async move {
@@ -242,6 +245,17 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
         listener,
         admin: None,
     })
+}
+
+/// A sidecar's id in the fleet's status bucket: its host name (a Kubernetes pod's name) and port.
+fn sidecar_id(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into());
+    format!("{host}-{port}")
 }
 
 /// The publisher's status as `/metrics` shows it.

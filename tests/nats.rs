@@ -209,6 +209,19 @@ fn writes_reach_every_sidecar_and_a_late_one_boots_from_a_snapshot() {
         "{}",
         c.log.lock().unwrap()
     );
+    // A tenant whose snapshot record is missing is rebuilt from its events by a new sidecar
+    // (the publisher writes no new record while femo does not change).
+    wait_until("the snapshot of the last write", || {
+        rt.block_on(f.record("femo"))
+            .unwrap()
+            .is_some_and(|r| r.revision == rev)
+    });
+    rt.block_on(f.kv.delete(fleet::token("femo"))).unwrap();
+    assert!(rt.block_on(f.record("femo")).unwrap().is_none());
+    let d = sidecar(&nats, &cfg, &[]);
+    let (st, v) = alice(&d, None);
+    assert_eq!((st, v["revision"].as_u64()), (200, Some(rev)), "{v}");
+    assert_eq!(v["allowed"], json!(false));
     // min_revision beyond what exists: 503 after the configured wait.
     let (st, v) = alice(&a, Some(rev + 1_000));
     assert_eq!(
@@ -333,11 +346,9 @@ fn corrupt_duplicate_and_out_of_order_events_resync_and_never_decide_wrong() {
         "{v}"
     );
     // Each was followed by a reload of the tenant.
-    assert!(
-        log_count(&a, "tenant reloaded from its snapshot") >= 3,
-        "{}",
-        a.log.lock().unwrap()
-    );
+    wait_until("three reloads", || {
+        log_count(&a, "tenant reloaded from its snapshot") >= 3
+    });
     // Real writes continue to apply, including the real r1 + 2.
     let r2 = set_active(&cp, "omar", false);
     let r3 = set_active(&cp, "omar", true);
@@ -370,6 +381,28 @@ fn sharded_sidecars_hold_only_their_tenants() {
     assert!(msg.contains("'femo'") && msg.contains("shard 1/3"), "{msg}");
     let (_, _, ready) = shard.request("GET", "/readyz", &[], b"");
     assert!(ready.contains("\"tenants\":1"), "{ready}");
+    // `portcullis fleet status` lists it, holding towerco only.
+    let status = || -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["fleet", "status", "--nats", &nats.url()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+        reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["follows"] == "tenant shard 2/3")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    wait_until("the shard sidecar to report ready", || {
+        status()["ready"] == json!(true)
+    });
+    let mine = status();
+    let held: Vec<&String> = mine["tenants"].as_object().unwrap().keys().collect();
+    assert_eq!(held, ["towerco"], "{mine}");
     // A list.
     let only = sidecar(&nats, &cfg, &["--tenants", "femo,visitorhub"]);
     assert_eq!(alice(&only, None).1["allowed"], json!(true));
@@ -498,7 +531,16 @@ fn tenant_creation_and_deletion_travel_to_sidecars() {
     );
     let (st, v) = check(&a, "acme", "ann", "asset:operate", "press-1", Some(rev));
     assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
-    // acme is in shard 1 of 2 (FNV-1a): a sidecar of that shard started now has it.
+    // acme is in shard 1 of 2 (FNV-1a), no demo tenant is: a sidecar of that shard started
+    // now has it — even without its snapshot record, from its events.
+    let rt = runtime();
+    let f = fleet(&rt, &nats);
+    wait_until("acme's snapshot", || {
+        rt.block_on(f.record("acme"))
+            .unwrap()
+            .is_some_and(|r| r.revision == rev)
+    });
+    rt.block_on(f.kv.delete(fleet::token("acme"))).unwrap();
     let shard = sidecar(&nats, &cfg, &["--tenant-shard", "1/2"]);
     let (st, v) = check(&shard, "acme", "ann", "asset:operate", "press-1", Some(rev));
     assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");

@@ -418,7 +418,16 @@ impl Source for Follow {
                 let f = self.fleet().await;
                 let listed = match self.set.named() {
                     Some(n) => Ok(n.iter().cloned().collect::<Vec<_>>()),
-                    None => f.recorded_tenants().await,
+                    // Those with a snapshot, and those with only events so far.
+                    None => match (f.recorded_tenants().await, f.tenants_in_stream().await) {
+                        (Ok(mut a), Ok(b)) => {
+                            a.extend(b);
+                            a.sort();
+                            a.dedup();
+                            Ok(a)
+                        }
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    },
                 };
                 let high = match &listed {
                     Ok(names) if self.set.named().is_some() => last_seq_of(&f, names).await,
@@ -451,13 +460,26 @@ impl Source for Follow {
                     out.insert(t, l);
                 }
             }
-            // Read from the oldest snapshot's position; everything up to now is a replay.
-            let start = self
-                .tenants
-                .values()
-                .map(|t| t.seq)
-                .min()
-                .unwrap_or(self.boot_high);
+            // Read from the oldest snapshot's position (for a tenant without a snapshot, from its
+            // first event); everything up to now is a replay.
+            let mut start = self.boot_high;
+            let tenants: Vec<(String, Tenant)> =
+                self.tenants.iter().map(|(t, s)| (t.clone(), *s)).collect();
+            for (t, s) in tenants {
+                if s.seq > 0 || s.revision > 0 {
+                    start = start.min(s.seq);
+                    continue;
+                }
+                let f = self.fleet().await;
+                match f.first_seq(&t).await {
+                    Ok(Some(first)) => start = start.min(first.saturating_sub(1)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(tenant = %t, error = %e, "cannot find the tenant's first event; reading the whole stream");
+                        start = 0;
+                    }
+                }
+            }
             self.high = self.boot_high;
             self.restart = Some(start + 1);
             self.caught_up = start >= self.boot_high;
@@ -470,4 +492,99 @@ impl Source for Follow {
             out
         })
     }
+}
+
+/// A sidecar's status as it reports it to the control plane's side ([`super::SIDECARS_BUCKET`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub id: String,
+    /// What it follows ("every tenant", "tenants a, b", "tenant shard 1/3").
+    pub follows: String,
+    pub ready: bool,
+    pub connected: bool,
+    pub last_contact_ms: u64,
+    pub events_applied: u64,
+    pub resyncs: u64,
+    /// Per tenant: `[highest revision seen in the stream, revision applied]`.
+    pub tenants: std::collections::BTreeMap<String, (u64, u64)>,
+    pub at_ms: i64,
+}
+
+impl Status {
+    pub fn report(&self, id: &str, follows: &str) -> Report {
+        Report {
+            id: id.to_string(),
+            follows: follows.to_string(),
+            ready: self.ready.load(Ordering::Acquire),
+            connected: self.connected.load(Ordering::Acquire),
+            last_contact_ms: self.last_contact_ms.load(Ordering::Relaxed),
+            events_applied: self.events.load(Ordering::Relaxed),
+            resyncs: self.resyncs.load(Ordering::Relaxed),
+            tenants: self
+                .tenants
+                .lock()
+                .map(|m| m.iter().map(|(t, v)| (t.clone(), *v)).collect())
+                .unwrap_or_default(),
+            at_ms: super::now_ms(),
+        }
+    }
+}
+
+/// Reports the sidecar's status every 5 s under `id` in [`super::SIDECARS_BUCKET`] (its own
+/// connection; failures are logged and retried).
+pub fn spawn_reporter(
+    options: Options,
+    id: String,
+    follows: String,
+    status: Arc<Status>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut fleet: Option<Fleet> = None;
+        let key = super::token(&id);
+        let mut reported: Option<(std::time::Instant, bool)> = None;
+        loop {
+            // Every 5 s, and at once when readiness changes.
+            let ready = status.ready.load(Ordering::Acquire);
+            let due = reported
+                .is_none_or(|(at, was)| was != ready || at.elapsed() >= Duration::from_secs(5));
+            if !due {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            if fleet.is_none() {
+                fleet = Fleet::connect(&options).await.ok();
+            }
+            reported = Some((std::time::Instant::now(), ready));
+            if let Some(f) = &fleet {
+                let r = status.report(&id, &follows);
+                match serde_json::to_vec(&r) {
+                    Ok(json) => {
+                        if let Err(e) = f.sidecars.put(&key, json.into()).await {
+                            tracing::debug!(error = %e, "sidecar status not reported");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sidecar status not encoded"),
+                }
+            }
+        }
+    })
+}
+
+/// Every sidecar's last report (those that stopped reporting have expired).
+pub async fn sidecars(f: &Fleet) -> Result<Vec<Report>, FleetError> {
+    let mut keys = f.sidecars.keys().await.map_err(FleetError::nats)?;
+    let mut names = Vec::new();
+    while let Some(k) = keys.next().await {
+        names.push(k.map_err(FleetError::nats)?);
+    }
+    let mut out = Vec::new();
+    for k in names {
+        if let Some(v) = f.sidecars.get(&k).await.map_err(FleetError::nats)? {
+            if let Ok(r) = serde_json::from_slice::<Report>(&v) {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
 }

@@ -38,6 +38,10 @@ pub const SUBJECT_PREFIX: &str = "portcullis.events";
 pub const KV_BUCKET: &str = "portcullis-tenants";
 /// Snapshot objects, one per tenant, named by [`token`].
 pub const OBJECT_BUCKET: &str = "portcullis-snapshots";
+/// Each sidecar's status, keyed by its id; entries expire ([`SIDECAR_TTL`]) when it stops.
+pub const SIDECARS_BUCKET: &str = "portcullis-sidecars";
+/// How long a sidecar's status stays without being refreshed (it refreshes every 5 s).
+pub const SIDECAR_TTL: Duration = Duration::from_secs(30);
 /// Layout version of a snapshot object ([`encode_object`]).
 pub const OBJECT_FORMAT: u32 = 1;
 /// The action of an event that carries no changes: "reload this tenant from its snapshot"
@@ -344,6 +348,7 @@ pub struct Fleet {
     pub stream: jetstream::stream::Stream,
     pub kv: jetstream::kv::Store,
     pub objects: jetstream::object_store::ObjectStore,
+    pub sidecars: jetstream::kv::Store,
 }
 
 /// Where and how to reach NATS.
@@ -466,7 +471,24 @@ impl Fleet {
                 .await
                 .map_err(FleetError::nats)?,
         };
+        let sidecars = match js.get_key_value(SIDECARS_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: SIDECARS_BUCKET.into(),
+                    description: "Portcullis: each sidecar's status (expires when not refreshed)"
+                        .into(),
+                    history: 1,
+                    max_age: SIDECAR_TTL,
+                    storage: jetstream::stream::StorageType::Memory,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(FleetError::nats)?,
+        };
         Ok(Fleet {
+            sidecars,
             reconnected,
             client,
             js,
@@ -505,6 +527,36 @@ impl Fleet {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Every tenant with events in the stream.
+    pub async fn tenants_in_stream(&self) -> Result<Vec<String>, FleetError> {
+        use futures_util::StreamExt;
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("{SUBJECT_PREFIX}.>"))
+            .await
+            .map_err(FleetError::nats)?;
+        let mut out = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(FleetError::nats)?;
+            out.extend(tenant_of_subject(&subject));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The stream sequence of `tenant`'s first event still in the stream.
+    pub async fn first_seq(&self, tenant: &str) -> Result<Option<u64>, FleetError> {
+        match self
+            .stream
+            .direct_get_first_for_subject(subject(tenant))
+            .await
+        {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FleetError::nats(e)),
+        }
     }
 
     /// The bytes of the object a record names, checked against the record's digest and size.
