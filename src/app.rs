@@ -224,6 +224,7 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
     tracing::info!(id = %id, "sidecar status reported to NATS under this id");
     fleet::follow::spawn_reporter(options.clone(), id, set.describe(), Arc::clone(&status));
     let state = Arc::new(state);
+    spawn_responder(options.clone(), set.clone(), Arc::clone(&state));
     let source = fleet::follow::Follow::new(options, set, Arc::clone(&status));
     tokio::spawn(async move {
         // The follower runs on (its own task) once the snapshots are installed.
@@ -245,6 +246,90 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
         listener,
         admin: None,
     })
+}
+
+/// Serves data-plane requests that arrive by NATS request-reply (`portcullis.api.<tenant>.<endpoint>`,
+/// same JSON as over HTTP; the reply carries `Portcullis-Status`, the HTTP status it would have
+/// had). Requests about tenants this sidecar does not follow get no reply from it: the sidecars
+/// that follow them answer.
+fn spawn_responder(options: fleet::Options, set: TenantSet, state: Arc<State>) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let (filter, group) = fleet::api_subscription(&set);
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            let sub = match fleet::Fleet::connect(&options).await {
+                Ok(f) => f
+                    .client
+                    .queue_subscribe(filter.clone(), group.clone())
+                    .await
+                    .map(|s| (f.client, s))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let (client, mut sub) = match sub {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "NATS request-reply not served yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+            };
+            tracing::info!(subject = %filter, queue = %group, "serving data-plane requests over NATS");
+            while let Some(msg) = sub.next().await {
+                let Some((tenant, endpoint)) = fleet::parse_api_subject(msg.subject.as_str())
+                else {
+                    continue;
+                };
+                if !set.contains(&tenant) {
+                    continue;
+                }
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let (state, client) = (Arc::clone(&state), client.clone());
+                let endpoint = endpoint.to_string();
+                tokio::spawn(async move {
+                    let auth = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Authorization"))
+                        .map(|v| v.as_str().to_string());
+                    let (status, body) = match server::router::endpoint_named(&endpoint) {
+                        None => {
+                            let e = crate::server::error::ApiError::not_found(&endpoint);
+                            (e.status.as_u16(), e.body())
+                        }
+                        Some(_) if body_tenant(&msg.payload).is_some_and(|t| t != tenant) => {
+                            let e = crate::server::error::ApiError::bad_request(format!(
+                                "the request names another tenant than its subject ('{tenant}')"
+                            ));
+                            (e.status.as_u16(), e.body())
+                        }
+                        Some(ep) => {
+                            server::router::answer(&state, ep, auth.as_deref(), &msg.payload).await
+                        }
+                    };
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Portcullis-Status", status.to_string().as_str());
+                    if let Err(e) = client.publish_with_headers(reply, h, body).await {
+                        tracing::debug!(error = %e, "NATS reply not sent");
+                    }
+                });
+            }
+            tracing::warn!("NATS request subscription ended; subscribing again");
+        }
+    });
+}
+
+/// The `tenant` member of a data-plane request body, if it has one.
+fn body_tenant(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct T {
+        tenant: String,
+    }
+    serde_json::from_slice::<T>(body).ok().map(|t| t.tenant)
 }
 
 /// A sidecar's id in the fleet's status bucket: its host name (a Kubernetes pod's name) and port.

@@ -755,3 +755,106 @@ fn an_erased_user_leaves_no_copy_in_nats() {
     );
     assert_alice(&b, rev, true);
 }
+
+#[test]
+fn nats_request_reply_agrees_with_http() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let _cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    let shard = sidecar(&nats, &cfg, &["--tenant-shard", "2/3"]); // towerco only
+    let rt = runtime();
+    let f = fleet(&rt, &nats);
+    let request = |tenant: &str, endpoint: &str, body: &Value| -> Option<(u16, Value)> {
+        rt.block_on(async {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                f.client.request(
+                    fleet::api_subject(tenant, endpoint),
+                    body.to_string().into(),
+                ),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let status = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Portcullis-Status"))
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap();
+            Some((status, serde_json::from_slice(&reply.payload).unwrap()))
+        })
+    };
+    let cases = [
+        (
+            "femo",
+            "check",
+            "/v1/check",
+            json!({"tenant": "femo", "subject": "alice", "action": "asset:operate", "resource": "press-7"}),
+        ),
+        (
+            "femo",
+            "check",
+            "/v1/check",
+            json!({"tenant": "femo", "subject": "alice", "action": "asset:operate", "resource": "robot-12"}),
+        ),
+        (
+            "femo",
+            "batch",
+            "/v1/check/batch",
+            json!({"tenant": "femo", "checks": [
+            {"subject": "alice", "action": "asset:operate", "resource": "press-7"},
+            {"subject": "omar", "action": "asset:calibrate", "resource": "robot-12"}]}),
+        ),
+        (
+            "femo",
+            "filter",
+            "/v1/filter",
+            json!({"tenant": "femo", "subject": "alice", "action": "asset:read", "resources": ["press-7", "robot-12", "press-8"]}),
+        ),
+        (
+            "femo",
+            "scopes",
+            "/v1/scopes",
+            json!({"tenant": "femo", "subject": "alice", "action": "asset:operate"}),
+        ),
+        (
+            "towerco",
+            "check",
+            "/v1/check",
+            json!({"tenant": "towerco", "subject": "kim", "action": "hvac:setpoint", "resource": "hvac-f12"}),
+        ),
+        (
+            "femo",
+            "check",
+            "/v1/check",
+            json!({"tenant": "femo", "subject": "alice"}),
+        ),
+        (
+            "nope",
+            "check",
+            "/v1/check",
+            json!({"tenant": "nope", "subject": "a", "action": "a:b", "resource": "r"}),
+        ),
+    ];
+    for (tenant, endpoint, path, body) in &cases {
+        let (st, http) = a.post_json(path, &body.to_string());
+        let (nst, nats_answer) =
+            request(tenant, endpoint, body).unwrap_or_else(|| panic!("no reply: {body}"));
+        assert_eq!((nst, &nats_answer), (st, &http), "{endpoint} {body}");
+    }
+    // A request whose subject and body name different tenants is refused.
+    let (st, v) = request("towerco", "check", &cases[0].3).unwrap();
+    assert_eq!((st, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    // The shard sidecar answers for towerco only; both groups are subscribed, femo still works.
+    drop(a);
+    let (st, v) = request("towerco", "check", &cases[5].3).unwrap();
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+    assert!(
+        request("femo", "check", &cases[0].3).is_none(),
+        "the shard sidecar must stay silent about femo"
+    );
+    drop(shard);
+}

@@ -38,6 +38,9 @@ pub const SUBJECT_PREFIX: &str = "portcullis.events";
 pub const KV_BUCKET: &str = "portcullis-tenants";
 /// Snapshot objects, one per tenant, named by [`token`].
 pub const OBJECT_BUCKET: &str = "portcullis-snapshots";
+/// Data-plane requests over NATS request-reply go to `portcullis.api.<tenant>.<endpoint>`
+/// (`check`, `batch`, `filter`, `scopes`, `explain`), with the same JSON body as over HTTP.
+pub const API_PREFIX: &str = "portcullis.api";
 /// Each sidecar's status, keyed by its id; entries expire ([`SIDECAR_TTL`]) when it stops.
 pub const SIDECARS_BUCKET: &str = "portcullis-sidecars";
 /// How long a sidecar's status stays without being refreshed (it refreshes every 5 s).
@@ -116,6 +119,40 @@ pub fn tenant_of_subject(subject: &str) -> Option<String> {
         return None;
     }
     tenant_of(rest)
+}
+
+/// The subject of a data-plane request about `tenant` to `endpoint`.
+pub fn api_subject(tenant: &str, endpoint: &str) -> String {
+    format!("{API_PREFIX}.{}.{endpoint}", token(tenant))
+}
+
+/// The tenant and endpoint of a data-plane request subject.
+pub fn parse_api_subject(subject: &str) -> Option<(String, &str)> {
+    let rest = subject.strip_prefix(API_PREFIX)?.strip_prefix('.')?;
+    let (t, endpoint) = rest.split_once('.')?;
+    if endpoint.contains('.') {
+        return None;
+    }
+    Some((tenant_of(t)?, endpoint))
+}
+
+/// What a sidecar subscribes to for data-plane requests, and its queue group: sidecars that
+/// follow the same tenants share the work; those following other tenants (another shard, another
+/// list) form other groups, and stay silent about tenants they do not hold.
+pub fn api_subscription(set: &crate::control::TenantSet) -> (String, String) {
+    use crate::control::TenantSet;
+    let group = match set {
+        TenantSet::All => "portcullis-all".to_string(),
+        TenantSet::Shard { index, count } => format!("portcullis-shard-{index}-of-{count}"),
+        TenantSet::Only(names) => {
+            let list: Vec<&str> = names.iter().map(String::as_str).collect();
+            format!(
+                "portcullis-list-{}",
+                &sha256_hex(list.join(",").as_bytes())[..16]
+            )
+        }
+    };
+    (format!("{API_PREFIX}.*.*"), group)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -600,6 +637,21 @@ mod tests {
         );
         assert_eq!(o("u:p@h").shown(), "***@h");
         assert_eq!(o("nats://h:4222").shown(), "nats://h:4222");
+    }
+
+    #[test]
+    fn api_subjects_round_trip() {
+        assert_eq!(api_subject("femo", "check"), "portcullis.api.femo.check");
+        assert_eq!(
+            parse_api_subject(&api_subject("a.b", "batch")),
+            Some(("a.b".to_string(), "batch"))
+        );
+        assert_eq!(parse_api_subject("portcullis.api.femo"), None);
+        assert_eq!(parse_api_subject("portcullis.api.femo.check.x"), None);
+        assert_eq!(parse_api_subject("other.api.femo.check"), None);
+        let all = api_subscription(&crate::control::TenantSet::All);
+        let shard = api_subscription(&crate::control::TenantSet::shard("1/3").unwrap());
+        assert_ne!(all.1, shard.1);
     }
 
     #[test]

@@ -300,15 +300,22 @@ impl ApiError {
         ApiError::new(ErrorCode::Unauthenticated, message)
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut body = self.details.unwrap_or_default();
-        body.insert("error".into(), serde_json::Value::String(self.message));
+    /// The `{"error","code"}` body (with any details).
+    pub fn body(&self) -> Bytes {
+        let mut body = self.details.clone().unwrap_or_default();
+        body.insert(
+            "error".into(),
+            serde_json::Value::String(self.message.clone()),
+        );
         body.insert(
             "code".into(),
             serde_json::Value::String(self.code.to_string()),
         );
-        let body = serde_json::Value::Object(body).to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        Bytes::from(serde_json::Value::Object(body).to_string())
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.body()));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
