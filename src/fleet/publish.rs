@@ -122,7 +122,7 @@ struct Tenant {
     dirty_since: Option<Instant>,
 }
 
-const RECENT_SEQS: usize = 1024;
+const RECENT_SEQS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
