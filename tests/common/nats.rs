@@ -19,7 +19,7 @@ pub struct Nats {
 
 /// The nats-server binary to use (see the module documentation).
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
