@@ -177,6 +177,7 @@ fn main() {
         write_visible.push((t2 - t0).as_secs_f64() * 1e3);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let requests = compare_transports(sc_addr, &url);
     println!(
         "{n} writes in {elapsed:.2} s ({:.0} writes/s, one at a time)",
         n as f64 / elapsed
@@ -196,4 +197,91 @@ fn main() {
             v[v.len() - 1]
         );
     }
+    println!("\nThe same check on the sidecar, HTTP `/v1/check` vs NATS request-reply:\n");
+    println!("| transport | one at a time p50 µs | p99 µs | {CONCURRENCY} in flight, checks/s |\n|---|---|---|---|");
+    for (name, mut lat, rate) in requests {
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| {name} | {:.0} | {:.0} | {rate:.0} |",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
+    }
+}
+
+const CHECK: &str =
+    r#"{"tenant":"femo","subject":"omar","action":"asset:calibrate","resource":"press-8"}"#;
+const CONCURRENCY: usize = 8;
+const ROUNDS: usize = 2000;
+
+/// Latencies (µs, one at a time) and throughput (`CONCURRENCY` in flight) of the same check over
+/// HTTP keep-alive and over NATS request-reply.
+fn compare_transports(sidecar: SocketAddr, url: &str) -> Vec<(&'static str, Vec<f64>, f64)> {
+    let mut http = Conn::new(sidecar);
+    let mut lat = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let (st, _) = http.call("POST", "/v1/check", false, CHECK);
+        assert_eq!(st, 200);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..CONCURRENCY {
+            s.spawn(|| {
+                let mut c = Conn::new(sidecar);
+                for _ in 0..ROUNDS {
+                    assert_eq!(c.call("POST", "/v1/check", false, CHECK).0, 200);
+                }
+            });
+        }
+    });
+    let http_rate = (CONCURRENCY * ROUNDS) as f64 / t.elapsed().as_secs_f64();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (nats_lat, nats_rate) = rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let ask = |c: async_nats::Client| async move {
+            let r = c
+                .request("portcullis.api.femo.check", CHECK.into())
+                .await
+                .unwrap();
+            assert!(
+                r.payload.starts_with(b"{\"allowed\":true"),
+                "{:?}",
+                r.payload
+            );
+        };
+        let mut lat = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            ask(client.clone()).await;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..ROUNDS {
+                        ask(c.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (
+            lat,
+            (CONCURRENCY * ROUNDS) as f64 / t.elapsed().as_secs_f64(),
+        )
+    });
+    vec![
+        ("HTTP/1.1 keep-alive", lat, http_rate),
+        ("NATS request-reply", nats_lat, nats_rate),
+    ]
 }
