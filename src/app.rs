@@ -20,8 +20,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
-use crate::control::{follower, ControlPlane};
+use crate::control::{follower, ControlPlane, TenantSet};
+use crate::fleet;
 use crate::model::file::DataFile;
+use crate::server::metrics::FleetReport;
 use crate::server::tls::Tls;
 use crate::server::{self, Config, State, Surface};
 use crate::store::embedded::FILE_NAME;
@@ -69,6 +71,10 @@ pub enum StartError {
     NoAdminToken,
     #[error("session keys: {0}")]
     SessionKeys(String),
+    #[error("portcullis sidecar needs a NATS URL: --nats URL (PORTCULLIS_NATS, nats.url)")]
+    NoNats,
+    #[error(transparent)]
+    Config(#[from] crate::server::config::ConfigError),
     #[error("no admin token configured and the OS random source failed: {0}")]
     Random(getrandom::Error),
     #[error("cannot write the generated admin token to '{path}': {source}")]
@@ -178,7 +184,23 @@ pub async fn start(
              PostgreSQL store)"
         ),
     }
-    follower::start(Arc::clone(&cp), registry).await;
+    follower::start(Arc::clone(&cp), Arc::clone(&registry)).await;
+    if let Some(options) = nats_options(&state.config, "portcullis-serve") {
+        let n = &state.config.nats;
+        let policy = fleet::publish::Policy {
+            every_revisions: n.snapshot_every_revisions,
+            every: std::time::Duration::from_secs(n.snapshot_every_seconds),
+        };
+        let status = Arc::new(fleet::publish::Status::default());
+        fleet::publish::spawn(
+            Arc::clone(&cp),
+            registry,
+            options,
+            policy,
+            Arc::clone(&status),
+        );
+        state.fleet = Some(Box::new(move || publisher_report(&status)));
+    }
     state.control = Some(cp);
     state.admin_token = Some(token);
     state.ready.store(true, Ordering::Release);
@@ -189,6 +211,220 @@ pub async fn start(
         tls,
         admin_tls,
     })
+}
+
+/// The NATS connection settings of `config`, when it names a server.
+fn nats_options(config: &Config, name: &str) -> Option<fleet::Options> {
+    let url = config.nats.url.as_ref()?;
+    Some(fleet::Options {
+        url: url.0.clone(),
+        name: name.to_string(),
+        replicas: config.nats.replicas,
+    })
+}
+
+/// Starts what `portcullis sidecar` runs: the data plane only, its tenants loaded from NATS
+/// (snapshots, then the event stream) and kept current. Returns once the listener is bound:
+/// `/healthz` answers at once, `/readyz` once every followed tenant is loaded.
+pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
+    let options = nats_options(&config, "portcullis-sidecar").ok_or(StartError::NoNats)?;
+    let set = config.nats.tenant_set()?;
+    let registry = Arc::new(crate::engine::plugin_registry_with(config.plugins.limits()));
+    if let Err(e) = registry.compile_in_background() {
+        tracing::warn!(error = %e, "no background compile thread; plugins compile inline");
+    }
+    if let (Some(host), Some(dir)) = (registry.plugin_host(), &config.plugins.disk_cache_dir) {
+        if let Err(e) = host.use_disk_cache(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "no disk cache for compiled plugins");
+        }
+    }
+    let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
+    // A sidecar's data plane may serve TLS too (`tls`); it has no management listener.
+    let tls = Tls::new("tls", &state.config.tls)?;
+    let listener = bind(state.config.listen).await?;
+    if set != TenantSet::All {
+        state.following = Some(set.clone());
+    }
+    let status = Arc::new(fleet::follow::Status::default());
+    let max = state.config.nats.max_staleness_seconds;
+    if max > 0 {
+        state.staleness = Some(crate::server::state::Staleness {
+            last_contact_ms: Arc::clone(&status.last_contact_ms),
+            max_ms: max.saturating_mul(1000),
+        });
+    }
+    let reporting = Arc::clone(&status);
+    state.fleet = Some(Box::new(move || sidecar_report(&reporting)));
+    let id = sidecar_id(listener.local_addr().map_or(0, |a| a.port()));
+    tracing::info!(id = %id, "sidecar status reported to NATS under this id");
+    fleet::follow::spawn_reporter(options.clone(), id, set.describe(), Arc::clone(&status));
+    let state = Arc::new(state);
+    spawn_responder(options.clone(), set.clone(), Arc::clone(&state));
+    let source = fleet::follow::Follow::new(options, set, Arc::clone(&status));
+    tokio::spawn(async move {
+        // The follower runs on (its own task) once the snapshots are installed.
+        let _following = follower::start_from(source, registry).await;
+    });
+    let ready = Arc::clone(&state);
+    tokio::spawn(async move {
+        while !status.ready.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        ready.ready.store(true, Ordering::Release);
+        tracing::info!(
+            tenants = ready.registry.len(),
+            "sidecar ready: every followed tenant is loaded"
+        );
+    });
+    Ok(Started {
+        state,
+        listener,
+        admin: None,
+        tls,
+        admin_tls: None,
+    })
+}
+
+/// Serves data-plane requests that arrive by NATS request-reply (`portcullis.api.<tenant>.<endpoint>`,
+/// same JSON as over HTTP; the reply carries `Portcullis-Status`, the HTTP status it would have
+/// had). Requests about tenants this sidecar does not follow get no reply from it: the sidecars
+/// that follow them answer.
+fn spawn_responder(options: fleet::Options, set: TenantSet, state: Arc<State>) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let (filter, group) = fleet::api_subscription(&set);
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            let sub = match fleet::Fleet::connect(&options).await {
+                Ok(f) => f
+                    .client
+                    .queue_subscribe(filter.clone(), group.clone())
+                    .await
+                    .map(|s| (f.client, s))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let (client, mut sub) = match sub {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "NATS request-reply not served yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+            };
+            tracing::info!(subject = %filter, queue = %group, "serving data-plane requests over NATS");
+            while let Some(msg) = sub.next().await {
+                let Some((tenant, endpoint)) = fleet::parse_api_subject(msg.subject.as_str())
+                else {
+                    continue;
+                };
+                if !set.contains(&tenant) {
+                    continue;
+                }
+                let Some(reply) = msg.reply.clone() else {
+                    continue;
+                };
+                let (state, client) = (Arc::clone(&state), client.clone());
+                let endpoint = endpoint.to_string();
+                tokio::spawn(async move {
+                    let auth = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Authorization"))
+                        .map(|v| v.as_str().to_string());
+                    let (status, body) = match server::router::endpoint_named(&endpoint) {
+                        None => {
+                            let e = crate::server::error::ApiError::not_found(&endpoint);
+                            (e.status.as_u16(), e.body())
+                        }
+                        Some(_) if body_tenant(&msg.payload).is_some_and(|t| t != tenant) => {
+                            let e = crate::server::error::ApiError::bad_request(format!(
+                                "the request names another tenant than its subject ('{tenant}')"
+                            ));
+                            (e.status.as_u16(), e.body())
+                        }
+                        Some(ep) => {
+                            server::router::answer(&state, ep, auth.as_deref(), &msg.payload).await
+                        }
+                    };
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Portcullis-Status", status.to_string().as_str());
+                    if let Err(e) = client.publish_with_headers(reply, h, body).await {
+                        tracing::debug!(error = %e, "NATS reply not sent");
+                    }
+                });
+            }
+            tracing::warn!("NATS request subscription ended; subscribing again");
+        }
+    });
+}
+
+/// The `tenant` member of a data-plane request body, if it has one.
+fn body_tenant(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct T {
+        tenant: String,
+    }
+    serde_json::from_slice::<T>(body).ok().map(|t| t.tenant)
+}
+
+/// A sidecar's id in the fleet's status bucket: its host name (a Kubernetes pod's name) and port.
+fn sidecar_id(port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".into());
+    format!("{host}-{port}")
+}
+
+/// The publisher's status as `/metrics` shows it.
+fn publisher_report(s: &fleet::publish::Status) -> FleetReport {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    FleetReport {
+        connected: s.connected.load(Ordering::Acquire),
+        last_contact_ms: n(&s.last_contact_ms),
+        events: vec![("published", n(&s.events))],
+        resyncs: 0,
+        snapshots_published: n(&s.snapshots),
+        tenants: Vec::new(),
+    }
+}
+
+/// The sidecar's status as `/metrics` shows it.
+fn sidecar_report(s: &fleet::follow::Status) -> FleetReport {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let tenants = s
+        .tenants
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|(t, (seen, held))| (t.clone(), *seen, *held))
+                .collect()
+        })
+        .unwrap_or_default();
+    FleetReport {
+        connected: s.connected.load(Ordering::Acquire),
+        last_contact_ms: n(&s.last_contact_ms),
+        events: vec![
+            ("applied", n(&s.events)),
+            ("corrupt", n(&s.corrupt)),
+            ("duplicate", n(&s.duplicates)),
+            ("gap", n(&s.gaps)),
+            ("reset", n(&s.resets)),
+        ],
+        resyncs: n(&s.resyncs),
+        snapshots_published: 0,
+        tenants,
+    }
+}
+
+/// [`start_sidecar`], then [`serve`].
+pub async fn run_sidecar(config: Config) -> Result<(), RunError> {
+    let started = start_sidecar(config).await?;
+    serve(started).await.map_err(RunError::Serve)
 }
 
 /// Serves a started process until SIGINT/SIGTERM, then drains (`limits.drain_ms`).

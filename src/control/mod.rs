@@ -13,6 +13,7 @@ pub mod check;
 pub mod doc;
 pub mod follower;
 pub mod rules;
+pub mod shard;
 pub mod views;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio::sync::{broadcast, Mutex};
 
 pub use doc::TenantDoc;
 pub use rules::{Change, RuleError};
+pub use shard::TenantSet;
 
 use crate::model::file::DataFile;
 use crate::store::{Commit, LogEdit, LogEditor, Store, StoreError, StoreHealth};
@@ -76,6 +78,16 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A commit as it leaves the control plane (the change bus, NATS, a replay from the log): the
+/// one place where what followers may see of a commit is decided — the log's form, with
+/// credentials (password and card hashes) redacted.
+pub fn published(commit: Commit) -> Commit {
+    match commit.log_form() {
+        std::borrow::Cow::Borrowed(_) => commit,
+        std::borrow::Cow::Owned(c) => c,
+    }
 }
 
 impl ControlPlane {
@@ -141,6 +153,23 @@ impl ControlPlane {
     /// Subscribes to committed changes, in commit order per tenant.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
         self.bus.subscribe()
+    }
+
+    /// The logged commits of `tenant` after revision `after` (at most `limit`), in the form the
+    /// change bus carries them ([`published`]): what a publisher that fell behind (a crash, an
+    /// outage) sends again. Commits a log rewrite dropped are missing: callers check continuity.
+    pub async fn replay(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Commit>>, ControlError> {
+        let q = crate::store::LogQuery::replay(tenant, after, limit);
+        let commits = self.store.log(&q).await?;
+        Ok(commits
+            .into_iter()
+            .map(|c| Arc::new(published(c)))
+            .collect())
     }
 
     /// Copies of every tenant document (for a follower starting up; subscribe first).
@@ -371,12 +400,7 @@ impl ControlPlane {
             *doc = self.load_doc(tenant).await?;
         }
         let deleted = doc.settings.is_none();
-        // Followers get what the log holds: credentials redacted.
-        let published = match commit.log_form() {
-            std::borrow::Cow::Borrowed(_) => commit,
-            std::borrow::Cow::Owned(c) => c,
-        };
-        let _ = self.bus.send(Arc::new(published));
+        let _ = self.bus.send(Arc::new(published(commit)));
         if deleted {
             // The tenant is gone: so is the personal data in its log (its rows went with the
             // commit). A failure here is repaired when the id is created again.

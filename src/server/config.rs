@@ -43,6 +43,8 @@ pub struct Config {
     pub plugins: PluginConfig,
     /// Sign-in: session signing keys, throttling, invitations. See `identity`.
     pub sign_in: SignInConfig,
+    /// NATS JetStream: `serve` publishes changes and snapshots there, `sidecar` follows them.
+    pub nats: NatsConfig,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `portcullis=debug`.
     pub log: String,
     /// Log format: `text` or `json`.
@@ -245,6 +247,58 @@ impl PluginConfig {
     }
 }
 
+/// NATS JetStream (`src/fleet`): where it is, how often snapshots are published, which tenants a
+/// sidecar follows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL (`nats://host:4222`; several: comma-separated). `serve` publishes there when
+    /// set; `sidecar` needs it.
+    pub url: Option<Secret>,
+    /// A changed tenant gets a new snapshot after this many revisions…
+    pub snapshot_every_revisions: u64,
+    /// …or once its oldest change without a snapshot is this old, seconds.
+    pub snapshot_every_seconds: u64,
+    /// Replicas of the stream and buckets when Portcullis creates them (a clustered NATS: 3).
+    pub replicas: usize,
+    /// Sidecar: follow only these tenants (others: 421 `tenant_not_here`).
+    pub tenants: Vec<String>,
+    /// Sidecar: follow only shard `INDEX/COUNT` of the tenants (FNV-1a of the id, modulo COUNT).
+    pub tenant_shard: Option<String>,
+    /// Sidecar: with no contact with NATS for longer than this, refuse to decide (503 `stale`)
+    /// instead of serving what it holds; 0: never (keep serving the last snapshots).
+    pub max_staleness_seconds: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> NatsConfig {
+        NatsConfig {
+            url: None,
+            snapshot_every_revisions: 100,
+            snapshot_every_seconds: 60,
+            replicas: 1,
+            tenants: Vec::new(),
+            tenant_shard: None,
+            max_staleness_seconds: 0,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The tenants a sidecar follows.
+    pub fn tenant_set(&self) -> Result<crate::control::TenantSet, ConfigError> {
+        use crate::control::TenantSet;
+        match (&self.tenant_shard, self.tenants.is_empty()) {
+            (Some(_), false) => Err(ConfigError::Invalid(
+                "nats.tenants (--tenants) and nats.tenant_shard (--tenant-shard) are both set: give one".into(),
+            )),
+            (Some(s), true) => TenantSet::shard(s).map_err(ConfigError::Invalid),
+            (None, false) => TenantSet::only(&self.tenants.join(",")).map_err(ConfigError::Invalid),
+            (None, true) => Ok(TenantSet::All),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -318,6 +372,7 @@ impl Default for Config {
             forward_auth: ForwardAuthConfig::default(),
             plugins: PluginConfig::default(),
             sign_in: SignInConfig::default(),
+            nats: NatsConfig::default(),
             log: "info".to_string(),
             log_format: "text".to_string(),
         }
@@ -643,6 +698,19 @@ impl Config {
                 )));
             }
         }
+        let n = &self.nats;
+        for (name, v) in [
+            ("nats.snapshot_every_revisions", n.snapshot_every_revisions),
+            ("nats.snapshot_every_seconds", n.snapshot_every_seconds),
+            ("nats.replicas", n.replicas as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
+            }
+        }
+        n.tenant_set()?;
         let p = &self.plugins;
         for (name, v) in [
             ("plugins.deadline_ms", p.deadline_ms),

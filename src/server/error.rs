@@ -53,11 +53,13 @@ pub enum ErrorCode {
     InvalidInvitation,
     CardInUse,
     SignInUnavailable,
+    TenantNotHere,
+    Stale,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -96,6 +98,8 @@ impl ErrorCode {
         ErrorCode::InvalidInvitation,
         ErrorCode::CardInUse,
         ErrorCode::SignInUnavailable,
+        ErrorCode::TenantNotHere,
+        ErrorCode::Stale,
     ];
 
     /// The code as answered.
@@ -139,6 +143,8 @@ impl ErrorCode {
             ErrorCode::InvalidInvitation => "invalid_invitation",
             ErrorCode::CardInUse => "card_in_use",
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
+            ErrorCode::TenantNotHere => "tenant_not_here",
+            ErrorCode::Stale => "stale",
         }
     }
 
@@ -183,6 +189,8 @@ impl ErrorCode {
             ErrorCode::InvalidInvitation => StatusCode::GONE,
             ErrorCode::CardInUse => StatusCode::CONFLICT,
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -319,15 +327,22 @@ impl ApiError {
         ApiError::new(ErrorCode::Unauthenticated, message)
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut body = self.details.unwrap_or_default();
-        body.insert("error".into(), serde_json::Value::String(self.message));
+    /// The `{"error","code"}` body (with any details).
+    pub fn body(&self) -> Bytes {
+        let mut body = self.details.clone().unwrap_or_default();
+        body.insert(
+            "error".into(),
+            serde_json::Value::String(self.message.clone()),
+        );
         body.insert(
             "code".into(),
             serde_json::Value::String(self.code.to_string()),
         );
-        let body = serde_json::Value::Object(body).to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        Bytes::from(serde_json::Value::Object(body).to_string())
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.body()));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

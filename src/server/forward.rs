@@ -697,11 +697,11 @@ impl Req<'_> {
             // requested tenant exists.
             state.tokens.check_tenant(v, &tenant)?;
         }
+        if let Some(s) = &state.staleness {
+            s.check()?;
+        }
         let Some(snap) = state.registry.get(&tenant) else {
-            return Err(match state.registry.failure(&tenant) {
-                Some(f) => ApiError::tenant_unavailable(&tenant, &f),
-                None => ApiError::unknown_tenant(&tenant).for_gateway(),
-            });
+            return Err(super::state::missing(state, &tenant).for_gateway());
         };
         let view = snap.view();
         let subject = identify(view)?;
@@ -870,7 +870,7 @@ forward_auth:
         let (s, code, _) = run(&st, Method::POST, "/t/femo/assets/robot-12/operate", &envoy);
         assert_eq!((s, code.as_str()), (403, "forbidden"));
         // Decisions are counted.
-        let m = String::from_utf8(st.metrics.render(&st.registry, &st.conns, NOW)).unwrap();
+        let m = String::from_utf8(st.metrics.render(&st.registry, &st.conns, None, NOW)).unwrap();
         assert!(
             m.contains(r#"portcullis_decisions_total{reason="granted",result="allow"} 4"#),
             "{m}"

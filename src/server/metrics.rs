@@ -80,8 +80,122 @@ pub struct Metrics {
     tls_reload_errors: IntCounter,
     tls_handshake_failures: IntCounter,
     sign_ins: IntCounterVec,
+    fleet: FleetMetrics,
     families: Vec<Family>,
     per_tenant: bool,
+}
+
+/// What a fleet member (a `serve --nats` publisher or a sidecar) reports for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct FleetReport {
+    pub connected: bool,
+    /// Unix ms of the last sign of life from NATS (0: never).
+    pub last_contact_ms: u64,
+    /// Event counts by outcome (`published`; `applied`, `corrupt`, `duplicate`, `gap`, `reset`).
+    pub events: Vec<(&'static str, u64)>,
+    pub resyncs: u64,
+    pub snapshots_published: u64,
+    /// Per tenant: (id, highest revision seen in the stream, revision applied).
+    pub tenants: Vec<(String, u64, u64)>,
+}
+
+/// Produces the current [`FleetReport`] (set by the process assembly, `app`).
+pub type FleetReporter = Box<dyn Fn() -> FleetReport + Send + Sync>;
+
+struct FleetMetrics {
+    connected: IntGauge,
+    since_contact: IntGauge,
+    events: IntCounterVec,
+    resyncs: IntCounter,
+    snapshots: IntCounter,
+    seen: IntGaugeVec,
+    applied: IntGaugeVec,
+}
+
+impl FleetMetrics {
+    fn new(
+        registry: &PromRegistry,
+        families: &mut Vec<Family>,
+        per_tenant: bool,
+    ) -> Result<FleetMetrics, prometheus::Error> {
+        let m = FleetMetrics {
+            connected: IntGauge::new(
+                "portcullis_fleet_connected",
+                "1 while connected to NATS (serve --nats, sidecar), else 0",
+            )?,
+            since_contact: IntGauge::new(
+                "portcullis_fleet_seconds_since_contact",
+                "Seconds since the last sign of life from NATS (a message, or the connection seen up); -1: never",
+            )?,
+            events: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_fleet_events_total",
+                    "Change events by outcome: published (serve); applied, corrupt, duplicate, gap, reset (sidecar)",
+                ),
+                &["outcome"],
+            )?,
+            resyncs: IntCounter::new(
+                "portcullis_fleet_resyncs_total",
+                "Tenants reloaded from their snapshot after a corrupt, duplicate, out-of-order or reset event (sidecar)",
+            )?,
+            snapshots: IntCounter::new(
+                "portcullis_fleet_snapshots_published_total",
+                "Tenant snapshots written to the NATS object store (serve --nats)",
+            )?,
+            seen: IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_fleet_tenant_revision_seen",
+                    "Highest revision of a tenant seen in the event stream (sidecar, metrics.per_tenant)",
+                ),
+                &["tenant"],
+            )?,
+            applied: IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_fleet_tenant_revision_applied",
+                    "Revision of a tenant the sidecar has applied (its snapshot follows; metrics.per_tenant)",
+                ),
+                &["tenant"],
+            )?,
+        };
+        reg(registry, families, &m.connected)?;
+        reg(registry, families, &m.since_contact)?;
+        reg(registry, families, &m.events)?;
+        reg(registry, families, &m.resyncs)?;
+        reg(registry, families, &m.snapshots)?;
+        if per_tenant {
+            reg(registry, families, &m.seen)?;
+            reg(registry, families, &m.applied)?;
+        }
+        Ok(m)
+    }
+
+    fn update(&self, r: &FleetReport, per_tenant: bool) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.connected.set(i64::from(r.connected));
+        self.since_contact.set(if r.last_contact_ms == 0 {
+            -1
+        } else {
+            (now_ms.saturating_sub(r.last_contact_ms) / 1000) as i64
+        });
+        for (outcome, n) in &r.events {
+            let c = self.events.with_label_values(&[outcome]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        self.resyncs
+            .inc_by(r.resyncs.saturating_sub(self.resyncs.get()));
+        self.snapshots
+            .inc_by(r.snapshots_published.saturating_sub(self.snapshots.get()));
+        if per_tenant {
+            self.seen.reset();
+            self.applied.reset();
+            for (t, seen, applied) in &r.tenants {
+                self.seen.with_label_values(&[t]).set(*seen as i64);
+                self.applied.with_label_values(&[t]).set(*applied as i64);
+            }
+        }
+    }
 }
 
 /// One metric family as registered: name, variable labels, help. The README's metrics
@@ -213,6 +327,7 @@ impl Metrics {
             "Snapshot builds of a tenant that failed (its state does not compile), since start",
         );
         let compile_failures = IntCounterVec::new(failed_builds, &["tenant"])?;
+        let fleet = FleetMetrics::new(&registry, &mut families, per_tenant)?;
         reg(&registry, &mut families, &tenants_unavailable)?;
         reg(&registry, &mut families, &compile_failures)?;
         reg(&registry, &mut families, &plugin_calls)?;
@@ -264,6 +379,7 @@ impl Metrics {
             tls_reload_errors,
             tls_handshake_failures,
             sign_ins,
+            fleet,
             families,
             per_tenant,
         })
@@ -316,9 +432,18 @@ impl Metrics {
         }
     }
 
-    /// Renders the text exposition format, refreshing snapshot gauges from `snapshots` and
-    /// connection gauges and counters from `conns`.
-    pub fn render(&self, snapshots: &Registry, conns: &ConnStats, now: i64) -> Vec<u8> {
+    /// Renders the text exposition format, refreshing snapshot gauges from `snapshots`,
+    /// connection gauges and counters from `conns`, and the fleet's from `fleet`.
+    pub fn render(
+        &self,
+        snapshots: &Registry,
+        conns: &ConnStats,
+        fleet: Option<&FleetReport>,
+        now: i64,
+    ) -> Vec<u8> {
+        if let Some(r) = fleet {
+            self.fleet.update(r, self.per_tenant);
+        }
         for r in Closed::ALL {
             let c = self.conns_closed.with_label_values(&[r.code()]);
             c.inc_by(conns.closed(r).saturating_sub(c.get()));

@@ -113,9 +113,11 @@ async fn route(
             if let Err(e) = state.exposure.metrics_allowed(req.headers()) {
                 return (Endpoint::Other, Err(e));
             }
+            let fleet = state.fleet.as_ref().map(|f| f());
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
                 &state.registry,
                 &state.conns,
+                fleet.as_ref(),
                 state.clock.now(),
             ))));
             r.headers_mut().insert(
@@ -178,6 +180,39 @@ fn readyz(state: &State) -> Resp {
             Bytes::from(body.to_string()),
         );
     }
+    // A sidecar that fails closed on staleness is not ready either.
+    if let Some(Err(e)) = state.staleness.as_ref().map(|s| s.check()) {
+        let body = serde_json::json!({
+            "status": "stale",
+            "code": e.code.as_str(),
+            "error": e.message,
+            "tenants": n,
+        });
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(body.to_string()),
+        );
+    }
+    // A sidecar started with --tenants: each of them must be there.
+    if let Some(named) = state.following.as_ref().and_then(|s| s.named()) {
+        let absent: Vec<&str> = named
+            .iter()
+            .filter(|t| state.registry.get(t).is_none() && state.registry.failure(t).is_none())
+            .map(String::as_str)
+            .collect();
+        if !absent.is_empty() {
+            let body = serde_json::json!({
+                "status": "degraded",
+                "code": ErrorCode::NotReady.as_str(),
+                "error": format!("tenant(s) {} not found in the fleet", absent.join(", ")),
+                "tenants": n,
+            });
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from(body.to_string()),
+            );
+        }
+    }
     // A store that fails its writes (disk full, I/O errors) cannot acknowledge changes: not
     // ready until it recovers (the embedded engine reopens itself and probes every second).
     if let Some(cp) = &state.control {
@@ -209,19 +244,88 @@ async fn data_plane(
     caller: Option<Caller<'_>>,
     body: Incoming,
 ) -> Result<Resp, ApiError> {
-    let explain = state.config.data_plane.explain;
-    if endpoint == Endpoint::Explain && explain == ExplainMode::Off {
+    if endpoint == Endpoint::Explain && state.config.data_plane.explain == ExplainMode::Off {
         return Err(ApiError::new(
             ErrorCode::NotFound,
             "/v1/explain is disabled here (data_plane.explain: off)",
         ));
     }
     let body = read_body_limited(state, body).await?;
+    decide_body(state, endpoint, caller, &body)
+        .await
+        .map(|out| json(StatusCode::OK, out))
+}
+
+/// The data-plane endpoints by the names of their NATS subjects (`fleet`'s request-reply).
+pub fn endpoint_named(name: &str) -> Option<Endpoint> {
+    Some(match name {
+        "check" => Endpoint::Check,
+        "batch" => Endpoint::Batch,
+        "filter" => Endpoint::Filter,
+        "scopes" => Endpoint::Scopes,
+        "explain" => Endpoint::Explain,
+        _ => return None,
+    })
+}
+
+/// Answers a data-plane request that arrived as a message (NATS request-reply) with the same
+/// JSON as over HTTP: the status it would have had and the body. Counted in the metrics like an
+/// HTTP request. `authorization` is the message's `Authorization` header: with
+/// `data_plane.api_keys` set, it must carry a key, as over HTTP.
+pub async fn answer(
+    state: &State,
+    endpoint: Endpoint,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> (u16, Bytes) {
+    let start = Instant::now();
+    let mut headers = hyper::HeaderMap::new();
+    if let Some(v) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    let caller = state.exposure.caller(&headers);
+    let r = if let Err(e) = caller {
+        Err(e)
+    } else if body.len() > state.config.limits.max_body_bytes {
+        Err(ApiError::too_large(
+            "request body",
+            state.config.limits.max_body_bytes,
+        ))
+    } else if endpoint == Endpoint::Explain && state.config.data_plane.explain == ExplainMode::Off {
+        Err(ApiError::new(
+            ErrorCode::NotFound,
+            "explain is disabled here (data_plane.explain: off)",
+        ))
+    } else {
+        let caller = caller.ok().flatten();
+        decide_body(state, endpoint, caller, body).await
+    };
+    let out = match r {
+        Ok(b) => (200, b),
+        Err(e) => {
+            state.metrics.error(e.code);
+            (e.status.as_u16(), e.body())
+        }
+    };
+    state
+        .metrics
+        .latency(endpoint, start.elapsed().as_secs_f64());
+    out
+}
+
+/// Decides a data-plane request body: parse (borrowing from `body`), pin the snapshot, decide.
+async fn decide_body(
+    state: &State,
+    endpoint: Endpoint,
+    caller: Option<Caller<'_>>,
+    body: &[u8],
+) -> Result<Bytes, ApiError> {
+    let explain = state.config.data_plane.explain;
     let may_ask = |tenant: &str| caller.map_or(Ok(()), |c| c.may_ask(tenant));
     // Each arm: parse (borrowing from `body`), pin the snapshot, decide synchronously.
     let out = match endpoint {
         Endpoint::Check | Endpoint::Explain => {
-            let r = api::parse_check(&body)?;
+            let r = api::parse_check(body)?;
             may_ask(&r.tenant)?;
             if endpoint == Endpoint::Explain
                 && explain == ExplainMode::Token
@@ -241,19 +345,19 @@ async fn data_plane(
             }
         }
         Endpoint::Batch => {
-            let r: api::BatchReq = api::parse(&body)?;
+            let r: api::BatchReq = api::parse(body)?;
             may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::batch(state, &snap, &r)?
         }
         Endpoint::Filter => {
-            let r: api::FilterReq = api::parse(&body)?;
+            let r: api::FilterReq = api::parse(body)?;
             may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::filter(state, &snap, &r)?
         }
         Endpoint::Scopes => {
-            let r: api::ScopesReq = api::parse(&body)?;
+            let r: api::ScopesReq = api::parse(body)?;
             may_ask(&r.tenant)?;
             let snap = snapshot_at(state, &r.tenant, r.min_revision).await?;
             api::scopes(state, &snap, &r)?
@@ -262,5 +366,5 @@ async fn data_plane(
             return Err(ApiError::not_found(""))
         }
     };
-    Ok(json(StatusCode::OK, out))
+    Ok(out)
 }

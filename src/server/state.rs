@@ -31,6 +31,44 @@ pub struct State {
     pub sign_in: Option<std::sync::Arc<super::admin::identity::SignIn>>,
     /// Connection admission counters of every listener (`server::conn`).
     pub conns: Arc<super::conn::ConnStats>,
+    /// A sidecar's tenants (`portcullis sidecar --tenants / --tenant-shard`); others are
+    /// answered 421 `tenant_not_here`. `None`: every tenant.
+    pub following: Option<crate::control::TenantSet>,
+    /// The fleet's status for `/metrics` (`serve --nats`, `sidecar`).
+    pub fleet: Option<super::metrics::FleetReporter>,
+    /// A sidecar's `nats.max_staleness_seconds`: fail closed when NATS has been silent longer.
+    pub staleness: Option<Staleness>,
+}
+
+/// How long a sidecar may go without hearing from NATS before it refuses to decide.
+pub struct Staleness {
+    /// Unix ms of the last sign of life from NATS (0: never).
+    pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub max_ms: u64,
+}
+
+impl Staleness {
+    /// `Err` (503 `stale`) when NATS has been silent for longer than allowed.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let last = self
+            .last_contact_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let silent = now.saturating_sub(last);
+        if last == 0 || silent > self.max_ms {
+            return Err(ApiError::new(
+                ErrorCode::Stale,
+                format!(
+                    "no contact with NATS for {} s (nats.max_staleness_seconds is {}): refusing to decide on possibly stale data",
+                    silent / 1000,
+                    self.max_ms / 1000
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why the shared state cannot be built (the server does not start).
@@ -64,8 +102,19 @@ impl State {
             admin_token: None,
             sign_in: None,
             conns: Arc::new(super::conn::ConnStats::default()),
+            following: None,
+            fleet: None,
+            staleness: None,
         })
     }
+}
+
+/// Why there is no snapshot of `tenant`: not followed here (421), failed (503), unknown (404).
+pub fn missing(state: &State, tenant: &str) -> ApiError {
+    if let Some(set) = state.following.as_ref().filter(|s| !s.contains(tenant)) {
+        return ApiError::new(ErrorCode::TenantNotHere, set.not_here(tenant));
+    }
+    ApiError::no_snapshot(&state.registry, tenant)
 }
 
 /// The snapshot of `tenant`, waiting (bounded) until it reaches `min_revision`.
@@ -74,15 +123,25 @@ pub async fn snapshot_at(
     tenant: &str,
     min_revision: Option<u64>,
 ) -> Result<SnapshotGuard, ApiError> {
+    if let Some(s) = &state.staleness {
+        s.check()?;
+    }
     let min = match min_revision {
         Some(min) => min,
         None => match state.registry.get(tenant) {
             Some(s) => return Ok(s),
             // A tenant whose plugins compile in the background: wait for it (bounded).
             None if state.registry.is_loading(tenant) => 0,
-            None => return Err(ApiError::no_snapshot(&state.registry, tenant)),
+            None => return Err(missing(state, tenant)),
         },
     };
+    if state
+        .following
+        .as_ref()
+        .is_some_and(|s| !s.contains(tenant))
+    {
+        return Err(missing(state, tenant));
+    }
     let mut changes = state.registry.subscribe();
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(state.config.limits.max_revision_wait_ms);
@@ -107,7 +166,7 @@ pub async fn snapshot_at(
                         ErrorCode::NotReady,
                         format!("tenant '{tenant}' is loading (its plugins are compiling); retry shortly"),
                     ),
-                    None => ApiError::no_snapshot(&state.registry, tenant),
+                    None => missing(state, tenant),
                     Some(r) => ApiError::new(
                         ErrorCode::RevisionUnavailable,
                         format!("tenant '{tenant}' is at revision {r}; min_revision {min} not reached in time"),

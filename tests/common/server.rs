@@ -49,12 +49,28 @@ impl Server {
             cmd.arg("--store").arg(&d);
             Some(d)
         };
-        cmd.env("PORTCULLIS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.env("PORTCULLIS_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Server::launch(cmd, store_dir)
+    }
+
+    /// Starts `portcullis sidecar --listen 127.0.0.1:0` with `args` (`--nats URL`, …) and waits
+    /// until it listens (not until it is ready: see `/readyz`).
+    pub fn start_sidecar(args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.arg("sidecar")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env("PORTCULLIS_LOG", "info");
+        Server::launch(cmd, None)
+    }
+
+    /// Spawns `cmd` and waits for its "portcullis listening" log line.
+    fn launch(mut cmd: Command, store_dir: Option<std::path::PathBuf>) -> Server {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn portcullis");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

@@ -294,7 +294,10 @@ pub async fn sign_in(
         // card never lock out the others.
         (None, None, Some(c)) => (
             "card",
-            format!("card:{}", sha256_hex(&c.expose().trim().to_ascii_uppercase())),
+            format!(
+                "card:{}",
+                sha256_hex(&c.expose().trim().to_ascii_uppercase())
+            ),
         ),
         _ => {
             return Err(ApiError::bad_request(
