@@ -239,6 +239,16 @@ pub async fn start_sidecar(config: Config) -> Result<Started, StartError> {
         }
     }
     let mut state = State::new(config, Arc::clone(&registry), Clock::ticking())?;
+    // Session tokens are accepted where the sidecar is given the control plane's session keys
+    // (only their public halves are used here).
+    let pems = configured_session_keys(&state.config)?;
+    if !pems.is_empty() {
+        let keys =
+            crate::identity::SessionKeys::from_pems(&pems).map_err(StartError::SessionKeys)?;
+        state.tokens =
+            crate::server::tokens::Tokens::with_sessions(&state.config.tokens, &keys.public_keys())
+                .map_err(crate::server::StateError::from)?;
+    }
     // A sidecar's data plane may serve TLS too (`tls`); it has no management listener.
     let tls = Tls::new("tls", &state.config.tls)?;
     let listener = bind(state.config.listen).await?;
@@ -659,6 +669,20 @@ fn issue_token(location: &Location, configured: Option<String>) -> Result<String
     Ok(token)
 }
 
+/// The PEM texts of `sign_in.session_keys` (each file must be private: mode 600).
+fn configured_session_keys(config: &Config) -> Result<Vec<(Option<String>, String)>, StartError> {
+    let err = StartError::SessionKeys;
+    let mut pems = Vec::new();
+    for k in &config.sign_in.session_keys {
+        crate::server::config::check_private_file(&k.private_key_file)
+            .map_err(|e| err(e.to_string()))?;
+        let pem = std::fs::read_to_string(&k.private_key_file)
+            .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
+        pems.push((k.kid.clone(), pem));
+    }
+    Ok(pems)
+}
+
 /// The session signing keys: the configured files, else the one kept in the embedded store's
 /// directory (generated on first start). `None` on PostgreSQL without configured keys.
 fn session_keys(
@@ -666,14 +690,7 @@ fn session_keys(
     location: &Location,
 ) -> Result<Option<crate::identity::SessionKeys>, StartError> {
     let err = StartError::SessionKeys;
-    let mut pems = Vec::new();
-    for k in &config.sign_in.session_keys {
-        let pem = std::fs::read_to_string(&k.private_key_file)
-            .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
-        crate::server::config::check_private_file(&k.private_key_file)
-            .map_err(|e| err(e.to_string()))?;
-        pems.push((k.kid.clone(), pem));
-    }
+    let mut pems = configured_session_keys(config)?;
     if pems.is_empty() {
         let Some(dir) = location.dir() else {
             return Ok(None);

@@ -858,3 +858,98 @@ fn nats_request_reply_agrees_with_http() {
     );
     drop(shard);
 }
+
+/// A session opened on the control plane is accepted by a sidecar given the same session keys,
+/// and refused there once the user signs out (read-your-writes with the sign-out's revision).
+/// Password hashes never travel: not in the stream, not in the snapshot objects' rows.
+#[test]
+fn sessions_opened_on_the_control_plane_work_and_end_on_sidecars() {
+    let _s = serial();
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("session.pem");
+    std::fs::write(
+        &key,
+        portcullis::identity::SessionKeys::generate_pem().unwrap(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cfg = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "nats:\n  snapshot_every_revisions: 5\n  snapshot_every_seconds: 1\nlimits:\n  max_revision_wait_ms: 15000\nsign_in:\n  session_keys: [ {{ private_key_file: {} }} ]\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let cp = control_plane(&nats, &cfg);
+    let sc = sidecar(&nats, &cfg, &[]);
+    let (st, head, body) = cp.request(
+        "POST",
+        "/v1/tenants/femo/sessions",
+        &[("content-type", "application/json")],
+        br#"{"email":"alice@femo.example","password":"Alice-demo-2026"}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    let rev: u64 = server::header_of(&head, "x-portcullis-revision")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ask = |min: u64| {
+        sc.post_json(
+            "/v1/check",
+            &json!({"tenant": "femo", "token": token, "action": "asset:operate", "resource": "press-7", "min_revision": min}).to_string(),
+        )
+    };
+    let (st, v) = ask(rev);
+    assert_eq!((st, v["allowed"].clone()), (200, json!(true)), "{v}");
+    let auth = format!("Bearer {token}");
+    let (st, head, _) = cp.request(
+        "DELETE",
+        "/v1/tenants/femo/sessions/current",
+        &[("authorization", auth.as_str())],
+        b"",
+    );
+    assert_eq!(st, 204);
+    let rev: u64 = server::header_of(&head, "x-portcullis-revision")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (st, v) = ask(rev);
+    assert_eq!(st, 401, "{v}");
+    // What NATS holds of femo — its events (the import carried the demo's hashed passwords)
+    // and its snapshot object — has no password hash.
+    let rt = runtime();
+    let f = fleet(&rt, &nats);
+    wait_until("a snapshot of femo", || {
+        rt.block_on(f.record("femo")).unwrap().is_some()
+    });
+    let payloads: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        let mut seq = 1;
+        while let Ok(m) = f
+            .stream
+            .direct_get_next_for_subject(fleet::subject("femo"), Some(seq))
+            .await
+        {
+            out.push(String::from_utf8_lossy(&m.payload).into_owned());
+            seq = m.sequence + 1;
+        }
+        out
+    });
+    assert!(!payloads.is_empty());
+    assert!(
+        payloads.iter().all(|p| !p.contains("argon2")),
+        "a hash reached the stream"
+    );
+    assert!(payloads.iter().any(|p| p.contains("\"redacted\":true")));
+    let record = rt.block_on(f.record("femo")).unwrap().unwrap();
+    let object = rt.block_on(f.object(&record)).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&object).contains("argon2"),
+        "a hash reached the object store"
+    );
+}
