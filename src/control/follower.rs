@@ -380,6 +380,25 @@ async fn reload_all<S: Source>(
 
 /// Applies a commit to its tenant's document and records the work it makes. `false`: it does
 /// not apply (a gap, or rows that do not read back) and the tenant must be reloaded.
+/// Does `op` leave the compiled tenant as it is? Credentials and invitations are not in it; a new
+/// or pruned (expired) session is not (revoked ones are); a user row whose only change is
+/// bookkeeping (`last_login_at`, `updated_at`) is not.
+fn snapshot_inert(d: &TenantDoc, op: &crate::store::RowOp) -> bool {
+    use serde::Deserialize;
+    match (op.kind, &op.value) {
+        (Kind::Credential | Kind::Invitation, _) => true,
+        (Kind::Session, None) => true,
+        (Kind::Session, Some(v)) => {
+            super::doc::SessionRow::deserialize(v).is_ok_and(|s| !s.revoked)
+                && d.sessions.get(&op.id).is_none_or(|cur| !cur.revoked)
+        }
+        (Kind::User, Some(v)) => d.users.get(&op.id).is_some_and(|cur| {
+            super::doc::UserRow::deserialize(v).is_ok_and(|next| next.user == cur.user)
+        }),
+        _ => false,
+    }
+}
+
 fn note(
     docs: &mut HashMap<String, TenantDoc>,
     c: &Commit,
@@ -390,9 +409,12 @@ fn note(
         return true; // already have it (initial state raced the stream)
     }
     // Assignment-only commits are applied to the compiled tenant: keep their old values.
+    // Sign-in bookkeeping changes nothing the snapshot holds: such commits only re-stamp the
+    // archive with their revision (no recompile per sign-in).
     let assignment_ids: Option<BTreeSet<&str>> = c
         .ops
         .iter()
+        .filter(|op| !snapshot_inert(d, op))
         .map(|op| (op.kind == Kind::Assignment).then_some(op.id.as_str()))
         .collect();
     let values = |d: &TenantDoc, ids: &BTreeSet<&str>| -> Vec<Assignment> {
