@@ -156,6 +156,23 @@ fn stream_revisions(rt: &tokio::runtime::Runtime, f: &Fleet, tenant: &str) -> Ve
     })
 }
 
+/// Every message on `tenant`'s event subject, as text.
+fn stream_payloads(rt: &tokio::runtime::Runtime, f: &Fleet, tenant: &str) -> Vec<String> {
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let mut seq = 1;
+        while let Ok(m) = f
+            .stream
+            .direct_get_next_for_subject(fleet::subject(tenant), Some(seq))
+            .await
+        {
+            out.push(String::from_utf8_lossy(&m.payload).into_owned());
+            seq = m.sequence + 1;
+        }
+        out
+    })
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -723,19 +740,7 @@ fn an_erased_user_leaves_no_copy_in_nats() {
             .unwrap()
             .is_some_and(|r| r.revision >= rev)
     });
-    let payloads: Vec<String> = rt.block_on(async {
-        let mut out = Vec::new();
-        let mut seq = 1;
-        while let Ok(m) = f
-            .stream
-            .direct_get_next_for_subject(fleet::subject("femo"), Some(seq))
-            .await
-        {
-            out.push(String::from_utf8_lossy(&m.payload).into_owned());
-            seq = m.sequence + 1;
-        }
-        out
-    });
+    let payloads = stream_payloads(&rt, &f, "femo");
     assert!(!payloads.is_empty());
     assert!(
         payloads.iter().all(|p| !p.contains("omar@femo.example")),
@@ -927,19 +932,7 @@ fn sessions_opened_on_the_control_plane_work_and_end_on_sidecars() {
     wait_until("a snapshot of femo", || {
         rt.block_on(f.record("femo")).unwrap().is_some()
     });
-    let payloads: Vec<String> = rt.block_on(async {
-        let mut out = Vec::new();
-        let mut seq = 1;
-        while let Ok(m) = f
-            .stream
-            .direct_get_next_for_subject(fleet::subject("femo"), Some(seq))
-            .await
-        {
-            out.push(String::from_utf8_lossy(&m.payload).into_owned());
-            seq = m.sequence + 1;
-        }
-        out
-    });
+    let payloads = stream_payloads(&rt, &f, "femo");
     assert!(!payloads.is_empty());
     assert!(
         payloads.iter().all(|p| !p.contains("argon2")),

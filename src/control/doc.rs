@@ -555,19 +555,10 @@ fn merged<'a, T>(
     written: Option<&'a BTreeMap<String, T>>,
     touched: Option<&Touched<'a>>,
 ) -> Vec<&'a T> {
-    match (written, touched) {
-        (Some(written), Some(touched)) if touched.iter().any(|(k, _)| *k == kind) => {
-            let mut v: Vec<(&str, &T)> = base
-                .iter()
-                .filter(|(id, _)| !touched.contains(&(kind, id.as_str())))
-                .chain(written)
-                .map(|(id, r)| (id.as_str(), r))
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(b.0));
-            v.into_iter().map(|(_, r)| r).collect()
-        }
-        _ => base.values().collect(),
-    }
+    merged_entries(kind, base, written, touched)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 /// The model of a tenant from its settings and rows.
