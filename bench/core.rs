@@ -86,6 +86,8 @@ fn run_checks(c: &mut Criterion, world: &str) {
                     action: a,
                     now: NOW,
                     context: None,
+                    sso: None,
+                    channel: None,
                 };
                 black_box(req.check(&snap, r))
             })

@@ -40,6 +40,7 @@ fn input(ctx: &serde_json::Value) -> PluginInput<'_> {
         attrs: &[("kind", "member"), ("email", "alice@femo.example")],
         context: Some(ctx),
         context_raw: None,
+        host_context: &[],
     }
 }
 
@@ -155,6 +156,8 @@ fn check(snap: &SnapshotGuard, action: &str, ctx: Option<&str>) -> decide::Decis
         action,
         now: NOW,
         context: ctx,
+        sso: None,
+        channel: None,
     }
     .check(snap, "press-7")
 }

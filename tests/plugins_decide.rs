@@ -104,6 +104,8 @@ fn check(
         action,
         now: NOW,
         context: ctx,
+        sso: None,
+        channel: None,
     }
     .check(snap, resource)
 }
@@ -202,6 +204,8 @@ fn filter_scopes_and_explain_run_the_conditions() {
             action: "asset:operate",
             now: NOW,
             context: ctx,
+            sso: None,
+            channel: None,
         }
         .filter(&s, &resources, |i| out.push(resources[i]));
         out
@@ -217,6 +221,8 @@ fn filter_scopes_and_explain_run_the_conditions() {
         action,
         now: NOW,
         context: None,
+        sso: None,
+        channel: None,
     };
     let sc = scopes("asset:operate").scopes(&s, &mut roots);
     let ids: Vec<&str> = roots
@@ -233,6 +239,8 @@ fn filter_scopes_and_explain_run_the_conditions() {
         action: "asset:operate",
         now: NOW,
         context: None,
+        sso: None,
+        channel: None,
     }
     .explain(&s, "press-1");
     assert!(!e.allowed);
@@ -421,6 +429,8 @@ fn filter_reason_when_every_grant_is_vetoed_or_abstains() {
             action: "asset:operate",
             now: NOW,
             context: None,
+            sso: None,
+            channel: None,
         }
         .filter(&s, &resources, |i| out.push(resources[i]));
         (out, d.allowed, d.reason)

@@ -88,6 +88,7 @@ fn call(p: &Plugin, c: Case) -> (Outcome, String) {
         attrs: &[("kind", c.kind), ("email", "alice@femo.example")],
         context: c.ctx.as_ref(),
         context_raw: None,
+        host_context: &[],
     }
     .encode(&mut b);
     let mut reason = String::new();

@@ -40,6 +40,7 @@ fn input() -> Vec<u8> {
         attrs: &[("kind", "member"), ("email", "alice@acme.example")],
         context: Some(&ctx),
         context_raw: None,
+        host_context: &[],
     }
     .encode(&mut b);
     b
@@ -610,6 +611,8 @@ fn request_budget_bounds_a_request_and_denies_the_rest_with_a_reason() {
         action,
         now: 1_800_000_000,
         context: None,
+        sso: None,
+        channel: None,
     };
     assert!(engine::needs_plugins(&snap, "asset:operate"));
     assert!(!engine::needs_plugins(&snap, "asset:read"));
@@ -668,6 +671,8 @@ fn an_open_breaker_denies_at_once_with_plugin_unavailable() {
             action: "asset:operate",
             now: 1_800_000_000,
             context: None,
+            sso: None,
+            channel: None,
         }
         .check(&snap, "press-1")
         .reason

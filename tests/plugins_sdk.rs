@@ -240,6 +240,7 @@ fn host_bytes(c: &Case) -> Vec<u8> {
         attrs: &[("kind", &c.kind), ("email", &c.email)],
         context: parsed.as_ref(),
         context_raw: c.context.as_deref(),
+        host_context: &[],
     }
     .encode(&mut out);
     out

@@ -108,6 +108,8 @@ fn decide(
         action: &a.action,
         now,
         context,
+        sso: None,
+        channel: None,
     };
     let (allowed, text) = f(&req, &snap)?;
     out(&text)?;

@@ -278,6 +278,7 @@ pub fn run(a: &EvalArgs) -> Result<ExitCode, String> {
         attrs: &[("kind", &scene.kind), ("email", &scene.email)],
         context: context.as_ref(),
         context_raw: a.context.as_deref(),
+        host_context: &[],
     };
     let mut buf = Vec::new();
     input.encode(&mut buf);

@@ -24,9 +24,21 @@ pub struct TokenArgs {
     /// User id (the subject claim).
     #[arg(long)]
     sub: String,
-    /// Tenant id (the tenant claim).
+    /// Tenant id (the tenant claim; SSO tokens of an identity provider carry none).
     #[arg(long)]
-    tenant: String,
+    tenant: Option<String>,
+    /// Issuer (`iss`), instead of the config's (e.g. a tenant's SSO issuer).
+    #[arg(long)]
+    iss: Option<String>,
+    /// Audience (`aud`), instead of the config's.
+    #[arg(long)]
+    aud: Option<String>,
+    /// Group names, comma-separated: a `groups` claim (as an identity provider sends for SSO).
+    #[arg(long, value_delimiter = ',')]
+    groups: Option<Vec<String>>,
+    /// Name of the groups claim.
+    #[arg(long, default_value = "groups")]
+    groups_claim: String,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: i64,
@@ -46,14 +58,19 @@ fn mint(a: &TokenArgs) -> Result<String, String> {
     let now = clock::unix_now();
     let mut claims = serde_json::Map::new();
     claims.insert(t.subject_claim.clone(), a.sub.clone().into());
-    claims.insert(t.tenant_claim.clone(), a.tenant.clone().into());
+    if let Some(tenant) = &a.tenant {
+        claims.insert(t.tenant_claim.clone(), tenant.clone().into());
+    }
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), now.saturating_add(a.ttl).into());
-    if let Some(iss) = &t.issuer {
+    if let Some(iss) = a.iss.as_ref().or(t.issuer.as_ref()) {
         claims.insert("iss".into(), iss.clone().into());
     }
-    if let Some(aud) = &t.audience {
+    if let Some(aud) = a.aud.as_ref().or(t.audience.as_ref()) {
         claims.insert("aud".into(), aud.clone().into());
+    }
+    if let Some(groups) = &a.groups {
+        claims.insert(a.groups_claim.clone(), groups.clone().into());
     }
     let claims = serde_json::Value::Object(claims).to_string();
     if let Some(path) = &a.private_key {

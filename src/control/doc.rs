@@ -453,6 +453,7 @@ impl TenantDoc {
             sign_in: crate::model::SignIn {
                 logout: t.sign_in.logout,
                 require_group: t.sign_in.require_group,
+                sso: t.sign_in.sso.clone(),
                 ..crate::model::SignIn::default()
             },
         };
@@ -590,6 +591,7 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
         sign_in: crate::model::SignIn {
             logout: s.sign_in.logout,
             require_group: s.sign_in.require_group,
+            sso: s.sign_in.sso.clone(),
             revoked_sessions: rows
                 .sessions
                 .into_iter()

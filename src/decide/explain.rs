@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::Verdict;
 use super::{
-    bit, check_with, conditional_roles, grant_covers, node_path, perms, Conditions, Decision,
-    NoPlugins, Reason,
+    bit, check_as, conditional_roles, grant_covers, node_path, perms, Conditions, Decision,
+    NoPlugins, Principal, Reason,
 };
 use crate::model::{format_timestamp, split_action};
 use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
@@ -155,11 +155,24 @@ pub fn explain_with(
     now: i64,
     cond: &mut dyn Conditions,
 ) -> Explanation {
+    explain_as(v, Principal::User(subject), action, resource, now, cond)
+}
+
+/// [`explain_with`] for any [`Principal`]; an SSO token's assignments are its SSO groups'
+/// mapped roles (principal `group:sso:<name>`).
+pub fn explain_as(
+    v: &ArchivedTenantSnap,
+    principal: Principal<'_>,
+    action: &str,
+    resource: &str,
+    now: i64,
+    cond: &mut dyn Conditions,
+) -> Explanation {
     let mut cond = Once {
         inner: cond,
         seen: Vec::new(),
     };
-    let d: Decision = check_with(v, subject, action, resource, now, &mut cond);
+    let d: Decision = check_as(v, principal, action, resource, now, &mut cond);
     let x = v.node_index.get(resource).map(|x| x.to_native());
     let mut out = Explanation {
         allowed: d.allowed,
@@ -172,32 +185,51 @@ pub fn explain_with(
         matched: None,
         assignments: Vec::new(),
     };
-    let Some(user) = super::user(v, subject) else {
-        return out;
-    };
     let ps = split_action(action).map(|(r, a)| perms(v, action, r, a));
     let pbits = ps
         .as_ref()
         .and_then(|p| conditional_roles(v, p))
         .unwrap_or(&[]);
-    let mut slices = vec![(
-        format!("user:{subject}"),
-        true,
-        user.grants.start.to_native(),
-        user.grants.end.to_native(),
-    )];
-    let (gs, ge) = (
-        user.groups.start.to_native() as usize,
-        user.groups.end.to_native() as usize,
-    );
-    for g in v.memberships.get(gs..ge).unwrap_or(&[]) {
-        if let Some(group) = v.groups.get(g.to_native() as usize) {
+    let group_slice = |group: &crate::snapshot::ArchivedGroupRec| {
+        (
+            format!("group:{}", group.id),
+            group.active,
+            group.grants.start.to_native(),
+            group.grants.end.to_native(),
+        )
+    };
+    let mut slices = Vec::new();
+    match principal {
+        Principal::User(subject) => {
+            let Some(user) = super::user(v, subject) else {
+                return out;
+            };
             slices.push((
-                format!("group:{}", group.id),
-                group.active,
-                group.grants.start.to_native(),
-                group.grants.end.to_native(),
+                format!("user:{subject}"),
+                true,
+                user.grants.start.to_native(),
+                user.grants.end.to_native(),
             ));
+            let (gs, ge) = (
+                user.groups.start.to_native() as usize,
+                user.groups.end.to_native() as usize,
+            );
+            for g in v.memberships.get(gs..ge).unwrap_or(&[]) {
+                if let Some(group) = v.groups.get(g.to_native() as usize) {
+                    slices.push(group_slice(group));
+                }
+            }
+        }
+        Principal::Sso(set) => {
+            let first = v
+                .sso
+                .as_ref()
+                .map_or(usize::MAX, |s| s.first_group.to_native() as usize);
+            for i in set.iter() {
+                if let Some(group) = v.groups.get(first.saturating_add(i as usize)) {
+                    slices.push(group_slice(group));
+                }
+            }
         }
     }
     for (principal, active, start, end) in slices {

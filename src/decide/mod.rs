@@ -17,7 +17,9 @@ use crate::snapshot::{
 /// One archived bitset word.
 type Word = Archived<u64>;
 
-pub use explain::{explain, explain_with, ConditionNote, Explanation, GrantOutcome, GrantReport};
+pub use explain::{
+    explain, explain_as, explain_with, ConditionNote, Explanation, GrantOutcome, GrantReport,
+};
 
 /// A plugin condition's verdict on a matched grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +103,12 @@ pub enum Reason {
     PluginBudgetExhausted,
     /// A plugin condition had to run, but its circuit breaker is open (it keeps failing).
     PluginUnavailable,
+    /// An SSO token whose group claim names none of the tenant's mapped groups.
+    NoMappedGroups,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Granted,
         Reason::RbacNone,
         Reason::TenantSuspended,
@@ -120,6 +124,7 @@ impl Reason {
         Reason::ConditionNotMet,
         Reason::PluginBudgetExhausted,
         Reason::PluginUnavailable,
+        Reason::NoMappedGroups,
     ];
 
     pub fn code(self) -> &'static str {
@@ -139,6 +144,7 @@ impl Reason {
             Reason::ConditionNotMet => "condition_not_met",
             Reason::PluginBudgetExhausted => "plugin_budget_exhausted",
             Reason::PluginUnavailable => "plugin_unavailable",
+            Reason::NoMappedGroups => "no_mapped_groups",
         }
     }
 
@@ -166,6 +172,9 @@ impl Reason {
             }
             Reason::PluginUnavailable => {
                 "a plugin condition had to run, but the plugin keeps failing (circuit breaker open)"
+            }
+            Reason::NoMappedGroups => {
+                "the SSO token's groups include none that the tenant maps to roles"
             }
         }
     }
@@ -390,9 +399,56 @@ pub(crate) fn find_grant(
     found
 }
 
+/// The SSO groups an SSO token names: bit `i` is the tenant's SSO group `first_group + i`
+/// (see [`crate::snapshot::SsoRec`]). A fixed-size set: no allocation per check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SsoGroups {
+    bits: [u64; 4],
+}
+
+impl SsoGroups {
+    /// Most SSO groups a tenant may have ([`crate::model::MAX_SSO_GROUPS`]).
+    pub const CAPACITY: u32 = 256;
+
+    /// Adds SSO group `i` (relative to the first); out-of-range indexes are ignored.
+    #[inline]
+    pub fn insert(&mut self, i: u32) {
+        if let Some(w) = self.bits.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|w| *w == 0)
+    }
+
+    /// The groups in the set, ascending.
+    #[inline]
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        (0..Self::CAPACITY).filter(move |&i| (self.bits[(i / 64) as usize] >> (i % 64)) & 1 == 1)
+    }
+}
+
+/// Who a decision is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Principal<'a> {
+    /// A user of the tenant, by id.
+    User(&'a str),
+    /// The bearer of a verified SSO token: exactly the mapped roles of the SSO groups it names.
+    Sso(SsoGroups),
+}
+
+/// The principal a decision found: a user record, or a set of SSO groups.
+#[derive(Clone, Copy)]
+enum Who<'a> {
+    User(&'a ArchivedUserRec),
+    Sso(SsoGroups),
+}
+
 /// Subject-level part of a decision, shared by check, filter and scopes.
 struct Subject<'a> {
-    user: &'a ArchivedUserRec,
+    who: Who<'a>,
     perms: Perms<'a>,
     rbac_none: bool,
 }
@@ -421,31 +477,50 @@ pub fn active_user<'a>(v: &'a ArchivedTenantSnap, id: &str) -> Result<&'a Archiv
 #[inline]
 fn subject<'a>(
     v: &'a ArchivedTenantSnap,
-    subject: &str,
+    principal: Principal<'_>,
     action: &str,
 ) -> Result<Subject<'a>, Reason> {
     if v.suspended {
         return Err(Reason::TenantSuspended);
     }
-    let user = active_user(v, subject)?;
+    let who = match principal {
+        Principal::User(id) => Who::User(active_user(v, id)?),
+        Principal::Sso(g) if g.is_empty() || v.sso.is_none() => return Err(Reason::NoMappedGroups),
+        Principal::Sso(g) => Who::Sso(g),
+    };
     let (res, act) = split_action(action).ok_or(Reason::InvalidAction)?;
-    if user.kind == KIND_GUEST && act != "read" {
-        return Err(Reason::GuestReadOnly);
+    if let Who::User(user) = who {
+        if user.kind == KIND_GUEST && act != "read" {
+            return Err(Reason::GuestReadOnly);
+        }
     }
     Ok(Subject {
-        user,
+        who,
         perms: perms(v, action, res, act),
         rbac_none: v.rbac == RBAC_NONE,
     })
 }
 
-/// Calls `f` with every grant slice that applies to the user: its own, then each active group's.
+/// Calls `f` with every grant slice that applies to the principal: a user's own, then each
+/// active group's; an SSO token's SSO groups.
 #[inline]
-fn for_each_slice(
-    v: &ArchivedTenantSnap,
-    user: &ArchivedUserRec,
-    mut f: impl FnMut(u32, u32) -> bool,
-) {
+fn for_each_slice(v: &ArchivedTenantSnap, who: &Who, mut f: impl FnMut(u32, u32) -> bool) {
+    let user = match who {
+        Who::User(user) => user,
+        Who::Sso(set) => {
+            let Some(first) = v.sso.as_ref().map(|s| s.first_group.to_native() as usize) else {
+                return;
+            };
+            for i in set.iter() {
+                if let Some(group) = v.groups.get(first + i as usize) {
+                    if !f(group.grants.start.to_native(), group.grants.end.to_native()) {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+    };
     if !f(user.grants.start.to_native(), user.grants.end.to_native()) {
         return;
     }
@@ -464,7 +539,10 @@ fn for_each_slice(
 
 /// Is node `x` outside the subtree a guest is limited to?
 #[inline]
-fn out_of_guest_scope(v: &ArchivedTenantSnap, user: &ArchivedUserRec, x: u32) -> bool {
+fn out_of_guest_scope(v: &ArchivedTenantSnap, who: &Who, x: u32) -> bool {
+    let Who::User(user) = who else {
+        return false;
+    };
     let lo = user.scope.to_native();
     if lo == NONE {
         return false;
@@ -475,14 +553,14 @@ fn out_of_guest_scope(v: &ArchivedTenantSnap, user: &ArchivedUserRec, x: u32) ->
 
 #[inline]
 fn decide_node(v: &ArchivedTenantSnap, s: &Subject, x: u32, now: i64) -> Decision {
-    if out_of_guest_scope(v, s.user, x) {
+    if out_of_guest_scope(v, &s.who, x) {
         return Decision::deny(Reason::GuestOutOfScope);
     }
     if s.rbac_none {
         return Decision::allow(Reason::RbacNone, NONE);
     }
     let mut found = NONE;
-    for_each_slice(v, s.user, |start, end| {
+    for_each_slice(v, &s.who, |start, end| {
         found = find_grant(v, start, end, x, &s.perms, now);
         found == NONE
     });
@@ -503,7 +581,7 @@ fn decide_node_with(
     now: i64,
     cond: &mut dyn Conditions,
 ) -> Decision {
-    if out_of_guest_scope(v, s.user, x) {
+    if out_of_guest_scope(v, &s.who, x) {
         return Decision::deny(Reason::GuestOutOfScope);
     }
     if s.rbac_none {
@@ -528,7 +606,7 @@ fn decide_conditional(
 ) -> Decision {
     let (mut allowed, mut veto, mut conditional) = (NONE, NONE, false);
     let mut why = Reason::PluginDenied;
-    for_each_slice(v, s.user, |start, end| {
+    for_each_slice(v, &s.who, |start, end| {
         each_matching(v, start, end, x, &s.perms, now, |gi, role| {
             if !bit(pbits, role) {
                 if allowed == NONE {
@@ -588,10 +666,23 @@ pub fn check_with(
     now: i64,
     cond: &mut dyn Conditions,
 ) -> Decision {
+    check_as(v, Principal::User(subject_id), action, resource, now, cond)
+}
+
+/// [`check_with`] for any [`Principal`].
+#[inline]
+pub fn check_as(
+    v: &ArchivedTenantSnap,
+    principal: Principal<'_>,
+    action: &str,
+    resource: &str,
+    now: i64,
+    cond: &mut dyn Conditions,
+) -> Decision {
     // The node lookup does not depend on the subject: issue it first so that its cache miss
     // overlaps the subject's. Subject reasons still take precedence over an unknown resource.
     let x = v.node_index.get(resource).map(|x| x.to_native());
-    let s = match subject(v, subject_id, action) {
+    let s = match subject(v, principal, action) {
         Ok(s) => s,
         Err(r) => return Decision::deny(r),
     };
@@ -620,7 +711,7 @@ impl Cover {
             len: 0,
         };
         let mut overflow = false;
-        for_each_slice(v, s.user, |start, end| {
+        for_each_slice(v, &s.who, |start, end| {
             for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
                 if g.expires.to_native() > now && s.perms.has(g.role.to_native()) {
                     if c.len == FILTER_INTERVALS {
@@ -689,9 +780,30 @@ pub fn filter_with<S: AsRef<str>>(
     resources: &[S],
     now: i64,
     cond: &mut dyn Conditions,
+    emit: impl FnMut(usize),
+) -> Decision {
+    filter_as(
+        v,
+        Principal::User(subject_id),
+        action,
+        resources,
+        now,
+        cond,
+        emit,
+    )
+}
+
+/// [`filter_with`] for any [`Principal`].
+pub fn filter_as<S: AsRef<str>>(
+    v: &ArchivedTenantSnap,
+    principal: Principal<'_>,
+    action: &str,
+    resources: &[S],
+    now: i64,
+    cond: &mut dyn Conditions,
     mut emit: impl FnMut(usize),
 ) -> Decision {
-    let s = match subject(v, subject_id, action) {
+    let s = match subject(v, principal, action) {
         Ok(s) => s,
         Err(r) => return Decision::deny(r),
     };
@@ -748,8 +860,19 @@ pub fn scopes(
     now: i64,
     out: &mut Vec<u32>,
 ) -> Decision {
+    scopes_as(v, Principal::User(subject_id), action, now, out)
+}
+
+/// [`scopes`] for any [`Principal`].
+pub fn scopes_as(
+    v: &ArchivedTenantSnap,
+    principal: Principal<'_>,
+    action: &str,
+    now: i64,
+    out: &mut Vec<u32>,
+) -> Decision {
     out.clear();
-    let s = match subject(v, subject_id, action) {
+    let s = match subject(v, principal, action) {
         Ok(s) => s,
         Err(r) => return Decision::deny(r),
     };
@@ -769,7 +892,7 @@ pub fn scopes(
     // Grants with plugin conditions depend on the resource and the request: not listed.
     let pbits = conditional_roles(v, &s.perms).unwrap_or(&[]);
     let mut iv: Vec<(u32, u32)> = Vec::new();
-    for_each_slice(v, s.user, |start, end| {
+    for_each_slice(v, &s.who, |start, end| {
         for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
             let role = g.role.to_native();
             if g.expires.to_native() > now && s.perms.has(role) && !bit(pbits, role) {
@@ -796,7 +919,12 @@ pub fn scopes(
 /// Whether a role with a plugin condition could grant `action` to `subject_id` (then
 /// [`scopes`] leaves its grants out, and checks under any scope may be vetoed).
 pub fn has_conditions(v: &ArchivedTenantSnap, subject_id: &str, action: &str) -> bool {
-    subject(v, subject_id, action)
+    has_conditions_as(v, Principal::User(subject_id), action)
+}
+
+/// [`has_conditions`] for any [`Principal`].
+pub fn has_conditions_as(v: &ArchivedTenantSnap, principal: Principal<'_>, action: &str) -> bool {
+    subject(v, principal, action)
         .is_ok_and(|s| !s.rbac_none && conditional_roles(v, &s.perms).is_some())
 }
 

@@ -89,13 +89,19 @@ impl<'a> SnapshotConditions<'a> {
             return (Outcome::NoInstance, String::new());
         }
         let (action_resource, verb) = split_action(req.action).unwrap_or(("", ""));
-        let user = crate::decide::user(v, req.subject);
+        // An SSO token's subject is the provider's, not a user of the tenant.
+        let user = match req.sso {
+            Some(_) => None,
+            None => crate::decide::user(v, req.subject),
+        };
         let kind = match user.map(|u| u.kind) {
+            _ if req.sso.is_some() => "sso",
             Some(KIND_OWNER) => "owner",
             Some(KIND_ADMIN) => "admin",
             Some(KIND_GUEST) => "guest",
             _ => "member",
         };
+        let channel = req.channel.map(|c| [("channel", c)]);
         let email = user.map_or("", |u| u.email.as_str());
         // Node path, resource first while walking up, then reversed to root first.
         let mut path: [(&str, &str); MAX_PATH] = [("", ""); MAX_PATH];
@@ -134,6 +140,7 @@ impl<'a> SnapshotConditions<'a> {
             attrs: &[("kind", kind), ("email", email)],
             context: None,
             context_raw: req.context,
+            host_context: channel.as_ref().map_or(&[], |c| &c[..]),
         };
         // The circuit breaker last: a half-open breaker's probe must be followed by a call.
         if !plugin.admit() {

@@ -27,6 +27,12 @@ pub struct Request<'a> {
     pub now: i64,
     /// The request's `context` as raw JSON, if any.
     pub context: Option<&'a str>,
+    /// Set when the request carries an SSO token: the decision is over these SSO groups (and
+    /// `subject` is the token's subject claim, for plugins and explanations).
+    pub sso: Option<decide::SsoGroups>,
+    /// The channel of the session the request was authenticated by (`console`, `field`): set by
+    /// the host, it reaches plugins as the context member `channel`, overriding the caller's.
+    pub channel: Option<&'a str>,
 }
 
 /// The answer of [`Request::scopes`].
@@ -39,6 +45,15 @@ pub struct Scopes {
 }
 
 impl<'a> Request<'a> {
+    /// Who the decision is for.
+    #[inline]
+    pub fn principal(&self) -> decide::Principal<'a> {
+        match self.sso {
+            Some(g) => decide::Principal::Sso(g),
+            None => decide::Principal::User(self.subject),
+        }
+    }
+
     fn conditions<'s>(&self, snap: &'s Snapshot) -> conditions::SnapshotConditions<'s>
     where
         'a: 's,
@@ -50,9 +65,9 @@ impl<'a> Request<'a> {
     #[inline]
     pub fn check(&self, snap: &Snapshot, resource: &str) -> Decision {
         let mut cond = self.conditions(snap);
-        decide::check_with(
+        decide::check_as(
             snap.view(),
-            self.subject,
+            self.principal(),
             self.action,
             resource,
             self.now,
@@ -70,9 +85,9 @@ impl<'a> Request<'a> {
         emit: impl FnMut(usize),
     ) -> Decision {
         let mut cond = self.conditions(snap);
-        decide::filter_with(
+        decide::filter_as(
             snap.view(),
-            self.subject,
+            self.principal(),
             self.action,
             resources,
             self.now,
@@ -85,19 +100,19 @@ impl<'a> Request<'a> {
     /// indices).
     pub fn scopes(&self, snap: &Snapshot, out: &mut Vec<u32>) -> Scopes {
         let v = snap.view();
-        let decision = decide::scopes(v, self.subject, self.action, self.now, out);
+        let decision = decide::scopes_as(v, self.principal(), self.action, self.now, out);
         Scopes {
             decision,
-            conditional: decide::has_conditions(v, self.subject, self.action),
+            conditional: decide::has_conditions_as(v, self.principal(), self.action),
         }
     }
 
     /// The decision on `resource` with every assignment considered (not on the hot path).
     pub fn explain(&self, snap: &Snapshot, resource: &str) -> Explanation {
         let mut cond = self.conditions(snap);
-        decide::explain_with(
+        decide::explain_as(
             snap.view(),
-            self.subject,
+            self.principal(),
             self.action,
             resource,
             self.now,
@@ -274,6 +289,8 @@ pub fn run_tests(registry: &Registry, data: &DataFile, now: i64) -> Vec<TestFail
             action: &c.action,
             now: c.at.unwrap_or(now),
             context: ctx.as_deref(),
+            sso: None,
+            channel: None,
         };
         let d = req.check(&snap, &c.resource);
         // Plugin verdicts and reasons come from an explanation (one more call per plugin grant,

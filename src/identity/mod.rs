@@ -10,6 +10,7 @@
 
 pub mod secret;
 pub mod session;
+pub mod sso;
 pub mod throttle;
 
 pub use secret::{

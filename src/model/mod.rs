@@ -6,6 +6,7 @@
 
 pub mod file;
 mod perm;
+mod sso;
 mod time;
 
 use std::collections::{HashMap, HashSet};
@@ -14,6 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use perm::{is_segment, split_action, Part, Permission, PermissionError};
+pub use sso::{Sso, SsoKey, SsoMapping, MAX_SSO_GROUPS, MAX_SSO_KEYS, MAX_SSO_MAPPINGS};
 pub use time::{de_opt_timestamp, format_timestamp, parse_timestamp, Timestamp};
 
 /// Longest id, name or kind accepted anywhere in the model, in bytes.
@@ -361,6 +363,9 @@ pub struct SignIn {
     /// Every ordinary user must belong to an active group to sign in.
     #[serde(default)]
     pub require_group: bool,
+    /// Single sign-on: the identity provider this tenant trusts and its group mappings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<Sso>,
     /// Sessions revoked before their expiry (logout): refused until they expire anyway.
     #[serde(skip)]
     pub revoked_sessions: Vec<RevokedSession>,
@@ -915,6 +920,20 @@ impl Tenant {
         };
         for (i, a) in self.assignments.iter().enumerate() {
             check_assignment(a, known, |m| err(Collection::Assignments, i, m));
+        }
+
+        // Single sign-on: enterprise tenants only; keys, roles and scopes must be valid.
+        if let Some(sso) = &self.sign_in.sso {
+            if self.rbac != Rbac::Enterprise {
+                err(
+                    Collection::Tenant,
+                    0,
+                    "sso: single sign-on needs rbac 'enterprise'".to_string(),
+                );
+            }
+            for (field, m) in sso.problems(|r| role_ids.contains(r), |n| node_idx.contains_key(n)) {
+                err(Collection::Tenant, 0, format!("{field}: {m}"));
+            }
         }
 
         // Quotas.

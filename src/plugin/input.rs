@@ -37,6 +37,10 @@ pub struct PluginInput<'a> {
     /// member table (top-level string and number members, in document order). When `None`, the
     /// raw slot holds `context` serialized.
     pub context_raw: Option<&'a str>,
+    /// Context members the host sets (e.g. the session's `channel`): they replace caller members
+    /// of the same name, in the member table and in the raw slot (then the caller's object
+    /// re-serialized with them), so a caller cannot claim them.
+    pub host_context: &'a [(&'a str, &'a str)],
 }
 
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
@@ -114,6 +118,18 @@ fn context_members(raw: &str) -> Vec<(Cow<'_, str>, Member<'_>)> {
     }
 }
 
+/// The context object `raw` (none, or not an object: an empty one) with the host's members
+/// set, replacing the caller's of the same name.
+fn with_host_members(raw: Option<&str>, host: &[(&str, &str)]) -> String {
+    let mut obj = raw
+        .and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r).ok())
+        .unwrap_or_default();
+    for (k, v) in host {
+        obj.insert((*k).to_string(), Value::String((*v).to_string()));
+    }
+    Value::Object(obj).to_string()
+}
+
 /// A string that borrows from the input when it has no escapes.
 struct CowStr<'a>(Cow<'a, str>);
 
@@ -162,7 +178,7 @@ impl PluginInput<'_> {
         out.clear();
         // The raw slot: the context exactly as sent, else `context` serialized.
         let serialized;
-        let raw: Option<&str> = match (self.context_raw, self.context) {
+        let mut raw: Option<&str> = match (self.context_raw, self.context) {
             (Some(raw), _) => Some(raw),
             (None, Some(ctx)) => {
                 serialized = serde_json::to_string(ctx).unwrap_or_default();
@@ -170,6 +186,11 @@ impl PluginInput<'_> {
             }
             (None, None) => None,
         };
+        let with_host;
+        if !self.host_context.is_empty() {
+            with_host = with_host_members(raw, self.host_context);
+            raw = Some(with_host.as_str());
+        }
         let members = raw.map(context_members).unwrap_or_default();
         let n_ctx = members.len();
         let path_at = HEADER_LEN;
@@ -241,6 +262,7 @@ mod tests {
             attrs: &[("kind", "member"), ("email", "alice@femo.example")],
             context: Some(&ctx),
             context_raw: None,
+            host_context: &[],
         };
         let mut b = Vec::new();
         input.encode(&mut b);

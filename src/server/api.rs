@@ -61,14 +61,9 @@ macro_rules! question {
         }
 
         impl<'a> $name<'a> {
-            /// The engine request this body asks, for `subject` (from `subject` or `token`).
-            fn ask<'s>(&'s self, subject: &'s str, now: i64) -> Request<'s> {
-                Request {
-                    subject,
-                    action: &self.action,
-                    now,
-                    context: self.context.map(Context::get),
-                }
+            /// The engine request this body asks, for `who` (from `subject` or `token`).
+            fn ask<'s>(&'s self, who: &'s Asker<'_>, now: i64) -> Request<'s> {
+                who.request(&self.action, now, self.context.map(Context::get))
             }
         }
     };
@@ -212,24 +207,72 @@ fn fast_check(b: &[u8]) -> Option<CheckReq<'_>> {
     })
 }
 
-/// The subject of a request: `subject`, or the user a `token` stands for.
-/// A token's user id is borrowed from the snapshot: no copy.
+/// Who a request asks for: a user id (`subject`, or the user a token stands for, borrowed from
+/// the snapshot: no copy) with the channel of a session token; or an SSO token's identity.
+pub struct Asker<'a> {
+    user: &'a str,
+    sso: Option<crate::server::sso::SsoIdentity>,
+    channel: Option<&'static str>,
+}
+
+impl Asker<'_> {
+    /// The subject: the user id, or the SSO token's subject claim.
+    pub fn subject(&self) -> &str {
+        match &self.sso {
+            Some(s) => s.subject(),
+            None => self.user,
+        }
+    }
+
+    /// The engine request for `action`.
+    pub fn request<'s>(
+        &'s self,
+        action: &'s str,
+        now: i64,
+        context: Option<&'s str>,
+    ) -> Request<'s> {
+        Request {
+            subject: self.subject(),
+            action,
+            now,
+            context,
+            sso: self.sso.as_ref().map(|s| s.groups),
+            channel: self.channel,
+        }
+    }
+}
+
+/// Who a request asks for: `subject`, or what a `token` stands for.
 pub fn subject<'a>(
     state: &State,
     snap: &'a SnapshotGuard,
     subject: &'a Option<Cow<'a, str>>,
     token: &'a Option<Cow<'a, str>>,
-) -> Result<Cow<'a, str>, ApiError> {
+) -> Result<Asker<'a>, ApiError> {
+    let user = |user| Asker {
+        user,
+        sso: None,
+        channel: None,
+    };
     match (subject, token) {
         (Some(_), None) if state.config.data_plane.require_token => Err(ApiError::unauthenticated(
             "this server requires a 'token' (data_plane.require_token); a bare 'subject' is refused",
         )),
-        (Some(s), None) => Ok(Cow::Borrowed(s.as_ref())),
-        (None, Some(t)) => Ok(Cow::Borrowed(state.tokens.subject_for(
-            snap,
-            t,
-            state.clock.now(),
-        )?)),
+        (Some(s), None) => Ok(user(s.as_ref())),
+        (None, Some(t)) => Ok(
+            match state.tokens.identity_for(snap, t, state.clock.now())? {
+                crate::server::tokens::TokenIdentity::User { user, channel } => Asker {
+                    user,
+                    sso: None,
+                    channel,
+                },
+                crate::server::tokens::TokenIdentity::Sso(sso) => Asker {
+                    user: "",
+                    sso: Some(sso),
+                    channel: None,
+                },
+            },
+        ),
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "give either 'subject' or 'token', not both",
         )),
@@ -276,11 +319,10 @@ fn plugin_work<R>(
 }
 
 pub fn check(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
-    let subject = subject(state, snap, &req.subject, &req.token)?;
+    let who = subject(state, snap, &req.subject, &req.token)?;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let d = plugin_work(state, snap, needs, || {
-        req.ask(&subject, state.clock.now())
-            .check(snap, &req.resource)
+        req.ask(&who, state.clock.now()).check(snap, &req.resource)
     })?;
     state.metrics.decision(d.reason);
     let mut out = Vec::with_capacity(64);
@@ -312,17 +354,13 @@ fn batch_items(
     let mut out = Vec::with_capacity(48 * req.checks.len() + 32);
     out.extend_from_slice(b"{\"results\":[");
     for (i, c) in req.checks.iter().enumerate() {
-        let subject = subject(state, snap, &c.subject, &c.token).map_err(|e| ApiError {
+        let who = subject(state, snap, &c.subject, &c.token).map_err(|e| ApiError {
             message: format!("checks[{i}]: {}", e.message),
             ..e
         })?;
-        let d = Request {
-            subject: &subject,
-            action: &c.action,
-            now,
-            context: c.context.map(Context::get),
-        }
-        .check(snap, &c.resource);
+        let d = who
+            .request(&c.action, now, c.context.map(Context::get))
+            .check(snap, &c.resource);
         state.metrics.decision(d.reason);
         if i > 0 {
             out.push(b',');
@@ -344,13 +382,13 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
             max,
         ));
     }
-    let subject = subject(state, snap, &req.subject, &req.token)?;
+    let who = subject(state, snap, &req.subject, &req.token)?;
     let mut out = Vec::with_capacity(16 * req.resources.len() + 64);
     out.extend_from_slice(b"{\"allowed\":[");
     let mut first = true;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let d = plugin_work(state, snap, needs, || {
-        req.ask(&subject, state.clock.now())
+        req.ask(&who, state.clock.now())
             .filter(snap, &req.resources, |i| {
                 if !first {
                     out.push(b',');
@@ -370,12 +408,10 @@ pub fn filter(state: &State, snap: &SnapshotGuard, req: &FilterReq) -> Result<By
 }
 
 pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<Bytes, ApiError> {
-    let subject = subject(state, snap, &req.subject, &req.token)?;
+    let who = subject(state, snap, &req.subject, &req.token)?;
     let view = snap.view();
     let mut roots = Vec::new();
-    let scopes = req
-        .ask(&subject, state.clock.now())
-        .scopes(snap, &mut roots);
+    let scopes = req.ask(&who, state.clock.now()).scopes(snap, &mut roots);
     let (d, conditional) = (scopes.decision, scopes.conditional);
     let mut out = Vec::with_capacity(16 * roots.len() + 64);
     out.extend_from_slice(b"{\"nodes\":[");
@@ -397,10 +433,10 @@ pub fn scopes(state: &State, snap: &SnapshotGuard, req: &ScopesReq) -> Result<By
 }
 
 pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<Bytes, ApiError> {
-    let subject = subject(state, snap, &req.subject, &req.token)?;
+    let who = subject(state, snap, &req.subject, &req.token)?;
     let needs = crate::engine::needs_plugins(snap, &req.action);
     let e = plugin_work(state, snap, needs, || {
-        req.ask(&subject, state.clock.now())
+        req.ask(&who, state.clock.now())
             .explain(snap, &req.resource)
     })?;
     let mut v =
@@ -412,7 +448,7 @@ pub fn explain(state: &State, snap: &SnapshotGuard, req: &CheckReq) -> Result<By
         );
         m.insert(
             "subject".into(),
-            serde_json::Value::String(subject.to_string()),
+            serde_json::Value::String(who.subject().to_string()),
         );
     }
     Ok(Bytes::from(v.to_string()))

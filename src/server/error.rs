@@ -52,6 +52,7 @@ pub enum ErrorCode {
     SignInNotAllowed,
     InvalidInvitation,
     CardInUse,
+    TierUnavailable,
     SignInUnavailable,
     TenantNotHere,
     Stale,
@@ -59,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -97,6 +98,7 @@ impl ErrorCode {
         ErrorCode::SignInNotAllowed,
         ErrorCode::InvalidInvitation,
         ErrorCode::CardInUse,
+        ErrorCode::TierUnavailable,
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
@@ -142,6 +144,7 @@ impl ErrorCode {
             ErrorCode::SignInNotAllowed => "sign_in_not_allowed",
             ErrorCode::InvalidInvitation => "invalid_invitation",
             ErrorCode::CardInUse => "card_in_use",
+            ErrorCode::TierUnavailable => "tier_unavailable",
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
@@ -188,6 +191,7 @@ impl ErrorCode {
             ErrorCode::SignInNotAllowed => StatusCode::FORBIDDEN,
             ErrorCode::InvalidInvitation => StatusCode::GONE,
             ErrorCode::CardInUse => StatusCode::CONFLICT,
+            ErrorCode::TierUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,

@@ -14,8 +14,9 @@
 //! parameters), no empty segments, no encoded `/`, `\` or NUL. Anything else is refused, because
 //! a gateway may route on a normalized path while we would match the raw one.
 //!
-//! Answers: 200 with `X-Portcullis-Subject`, `X-Portcullis-Tenant` and `X-Portcullis-Revision`
-//! (always all three); 401 with `WWW-Authenticate` when identity is missing, invalid, expired or
+//! Answers: 200 with `X-Portcullis-Subject`, `X-Portcullis-Tenant`, `X-Portcullis-Revision`
+//! (always all three) and `X-Portcullis-Kind` (`user`, or `sso` for an SSO token of the route's
+//! tenant, whose subject claim is then the subject); 401 with `WWW-Authenticate` when identity is missing, invalid, expired or
 //! revoked; 403 on deny, and when no route matches (`no_route`: fail closed).
 
 use std::borrow::Cow;
@@ -30,6 +31,7 @@ use super::config::{
     ConfigError, ForwardAuthConfig, IdentityConfig, RouteConfig, SourceConfig, TaggedSource,
 };
 use super::error::{clip, ApiError, ErrorCode};
+use super::sso::SsoIdentity;
 use super::tokens::{Tokens, Verified};
 use super::State;
 use crate::model::split_action;
@@ -40,6 +42,8 @@ pub const PREFIX: &str = "/v1/forward-auth";
 pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-portcullis-subject");
 pub const TENANT_HEADER: HeaderName = HeaderName::from_static("x-portcullis-tenant");
 pub const REVISION_HEADER: HeaderName = HeaderName::from_static("x-portcullis-revision");
+/// `user` (the subject is a user of the tenant) or `sso` (the subject claim of an SSO token).
+pub const KIND_HEADER: HeaderName = HeaderName::from_static("x-portcullis-kind");
 
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -564,23 +568,36 @@ pub fn handle(
                 .ok_or_else(|| {
                     ApiError::unauthenticated(format!("missing identity header '{h}'"))
                 })?;
-            req.decide(None, |view| user_check(view, subject))
+            req.decide(None, None, |view| Ok((user_check(view, subject)?, None)))
         }
         Identity::Bearer => {
             let token = bearer(headers)?;
             let now = state.clock.now();
             if token.starts_with(crate::identity::secret::API_KEY_PREFIX) {
                 // An API key: no claims, the route names the tenant.
-                return req.decide(None, |view| {
-                    Ok(super::tokens::api_key_user(view, token, now)?.0)
+                return req.decide(None, None, |view| {
+                    Ok((super::tokens::api_key_user(view, token, now)?.0, None))
                 });
+            }
+            // An SSO token of the tenant the route names (a tenant read from a claim has none:
+            // identity providers do not name tenants).
+            if !matches!(route.tenant, Source::Claim) {
+                let tenant = req.value(&route.tenant, "tenant", None).unwrap_or_default();
+                if let Some(snap) = state.registry.get(&tenant) {
+                    if let Some(sso) = state.tokens.sso_identity(&snap, token, now)? {
+                        return req.decide(None, Some(&sso), |_| {
+                            Err(ApiError::unauthenticated("not an SSO token"))
+                        });
+                    }
+                }
             }
             state
                 .tokens
                 .verify_with(token, now, |v| {
-                    req.decide(Some(v), |view| {
+                    req.decide(Some(v), None, |view| {
                         let tenant = view.id.as_str();
-                        Ok(state.tokens.identify(v, tenant, view)?)
+                        let user = state.tokens.identify(v, tenant, view)?;
+                        Ok((user, super::tokens::session_channel(v)))
                     })
                 })
                 .map_err(ApiError::from)?
@@ -684,11 +701,14 @@ impl Req<'_> {
     }
 
     /// Resolves tenant, action and resource, identifies the subject in the tenant's snapshot
-    /// and decides.
+    /// (a user and the channel of its session; or the SSO identity `sso`) and decides.
     fn decide(
         &self,
         v: Option<&Verified>,
-        identify: impl FnOnce(&crate::snapshot::ArchivedTenantSnap) -> Result<&str, ApiError>,
+        sso: Option<&SsoIdentity>,
+        identify: impl FnOnce(
+            &crate::snapshot::ArchivedTenantSnap,
+        ) -> Result<(&str, Option<&'static str>), ApiError>,
     ) -> Result<Resp, ApiError> {
         let state = self.state;
         let tenant = self.value(&self.route.tenant, "tenant", v)?;
@@ -704,7 +724,10 @@ impl Req<'_> {
             return Err(super::state::missing(state, &tenant).for_gateway());
         };
         let view = snap.view();
-        let subject = identify(view)?;
+        let (subject, channel) = match sso {
+            Some(s) => (s.subject(), None),
+            None => identify(view)?,
+        };
         let action = self.value(&self.route.action, "action", v)?;
         let resource = self.value(&self.route.resource, "resource", v)?;
         // Gateways send no request context: plugin conditions see none. A check that may call
@@ -715,6 +738,8 @@ impl Req<'_> {
                 action: &action,
                 now: state.clock.now(),
                 context: None,
+                sso: sso.map(|s| s.groups),
+                channel,
             }
             .check(&snap, &resource)
         };
@@ -743,6 +768,10 @@ impl Req<'_> {
         h.insert(SUBJECT_HEADER, subject);
         h.insert(TENANT_HEADER, tenant);
         h.insert(REVISION_HEADER, HeaderValue::from(revision));
+        h.insert(
+            KIND_HEADER,
+            HeaderValue::from_static(if sso.is_some() { "sso" } else { "user" }),
+        );
         Ok(r)
     }
 }

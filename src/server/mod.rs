@@ -23,6 +23,7 @@ pub mod listen;
 pub mod metrics;
 pub mod protocol;
 pub mod router;
+pub mod sso;
 pub mod state;
 pub mod tls;
 pub mod tokens;

@@ -166,12 +166,14 @@ pub struct Tokens {
     tenant_claim: Box<str>,
     issuer: Option<Box<str>>,
     audience: Option<Box<str>>,
-    leeway: i64,
-    max_bytes: usize,
+    pub(super) leeway: i64,
+    pub(super) max_bytes: usize,
     /// Longest lifetime accepted: `exp` at most this many seconds after `iat` and after now.
-    max_lifetime: i64,
+    pub(super) max_lifetime: i64,
     /// Tokens whose (slow) signature verified recently.
     verified: SigCache,
+    /// SSO tokens verified recently, with the claims decisions need.
+    pub(super) sso: super::sso::SsoCache,
 }
 
 impl Default for Tokens {
@@ -188,6 +190,7 @@ impl Default for Tokens {
             max_bytes: c.max_token_bytes,
             max_lifetime: c.max_lifetime_seconds as i64,
             verified: SigCache::new(),
+            sso: super::sso::SsoCache::new(),
         }
     }
 }
@@ -221,6 +224,31 @@ pub struct Claims<'a> {
     pub sep: Option<u64>,
     pub ch: Option<Cow<'a, str>>,
     pub knd: Option<Cow<'a, str>>,
+}
+
+/// Who a data-plane token stands for.
+#[derive(Debug, Clone)]
+pub enum TokenIdentity<'s> {
+    /// A user of the tenant (borrowed from the snapshot), with the channel of the session when
+    /// the token is a Portcullis session token.
+    User {
+        user: &'s str,
+        channel: Option<&'static str>,
+    },
+    /// An SSO token of the tenant's identity provider.
+    Sso(super::sso::SsoIdentity),
+}
+
+/// The channel (`console`, `field`) of a Portcullis session token; `None` for other tokens.
+pub fn session_channel(v: &Verified) -> Option<&'static str> {
+    if !v.is_session() {
+        return None;
+    }
+    match v.claims.ch.as_deref() {
+        Some("console") => Some(crate::model::Channel::Console.as_str()),
+        Some("field") => Some(crate::model::Channel::Field.as_str()),
+        _ => None,
+    }
 }
 
 /// A token whose signature and time window were verified.
@@ -267,6 +295,7 @@ impl Tokens {
             max_bytes: config.max_token_bytes,
             max_lifetime: i64::try_from(config.max_lifetime_seconds).unwrap_or(i64::MAX),
             verified: SigCache::new(),
+            sso: super::sso::SsoCache::new(),
         })
     }
 
@@ -323,6 +352,33 @@ impl Tokens {
         }
         self.verify_with(token, now, |v| {
             self.identify(v, snap.tenant_id(), snap.view())
+        })?
+    }
+
+    /// Who `token` stands for in `snap`'s tenant: a user (by API key, session token or a
+    /// configured token), with the channel of a session; or an SSO identity.
+    pub fn identity_for<'s>(
+        &self,
+        snap: &'s Snapshot,
+        token: &str,
+        now: i64,
+    ) -> Result<TokenIdentity<'s>, TokenError> {
+        if token.starts_with(crate::identity::secret::API_KEY_PREFIX) {
+            let (user, _) = api_key_user(snap.view(), token, now)?;
+            return Ok(TokenIdentity::User {
+                user,
+                channel: None,
+            });
+        }
+        if let Some(sso) = self.sso_identity(snap, token, now)? {
+            return Ok(TokenIdentity::Sso(sso));
+        }
+        self.verify_with(token, now, |v| {
+            let user = self.identify(v, snap.tenant_id(), snap.view())?;
+            Ok(TokenIdentity::User {
+                user,
+                channel: session_channel(v),
+            })
         })?
     }
 
@@ -649,12 +705,12 @@ pub fn api_key_user<'s, 'k>(
     }
 }
 
-fn malformed(what: &str) -> TokenError {
+pub(super) fn malformed(what: &str) -> TokenError {
     TokenError::Malformed(what.to_string())
 }
 
 /// Base64url (no padding, canonical) into `stack`, or `heap` when it does not fit.
-fn b64<'b>(
+pub(super) fn b64<'b>(
     input: &str,
     stack: &'b mut [u8],
     heap: &'b mut Vec<u8>,
@@ -760,13 +816,13 @@ fn rsa_key(pem: &str) -> Result<Verifier, String> {
 }
 
 #[derive(Deserialize)]
-struct Header<'a> {
+pub(super) struct Header<'a> {
     #[serde(borrow)]
-    alg: Cow<'a, str>,
+    pub(super) alg: Cow<'a, str>,
     #[serde(borrow, default)]
-    kid: Option<Cow<'a, str>>,
+    pub(super) kid: Option<Cow<'a, str>>,
     #[serde(default)]
-    crit: Option<IgnoredAny>,
+    pub(super) crit: Option<IgnoredAny>,
 }
 
 /// A string borrowed from the input when it has no escapes.
@@ -795,7 +851,7 @@ impl<'de> Deserialize<'de> for CowStr<'de> {
 }
 
 /// A JSON NumericDate: integer or fractional seconds, floored.
-struct NumericDate(i64);
+pub(super) struct NumericDate(pub(super) i64);
 
 impl<'de> Deserialize<'de> for NumericDate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

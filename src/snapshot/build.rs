@@ -33,7 +33,7 @@ use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ApiKeyRec, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec,
     ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec,
-    PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
+    PluginRec, RoleRec, Snapshot, Span, SsoKeyRec, SsoRec, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,
@@ -313,6 +313,7 @@ struct SnapOut {
     actors: Vec<String>,
     revoked_sessions: FxHashMap<String, i64>,
     api_keys: FxHashMap<String, ApiKeyRec>,
+    sso: Option<SsoRec>,
 }
 
 type BaseSerializer<'a> =
@@ -361,6 +362,8 @@ pub struct Compiled {
     actors: Actors,
     revoked_sessions: FxHashMap<String, i64>,
     api_keys: FxHashMap<String, ApiKeyRec>,
+    /// Single sign-on; its groups' grants are the last lists of `per_group`.
+    sso: Option<SsoRec>,
 }
 
 impl Compiled {
@@ -589,7 +592,7 @@ impl Compiled {
                 },
             });
         }
-        let groups: Vec<GroupRec> = t
+        let mut groups: Vec<GroupRec> = t
             .groups
             .iter()
             .map(|g| GroupRec {
@@ -600,6 +603,61 @@ impl Compiled {
                 grants: empty,
             })
             .collect();
+        // SSO groups follow the tenant's own: one per mapped group name of the provider.
+        let mut sso_grants: Vec<Vec<Raw>> = Vec::new();
+        let sso = match (&t.sign_in.sso, t.rbac) {
+            (Some(sso), Rbac::Enterprise) => {
+                let first_group = idx(groups.len(), &t.id)?;
+                let names = sso.group_names();
+                let mut index = FxHashMap::default();
+                for name in &names {
+                    index.insert((*name).to_string(), idx(groups.len(), &t.id)?);
+                    groups.push(GroupRec {
+                        id: format!("sso:{name}"),
+                        name: (*name).to_string(),
+                        active: true,
+                        members: 0,
+                        grants: empty,
+                    });
+                    sso_grants.push(Vec::new());
+                }
+                for m in &sso.mappings {
+                    let (Some(&g), Some(&lo), Some(&role)) = (
+                        index.get(&m.group),
+                        node_index.get(&m.scope),
+                        role_ids.get(&m.role),
+                    ) else {
+                        continue; // unreachable for a validated tenant
+                    };
+                    let hi = node_end.get(lo as usize).copied().unwrap_or(lo);
+                    if let Some(l) = sso_grants.get_mut((g - first_group) as usize) {
+                        l.push((lo, hi, role, NEVER, NONE, i64::MIN));
+                    }
+                }
+                let keys = sso
+                    .keys
+                    .iter()
+                    .filter_map(|k| {
+                        let m = crate::identity::sso::key_material(k).ok()?;
+                        Some(SsoKeyRec {
+                            kid: k.kid.clone(),
+                            alg: m.alg as u8,
+                            der: m.der,
+                        })
+                    })
+                    .collect();
+                Some(SsoRec {
+                    issuer: sso.issuer.clone(),
+                    audience: sso.audience.clone(),
+                    subject_claim: sso.subject_claim.clone(),
+                    groups_claim: sso.groups_claim.clone(),
+                    keys,
+                    groups: index,
+                    first_group,
+                })
+            }
+            _ => None,
+        };
 
         // --- The base block ------------------------------------------------------------------
         let archive_err = |e: BoxedError| BuildError::Archive {
@@ -663,6 +721,7 @@ impl Compiled {
             per_user: vec![Vec::new(); t.users.len()],
             per_group: vec![Vec::new(); t.groups.len()],
             actors: Actors::default(),
+            sso,
             revoked_sessions: t
                 .sign_in
                 .revoked_sessions
@@ -688,6 +747,7 @@ impl Compiled {
                 c.per_list(list).push(raw);
             } // else: unreachable for a validated tenant
         }
+        c.per_group.extend(sso_grants);
         for list in c.per_user.iter_mut().chain(c.per_group.iter_mut()) {
             list.sort_unstable_by(raw_order);
         }
@@ -889,6 +949,7 @@ impl Compiled {
             actors: std::mem::take(&mut self.actors.ranked_mut().1),
             revoked_sessions: std::mem::take(&mut self.revoked_sessions),
             api_keys: std::mem::take(&mut self.api_keys),
+            sso: self.sso.take(),
         };
         let bytes = rkyv::api::high::to_bytes_in::<_, BoxedError>(&root, out);
         self.id = std::mem::take(&mut root.id.text);
@@ -900,6 +961,7 @@ impl Compiled {
         self.actors.ranked_mut().1 = std::mem::take(&mut root.actors);
         self.revoked_sessions = std::mem::take(&mut root.revoked_sessions);
         self.api_keys = std::mem::take(&mut root.api_keys);
+        self.sso = root.sso.take();
         let bytes = bytes.map_err(|e| archive_err(&self.id, e.to_string()))?;
         if self.base_checked {
             debug_assert!(validate::validate(&bytes).is_ok());
@@ -913,11 +975,7 @@ impl Compiled {
         }
         .map_err(|e| archive_err(&self.id, e.to_string()))?;
         self.base_checked = true;
-        Ok(Snapshot {
-            bytes,
-            loaded_at: crate::clock::unix_now(),
-            plugins: Box::default(),
-        })
+        Ok(Snapshot::adopt(bytes))
     }
 }
 

@@ -48,7 +48,7 @@ pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -100,6 +100,34 @@ pub struct TenantSnap {
     pub revoked_sessions: FxHashMap<String, i64>,
     /// Live API keys by key id.
     pub api_keys: FxHashMap<String, ApiKeyRec>,
+    /// Single sign-on, when the tenant (enterprise) trusts an identity provider.
+    pub sso: Option<SsoRec>,
+}
+
+/// A tenant's identity provider, compiled: each mapped group name is an SSO group, placed in
+/// `groups` after the tenant's own groups, whose grants are the group's mapped roles at their
+/// scopes. An SSO token is decided over the SSO groups its group claim names.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct SsoRec {
+    pub issuer: String,
+    pub audience: Option<String>,
+    pub subject_claim: String,
+    pub groups_claim: String,
+    pub keys: Vec<SsoKeyRec>,
+    /// Group name of the identity provider → index into `groups`.
+    pub groups: FxHashMap<String, u32>,
+    /// Index into `groups` of the first SSO group (they are at most
+    /// [`crate::model::MAX_SSO_GROUPS`]).
+    pub first_group: u32,
+}
+
+/// A public key of the identity provider: its algorithm
+/// ([`crate::identity::sso::SsoAlg`] as `u8`) and SPKI DER.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct SsoKeyRec {
+    pub kid: Option<String>,
+    pub alg: u8,
+    pub der: Vec<u8>,
 }
 
 /// An API key: whose it is, the SHA-256 of its secret, when it expires.
@@ -205,6 +233,26 @@ pub struct Snapshot {
     /// failed to compile; grants needing it deny). Swapped together with the archive, so a
     /// check runs the plugin versions of the snapshot it started on.
     plugins: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
+    /// The SSO keys of the archive, parsed once (a key that does not load is left out: its
+    /// tokens are refused).
+    sso_keys: Box<[crate::identity::sso::Verifier]>,
+}
+
+/// Parses the archive's SSO keys.
+fn load_sso_keys(v: &ArchivedTenantSnap) -> Box<[crate::identity::sso::Verifier]> {
+    use crate::identity::sso::{SsoAlg, Verifier};
+    let Some(sso) = v.sso.as_ref() else {
+        return Box::default();
+    };
+    sso.keys
+        .iter()
+        .filter_map(|k| {
+            let alg = SsoAlg::from_u8(k.alg)?;
+            let mut key = Verifier::load(alg, k.der.as_slice()).ok()?;
+            key.kid = k.kid.as_ref().map(|s| s.as_str().into());
+            Some(key)
+        })
+        .collect()
 }
 
 impl Snapshot {
@@ -219,11 +267,25 @@ impl Snapshot {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         validate::validate(&aligned)?;
-        Ok(Snapshot {
-            bytes: aligned,
+        Ok(Snapshot::adopt(aligned))
+    }
+
+    /// Wraps validated archive bytes.
+    fn adopt(bytes: AlignedVec) -> Snapshot {
+        let mut s = Snapshot {
+            bytes,
             loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
-        })
+            sso_keys: Box::default(),
+        };
+        s.sso_keys = load_sso_keys(s.view());
+        s
+    }
+
+    /// The tenant's SSO keys (empty without SSO).
+    #[inline]
+    pub fn sso_keys(&self) -> &[crate::identity::sso::Verifier] {
+        &self.sso_keys
     }
 
     /// Compiles (or takes from the host's cache) every plugin of this snapshot. A plugin that

@@ -102,6 +102,21 @@ fn check(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
             return Err(bad(format!("user {i} has memberships outside the table")));
         }
     }
+    if let Some(sso) = v.sso.as_ref() {
+        // Decisions hold a token's SSO groups as bits relative to `first_group`.
+        let first = sso.first_group.to_native() as usize;
+        let max = crate::model::MAX_SSO_GROUPS;
+        if first > v.groups.len()
+            || sso.groups.iter().any(|(_, g)| {
+                let g = g.to_native() as usize;
+                g < first || g >= v.groups.len() || g - first >= max
+            })
+        {
+            return Err(bad(
+                "an SSO group mapping names a group outside the SSO groups",
+            ));
+        }
+    }
     check_grants(v)?;
     check_plugins(v)
 }

@@ -103,5 +103,9 @@ pub fn delete_node(doc: &TenantDoc, id: &str) -> Rule {
     })?;
     let what = format!("node '{id}' is the scope of");
     super::unassigned(doc, |a| a.scope == id, &what)?;
+    let n = super::tenant::sso_uses(doc, |m| m.scope == id);
+    super::unused(n, || {
+        format!("node '{id}' is the scope of {n} SSO mapping(s); change the tenant's sso first")
+    })?;
     Ok(super::deleted(Kind::Node, id, cur, Vec::new()))
 }

@@ -107,5 +107,9 @@ pub fn delete_role(doc: &TenantDoc, id: &str) -> Rule {
     not_builtin(id)?;
     let cur = find(&doc.roles, "role", id)?;
     super::unassigned(doc, |a| a.role == id, &format!("role '{id}' is used by"))?;
+    let n = super::tenant::sso_uses(doc, |m| m.role == id);
+    super::unused(n, || {
+        format!("role '{id}' is used by {n} SSO mapping(s); change the tenant's sso first")
+    })?;
     Ok(super::deleted(Kind::Role, id, cur, Vec::new()))
 }

@@ -28,6 +28,9 @@ requests! {
         pub quotas: Option<Quotas>,
         pub logout: Option<LogoutPeriod>,
         pub require_group: Option<bool>,
+        /// Single sign-on (`null` turns it off).
+        #[serde(default, with = "super::double_option")]
+        pub sso: Option<Option<crate::model::Sso>>,
     }
 }
 
@@ -108,12 +111,45 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     if let Some(r) = patch.require_group {
         s.sign_in.require_group = r;
     }
+    if let Some(sso) = &patch.sso {
+        s.sign_in.sso = sso.clone();
+    }
+    if let Some(sso) = &s.sign_in.sso {
+        let role = |r: &str| crate::model::is_builtin_role(r) || doc.roles.contains_key(r);
+        for (field, m) in sso.problems(role, |n| doc.nodes.contains_key(n)) {
+            f.push(&field, m);
+        }
+    }
     f.done()?;
+    if s.sign_in.sso.is_some() && s.rbac != Rbac::Enterprise {
+        return Err(tier_unavailable(s.rbac));
+    }
     if let Some(q) = patch.quotas {
         quotas_cover_usage(doc, &q)?;
         s.quotas = q;
     }
     Ok(updated("tenant.update", Kind::Tenant, &s.id, cur, &s))
+}
+
+/// Single sign-on needs an `enterprise` tenant (422 `tier_unavailable`).
+fn tier_unavailable(rbac: Rbac) -> RuleError {
+    let tier = match rbac {
+        Rbac::None => "none",
+        Rbac::Basic => "basic",
+        Rbac::Enterprise => "enterprise",
+    };
+    RuleError::conflict(
+        "tier_unavailable",
+        format!("sso: single sign-on needs rbac 'enterprise' (tenant has '{tier}')"),
+    )
+}
+
+/// SSO mappings of the tenant that `uses` matches (a role or node they name cannot be deleted).
+pub(super) fn sso_uses(doc: &TenantDoc, uses: impl Fn(&crate::model::SsoMapping) -> bool) -> usize {
+    doc.settings
+        .as_ref()
+        .and_then(|s| s.sign_in.sso.as_ref())
+        .map_or(0, |sso| sso.mappings.iter().filter(|m| uses(m)).count())
 }
 
 /// Deletes a tenant and every row it has.

@@ -154,7 +154,7 @@ pub fn authenticate(
             channel: None,
         });
     }
-    state
+    let out = state
         .tokens
         .verify_with(got, now, |v| {
             if !v.is_session() {
@@ -185,7 +185,20 @@ pub fn authenticate(
                 }),
             })
         })
-        .map_err(ApiError::from)?
+        .map_err(ApiError::from)
+        .and_then(|r| r);
+    if out.is_err() {
+        // An SSO token of the path's tenant: say where it works.
+        let sso = tenant
+            .and_then(|t| state.registry.get(t))
+            .is_some_and(|snap| crate::server::sso::is_sso_token_of(&snap, got));
+        if sso {
+            return Err(ApiError::unauthenticated(
+                crate::server::sso::NOT_ON_MANAGEMENT,
+            ));
+        }
+    }
+    out
 }
 
 fn user_kind(view: &crate::snapshot::ArchivedTenantSnap, user: &str) -> UserKind {
