@@ -15,7 +15,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use perm::{is_segment, split_action, Part, Permission, PermissionError};
-pub use sso::{Sso, SsoKey, SsoMapping, MAX_SSO_GROUPS, MAX_SSO_KEYS, MAX_SSO_MAPPINGS};
+pub use sso::{
+    key_material, KeyMaterial, Sso, SsoAlg, SsoKey, SsoMapping, MAX_SSO_GROUPS, MAX_SSO_KEYS,
+    MAX_SSO_MAPPINGS,
+};
 pub use time::{de_opt_timestamp, format_timestamp, parse_timestamp, Timestamp};
 
 /// Longest id, name or kind accepted anywhere in the model, in bytes.

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::tokens::{b64, malformed, Header, NumericDate, TokenError, Tokens};
 use crate::decide::SsoGroups;
-use crate::identity::sso::SsoAlg;
+use crate::model::SsoAlg;
 use crate::snapshot::Snapshot;
 
 /// The refusal of an SSO token on the management API.

@@ -638,7 +638,7 @@ impl Compiled {
                     .keys
                     .iter()
                     .filter_map(|k| {
-                        let m = crate::identity::sso::key_material(k).ok()?;
+                        let m = crate::model::key_material(k).ok()?;
                         Some(SsoKeyRec {
                             kid: k.kid.clone(),
                             alg: m.alg as u8,

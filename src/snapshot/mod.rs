@@ -122,7 +122,7 @@ pub struct SsoRec {
 }
 
 /// A public key of the identity provider: its algorithm
-/// ([`crate::identity::sso::SsoAlg`] as `u8`) and SPKI DER.
+/// ([`crate::model::SsoAlg`] as `u8`) and SPKI DER.
 #[derive(Archive, Serialize, Deserialize, Debug)]
 pub struct SsoKeyRec {
     pub kid: Option<String>,
@@ -240,7 +240,8 @@ pub struct Snapshot {
 
 /// Parses the archive's SSO keys.
 fn load_sso_keys(v: &ArchivedTenantSnap) -> Box<[crate::identity::sso::Verifier]> {
-    use crate::identity::sso::{SsoAlg, Verifier};
+    use crate::identity::sso::Verifier;
+    use crate::model::SsoAlg;
     let Some(sso) = v.sso.as_ref() else {
         return Box::default();
     };
