@@ -15,8 +15,9 @@
 //! a gateway may route on a normalized path while we would match the raw one.
 //!
 //! Answers: 200 with `X-Portcullis-Subject`, `X-Portcullis-Tenant`, `X-Portcullis-Revision`
-//! (always all three) and `X-Portcullis-Kind` (`user`, or `sso` for an SSO token of the route's
-//! tenant, whose subject claim is then the subject); 401 with `WWW-Authenticate` when identity is missing, invalid, expired or
+//! and `X-Portcullis-Kind` — always all four (Caddy copies a missing one as a placeholder); the
+//! kind is `user`, or `sso` for an SSO token of the route's tenant, whose subject claim is then the
+//! subject; 401 with `WWW-Authenticate` when identity is missing, invalid, expired or
 //! revoked; 403 on deny, and when no route matches (`no_route`: fail closed).
 
 use std::borrow::Cow;
