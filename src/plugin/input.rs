@@ -309,6 +309,48 @@ mod tests {
     }
 
     #[test]
+    fn host_members_replace_the_callers() {
+        let members = |b: &[u8]| -> Vec<(String, String)> {
+            let c = u32_at(b, 96) as usize;
+            (0..u32_at(b, 100) as usize)
+                .map(|i| {
+                    let e = c + 16 * i;
+                    (str_at(b, e).to_string(), str_at(b, e + 8).to_string())
+                })
+                .collect()
+        };
+        let host = [("channel", "console")];
+        let mut b = Vec::new();
+        for (raw, want) in [
+            (
+                Some(r#"{"channel":"field","n":1}"#),
+                vec![("channel", "console"), ("n", "1")],
+            ),
+            (None, vec![("channel", "console")]),
+            (Some("[1]"), vec![("channel", "console")]),
+        ] {
+            PluginInput {
+                context_raw: raw,
+                host_context: &host,
+                ..PluginInput::default()
+            }
+            .encode(&mut b);
+            let got = members(&b);
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert!(
+                got.iter().all(|m| want.contains(m)) && got.len() == want.len(),
+                "{raw:?}: {got:?}"
+            );
+            let ctx: serde_json::Value = serde_json::from_str(str_at(&b, 72)).unwrap();
+            assert_eq!(ctx["channel"], "console", "{raw:?}");
+            assert_eq!(u32_at(&b, 104), 1);
+        }
+    }
+
+    #[test]
     fn members_come_from_the_raw_json_in_order_numbers_as_sent() {
         let raw =
             r#"{"z":"a\"b\u00e9","n":1.50,"e":-2E+3,"o":{"x":1},"b":true,"a":[1],"k\u0041":"v"}"#;
