@@ -6,10 +6,14 @@
 //! to enterprise tenants, protects the roles and nodes it names, and a change takes effect on the
 //! next request.
 //!
+//! The setting reaches sidecars in the tenant's snapshot (through NATS JetStream).
+//!
 //! Also here: the channel of a session (`console` for a password, `field` for an access card)
 //! reaches plugins as the context member `channel`, set by the host over the caller's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/nats.rs"]
+mod nats_server;
 #[path = "common/server.rs"]
 mod server;
 
@@ -670,4 +674,65 @@ fn the_session_channel_reaches_plugins_and_the_caller_cannot_claim_it() {
                "resource": "press-1"}),
     );
     assert_eq!((st, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+}
+
+#[test]
+fn mappings_reach_sidecars_in_the_snapshot() {
+    let nats = nats_server::Nats::start();
+    let cfg = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        cfg.path(),
+        "nats:\n  snapshot_every_revisions: 1\n  snapshot_every_seconds: 1\nlimits:\n  max_revision_wait_ms: 15000\n",
+    )
+    .unwrap();
+    let url = nats.url();
+    let cp = Server::start(
+        &["--nats", &url, "--config", cfg.path().to_str().unwrap()],
+        &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)],
+    );
+    let sidecar = || {
+        let s = Server::start_sidecar(&["--nats", &url, "--config", cfg.path().to_str().unwrap()]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while s.request("GET", "/readyz", &[], b"").0 != 200 {
+            assert!(std::time::Instant::now() < deadline, "sidecar not ready");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        s
+    };
+    let a = sidecar();
+    let set = |scope: &str| -> u64 {
+        let (st, v) = cp.admin_call(
+            TOKEN,
+            "PATCH",
+            "/v1/tenants/femo",
+            json!({"sso": {"issuer": ISS_A, "keys": [{"kid": "a1", "pem": ED1_PUB}],
+                           "mappings": [{"group": "maintenance", "role": "operator", "scope": scope}]}}),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["revision"].as_u64().unwrap()
+    };
+    let mut c = claims(&["maintenance"]);
+    c.as_object_mut().unwrap().remove("aud");
+    let t = ed("a1", &c);
+    let check = |s: &Server, resource: &str, rev: u64| -> bool {
+        let (st, v) = s.post_json(
+            "/v1/check",
+            &json!({"tenant": "femo", "token": t, "action": "asset:operate",
+                    "resource": resource, "min_revision": rev})
+            .to_string(),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["allowed"].as_bool().unwrap()
+    };
+    let rev = set("lyon");
+    assert!(check(&a, "robot-12", rev));
+    assert!(!check(&a, "press-7", rev));
+    // A new mapping: the sidecar decides by it at its revision.
+    let rev = set("hawthorne");
+    assert!(check(&a, "press-7", rev));
+    assert!(!check(&a, "robot-12", rev));
+    // A sidecar booting now gets the setting (keys included) from the snapshot.
+    let b = sidecar();
+    assert!(check(&b, "press-7", rev));
+    assert!(!check(&b, "robot-12", rev));
 }
