@@ -453,6 +453,8 @@ impl TenantDoc {
             sign_in: crate::model::SignIn {
                 logout: t.sign_in.logout,
                 require_group: t.sign_in.require_group,
+                admins_change_own_password: t.sign_in.admins_change_own_password,
+                users_change_own_password: t.sign_in.users_change_own_password,
                 ..crate::model::SignIn::default()
             },
         };
@@ -590,6 +592,8 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
         sign_in: crate::model::SignIn {
             logout: s.sign_in.logout,
             require_group: s.sign_in.require_group,
+            admins_change_own_password: s.sign_in.admins_change_own_password,
+            users_change_own_password: s.sign_in.users_change_own_password,
             revoked_sessions: rows
                 .sessions
                 .into_iter()

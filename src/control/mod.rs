@@ -9,9 +9,11 @@
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
 
+pub mod authz;
 pub mod check;
 pub mod doc;
 pub mod follower;
+pub mod policy;
 pub mod rules;
 pub mod shard;
 pub mod views;

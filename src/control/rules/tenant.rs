@@ -20,6 +20,10 @@ requests! {
         pub logout: Option<LogoutPeriod>,
         #[serde(default)]
         pub require_group: bool,
+        #[serde(default)]
+        pub admins_change_own_password: bool,
+        /// Default: `true`, or `false` when the tenant is created with an `owner`.
+        pub users_change_own_password: Option<bool>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -28,6 +32,8 @@ requests! {
         pub quotas: Option<Quotas>,
         pub logout: Option<LogoutPeriod>,
         pub require_group: Option<bool>,
+        pub admins_change_own_password: Option<bool>,
+        pub users_change_own_password: Option<bool>,
     }
 }
 
@@ -74,6 +80,8 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
         sign_in: crate::model::SignIn {
             logout: req.logout,
             require_group: req.require_group,
+            admins_change_own_password: req.admins_change_own_password,
+            users_change_own_password: req.users_change_own_password.unwrap_or(true),
             ..crate::model::SignIn::default()
         },
     };
@@ -107,6 +115,12 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(r) = patch.require_group {
         s.sign_in.require_group = r;
+    }
+    if let Some(a) = patch.admins_change_own_password {
+        s.sign_in.admins_change_own_password = a;
+    }
+    if let Some(u) = patch.users_change_own_password {
+        s.sign_in.users_change_own_password = u;
     }
     f.done()?;
     if let Some(q) = patch.quotas {
