@@ -497,12 +497,14 @@ impl<'a> Guard<'a> {
             };
         }
         match self.kind_of(id) {
-            Some(KIND_OWNER) => return Err(refuse(
-                "owner_protected",
-                format!(
+            Some(KIND_OWNER) => {
+                return Err(refuse(
+                    "owner_protected",
+                    format!(
                     "user '{id}' is the tenant's owner: only the owner changes the owner's account"
                 ),
-            )),
+                ))
+            }
             Some(KIND_ADMIN) if !self.is_owner() => {
                 return Err(refuse(
                     "admin_protected",

@@ -256,6 +256,36 @@ impl ControlPlane {
         Ok(doc)
     }
 
+    /// Records a refused management write in the tenant's audit log: an entry without row
+    /// changes (action `refused`, the request and the refusal as its target), so that refused
+    /// escalations are audited with their actor. Raises the revision like any entry; changes
+    /// nothing else.
+    pub async fn record_refusal(
+        &self,
+        tenant: &str,
+        actor: &str,
+        target: String,
+    ) -> Result<u64, ControlError> {
+        let mut doc = self.live(tenant).await?;
+        let revision = doc.revision + 1;
+        let commit = Commit {
+            tenant: tenant.to_string(),
+            revision,
+            actor: actor.to_string(),
+            at_ms: now_ms(),
+            action: "refused".into(),
+            target,
+            ops: Vec::new(),
+        };
+        self.store.commit(&commit).await?;
+        if let Err(e) = doc.apply(&commit) {
+            tracing::error!(tenant, error = %e, "in-memory apply failed after commit; reloading tenant");
+            *doc = self.load_doc(tenant).await?;
+        }
+        let _ = self.bus.send(Arc::new(published(commit)));
+        Ok(revision)
+    }
+
     /// Erases deleted user `id` of `tenant` (see [`rules::erase_user`]): first scrubs the user's
     /// email and name from every logged commit (as [`rules::ERASED`]), then commits the erasure,
     /// both under the tenant's lock so that nothing touches the user in between. A failed scrub

@@ -241,3 +241,14 @@ pub fn api_key(g: &Guard, user: &str) -> R {
     }
     user_credentials(g, user)
 }
+
+/// Ownership moves by the owner's decision (or the platform's, when the owner is gone).
+pub fn transfer_owner(g: &Guard) -> R {
+    if g.is_platform() || g.is_owner() {
+        return Ok(());
+    }
+    Err(RuleError::conflict(
+        "owner_protected",
+        "only the owner transfers ownership",
+    ))
+}

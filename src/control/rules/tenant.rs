@@ -24,6 +24,9 @@ requests! {
         pub admins_change_own_password: bool,
         /// Default: `true`, or `false` when the tenant is created with an `owner`.
         pub users_change_own_password: Option<bool>,
+        /// The account master, created with the tenant (the fields of a user create; `kind` is
+        /// `owner`, a password is required).
+        pub owner: Option<super::UserCreate>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -65,10 +68,20 @@ pub fn import(t: &Tenant, now: Timestamp, password_hashes: &[(String, String)]) 
     })
 }
 
-pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
+/// Creates a tenant; with an `owner`, its owner too (`owner_hash`: the argon2id hash of the
+/// owner's password, computed by the caller).
+pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str>) -> Rule {
     let mut f = Fields::default();
     f.check("id", check_id("tenant id", &req.id));
     let name = super::name_or_id(&req.name, &req.id, &mut f);
+    if let Some(o) = &req.owner {
+        if !matches!(o.kind, UserKind::Member | UserKind::Owner) {
+            f.push("owner.kind", "the owner's kind is 'owner'");
+        }
+        if o.password.is_none() || owner_hash.is_none() {
+            f.push("owner.password", "the owner needs a password");
+        }
+    }
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -81,11 +94,42 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
             logout: req.logout,
             require_group: req.require_group,
             admins_change_own_password: req.admins_change_own_password,
-            users_change_own_password: req.users_change_own_password.unwrap_or(true),
+            users_change_own_password: req.users_change_own_password.unwrap_or(req.owner.is_none()),
             ..crate::model::SignIn::default()
         },
     };
-    Ok(super::created(Kind::Tenant, &req.id, &s))
+    let mut change = super::created(Kind::Tenant, &req.id, &s);
+    if let Some(o) = &req.owner {
+        let doc = TenantDoc {
+            settings: Some(s),
+            ..TenantDoc::default()
+        };
+        let owner = super::UserCreate {
+            kind: UserKind::Owner,
+            ..o.clone()
+        };
+        let secrets = super::NewUserSecrets {
+            password_hash: owner_hash.map(str::to_string),
+            invitation: None,
+        };
+        let user = super::create_user(&doc, &owner, now, &secrets).map_err(|e| match e {
+            RuleError::Invalid(fields) => RuleError::Invalid(
+                fields
+                    .into_iter()
+                    .map(|mut f| {
+                        f.field = format!("owner.{}", f.field);
+                        f
+                    })
+                    .collect(),
+            ),
+            e => e,
+        })?;
+        change.ops.extend(user.ops);
+        if let serde_json::Value::Object(m) = &mut change.result {
+            m.insert("owner".into(), user.result);
+        }
+    }
+    Ok(change)
 }
 
 pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {

@@ -100,6 +100,7 @@ enum Route<'a> {
     ApiKey(&'a str, &'a str),
     Guests(&'a str),
     Guest(&'a str, &'a str),
+    Owner(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -118,6 +119,7 @@ impl<'a> Route<'a> {
             ["tenants", t, "api-keys", id] => Route::ApiKey(t, id),
             ["tenants", t, "guests"] => Route::Guests(t),
             ["tenants", t, "guests", id] => Route::Guest(t, id),
+            ["tenants", t, "owner"] => Route::Owner(t),
             ["tenants", t, "users", id, "password"] => Route::UserPassword(t, id),
             ["tenants", t, "users", id, "invitation"] => Route::UserInvitation(t, id),
             ["tenants", t, "users", id, "cards"] => Route::UserCards(t, id),
@@ -165,7 +167,8 @@ impl<'a> Route<'a> {
             | Route::InvitationAccept(..)
             | Route::UserPassword(..)
             | Route::UserInvitation(..)
-            | Route::Guests(..) => "POST",
+            | Route::Guests(..)
+            | Route::Owner(..) => "POST",
             Route::SessionCurrent(..) | Route::Guest(..) => "DELETE",
             Route::UserCards(..) => "POST, DELETE",
             Route::ApiKeys(..) => "GET, POST",
@@ -199,7 +202,8 @@ impl<'a> Route<'a> {
             | ApiKeys(t)
             | ApiKey(t, _)
             | Guests(t)
-            | Guest(t, _) => Some(t),
+            | Guest(t, _)
+            | Owner(t) => Some(t),
         }
     }
 }
@@ -355,7 +359,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         caller: &caller,
     };
     use Route::*;
-    match (route, method) {
+    let refusal_target = format!("{method} {path}");
+    let result = match (route, method.clone()) {
         (SessionCurrent(t), Method::DELETE) => identity::sign_out(state, cp, &caller, t).await,
         (UserPassword(t, id), Method::POST) => identity::set_password(&w(t), id, req).await,
         (UserInvitation(t, id), Method::POST) => identity::reinvite(&w(t), id).await,
@@ -366,6 +371,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (ApiKey(t, id), Method::DELETE) => identity::revoke_api_key(&w(t), id).await,
         (Guests(t), Method::POST) => identity::create_guest(&w(t), req).await,
         (Guest(t, id), Method::DELETE) => identity::revoke_guest(&w(t), id).await,
+        (Owner(t), Method::POST) => w(t).transfer_owner(req).await,
         (List(t, Coll::Users), Method::POST) => identity::create_user(&w(t), req).await,
         (Entity(t, Coll::Users, id), Method::DELETE) => {
             w(t).transition(id, UserTransition::Delete, &req).await
@@ -422,7 +428,30 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         }
         (Entity(t, c, id), Method::DELETE) => crud(&w(t), c, Op::Delete(id), req).await,
         (r, _) => Err(ApiError::method_not_allowed(r.allow())),
+    };
+    if let (Err(e), Some(t), Caller::User { .. }) = (&result, route.tenant(), &caller) {
+        if method != Method::GET && is_refusal(e.code) {
+            // Refused writes are audited with their actor (never their body).
+            let target = format!("{refusal_target}: {}", e.code.as_str());
+            if let Err(err) = cp.record_refusal(t, actor, target).await {
+                tracing::warn!(tenant = t, error = %err, "recording a refused write failed");
+            }
+        }
     }
+    result
+}
+
+/// The management API's authorization refusals (audited when a write is refused).
+fn is_refusal(code: super::error::ErrorCode) -> bool {
+    use super::error::ErrorCode as C;
+    matches!(
+        code,
+        C::Forbidden
+            | C::PrivilegeEscalation
+            | C::SelfAction
+            | C::OwnerProtected
+            | C::AdminProtected
+    )
 }
 
 /// The generic create/update/delete of an entity collection (plugins have their own upload).
