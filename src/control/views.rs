@@ -677,7 +677,7 @@ mod tests {
     #[test]
     fn user_listing_filters_sorts_and_pages() {
         let d = doc();
-        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0);
+        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0, &None);
         let v = list_users(UserQuery::default());
         assert_eq!(
             (ids(&v), &v["total"], &v["revision"]),
