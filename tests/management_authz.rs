@@ -636,3 +636,31 @@ fn a_tenant_is_created_with_its_owner() {
         refused("self_action")
     );
 }
+
+#[test]
+fn one_role_per_place_when_the_tenant_asks_for_it() {
+    let e = start();
+    let assign = |role: &str, scope: &str| {
+        e.code(
+            TOKEN,
+            "POST",
+            "/v1/tenants/acme/assignments",
+            json!({"user": "sam", "role": role, "scope": scope}),
+        )
+    };
+    // Off by default: several roles at one place are normal.
+    assert_eq!(assign("operator", "a1").0, 201);
+    e.admin(
+        "PATCH",
+        "/v1/tenants/acme",
+        json!({"one_role_per_place": true}),
+    );
+    assert_eq!(
+        assign("administrator", "a1"),
+        (409, "one_role_per_place".into())
+    );
+    // Another place is fine.
+    assert_eq!(assign("administrator", "site-b").0, 201);
+    let t = e.admin("GET", "/v1/tenants/acme", json!(null));
+    assert_eq!(t["one_role_per_place"], true, "{t}");
+}

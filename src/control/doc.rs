@@ -455,6 +455,7 @@ impl TenantDoc {
                 require_group: t.sign_in.require_group,
                 admins_change_own_password: t.sign_in.admins_change_own_password,
                 users_change_own_password: t.sign_in.users_change_own_password,
+                one_role_per_place: t.sign_in.one_role_per_place,
                 ..crate::model::SignIn::default()
             },
         };
@@ -594,6 +595,7 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
             require_group: s.sign_in.require_group,
             admins_change_own_password: s.sign_in.admins_change_own_password,
             users_change_own_password: s.sign_in.users_change_own_password,
+            one_role_per_place: s.sign_in.one_role_per_place,
             revoked_sessions: rows
                 .sessions
                 .into_iter()

@@ -368,6 +368,9 @@ pub struct SignIn {
     /// controlled users of a tenant created with an owner, where it defaults to `false`).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub users_change_own_password: bool,
+    /// At most one role per user per scope node (the management API refuses a second).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_role_per_place: bool,
     /// Sessions revoked before their expiry (logout): refused until they expire anyway.
     #[serde(skip)]
     pub revoked_sessions: Vec<RevokedSession>,
@@ -386,6 +389,7 @@ impl Default for SignIn {
             require_group: false,
             admins_change_own_password: false,
             users_change_own_password: true,
+            one_role_per_place: false,
             revoked_sessions: Vec::new(),
             api_keys: Vec::new(),
             passwords: Vec::new(),

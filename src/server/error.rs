@@ -59,11 +59,12 @@ pub enum ErrorCode {
     SelfAction,
     OwnerProtected,
     AdminProtected,
+    OneRolePerPlace,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 44] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -108,6 +109,7 @@ impl ErrorCode {
         ErrorCode::SelfAction,
         ErrorCode::OwnerProtected,
         ErrorCode::AdminProtected,
+        ErrorCode::OneRolePerPlace,
     ];
 
     /// The code as answered.
@@ -157,6 +159,7 @@ impl ErrorCode {
             ErrorCode::SelfAction => "self_action",
             ErrorCode::OwnerProtected => "owner_protected",
             ErrorCode::AdminProtected => "admin_protected",
+            ErrorCode::OneRolePerPlace => "one_role_per_place",
         }
     }
 
@@ -207,6 +210,7 @@ impl ErrorCode {
             | ErrorCode::SelfAction
             | ErrorCode::OwnerProtected
             | ErrorCode::AdminProtected => StatusCode::FORBIDDEN,
+            ErrorCode::OneRolePerPlace => StatusCode::CONFLICT,
         }
     }
 

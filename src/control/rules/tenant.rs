@@ -24,6 +24,8 @@ requests! {
         pub admins_change_own_password: bool,
         /// Default: `true`, or `false` when the tenant is created with an `owner`.
         pub users_change_own_password: Option<bool>,
+        #[serde(default)]
+        pub one_role_per_place: bool,
         /// The account master, created with the tenant (the fields of a user create; `kind` is
         /// `owner`, a password is required).
         pub owner: Option<super::UserCreate>,
@@ -37,6 +39,7 @@ requests! {
         pub require_group: Option<bool>,
         pub admins_change_own_password: Option<bool>,
         pub users_change_own_password: Option<bool>,
+        pub one_role_per_place: Option<bool>,
     }
 }
 
@@ -95,6 +98,7 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             require_group: req.require_group,
             admins_change_own_password: req.admins_change_own_password,
             users_change_own_password: req.users_change_own_password.unwrap_or(req.owner.is_none()),
+            one_role_per_place: req.one_role_per_place,
             ..crate::model::SignIn::default()
         },
     };
@@ -165,6 +169,9 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(u) = patch.users_change_own_password {
         s.sign_in.users_change_own_password = u;
+    }
+    if let Some(o) = patch.one_role_per_place {
+        s.sign_in.one_role_per_place = o;
     }
     f.done()?;
     if let Some(q) = patch.quotas {
