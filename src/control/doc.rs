@@ -27,6 +27,9 @@ pub struct Settings {
     /// Sign-in settings (logout period, `require_group`).
     #[serde(default, flatten)]
     pub sign_in: crate::model::SignIn,
+    /// The role preset the tenant was created with (its roles were copied into it then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 /// A user's secrets (the `credential` row, id = user id). Never logged nor published: the log
@@ -455,6 +458,7 @@ impl TenantDoc {
                 require_group: t.sign_in.require_group,
                 ..crate::model::SignIn::default()
             },
+            preset: t.preset.clone(),
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
         for p in &t.plugins {
@@ -614,6 +618,7 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 .collect(),
             passwords: Vec::new(),
         },
+        preset: s.preset.clone(),
         revision,
     }
 }

@@ -55,11 +55,12 @@ pub enum ErrorCode {
     SignInUnavailable,
     TenantNotHere,
     Stale,
+    TierUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -100,6 +101,7 @@ impl ErrorCode {
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
+        ErrorCode::TierUnavailable,
     ];
 
     /// The code as answered.
@@ -145,6 +147,7 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
+            ErrorCode::TierUnavailable => "tier_unavailable",
         }
     }
 
@@ -191,6 +194,7 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TierUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

@@ -369,6 +369,7 @@ fn make_tenant(
                 name: format!("Role {j}"),
                 permissions: perms.clone(),
                 plugin: None,
+                tier: None,
             });
         }
     }

@@ -3,7 +3,8 @@
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
 use crate::model::{
-    check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus,
+    check_id, preset, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind,
+    UserStatus,
 };
 use crate::store::{Kind, RowOp};
 
@@ -20,6 +21,8 @@ requests! {
         pub logout: Option<LogoutPeriod>,
         #[serde(default)]
         pub require_group: bool,
+        /// A built-in role preset (`crate::model::preset`): its roles are copied into the tenant.
+        pub preset: Option<String>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -63,6 +66,14 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
     let mut f = Fields::default();
     f.check("id", check_id("tenant id", &req.id));
     let name = super::name_or_id(&req.name, &req.id, &mut f);
+    let preset = match req.preset.as_deref().map(|p| (p, preset::get(p))) {
+        None => None,
+        Some((_, Some(p))) => Some(p),
+        Some((id, None)) => {
+            f.push("preset", preset::unknown(id));
+            None
+        }
+    };
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -76,8 +87,17 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
             require_group: req.require_group,
             ..crate::model::SignIn::default()
         },
+        preset: preset.map(|p| p.id.clone()),
     };
-    Ok(super::created(Kind::Tenant, &req.id, &s))
+    let mut change = super::created(Kind::Tenant, &req.id, &s);
+    // The preset's roles are the tenant's from now on (copies: a later release changing the
+    // preset does not change what this tenant grants).
+    for r in preset.iter().flat_map(|p| &p.roles) {
+        change
+            .ops
+            .push(RowOp::put(Kind::Role, r.id.as_str(), json(r), None));
+    }
+    Ok(change)
 }
 
 pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
@@ -88,12 +108,16 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     let mut f = Fields::default();
     super::rename(&patch.name, &mut s.name, &mut f);
     if let Some(r) = patch.rbac {
-        if r == Rbac::Basic && !doc.roles.is_empty() {
+        // Catalogue (preset) roles stay when the tier is lowered: those the new tier lacks are
+        // locked — listed as such, not assignable, and their assignments (kept, so that raising
+        // the tier again restores them) grant nothing. Custom roles cannot exist below
+        // 'enterprise'.
+        let custom = doc.roles.values().filter(|r| !r.is_catalogue()).count();
+        if r == Rbac::Basic && custom > 0 {
             f.push(
                 "rbac",
                 format!(
-                    "tenant has {} custom role(s); 'basic' allows built-in roles only",
-                    doc.roles.len()
+                    "tenant has {custom} custom role(s); 'basic' allows built-in and preset roles only"
                 ),
             );
         }

@@ -86,7 +86,7 @@ impl Writer<'_> {
         &self,
         expect: Option<Expect>,
         created: bool,
-        f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
+        f: impl FnMut(&TenantDoc) -> Result<Change, RuleError>,
     ) -> Result<Resp, ApiError> {
         let w = self.cp.write(self.tenant, self.actor, expect, f).await?;
         Ok(written(w, created))
