@@ -815,6 +815,32 @@ tests:
     }
 
     #[test]
+    fn presets_declared_in_the_file_or_built_in() {
+        let own = "presets:\n  - id: mine\n    roles:\n      - { id: reader, tier: basic, permissions: ['*:read'] }\n      - { id: writer, tier: enterprise, permissions: ['*:write'] }\ntenants:\n  - id: a\n    rbac: basic\n    preset: mine\n";
+        let f = load_str(own).unwrap();
+        let t = &f.tenants[0];
+        assert_eq!(t.preset.as_deref(), Some("mine"));
+        assert_eq!(t.roles.len(), 2);
+        assert!(!t.roles[0].locked_in(t.rbac) && t.roles[1].locked_in(t.rbac));
+
+        // Preset roles need a tier; a tenant's own role may not repeat a preset role's id.
+        let p = problems(&own.replace("tier: enterprise, ", ""));
+        assert_eq!(p[0].line, 5, "{p:?}");
+        assert!(p[0].message.contains("needs a tier"), "{p:?}");
+        let dup = format!("{own}    roles: [{{ id: reader, tier: basic, permissions: [] }}]\n");
+        let p = problems(&dup);
+        assert_eq!(p[0].line, 10, "{p:?}");
+        assert!(p[0].message.contains("duplicate role id 'reader'"), "{p:?}");
+
+        // Built-in presets by name; an unknown one is refused at the tenant.
+        let f = load_str("tenants:\n  - id: a\n    preset: tiered\n").unwrap();
+        assert_eq!(f.tenants[0].roles.len(), 14);
+        let p = problems("tenants:\n  - id: a\n    preset: gold\n");
+        assert_eq!(p[0].line, 2, "{p:?}");
+        assert!(p[0].message.contains("unknown preset 'gold'"), "{p:?}");
+    }
+
+    #[test]
     fn everything_is_reported_at_once() {
         let bad = GOOD
             .replace("parent: hawthorne }", "parent: nowhere }")
