@@ -251,7 +251,15 @@ impl ControlPlane {
             }
             let change = f(&doc)?;
             match self.commit(tenant, actor, &mut doc, change).await {
-                Err(ControlError::Precondition { .. }) if attempt < WRITE_RETRIES => attempt += 1,
+                Err(ControlError::Precondition { actual, .. }) if attempt < WRITE_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(
+                        tenant,
+                        attempt,
+                        revision = actual,
+                        "another process committed first; evaluating the write again"
+                    );
+                }
                 r => return r,
             }
         }
