@@ -304,6 +304,21 @@ fn the_preset_files_pass_their_tests_and_data_files_name_presets() {
         );
     }
 
+    // The OpenAPI document lists exactly these presets.
+    let doc: Value = serde_json::from_str(include_str!("../deploy/openapi.json")).unwrap();
+    let mut documented: Vec<String> = doc["components"]["schemas"]["Preset"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    documented.sort();
+    let shipped: Vec<String> = files
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(documented, shipped);
+
     // A data file names a built-in preset; an unknown one is refused with its position.
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good.yaml");

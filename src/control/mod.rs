@@ -33,8 +33,11 @@ use crate::store::{Commit, LogEdit, LogEditor, Store, StoreError, StoreHealth};
 const BUS_CAPACITY: usize = 8192;
 
 /// How often a write whose commit lost the race to another process on the same database is
-/// evaluated again (on the reloaded document) before answering 409 `revision_conflict`.
-const WRITE_RETRIES: u32 = 8;
+/// evaluated again (on the reloaded document) before answering 409 `revision_conflict`. Each
+/// loss means another commit landed, and the reload takes longer than another process's
+/// in-memory rule and commit, so one write may lose many races in a burst: a small tenant's
+/// 60-request race on two processes saw one write lose 9 in a row.
+const WRITE_RETRIES: u32 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
