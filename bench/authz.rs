@@ -87,6 +87,7 @@ fn main() {
             name: "User manager".into(),
             permissions: vec!["user:*".parse().unwrap(), "*:read".parse().unwrap()],
             plugin: None,
+            tier: None,
         });
         let roots: Vec<String> = t
             .nodes

@@ -179,7 +179,7 @@ mod tests {
     async fn refused(cp: &ControlPlane, change: Change, why: &str) {
         let before = cp.doc("femo").await.unwrap();
         let stored = cp.store().load("femo").await.unwrap().unwrap().revision;
-        match cp.write("femo", "t", None, |_| Ok(change)).await {
+        match cp.write("femo", "t", None, |_| Ok(change.clone())).await {
             Err(ControlError::Rule(RuleError::Conflict { code, message })) => {
                 assert_eq!(code, "invalid_state");
                 assert!(message.contains(why), "{message}");

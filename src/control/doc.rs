@@ -27,6 +27,9 @@ pub struct Settings {
     /// Sign-in settings (logout period, `require_group`).
     #[serde(default, flatten)]
     pub sign_in: crate::model::SignIn,
+    /// The role preset the tenant was created with (its roles were copied into it then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 /// A user's secrets (the `credential` row, id = user id). Never logged nor published: the log
@@ -458,6 +461,7 @@ impl TenantDoc {
                 one_role_per_place: t.sign_in.one_role_per_place,
                 ..crate::model::SignIn::default()
             },
+            preset: t.preset.clone(),
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
         for p in &t.plugins {
@@ -620,6 +624,7 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 .collect(),
             passwords: Vec::new(),
         },
+        preset: s.preset.clone(),
         revision,
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::doc::{json as to_json, PluginRow, TenantDoc, UserRow};
 use super::{rules, ControlError, ControlPlane};
-use crate::model::{is_builtin_role, Part, Principal, UserKind, UserStatus, BUILTIN_ROLES};
+use crate::model::{is_builtin_role, Part, Principal, Rbac, UserKind, UserStatus, BUILTIN_ROLES};
 use crate::store::{Commit, CommitWindow, Kind, LogQuery};
 
 /// Largest page a list endpoint returns.
@@ -179,22 +179,17 @@ pub fn node_json(d: &TenantDoc, id: &str) -> Option<Value> {
 /// A role (built-in or the tenant's); `detail` adds permissions by resource and the holders.
 pub fn role_json(d: &TenantDoc, id: &str, detail: bool) -> Option<Value> {
     let (role, builtin) = if is_builtin_role(id) {
-        let (rid, name, perms) = BUILTIN_ROLES.iter().find(|r| r.0 == id)?;
-        (
-            crate::model::Role {
-                id: (*rid).to_string(),
-                name: (*name).to_string(),
-                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
-                plugin: None,
-            },
-            true,
-        )
+        (crate::model::builtin_role(id)?, true)
     } else {
         (d.roles.get(id)?.clone(), false)
     };
     let mut v = to_json(&role);
     if let Value::Object(m) = &mut v {
         m.insert("builtin".into(), json!(builtin));
+        // Every role says the tier it needs and whether the tenant's tier locks it.
+        let rbac = d.settings.as_ref().map_or(Rbac::Enterprise, |s| s.rbac);
+        m.insert("tier".into(), json!(role.tier()));
+        m.insert("locked".into(), json!(role.locked_in(rbac)));
         if detail {
             let mut by_res: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for p in &role.permissions {

@@ -6,6 +6,7 @@
 
 pub mod file;
 mod perm;
+pub mod preset;
 mod time;
 
 use std::collections::{HashMap, HashSet};
@@ -34,11 +35,47 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
 pub enum Rbac {
     /// Every active user may do everything in the tenant.
     None,
-    /// Built-in roles only; custom roles are rejected.
+    /// Built-in roles and the `basic` roles of the tenant's catalogue; custom roles are rejected
+    /// and `enterprise` catalogue roles are locked.
     Basic,
-    /// Built-in and custom roles (and, later, plugin conditions).
+    /// Every role: built in, catalogue, custom (with plugin conditions).
     #[default]
     Enterprise,
+}
+
+impl Rbac {
+    /// Does a tenant with this RBAC tier let roles of `tier` grant and be assigned? `basic` locks
+    /// `enterprise` roles; `none` decides without roles, so it locks nothing (the roles wait,
+    /// usable, for a tier that uses them).
+    pub fn unlocks(self, tier: Tier) -> bool {
+        !(self == Rbac::Basic && tier == Tier::Enterprise)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rbac::None => "none",
+            Rbac::Basic => "basic",
+            Rbac::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// The lowest RBAC tier a role is available in. Built-in roles are `basic`; custom roles are
+/// `enterprise`; the roles of a preset catalogue say theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Basic,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Basic => "basic",
+            Tier::Enterprise => "enterprise",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -192,6 +229,28 @@ pub struct Role {
     /// Name of a tenant plugin that must also allow (custom roles only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// Catalogue roles (from a preset, or a data file's `tier:`): the lowest tier they are
+    /// available in; such roles are read-only through the management API. Absent: a custom
+    /// role, available in `enterprise` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+impl Role {
+    /// The lowest tier this role is available in (custom roles: `enterprise`).
+    pub fn tier(&self) -> Tier {
+        self.tier.unwrap_or(Tier::Enterprise)
+    }
+
+    /// Is this role locked (assignable and granting nothing) in a tenant with `rbac`?
+    pub fn locked_in(&self, rbac: Rbac) -> bool {
+        !rbac.unlocks(self.tier())
+    }
+
+    /// A catalogue role (it carries its tier): read-only through the management API.
+    pub fn is_catalogue(&self) -> bool {
+        self.tier.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +407,9 @@ pub struct Tenant {
     /// Sign-in settings, and the identity state decisions need (revoked sessions, API keys).
     #[serde(default)]
     pub sign_in: SignIn,
+    /// The role preset the tenant was created with (its roles are among `roles`, with a tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
     /// Revision of this state; every committed change raises it by one.
     pub revision: u64,
 }
@@ -609,6 +671,18 @@ pub fn is_builtin_role(id: &str) -> bool {
     BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
 }
 
+/// The built-in role `id` (tier `basic`: available in every tier).
+pub fn builtin_role(id: &str) -> Option<Role> {
+    let (rid, name, perms) = BUILTIN_ROLES.iter().find(|r| r.0 == id)?;
+    Some(Role {
+        id: (*rid).to_string(),
+        name: (*name).to_string(),
+        permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
+        plugin: None,
+        tier: Some(Tier::Basic),
+    })
+}
+
 /// What an assignment names: its principal (a user or a group), its role, its scope node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Named {
@@ -668,20 +742,16 @@ impl Tenant {
             assignments: Vec::new(),
             plugins: Vec::new(),
             sign_in: SignIn::default(),
+            preset: None,
             revision: 1,
         }
     }
 
-    /// Every custom and built-in role as (id, name, permissions, plugin).
+    /// Every built-in, catalogue and custom role.
     pub fn all_roles(&self) -> Vec<Role> {
         let mut roles: Vec<Role> = BUILTIN_ROLES
             .iter()
-            .map(|(id, name, perms)| Role {
-                id: (*id).to_string(),
-                name: (*name).to_string(),
-                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
-                plugin: None,
-            })
+            .filter_map(|(id, _, _)| builtin_role(id))
             .collect();
         roles.extend(self.roles.iter().cloned());
         roles
@@ -832,12 +902,22 @@ impl Tenant {
                     format!("duplicate role id '{}'", r.id),
                 );
             }
-            if self.rbac == Rbac::Basic {
+            if self.rbac == Rbac::Basic && !r.is_catalogue() {
                 err(
                     Collection::Roles,
                     i,
                     format!(
                         "custom role '{}' needs rbac 'enterprise' (tenant has 'basic')",
+                        r.id
+                    ),
+                );
+            }
+            if r.tier == Some(Tier::Basic) && r.plugin.is_some() {
+                err(
+                    Collection::Roles,
+                    i,
+                    format!(
+                        "role '{}' has a plugin condition, which needs tier 'enterprise'",
                         r.id
                     ),
                 );
@@ -1070,6 +1150,7 @@ mod tests {
             name: "R".into(),
             permissions: vec![],
             plugin: None,
+            tier: None,
         });
         assert_eq!(t.validate().len(), 1);
     }

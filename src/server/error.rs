@@ -60,11 +60,12 @@ pub enum ErrorCode {
     OwnerProtected,
     AdminProtected,
     OneRolePerPlace,
+    TierUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 46] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -110,6 +111,7 @@ impl ErrorCode {
         ErrorCode::OwnerProtected,
         ErrorCode::AdminProtected,
         ErrorCode::OneRolePerPlace,
+        ErrorCode::TierUnavailable,
     ];
 
     /// The code as answered.
@@ -160,6 +162,7 @@ impl ErrorCode {
             ErrorCode::OwnerProtected => "owner_protected",
             ErrorCode::AdminProtected => "admin_protected",
             ErrorCode::OneRolePerPlace => "one_role_per_place",
+            ErrorCode::TierUnavailable => "tier_unavailable",
         }
     }
 
@@ -211,6 +214,7 @@ impl ErrorCode {
             | ErrorCode::OwnerProtected
             | ErrorCode::AdminProtected => StatusCode::FORBIDDEN,
             ErrorCode::OneRolePerPlace => StatusCode::CONFLICT,
+            ErrorCode::TierUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

@@ -460,6 +460,11 @@ impl Compiled {
         let mut exact: FxHashMap<(&str, &str), Vec<u32>> = FxHashMap::default();
         for (ri, r) in roles.iter().enumerate() {
             let ri = ri as u32;
+            // A role locked in the tenant's RBAC tier grants nothing: its assignments (kept when
+            // the tier was lowered) stay in the archive but no permission maps to the role.
+            if r.locked_in(t.rbac) {
+                continue;
+            }
             for p in &r.permissions {
                 match (&p.resource, &p.action) {
                     (Part::Any, Part::Any) => all.push(ri),

@@ -6,7 +6,7 @@
 use portcullis::decide::Reason;
 use portcullis::model::{
     Assignment, Group, GroupStatus, Node, Permission, Principal, Rbac, Role, Tenant, TenantStatus,
-    User, UserKind, UserStatus,
+    Tier, User, UserKind, UserStatus,
 };
 use proptest::prelude::*;
 
@@ -44,9 +44,11 @@ pub fn ref_role_perms(t: &Tenant, id: &str) -> Vec<Permission> {
     if let Some(list) = builtin {
         return list.iter().map(|p| p.parse().unwrap()).collect();
     }
+    // A basic tenant's roles grant only when they are catalogue roles of tier basic.
     t.roles
         .iter()
         .find(|r| r.id == id)
+        .filter(|r| t.rbac != Rbac::Basic || r.tier == Some(Tier::Basic))
         .map(|r| r.permissions.clone())
         .unwrap_or_default()
 }
@@ -362,13 +364,21 @@ fn make_tenant(
     if order & (1 << 40) != 0 {
         t.nodes.reverse();
     }
-    if rbac == Rbac::Enterprise {
+    // Enterprise tenants get custom and catalogue roles of both tiers; basic tenants catalogue
+    // roles only (custom ones cannot exist there), half of them locked.
+    if rbac != Rbac::None {
         for (j, perms) in roles.iter().enumerate() {
+            let tier = match (rbac, j % 3) {
+                (Rbac::Enterprise, 0) => None,
+                (_, 1) => Some(Tier::Enterprise),
+                _ => Some(Tier::Basic),
+            };
             t.roles.push(Role {
                 id: format!("r{j}"),
                 name: format!("Role {j}"),
                 permissions: perms.clone(),
                 plugin: None,
+                tier,
             });
         }
     }

@@ -72,6 +72,7 @@ pub fn create_assignment(
     }
     check_expiry(req.expires_at, now, &mut f);
     f.done()?;
+    super::available(doc, &req.role)?;
     let Some(principal) = principal else {
         return Err(RuleError::invalid("user", "missing principal"));
     };

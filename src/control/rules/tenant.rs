@@ -3,7 +3,8 @@
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
 use crate::model::{
-    check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus,
+    check_id, preset, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind,
+    UserStatus,
 };
 use crate::store::{Kind, RowOp};
 
@@ -29,6 +30,8 @@ requests! {
         /// The account master, created with the tenant (the fields of a user create; `kind` is
         /// `owner`, a password is required).
         pub owner: Option<super::UserCreate>,
+        /// A built-in role preset (`crate::model::preset`): its roles are copied into the tenant.
+        pub preset: Option<String>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -85,6 +88,14 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             f.push("owner.password", "the owner needs a password");
         }
     }
+    let preset = match req.preset.as_deref().map(|p| (p, preset::get(p))) {
+        None => None,
+        Some((_, Some(p))) => Some(p),
+        Some((id, None)) => {
+            f.push("preset", preset::unknown(id));
+            None
+        }
+    };
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -101,6 +112,7 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             one_role_per_place: req.one_role_per_place,
             ..crate::model::SignIn::default()
         },
+        preset: preset.map(|p| p.id.clone()),
     };
     let mut change = super::created(Kind::Tenant, &req.id, &s);
     if let Some(o) = &req.owner {
@@ -133,6 +145,13 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             m.insert("owner".into(), user.result);
         }
     }
+    // The preset's roles are the tenant's from now on (copies: a later release changing the
+    // preset does not change what this tenant grants).
+    for r in preset.iter().flat_map(|p| &p.roles) {
+        change
+            .ops
+            .push(RowOp::put(Kind::Role, r.id.as_str(), json(r), None));
+    }
     Ok(change)
 }
 
@@ -144,12 +163,16 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     let mut f = Fields::default();
     super::rename(&patch.name, &mut s.name, &mut f);
     if let Some(r) = patch.rbac {
-        if r == Rbac::Basic && !doc.roles.is_empty() {
+        // Catalogue (preset) roles stay when the tier is lowered: those the new tier lacks are
+        // locked — listed as such, not assignable, and their assignments (kept, so that raising
+        // the tier again restores them) grant nothing. Custom roles cannot exist below
+        // 'enterprise'.
+        let custom = doc.roles.values().filter(|r| !r.is_catalogue()).count();
+        if r == Rbac::Basic && custom > 0 {
             f.push(
                 "rbac",
                 format!(
-                    "tenant has {} custom role(s); 'basic' allows built-in roles only",
-                    doc.roles.len()
+                    "tenant has {custom} custom role(s); 'basic' allows built-in and preset roles only"
                 ),
             );
         }
