@@ -137,6 +137,8 @@ struct RawTenant {
     #[serde(default)]
     require_group: bool,
     #[serde(default)]
+    default_role: Option<String>,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     roles: Vec<Spanned<RawRole>>,
@@ -389,6 +391,7 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
         t.quotas = rt.quotas;
         t.sign_in.logout = rt.logout;
         t.sign_in.require_group = rt.require_group;
+        t.default_role = rt.default_role;
         locs.push((
             Collection::Plugins,
             rt.plugins.iter().map(|s| s.referenced).collect(),

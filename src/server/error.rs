@@ -55,11 +55,13 @@ pub enum ErrorCode {
     SignInUnavailable,
     TenantNotHere,
     Stale,
+    GroupNotEmpty,
+    GroupRequired,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -100,6 +102,8 @@ impl ErrorCode {
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::GroupRequired,
     ];
 
     /// The code as answered.
@@ -145,6 +149,8 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
+            ErrorCode::GroupRequired => "group_required",
         }
     }
 
@@ -191,6 +197,8 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::GroupNotEmpty => StatusCode::CONFLICT,
+            ErrorCode::GroupRequired => StatusCode::CONFLICT,
         }
     }
 

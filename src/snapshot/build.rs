@@ -552,6 +552,25 @@ impl Compiled {
                 }
             }
         }
+        // The default role: a group of its own after the tenant's, holding the role at every
+        // root, of which every user but guests is a member. Decisions then need nothing new.
+        let default_role = match t.rbac {
+            Rbac::None => None,
+            _ => t
+                .default_role
+                .as_deref()
+                .and_then(|r| role_ids.get(r).copied()),
+        };
+        let mut default_members = 0u32;
+        if default_role.is_some() {
+            let gi = t.groups.len() as u32;
+            for (ui, u) in t.users.iter().enumerate() {
+                if u.kind != UserKind::Guest {
+                    groups_of[ui].push(gi);
+                    default_members += 1;
+                }
+            }
+        }
         // Grant spans are written per build (see `snapshot`); the base holds placeholders.
         let empty = Span { start: 0, end: 0 };
         let mut users = Vec::with_capacity(t.users.len());
@@ -589,7 +608,7 @@ impl Compiled {
                 },
             });
         }
-        let groups: Vec<GroupRec> = t
+        let mut groups: Vec<GroupRec> = t
             .groups
             .iter()
             .map(|g| GroupRec {
@@ -600,6 +619,15 @@ impl Compiled {
                 grants: empty,
             })
             .collect();
+        if default_role.is_some() {
+            groups.push(GroupRec {
+                id: super::DEFAULT_ROLE_GROUP.to_string(),
+                name: "default role".to_string(),
+                active: true,
+                members: default_members,
+                grants: empty,
+            });
+        }
 
         // --- The base block ------------------------------------------------------------------
         let archive_err = |e: BoxedError| BuildError::Archive {
@@ -661,7 +689,7 @@ impl Compiled {
             group_index,
             role_ids,
             per_user: vec![Vec::new(); t.users.len()],
-            per_group: vec![Vec::new(); t.groups.len()],
+            per_group: vec![Vec::new(); groups.len()],
             actors: Actors::default(),
             revoked_sessions: t
                 .sign_in
@@ -687,6 +715,13 @@ impl Compiled {
             if let Some((list, raw)) = c.raw(a) {
                 c.per_list(list).push(raw);
             } // else: unreachable for a validated tenant
+        }
+        if let (Some(role), Some(list)) = (default_role, c.per_group.get_mut(t.groups.len())) {
+            for (p, x) in nodes.iter().enumerate() {
+                if x.parent == NONE {
+                    list.push((p as u32, x.end, role, NEVER, NONE, i64::MIN));
+                }
+            }
         }
         for list in c.per_user.iter_mut().chain(c.per_group.iter_mut()) {
             list.sort_unstable_by(raw_order);

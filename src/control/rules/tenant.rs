@@ -3,7 +3,8 @@
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
 use crate::model::{
-    check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus,
+    check_id, is_builtin_role, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp,
+    UserKind, UserStatus, MEMBER_ROLE,
 };
 use crate::store::{Kind, RowOp};
 
@@ -20,6 +21,9 @@ requests! {
         pub logout: Option<LogoutPeriod>,
         #[serde(default)]
         pub require_group: bool,
+        /// The role every active non-guest user holds at the roots (`member`); absent or
+        /// `null`: none.
+        pub default_role: Option<String>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -28,6 +32,19 @@ requests! {
         pub quotas: Option<Quotas>,
         pub logout: Option<LogoutPeriod>,
         pub require_group: Option<bool>,
+        /// A role id, or `null` to turn the default role off.
+        #[serde(default, with = "super::double_option")]
+        pub default_role: Option<Option<String>>,
+    }
+}
+
+/// A default role must be a role of the tenant (built in or custom).
+fn check_default_role(doc: Option<&TenantDoc>, role: &str, f: &mut Fields) {
+    if !is_builtin_role(role) && !doc.is_some_and(|d| d.roles.contains_key(role)) {
+        f.push(
+            "default_role",
+            format!("unknown role '{role}' (the usual default role is '{MEMBER_ROLE}')"),
+        );
     }
 }
 
@@ -63,6 +80,9 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
     let mut f = Fields::default();
     f.check("id", check_id("tenant id", &req.id));
     let name = super::name_or_id(&req.name, &req.id, &mut f);
+    if let Some(r) = &req.default_role {
+        check_default_role(None, r, &mut f);
+    }
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -76,6 +96,7 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
             require_group: req.require_group,
             ..crate::model::SignIn::default()
         },
+        default_role: req.default_role.clone(),
     };
     Ok(super::created(Kind::Tenant, &req.id, &s))
 }
@@ -107,6 +128,12 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(r) = patch.require_group {
         s.sign_in.require_group = r;
+    }
+    if let Some(r) = &patch.default_role {
+        if let Some(role) = r {
+            check_default_role(Some(doc), role, &mut f);
+        }
+        s.default_role.clone_from(r);
     }
     f.done()?;
     if let Some(q) = patch.quotas {
@@ -141,6 +168,7 @@ pub fn delete_tenant(doc: &TenantDoc) -> Rule {
         .chain(rows(Kind::Session, &doc.sessions, json))
         .chain(rows(Kind::ApiKey, &doc.api_keys, json))
         .chain(rows(Kind::Invitation, &doc.invitations, json))
+        .chain(rows(Kind::NotificationRule, &doc.notification_rules, json))
         .collect();
     Ok(super::deleted(Kind::Tenant, &s.id, s, ops))
 }

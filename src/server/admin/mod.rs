@@ -44,6 +44,7 @@ pub enum Coll {
     Roles,
     Assignments,
     Plugins,
+    NotificationRules,
 }
 
 impl Coll {
@@ -55,6 +56,7 @@ impl Coll {
             "roles" => Coll::Roles,
             "assignments" => Coll::Assignments,
             "plugins" => Coll::Plugins,
+            "notification-rules" => Coll::NotificationRules,
             _ => return None,
         })
     }
@@ -67,6 +69,7 @@ impl Coll {
             Coll::Roles => Kind::Role,
             Coll::Assignments => Kind::Assignment,
             Coll::Plugins => Kind::Plugin,
+            Coll::NotificationRules => Kind::NotificationRule,
         }
     }
 }
@@ -89,6 +92,8 @@ enum Route<'a> {
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
+    GroupRecipients(&'a str, &'a str),
+    RuleRecipients(&'a str, &'a str),
     Sessions(&'a str),
     SessionCurrent(&'a str),
     InvitationAccept(&'a str, &'a str),
@@ -127,6 +132,8 @@ impl<'a> Route<'a> {
             ["tenants", t, "plugins", name, "rollback"] => Route::PluginRollback(t, name),
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "groups", g, "recipients"] => Route::GroupRecipients(t, g),
+            ["tenants", t, "notification-rules", r, "recipients"] => Route::RuleRecipients(t, r),
             ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
             ["tenants", t, "users", id, op] => Route::UserOp(
                 t,
@@ -152,7 +159,9 @@ impl<'a> Route<'a> {
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
-            | Route::PluginVersions(..) => "GET",
+            | Route::PluginVersions(..)
+            | Route::GroupRecipients(..)
+            | Route::RuleRecipients(..) => "GET",
             Route::PluginRollback(..) => "POST",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
@@ -189,6 +198,8 @@ impl<'a> Route<'a> {
             | UserErase(t, _)
             | Members(t, _)
             | Member(t, _, _)
+            | GroupRecipients(t, _)
+            | RuleRecipients(t, _)
             | Sessions(t)
             | SessionCurrent(t)
             | InvitationAccept(t, _)
@@ -308,6 +319,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
         (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
+        (GroupRecipients(t, g), Method::GET) => reads::group_recipients(cp, t, g, &q).await,
+        (RuleRecipients(t, r), Method::GET) => reads::rule_recipients(cp, t, r, &q).await,
         (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,
         (Entity(t, c, id), Method::PATCH) if c != Coll::Plugins => {
             crud(&w(t), c, Op::Update(id), req).await
@@ -330,6 +343,7 @@ async fn crud(
         Coll::Groups => w.crud::<writes::Groups>(op, req).await,
         Coll::Roles => w.crud::<writes::Roles>(op, req).await,
         Coll::Assignments => w.crud::<writes::Assignments>(op, req).await,
+        Coll::NotificationRules => w.crud::<writes::NotificationRules>(op, req).await,
         // Routed to `plugins` and `Writer::delete_plugin` before reaching here.
         Coll::Plugins => Err(ApiError::method_not_allowed(match op {
             Op::Create => Route::List("", c).allow(),

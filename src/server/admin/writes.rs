@@ -62,6 +62,7 @@ collections! {
     Groups Group GroupCreate GroupPatch |d, r, _| rules::create_group(d, r), |d, id, p, _| rules::update_group(d, id, p), |d, id, _, _| rules::delete_group(d, id);
     Roles Role RoleCreate RolePatch |d, r, _| rules::create_role(d, r), |d, id, p, _| rules::update_role(d, id, p), |d, id, _, _| rules::delete_role(d, id);
     Assignments Assignment AssignmentCreate AssignmentPatch |d, r, c| rules::create_assignment(d, r, c.actor, c.now), |d, id, p, c| rules::update_assignment(d, id, p, c.now), |d, id, _, _| rules::delete_assignment(d, id);
+    NotificationRules NotificationRule NotificationRuleCreate NotificationRulePatch |d, r, _| rules::create_notification_rule(d, r), |d, id, p, _| rules::update_notification_rule(d, id, p), |d, id, _, _| rules::delete_notification_rule(d, id);
 }
 
 /// A write to one entity of a collection.
@@ -92,6 +93,18 @@ impl Writer<'_> {
         Ok(written(w, created))
     }
 
+    /// [`Writer::commit`], answered once this process serves the write: for writes that cut
+    /// access (a group deactivated or deleted, a member removed), so that the next check after
+    /// the answer is decided without it.
+    pub async fn commit_visible(
+        &self,
+        expect: Option<Expect>,
+        f: impl FnOnce(&TenantDoc) -> Result<Change, RuleError>,
+    ) -> Result<Resp, ApiError> {
+        let w = self.cp.write(self.tenant, self.actor, expect, f).await?;
+        Ok(super::identity::written_visible(self.state, self.tenant, w).await)
+    }
+
     /// Create, update or delete in collection `C`.
     pub async fn crud<C: Collection>(
         &self,
@@ -107,13 +120,21 @@ impl Writer<'_> {
             Op::Update(id) => {
                 let e = if_match(&req, C::KIND, id)?;
                 let p: C::Patch = body(self.state, req).await?;
-                self.commit(e, false, |d| (C::UPDATE)(d, id, &p, &ctx))
-                    .await
+                let f = |d: &TenantDoc| (C::UPDATE)(d, id, &p, &ctx);
+                if C::KIND == Kind::Group {
+                    self.commit_visible(e, f).await
+                } else {
+                    self.commit(e, false, f).await
+                }
             }
             Op::Delete(id) => {
                 let e = if_match(&req, C::KIND, id)?;
-                self.commit(e, false, |d| (C::DELETE)(d, id, &(), &ctx))
-                    .await
+                let f = |d: &TenantDoc| (C::DELETE)(d, id, &(), &ctx);
+                if C::KIND == Kind::Group {
+                    self.commit_visible(e, f).await
+                } else {
+                    self.commit(e, false, f).await
+                }
             }
         }
     }
@@ -204,7 +225,7 @@ impl Writer<'_> {
         req: &Request<Incoming>,
     ) -> Result<Resp, ApiError> {
         let e = if_match(req, Kind::Group, group)?;
-        self.commit(e, false, |d| rules::remove_member(d, group, user))
+        self.commit_visible(e, |d| rules::remove_member(d, group, user))
             .await
     }
 }
