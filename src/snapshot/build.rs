@@ -1015,7 +1015,15 @@ mod tests {
                             i = j;
                         }
                     }
-                    removed.push(t.assignments.swap_remove(i));
+                    let a = t.assignments.swap_remove(i);
+                    // One added earlier in this step: the step neither adds nor removes it.
+                    match added.iter().position(|x| *x == a) {
+                        Some(k) => {
+                            added.swap_remove(k);
+                            seen.remove(&(a.principal.clone(), a.role.clone(), a.scope.clone()));
+                        }
+                        None => removed.push(a),
+                    }
                 } else {
                     let role = if !favour.is_empty() && rng.chance(50) {
                         rng.pick(favour).clone()
@@ -1057,6 +1065,26 @@ mod tests {
     #[test]
     fn incremental_equals_fresh_build() {
         incremental_matches_fresh(worlds::tenant("t", worlds::S, 3), 11, &[]);
+    }
+
+    /// The default role's group (after the tenant's groups) survives incremental changes, and
+    /// grants every non-guest user the role at the roots.
+    #[test]
+    fn incremental_equals_fresh_build_with_a_default_role() {
+        let mut t = worlds::tenant("t", worlds::S, 3);
+        t.default_role = Some("member".into());
+        let s = Snapshot::build(&t).unwrap();
+        let v = s.view();
+        let g = v.groups.last().unwrap();
+        assert_eq!(g.id.as_str(), super::super::DEFAULT_ROLE_GROUP);
+        let guests = t.users.iter().filter(|u| u.kind == UserKind::Guest).count();
+        assert_eq!(g.members.to_native() as usize, t.users.len() - guests);
+        let roots = t.nodes.iter().filter(|n| n.parent.is_none()).count();
+        assert_eq!(
+            (g.grants.end.to_native() - g.grants.start.to_native()) as usize,
+            roots
+        );
+        incremental_matches_fresh(t, 13, &[]);
     }
 
     /// The same with plugins: roles with a plugin condition (flagged in `plugin_roles`, a base
