@@ -588,11 +588,15 @@ pub fn to_json(tenants: &[Tenant], tests: &[TestCase]) -> String {
                     Value::Object(m)
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "id": t.id, "name": t.name, "rbac": t.rbac, "status": t.status, "quotas": t.quotas,
                 "nodes": t.nodes, "roles": t.roles, "users": t.users,
                 "groups": t.groups, "assignments": assignments,
-            })
+            });
+            if let (Value::Object(m), Some(r)) = (&mut v, &t.default_role) {
+                m.insert("default_role".into(), json!(r));
+            }
+            v
         })
         .collect();
     let tests: Vec<Value> = tests
