@@ -495,6 +495,11 @@ fn notification_rules_reach_the_active_members_of_their_active_groups() {
         404,
         "not_found",
     );
+    // The rules' commits went through the change stream: the data plane follows (it serves
+    // the tenant at the latest revision, decisions unchanged).
+    let t = e.admin("GET", "/v1/tenants/acme", Value::Null);
+    assert!(!e.check_at("dora", "asset:read", "p1", rev(&t)));
+    assert!(e.check_at("alice", "asset:read", "p1", rev(&t)));
     let audit = e.admin("GET", "/v1/tenants/acme/audit?limit=100", Value::Null);
     let actions: Vec<&str> = audit["items"]
         .as_array()
