@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::http::{body, if_match, respond, Query};
 use super::writes::Writer;
+use crate::control::policy;
 use crate::control::rules::{self, RuleError};
 use crate::control::{ControlError, ControlPlane};
 use crate::server::error::{ApiError, ErrorCode};
@@ -27,6 +28,8 @@ pub async fn upload(
     q: &Query,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
+    // Refused before the module is read and compiled.
+    w.may(|g| policy::plugin(g, "update")).await?;
     let (state, cp, t) = (w.state, w.cp, w.tenant);
     let e = if_match(&req, Kind::Plugin, name)?;
     cp.read(t, |_| ()).await?;
@@ -74,7 +77,8 @@ pub async fn upload(
     let existed = cp.read(t, |d| d.plugins.contains_key(name)).await?;
     let actor = w.actor.to_string();
     let mut resp = w
-        .commit(e, !existed, move |d| {
+        .commit(e, !existed, move |g, d| {
+            policy::plugin(g, "update")?;
             // The tenant's plugin count (`plugins.max_per_tenant`), checked under the tenant's
             // write lock so concurrent uploads cannot both pass it.
             host.check_plugin_count(d.plugins.len(), d.plugins.contains_key(&upload.name))
@@ -143,6 +147,8 @@ pub async fn rollback(
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
+    // Refused before the module is read and compiled.
+    w.may(|g| policy::plugin(g, "update")).await?;
     let (state, cp, t) = (w.state, w.cp, w.tenant);
     let e = if_match(&req, Kind::Plugin, name)?;
     let r: rules::PluginRollback = body(state, req).await?;
@@ -194,6 +200,9 @@ pub async fn rollback(
             )
         })?;
     }
-    w.commit(e, false, move |d| rules::rollback_plugin(d, name, &sha))
-        .await
+    w.commit(e, false, move |g, d| {
+        policy::plugin(g, "update")?;
+        rules::rollback_plugin(d, name, &sha)
+    })
+    .await
 }
