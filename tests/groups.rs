@@ -686,3 +686,77 @@ tests:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_default_role_leaves_scoped_management_where_it_was() {
+    let e = start();
+    e.admin(
+        "POST",
+        "/v1/tenants/acme/roles",
+        json!({"id": "north-users", "permissions": ["user:*", "assignment:*"]}),
+    );
+    e.admin(
+        "POST",
+        "/v1/tenants/acme/assignments",
+        json!({"user": "dora", "role": "north-users", "scope": "north"}),
+    );
+    e.admin(
+        "POST",
+        "/v1/tenants/acme/assignments",
+        json!({"user": "erin", "role": "viewer", "scope": "p1"}),
+    );
+    let key = e.admin(
+        "POST",
+        "/v1/tenants/acme/api-keys",
+        json!({"user": "dora", "name": "test"}),
+    )["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Recipients list users' emails: `user:read` at the tenant level is needed, not at a site.
+    let (st, body) = e.s.admin_call(
+        &key,
+        "GET",
+        "/v1/tenants/acme/groups/crew/recipients",
+        Value::Null,
+    );
+    assert_eq!(st, 403, "{body}");
+    let v = e.admin(
+        "PATCH",
+        "/v1/tenants/acme",
+        json!({"default_role": "member"}),
+    );
+    // Every user now holds `member` at the roots; erin still lives at p1, inside dora's site.
+    assert!(e.check_at("erin", "asset:read", "a1", rev(&v)));
+    let (st, body) = e.s.admin_call(
+        &key,
+        "PATCH",
+        "/v1/tenants/acme/users/erin",
+        json!({"name": "Erin E."}),
+    );
+    assert_eq!(st, 200, "{body}");
+    // A user with no assignment of their own lives at the tenant level: out of dora's reach.
+    let (st, body) = e.s.admin_call(
+        &key,
+        "PATCH",
+        "/v1/tenants/acme/users/ivy",
+        json!({"name": "Ivy I."}),
+    );
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    // Management reads are decided by the same engine: `member` (`*:read`) reads them all.
+    let (st, body) = e.s.admin_call(
+        &key,
+        "GET",
+        "/v1/tenants/acme/groups/crew/recipients",
+        Value::Null,
+    );
+    assert_eq!(
+        (st, ids(&body)),
+        (200, vec!["bob".to_string(), "carl".to_string()]),
+        "{body}"
+    );
+}
