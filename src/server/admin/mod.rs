@@ -80,6 +80,7 @@ impl Coll {
 enum Route<'a> {
     OpenApi,
     PlatformUsers,
+    PlatformAudit,
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
@@ -113,6 +114,7 @@ impl<'a> Route<'a> {
         Some(match *segs {
             ["openapi.json"] => Route::OpenApi,
             ["users"] => Route::PlatformUsers,
+            ["audit"] => Route::PlatformAudit,
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
@@ -159,6 +161,7 @@ impl<'a> Route<'a> {
         match self {
             Route::OpenApi
             | Route::PlatformUsers
+            | Route::PlatformAudit
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
@@ -189,7 +192,7 @@ impl<'a> Route<'a> {
     fn tenant(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            OpenApi | PlatformUsers | Tenants => None,
+            OpenApi | PlatformUsers | PlatformAudit | Tenants => None,
             Tenant(t)
             | Audit(t)
             | AuditEntry(t, _)
@@ -225,7 +228,7 @@ impl<'a> Route<'a> {
 fn permit(caller: &Caller, route: Route<'_>) -> Result<(), ApiError> {
     let forbidden = |m: String| Err(ApiError::new(super::error::ErrorCode::Forbidden, m));
     match (route.tenant(), caller) {
-        (_, Caller::Platform) => Ok(()),
+        (_, Caller::Platform | Caller::PlatformAdmin { .. }) => Ok(()),
         (None, _) => forbidden("only the platform may use platform-wide endpoints".into()),
         (Some(t), Caller::User { tenant, .. }) if tenant != t => forbidden(format!(
             "this credential is for tenant '{}', not '{}'",
@@ -295,7 +298,7 @@ async fn may_read(
     c: Coll,
     id: &str,
 ) -> Result<(), ApiError> {
-    if *caller == Caller::Platform {
+    if caller.is_platform() {
         return Ok(());
     }
     let scope = match c {
@@ -389,6 +392,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             w(t).transition(id, UserTransition::Delete, &req).await
         }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
+        (PlatformAudit, Method::GET) => reads::platform_audit(cp, &q).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,
         (Tenant(t), Method::GET) => {
@@ -452,7 +456,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Entity(t, c, id), Method::DELETE) => crud(&w(t), c, Op::Delete(id), req).await,
         (r, _) => Err(ApiError::method_not_allowed(r.allow())),
     };
-    if let (Err(e), Some(t), Caller::User { .. }) = (&result, route.tenant(), &caller) {
+    if let (Err(e), Some(t), false) = (&result, route.tenant(), caller.is_platform()) {
         if method != Method::GET && is_refusal(e.code) {
             // Refused writes are audited with their actor (never their body).
             let target = format!("{refusal_target}: {}", e.code.as_str());
