@@ -182,6 +182,7 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                         last_name: None,
                         password: None,
                         logout: None,
+                        groups: Vec::new(),
                         email: format!("{id}@t.example"),
                         name: None,
                         kind: UserKind::Member,

@@ -104,9 +104,9 @@ fn a_preset_gives_the_tenant_its_catalogue_with_tiers_and_locks() {
     let s = start(&[]);
     tenant_with_preset(&s, "tb", "basic", "tiered");
 
-    // 3 built-ins + the preset's 14; in basic, 7 of the preset's are locked.
+    // 4 built-ins + the preset's 14; in basic, 7 of the preset's are locked.
     let all = roles(&s, "tb");
-    assert_eq!(all.len(), 17, "{all:?}");
+    assert_eq!(all.len(), 18, "{all:?}");
     let locked: Vec<&str> = all
         .iter()
         .filter(|r| r["locked"] == json!(true))
@@ -225,9 +225,9 @@ fn a_preset_gives_the_tenant_its_catalogue_with_tiers_and_locks() {
         );
         assert_eq!(st, 201, "{p}: {v}");
     }
-    assert_eq!(roles(&s, "p-access-control").len(), 3 + 10);
-    assert_eq!(roles(&s, "p-group-levels").len(), 3 + 4);
-    assert_eq!(roles(&s, "p-standard").len(), 3);
+    assert_eq!(roles(&s, "p-access-control").len(), 4 + 10);
+    assert_eq!(roles(&s, "p-group-levels").len(), 4 + 4);
+    assert_eq!(roles(&s, "p-standard").len(), 4);
 }
 
 #[test]

@@ -245,6 +245,7 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 last_name: None,
                 password: None,
                 logout: None,
+                groups: Vec::new(),
                 email: emails[*email as usize % emails.len()].into(),
                 name: None,
                 kind: kind(*k),

@@ -10,8 +10,9 @@
 //!   lives at the tenant level. So `user:*` at site A manages exactly the users whose access lies
 //!   within site A, and lists show exactly those;
 //! - guests at their scope (`guest:create|delete`);
-//! - everything else at the **tenant level** (`group:…`, `role:…`, `plugin:…`, `audit:read`,
-//!   `tenant:read|update`): held at every root node of the hierarchy.
+//! - everything else at the **tenant level** (`group:…`, `role:…`, `plugin:…`,
+//!   `notification_rule:…`, `audit:read`, `tenant:read|update`): held at every root node of the
+//!   hierarchy. Recipients of a group or a notification rule also need `user:read` there.
 //!
 //! The tenant's owner and its administrators (user kinds `owner`, `admin`) hold every management
 //! permission; the rules about who may touch them ([`Guard::require_user_write`]) still apply.
@@ -218,7 +219,10 @@ impl<'a> Guard<'a> {
     }
 
     /// Calls `f(role, lo)` for every grant user `u` holds, its own and through any of its
-    /// groups (active or not: an inactive group can be switched back on).
+    /// groups (active or not: an inactive group can be switched back on). Not the tenant's
+    /// default role ([`crate::snapshot::DEFAULT_ROLE_GROUP`]): every user but guests holds it at
+    /// the roots, so it says nothing about where a user lives, and a caller who is not a guest
+    /// holds it too.
     fn each_grant(v: &ArchivedTenantSnap, u: usize, mut f: impl FnMut(u32, u32) -> bool) {
         let Some(user) = v.users.get(u) else { return };
         let slice = |s: u32, e: u32| v.grants.get(s as usize..e as usize).unwrap_or(&[]);
@@ -235,6 +239,9 @@ impl<'a> Guard<'a> {
             let Some(group) = v.groups.get(gi.to_native() as usize) else {
                 continue;
             };
+            if group.id == crate::snapshot::DEFAULT_ROLE_GROUP {
+                continue;
+            }
             for g in slice(group.grants.start.to_native(), group.grants.end.to_native()) {
                 if !f(g.role.to_native(), g.lo.to_native()) {
                     return;

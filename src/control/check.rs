@@ -55,7 +55,11 @@ pub fn admit(doc: &TenantDoc, tenant: &str, ops: &[RowOp]) -> Result<(), RuleErr
 /// bookkeeping (`updated_at`, `last_login_at`) changes.
 fn inert(doc: &TenantDoc, op: &RowOp) -> bool {
     match op.kind {
-        Kind::Session | Kind::Credential | Kind::Invitation | Kind::ApiKey => true,
+        Kind::Session
+        | Kind::Credential
+        | Kind::Invitation
+        | Kind::ApiKey
+        | Kind::NotificationRule => true,
         Kind::User => match (&op.value, doc.users.get(&op.id)) {
             (Some(v), Some(cur)) => {
                 super::doc::UserRow::deserialize(v).is_ok_and(|next| next.user == cur.user)
@@ -262,7 +266,9 @@ mod tests {
             .unwrap();
         assert_eq!(ok.revision, d.revision + 1);
         let w = cp
-            .write("femo", "t", None, |d| rules::delete_group(d, "auditors"))
+            .write("femo", "t", None, |d| {
+                rules::remove_member(d, "auditors", "hana")
+            })
             .await
             .unwrap();
         assert_eq!(w.revision, d.revision + 2);

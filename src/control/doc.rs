@@ -30,6 +30,21 @@ pub struct Settings {
     /// The role preset the tenant was created with (its roles were copied into it then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
+    /// The role every active non-guest user holds at the roots (see `Tenant::default_role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<String>,
+}
+
+/// A notification rule (the `notification_rule` row): events of kind `event` go to the active
+/// members of `groups`. Outside the decision model (no snapshot carries it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRuleRow {
+    pub id: String,
+    pub name: String,
+    /// The event kind, e.g. `alarm.raised` (an id: letters, digits, `_ - . @ :`).
+    pub event: String,
+    /// Target groups, each listed once.
+    pub groups: Vec<String>,
 }
 
 /// A user's secrets (the `credential` row, id = user id). Never logged nor published: the log
@@ -214,6 +229,7 @@ pub struct TenantDoc {
     pub sessions: BTreeMap<String, SessionRow>,
     pub api_keys: BTreeMap<String, ApiKeyRow>,
     pub invitations: BTreeMap<String, InvitationRow>,
+    pub notification_rules: BTreeMap<String, NotificationRuleRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +306,7 @@ impl TenantDoc {
             Kind::Session => put(&mut self.sessions, kind, id, value),
             Kind::ApiKey => put(&mut self.api_keys, kind, id, value),
             Kind::Invitation => put(&mut self.invitations, kind, id, value),
+            Kind::NotificationRule => put(&mut self.notification_rules, kind, id, value),
         }
     }
 
@@ -462,6 +479,7 @@ impl TenantDoc {
                 ..crate::model::SignIn::default()
             },
             preset: t.preset.clone(),
+            default_role: t.default_role.clone(),
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
         for p in &t.plugins {
@@ -625,6 +643,7 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
             passwords: Vec::new(),
         },
         preset: s.preset.clone(),
+        default_role: s.default_role.clone(),
         revision,
     }
 }

@@ -122,6 +122,13 @@ pub fn delete_group(g: &Guard, id: &str) -> R {
     g.require_group_grants(id)
 }
 
+/// Notification rules (`notification_rule:create|update|delete`, at the tenant level). What
+/// they route reveals users' emails, so reading their recipients also needs `user:read` (see
+/// `server::admin`).
+pub fn notification_rule(g: &Guard, verb: &str) -> R {
+    g.require(&format!("notification_rule:{verb}"), At::Tenant)
+}
+
 /// Adding or removing a member grants or takes away the group's assignments.
 pub fn group_member(g: &Guard, group: &str, user: &str) -> R {
     g.require("group:update", At::Tenant)?;

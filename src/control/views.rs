@@ -110,6 +110,7 @@ pub enum ListQuery {
     Roles(PageQuery),
     Assignments(AssignmentQuery),
     Plugins(PageQuery),
+    NotificationRules(PageQuery),
 }
 
 /// A tenant's audit log: the store's log query (`tenant` is set by [`audit`]; `limit`, the
@@ -190,6 +191,8 @@ pub fn role_json(d: &TenantDoc, id: &str, detail: bool) -> Option<Value> {
         let rbac = d.settings.as_ref().map_or(Rbac::Enterprise, |s| s.rbac);
         m.insert("tier".into(), json!(role.tier()));
         m.insert("locked".into(), json!(role.locked_in(rbac)));
+        let default = d.settings.as_ref().and_then(|s| s.default_role.as_deref());
+        m.insert("default".into(), json!(default == Some(id)));
         if detail {
             let mut by_res: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for p in &role.permissions {
@@ -258,6 +261,58 @@ fn group_json(d: &TenantDoc, id: &str) -> Option<Value> {
     Some(with_rev(to_json(g), d.rev_of(Kind::Group, id)))
 }
 
+fn notification_rule_json(d: &TenantDoc, id: &str) -> Option<Value> {
+    let r = d.notification_rules.get(id)?;
+    Some(with_rev(to_json(r), d.rev_of(Kind::NotificationRule, id)))
+}
+
+/// Whom a notification to `groups` reaches: the active users who are members of the active
+/// ones among them, each once (`id`, `name`, `email`), sorted by name then id.
+pub fn recipients(d: &TenantDoc, groups: &[String], page: &PageQuery) -> Value {
+    let mut ids: Vec<&str> = groups
+        .iter()
+        .filter_map(|g| d.groups.get(g))
+        .filter(|g| g.status == crate::model::GroupStatus::Active)
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut users: Vec<&UserRow> = ids
+        .into_iter()
+        .filter_map(|id| d.users.get(id))
+        .filter(|u| u.user.status == UserStatus::Active)
+        .collect();
+    users.sort_by(|a, b| {
+        a.user
+            .name
+            .to_lowercase()
+            .cmp(&b.user.name.to_lowercase())
+            .then(a.user.id.cmp(&b.user.id))
+    });
+    let items = users
+        .into_iter()
+        .map(|u| json!({"id": u.user.id, "name": u.user.name, "email": u.user.email}))
+        .collect();
+    paged(items, page, d.revision)
+}
+
+/// The recipients of group `id` (see [`recipients`]); `None` when there is no such group.
+pub fn group_recipients(d: &TenantDoc, id: &str, page: &PageQuery) -> Option<Value> {
+    d.groups.get(id)?;
+    Some(recipients(d, &[id.to_string()], page))
+}
+
+/// The recipients of notification rule `id`: the union over its groups, deduplicated.
+pub fn rule_recipients(d: &TenantDoc, id: &str, page: &PageQuery) -> Option<Value> {
+    let r = d.notification_rules.get(id)?;
+    let mut v = recipients(d, &r.groups, page);
+    if let Value::Object(m) = &mut v {
+        m.insert("event".into(), json!(r.event));
+        m.insert("groups".into(), json!(r.groups));
+    }
+    Some(v)
+}
+
 fn plugin_json(d: &TenantDoc, id: &str) -> Option<Value> {
     let p = d.plugins.get(id)?;
     Some(with_rev(
@@ -275,6 +330,7 @@ pub fn entity(d: &TenantDoc, kind: Kind, id: &str, now: i64) -> Option<Value> {
         Kind::Role => role_json(d, id, true),
         Kind::Assignment => assignment_json(d, id, now),
         Kind::Plugin => plugin_json(d, id),
+        Kind::NotificationRule => notification_rule_json(d, id),
         _ => None,
     }
 }
@@ -466,6 +522,13 @@ pub fn list(d: &TenantDoc, q: &ListQuery, now: i64, visible: &Visible) -> Value 
                 .filter(|a| a["scope"].as_str().is_some_and(sees))
                 .collect(),
             &q.page,
+        ),
+        ListQuery::NotificationRules(p) => (
+            d.notification_rules
+                .keys()
+                .filter_map(|id| notification_rule_json(d, id))
+                .collect(),
+            p,
         ),
     };
     paged(items, page, d.revision)

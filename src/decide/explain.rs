@@ -9,7 +9,7 @@ use super::{
     NoPlugins, Reason,
 };
 use crate::model::{format_timestamp, split_action};
-use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
+use crate::snapshot::{ArchivedTenantSnap, DEFAULT_ROLE_GROUP, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,7 +80,8 @@ impl ConditionNote {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantReport {
-    /// `user:<id>` or `group:<id>`.
+    /// `user:<id>`, `group:<id>`, or `default_role`: the tenant's default role, which every
+    /// user but guests holds at the roots without an assignment.
     pub principal: String,
     pub role: String,
     pub scope: String,
@@ -192,8 +193,13 @@ pub fn explain_with(
     );
     for g in v.memberships.get(gs..ge).unwrap_or(&[]) {
         if let Some(group) = v.groups.get(g.to_native() as usize) {
+            let principal = if group.id == DEFAULT_ROLE_GROUP {
+                "default_role".to_string()
+            } else {
+                format!("group:{}", group.id)
+            };
             slices.push((
-                format!("group:{}", group.id),
+                principal,
                 group.active,
                 group.grants.start.to_native(),
                 group.grants.end.to_native(),

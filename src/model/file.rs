@@ -150,6 +150,8 @@ struct RawTenant {
     #[serde(default)]
     one_role_per_place: bool,
     #[serde(default)]
+    default_role: Option<String>,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     roles: Vec<Spanned<RawRole>>,
@@ -477,6 +479,7 @@ fn convert(
         t.sign_in.admins_change_own_password = rt.admins_change_own_password;
         t.sign_in.users_change_own_password = rt.users_change_own_password.unwrap_or(true);
         t.sign_in.one_role_per_place = rt.one_role_per_place;
+        t.default_role = rt.default_role;
         locs.push((
             Collection::Plugins,
             rt.plugins.iter().map(|s| s.referenced).collect(),
@@ -686,11 +689,15 @@ pub fn to_json(tenants: &[Tenant], tests: &[TestCase]) -> String {
                     Value::Object(m)
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "id": t.id, "name": t.name, "rbac": t.rbac, "status": t.status, "quotas": t.quotas,
                 "nodes": t.nodes, "roles": t.roles, "users": t.users,
                 "groups": t.groups, "assignments": assignments,
-            })
+            });
+            if let (Value::Object(m), Some(r)) = (&mut v, &t.default_role) {
+                m.insert("default_role".into(), json!(r));
+            }
+            v
         })
         .collect();
     let tests: Vec<Value> = tests

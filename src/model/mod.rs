@@ -27,7 +27,11 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
     ("administrator", "Administrator", &["*"]),
     ("operator", "Operator", &["*:read", "*:operate"]),
     ("viewer", "Viewer", &["*:read"]),
+    ("member", "Member", &["*:read"]),
 ];
+
+/// The role a tenant's default role setting usually names: what every ordinary user holds.
+pub const MEMBER_ROLE: &str = "member";
 
 /// How a tenant authorizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -410,6 +414,10 @@ pub struct Tenant {
     /// The role preset the tenant was created with (its roles are among `roles`, with a tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
+    /// The tenant's default role (usually [`MEMBER_ROLE`]): every active user who is not a
+    /// guest holds it on every root node, without an assignment. `None`: no default role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<String>,
     /// Revision of this state; every committed change raises it by one.
     pub revision: u64,
 }
@@ -743,6 +751,7 @@ impl Tenant {
             plugins: Vec::new(),
             sign_in: SignIn::default(),
             preset: None,
+            default_role: None,
             revision: 1,
         }
     }
@@ -1016,6 +1025,16 @@ impl Tenant {
                         format!("member '{m}' is listed twice in group '{}'", g.id),
                     );
                 }
+            }
+        }
+
+        if let Some(r) = &self.default_role {
+            if !role_ids.contains(r.as_str()) {
+                err(
+                    Collection::Tenant,
+                    0,
+                    format!("default_role names unknown role '{r}'"),
+                );
             }
         }
 

@@ -61,11 +61,13 @@ pub enum ErrorCode {
     AdminProtected,
     OneRolePerPlace,
     TierUnavailable,
+    GroupNotEmpty,
+    GroupRequired,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 46] = [
+    pub const ALL: [ErrorCode; 48] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -112,6 +114,8 @@ impl ErrorCode {
         ErrorCode::AdminProtected,
         ErrorCode::OneRolePerPlace,
         ErrorCode::TierUnavailable,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::GroupRequired,
     ];
 
     /// The code as answered.
@@ -163,6 +167,8 @@ impl ErrorCode {
             ErrorCode::AdminProtected => "admin_protected",
             ErrorCode::OneRolePerPlace => "one_role_per_place",
             ErrorCode::TierUnavailable => "tier_unavailable",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
+            ErrorCode::GroupRequired => "group_required",
         }
     }
 
@@ -215,6 +221,8 @@ impl ErrorCode {
             | ErrorCode::AdminProtected => StatusCode::FORBIDDEN,
             ErrorCode::OneRolePerPlace => StatusCode::CONFLICT,
             ErrorCode::TierUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::GroupNotEmpty => StatusCode::CONFLICT,
+            ErrorCode::GroupRequired => StatusCode::CONFLICT,
         }
     }
 

@@ -557,6 +557,25 @@ impl Compiled {
                 }
             }
         }
+        // The default role: a group of its own after the tenant's, holding the role at every
+        // root, of which every user but guests is a member. Decisions then need nothing new.
+        let default_role = match t.rbac {
+            Rbac::None => None,
+            _ => t
+                .default_role
+                .as_deref()
+                .and_then(|r| role_ids.get(r).copied()),
+        };
+        let mut default_members = 0u32;
+        if default_role.is_some() {
+            let gi = t.groups.len() as u32;
+            for (ui, u) in t.users.iter().enumerate() {
+                if u.kind != UserKind::Guest {
+                    groups_of[ui].push(gi);
+                    default_members += 1;
+                }
+            }
+        }
         // Grant spans are written per build (see `snapshot`); the base holds placeholders.
         let empty = Span { start: 0, end: 0 };
         let mut users = Vec::with_capacity(t.users.len());
@@ -594,7 +613,7 @@ impl Compiled {
                 },
             });
         }
-        let groups: Vec<GroupRec> = t
+        let mut groups: Vec<GroupRec> = t
             .groups
             .iter()
             .map(|g| GroupRec {
@@ -605,6 +624,15 @@ impl Compiled {
                 grants: empty,
             })
             .collect();
+        if default_role.is_some() {
+            groups.push(GroupRec {
+                id: super::DEFAULT_ROLE_GROUP.to_string(),
+                name: "default role".to_string(),
+                active: true,
+                members: default_members,
+                grants: empty,
+            });
+        }
 
         // --- The base block ------------------------------------------------------------------
         let archive_err = |e: BoxedError| BuildError::Archive {
@@ -666,7 +694,7 @@ impl Compiled {
             group_index,
             role_ids,
             per_user: vec![Vec::new(); t.users.len()],
-            per_group: vec![Vec::new(); t.groups.len()],
+            per_group: vec![Vec::new(); groups.len()],
             actors: Actors::default(),
             revoked_sessions: t
                 .sign_in
@@ -692,6 +720,13 @@ impl Compiled {
             if let Some((list, raw)) = c.raw(a) {
                 c.per_list(list).push(raw);
             } // else: unreachable for a validated tenant
+        }
+        if let (Some(role), Some(list)) = (default_role, c.per_group.get_mut(t.groups.len())) {
+            for (p, x) in nodes.iter().enumerate() {
+                if x.parent == NONE {
+                    list.push((p as u32, x.end, role, NEVER, NONE, i64::MIN));
+                }
+            }
         }
         for list in c.per_user.iter_mut().chain(c.per_group.iter_mut()) {
             list.sort_unstable_by(raw_order);
@@ -985,7 +1020,15 @@ mod tests {
                             i = j;
                         }
                     }
-                    removed.push(t.assignments.swap_remove(i));
+                    let a = t.assignments.swap_remove(i);
+                    // One added earlier in this step: the step neither adds nor removes it.
+                    match added.iter().position(|x| *x == a) {
+                        Some(k) => {
+                            added.swap_remove(k);
+                            seen.remove(&(a.principal.clone(), a.role.clone(), a.scope.clone()));
+                        }
+                        None => removed.push(a),
+                    }
                 } else {
                     let role = if !favour.is_empty() && rng.chance(50) {
                         rng.pick(favour).clone()
@@ -1027,6 +1070,26 @@ mod tests {
     #[test]
     fn incremental_equals_fresh_build() {
         incremental_matches_fresh(worlds::tenant("t", worlds::S, 3), 11, &[]);
+    }
+
+    /// The default role's group (after the tenant's groups) survives incremental changes, and
+    /// grants every non-guest user the role at the roots.
+    #[test]
+    fn incremental_equals_fresh_build_with_a_default_role() {
+        let mut t = worlds::tenant("t", worlds::S, 3);
+        t.default_role = Some("member".into());
+        let s = Snapshot::build(&t).unwrap();
+        let v = s.view();
+        let g = v.groups.last().unwrap();
+        assert_eq!(g.id.as_str(), super::super::DEFAULT_ROLE_GROUP);
+        let guests = t.users.iter().filter(|u| u.kind == UserKind::Guest).count();
+        assert_eq!(g.members.to_native() as usize, t.users.len() - guests);
+        let roots = t.nodes.iter().filter(|n| n.parent.is_none()).count();
+        assert_eq!(
+            (g.grants.end.to_native() - g.grants.start.to_native()) as usize,
+            roots
+        );
+        incremental_matches_fresh(t, 13, &[]);
     }
 
     /// The same with plugins: roles with a plugin condition (flagged in `plugin_roles`, a base

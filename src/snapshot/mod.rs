@@ -8,7 +8,9 @@
 //!   up the chain, whatever the number of grants;
 //! - permissions are interned: a permission maps to a bitset of the roles granting it, wildcards
 //!   folded in at build time;
-//! - group memberships are resolved per user at build time.
+//! - group memberships are resolved per user at build time; the tenant's default role is one
+//!   more group ([`DEFAULT_ROLE_GROUP`]) holding the role at every root, of which every user
+//!   but guests is a member.
 //!
 //! Bytes are validated once ([`Snapshot::from_bytes`]: rkyv's structural check plus a semantic
 //! check of every index), then read zero-copy for the life of the snapshot.
@@ -46,6 +48,11 @@ pub const KIND_OWNER: u8 = 0;
 pub const KIND_ADMIN: u8 = 1;
 pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
+
+/// The id, in [`TenantSnap::groups`], of the group that holds the tenant's default role: every
+/// user but guests is a member, and it holds the role at every root node. `~` never occurs in
+/// the ids of the tenant's own groups.
+pub const DEFAULT_ROLE_GROUP: &str = "~default-role";
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
 pub const FORMAT_VERSION: u32 = 5;

@@ -1,7 +1,8 @@
 //! Rules of custom role writes (built-in and catalogue roles are read-only): permissions parsed
 //! and distinct, an optional plugin condition naming a plugin the tenant holds, `enterprise` RBAC
-//! only; delete only when no assignment uses the role. And the tier rule every grant obeys: a
-//! role locked in the tenant's tier cannot be assigned ([`available`]).
+//! only; delete only when no assignment uses the role and it is not the tenant's default role.
+//! And the tier rule every grant obeys: a role locked in the tenant's tier cannot be assigned
+//! ([`available`]).
 
 use super::{find, Fields, Rule, RuleError};
 use crate::control::doc::TenantDoc;
@@ -143,5 +144,12 @@ pub fn delete_role(doc: &TenantDoc, id: &str) -> Rule {
     not_builtin(doc, id)?;
     let cur = find(&doc.roles, "role", id)?;
     super::unassigned(doc, |a| a.role == id, &format!("role '{id}' is used by"))?;
+    let default = doc
+        .settings
+        .as_ref()
+        .and_then(|s| s.default_role.as_deref());
+    super::unused(usize::from(default == Some(id)), || {
+        format!("role '{id}' is the tenant's default role; set another default_role first")
+    })?;
     Ok(super::deleted(Kind::Role, id, cur, Vec::new()))
 }

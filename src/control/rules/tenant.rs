@@ -3,8 +3,8 @@
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
 use crate::model::{
-    check_id, preset, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind,
-    UserStatus,
+    check_id, is_builtin_role, preset, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp,
+    UserKind, UserStatus, MEMBER_ROLE,
 };
 use crate::store::{Kind, RowOp};
 
@@ -32,6 +32,9 @@ requests! {
         pub owner: Option<super::UserCreate>,
         /// A built-in role preset (`crate::model::preset`): its roles are copied into the tenant.
         pub preset: Option<String>,
+        /// The role every active non-guest user holds at the roots (`member`); absent or
+        /// `null`: none.
+        pub default_role: Option<String>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -43,6 +46,19 @@ requests! {
         pub admins_change_own_password: Option<bool>,
         pub users_change_own_password: Option<bool>,
         pub one_role_per_place: Option<bool>,
+        /// A role id, or `null` to turn the default role off.
+        #[serde(default, with = "super::double_option")]
+        pub default_role: Option<Option<String>>,
+    }
+}
+
+/// A default role must be a role of the tenant (built in or custom).
+fn check_default_role(doc: Option<&TenantDoc>, role: &str, f: &mut Fields) {
+    if !is_builtin_role(role) && !doc.is_some_and(|d| d.roles.contains_key(role)) {
+        f.push(
+            "default_role",
+            format!("unknown role '{role}' (the usual default role is '{MEMBER_ROLE}')"),
+        );
     }
 }
 
@@ -96,6 +112,9 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             None
         }
     };
+    if let Some(r) = &req.default_role {
+        check_default_role(None, r, &mut f);
+    }
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -113,6 +132,7 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             ..crate::model::SignIn::default()
         },
         preset: preset.map(|p| p.id.clone()),
+        default_role: req.default_role.clone(),
     };
     let mut change = super::created(Kind::Tenant, &req.id, &s);
     if let Some(o) = &req.owner {
@@ -196,6 +216,12 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     if let Some(o) = patch.one_role_per_place {
         s.sign_in.one_role_per_place = o;
     }
+    if let Some(r) = &patch.default_role {
+        if let Some(role) = r {
+            check_default_role(Some(doc), role, &mut f);
+        }
+        s.default_role.clone_from(r);
+    }
     f.done()?;
     if let Some(q) = patch.quotas {
         quotas_cover_usage(doc, &q)?;
@@ -229,6 +255,7 @@ pub fn delete_tenant(doc: &TenantDoc) -> Rule {
         .chain(rows(Kind::Session, &doc.sessions, json))
         .chain(rows(Kind::ApiKey, &doc.api_keys, json))
         .chain(rows(Kind::Invitation, &doc.invitations, json))
+        .chain(rows(Kind::NotificationRule, &doc.notification_rules, json))
         .collect();
     Ok(super::deleted(Kind::Tenant, &s.id, s, ops))
 }

@@ -25,6 +25,10 @@ requests! {
         pub kind: UserKind,
         pub status: Option<UserStatus>,
         pub logout: Option<crate::model::LogoutPeriod>,
+        /// Groups the new user joins in the same write (required for ordinary users while the
+        /// tenant has `require_group`).
+        #[serde(default)]
+        pub groups: Vec<String>,
     }
     UserPatch {
         pub name: Option<String>,
@@ -200,6 +204,16 @@ pub fn create_user(
     if req.status == Some(UserStatus::Deleted) {
         f.push("status", "a new user cannot be created deleted");
     }
+    for (i, g) in req.groups.iter().enumerate() {
+        if !doc.groups.contains_key(g) {
+            f.push(&format!("groups[{i}]"), format!("unknown group '{g}'"));
+        } else if req.groups[..i].contains(g) {
+            f.push(
+                &format!("groups[{i}]"),
+                format!("group '{g}' is listed twice"),
+            );
+        }
+    }
     f.done()?;
     if req.password.is_some() != secrets.password_hash.is_some() {
         return Err(RuleError::invalid(
@@ -240,7 +254,25 @@ pub fn create_user(
         updated_at: now,
         last_login_at: None,
     };
+    if req.groups.is_empty() && super::group::needs_group(doc, &u.user) {
+        return Err(super::group::group_required(
+            &id,
+            "creating the user without 'groups'",
+        ));
+    }
     let mut c = super::created(Kind::User, &id, &u);
+    for gid in &req.groups {
+        if let Some(g) = doc.groups.get(gid) {
+            let mut next = g.clone();
+            next.members.push(id.clone());
+            c.ops.push(RowOp::put(
+                Kind::Group,
+                gid.as_str(),
+                json(&next),
+                Some(json(g)),
+            ));
+        }
+    }
     if let Some(hash) = &secrets.password_hash {
         let cred = CredentialRow {
             password: Some(hash.clone()),
@@ -296,6 +328,15 @@ pub fn update_user(doc: &TenantDoc, id: &str, patch: &UserPatch, now: Timestamp)
                 quota_room(doc, admin)?;
             }
             u.user.kind = k;
+            if !super::group::needs_group(doc, &cur.user)
+                && super::group::needs_group(doc, &u.user)
+                && super::group::groups_of(doc, id, None) == 0
+            {
+                return Err(super::group::group_required(
+                    id,
+                    "making them an ordinary user",
+                ));
+            }
         }
         if u != cur {
             u.updated_at = now;
@@ -352,6 +393,11 @@ pub fn transition_user(doc: &TenantDoc, id: &str, t: UserTransition, now: Timest
                 }
                 room_for_user(doc, u.user.kind)?;
                 u.user.status = UserStatus::Active;
+                if super::group::needs_group(doc, &u.user)
+                    && super::group::groups_of(doc, id, None) == 0
+                {
+                    return Err(super::group::group_required(id, "restoring them"));
+                }
                 "user.restore"
             }
             UserTransition::Login => {

@@ -45,6 +45,7 @@ pub enum Coll {
     Roles,
     Assignments,
     Plugins,
+    NotificationRules,
 }
 
 impl Coll {
@@ -56,6 +57,7 @@ impl Coll {
             "roles" => Coll::Roles,
             "assignments" => Coll::Assignments,
             "plugins" => Coll::Plugins,
+            "notification-rules" => Coll::NotificationRules,
             _ => return None,
         })
     }
@@ -68,6 +70,7 @@ impl Coll {
             Coll::Roles => Kind::Role,
             Coll::Assignments => Kind::Assignment,
             Coll::Plugins => Kind::Plugin,
+            Coll::NotificationRules => Kind::NotificationRule,
         }
     }
 }
@@ -91,6 +94,8 @@ enum Route<'a> {
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
+    GroupRecipients(&'a str, &'a str),
+    RuleRecipients(&'a str, &'a str),
     Sessions(&'a str),
     SessionCurrent(&'a str),
     InvitationAccept(&'a str, &'a str),
@@ -132,6 +137,8 @@ impl<'a> Route<'a> {
             ["tenants", t, "plugins", name, "rollback"] => Route::PluginRollback(t, name),
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "groups", g, "recipients"] => Route::GroupRecipients(t, g),
+            ["tenants", t, "notification-rules", r, "recipients"] => Route::RuleRecipients(t, r),
             ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
             ["tenants", t, "users", id, op] => Route::UserOp(
                 t,
@@ -158,7 +165,9 @@ impl<'a> Route<'a> {
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
-            | Route::PluginVersions(..) => "GET",
+            | Route::PluginVersions(..)
+            | Route::GroupRecipients(..)
+            | Route::RuleRecipients(..) => "GET",
             Route::PluginRollback(..) => "POST",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
@@ -196,6 +205,8 @@ impl<'a> Route<'a> {
             | UserErase(t, _)
             | Members(t, _)
             | Member(t, _, _)
+            | GroupRecipients(t, _)
+            | RuleRecipients(t, _)
             | Sessions(t)
             | SessionCurrent(t)
             | InvitationAccept(t, _)
@@ -241,6 +252,7 @@ fn read_perm(c: Coll) -> &'static str {
         Coll::Roles => "role:read",
         Coll::Assignments => "assignment:read",
         Coll::Plugins => "plugin:read",
+        Coll::NotificationRules => "notification_rule:read",
     }
 }
 
@@ -426,6 +438,17 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
         (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
+        (GroupRecipients(t, g), Method::GET) => {
+            // Recipients are users with their emails.
+            may_tenant(state, &caller, t, "group:read").await?;
+            may_tenant(state, &caller, t, "user:read").await?;
+            reads::group_recipients(cp, t, g, &q).await
+        }
+        (RuleRecipients(t, r), Method::GET) => {
+            may_tenant(state, &caller, t, "notification_rule:read").await?;
+            may_tenant(state, &caller, t, "user:read").await?;
+            reads::rule_recipients(cp, t, r, &q).await
+        }
         (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,
         (Entity(t, c, id), Method::PATCH) if c != Coll::Plugins => {
             crud(&w(t), c, Op::Update(id), req).await
@@ -471,6 +494,7 @@ async fn crud(
         Coll::Groups => w.crud::<writes::Groups>(op, req).await,
         Coll::Roles => w.crud::<writes::Roles>(op, req).await,
         Coll::Assignments => w.crud::<writes::Assignments>(op, req).await,
+        Coll::NotificationRules => w.crud::<writes::NotificationRules>(op, req).await,
         // Routed to `plugins` and `Writer::delete_plugin` before reaching here.
         Coll::Plugins => Err(ApiError::method_not_allowed(match op {
             Op::Create => Route::List("", c).allow(),

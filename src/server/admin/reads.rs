@@ -54,6 +54,7 @@ pub async fn list(
         Coll::Roles => ListQuery::Roles(q.page()?),
         Coll::Assignments => ListQuery::Assignments(q.assignments()?),
         Coll::Plugins => ListQuery::Plugins(q.page()?),
+        Coll::NotificationRules => ListQuery::NotificationRules(q.page()?),
     };
     let (v, rev) = cp
         .read(t, |d| (views::list(d, &lq, now, visible), d.revision))
@@ -136,4 +137,42 @@ pub async fn audit_entry(
     let page = q.page()?;
     let v = views::audit_changes(cp, t, revision, &page).await?;
     Ok(respond(StatusCode::OK, v, None, None))
+}
+
+/// `GET /v1/tenants/{t}/groups/{g}/recipients`: the active members a notification to the group
+/// reaches (none while the group is inactive).
+pub async fn group_recipients(
+    cp: &ControlPlane,
+    t: &str,
+    g: &str,
+    q: &Query,
+) -> Result<Resp, ApiError> {
+    let page = q.page()?;
+    let (v, rev) = cp
+        .read(t, |d| (views::group_recipients(d, g, &page), d.revision))
+        .await?;
+    let v =
+        v.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("group '{g}' not found")))?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
+}
+
+/// `GET /v1/tenants/{t}/notification-rules/{id}/recipients`: the union of the recipients of the
+/// rule's groups, each user once.
+pub async fn rule_recipients(
+    cp: &ControlPlane,
+    t: &str,
+    id: &str,
+    q: &Query,
+) -> Result<Resp, ApiError> {
+    let page = q.page()?;
+    let (v, rev) = cp
+        .read(t, |d| (views::rule_recipients(d, id, &page), d.revision))
+        .await?;
+    let v = v.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("notification rule '{id}' not found"),
+        )
+    })?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
 }

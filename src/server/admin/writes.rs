@@ -87,6 +87,8 @@ collections! {
     may |g, _, r| policy::create_role(g, r), |g, _, id, p| policy::update_role(g, id, p), |g, _, id, _| policy::delete_role(g, id);
     Assignments Assignment AssignmentCreate AssignmentPatch |d, r, c| rules::create_assignment(d, r, c.actor, c.now), |d, id, p, c| rules::update_assignment(d, id, p, c.now), |d, id, _, _| rules::delete_assignment(d, id);
     may |g, _, r| policy::create_assignment(g, r), policy::update_assignment, |g, d, id, _| policy::delete_assignment(g, d, id);
+    NotificationRules NotificationRule NotificationRuleCreate NotificationRulePatch |d, r, _| rules::create_notification_rule(d, r), |d, id, p, _| rules::update_notification_rule(d, id, p), |d, id, _, _| rules::delete_notification_rule(d, id);
+    may |g, _, _| policy::notification_rule(g, "create"), |g, _, _, _| policy::notification_rule(g, "update"), |g, _, _, _| policy::notification_rule(g, "delete");
 }
 
 /// A write to one entity of a collection.
@@ -168,6 +170,18 @@ impl Writer<'_> {
         Ok(written(w, created))
     }
 
+    /// [`Writer::commit`], answered once this process serves the write: for writes that cut
+    /// access (a group deactivated or deleted, a member removed), so that the next check after
+    /// the answer is decided without it.
+    pub async fn commit_visible(
+        &self,
+        expect: Option<Expect>,
+        f: impl Fn(&Guard, &TenantDoc) -> Result<Change, RuleError>,
+    ) -> Result<Resp, ApiError> {
+        let w = self.write(expect, f).await?;
+        Ok(super::identity::written_visible(self.state, self.tenant, w).await)
+    }
+
     /// Create, update or delete in collection `C`.
     pub async fn crud<C: Collection>(
         &self,
@@ -187,19 +201,27 @@ impl Writer<'_> {
             Op::Update(id) => {
                 let e = if_match(&req, C::KIND, id)?;
                 let p: C::Patch = body(self.state, req).await?;
-                self.commit(e, false, |g, d| {
+                let f = |g: &Guard, d: &TenantDoc| {
                     (C::MAY_UPDATE)(g, d, id, &p)?;
                     (C::UPDATE)(d, id, &p, &ctx)
-                })
-                .await
+                };
+                if C::KIND == Kind::Group {
+                    self.commit_visible(e, f).await
+                } else {
+                    self.commit(e, false, f).await
+                }
             }
             Op::Delete(id) => {
                 let e = if_match(&req, C::KIND, id)?;
-                self.commit(e, false, |g, d| {
+                let f = |g: &Guard, d: &TenantDoc| {
                     (C::MAY_DELETE)(g, d, id, &())?;
                     (C::DELETE)(d, id, &(), &ctx)
-                })
-                .await
+                };
+                if C::KIND == Kind::Group {
+                    self.commit_visible(e, f).await
+                } else {
+                    self.commit(e, false, f).await
+                }
             }
         }
     }
@@ -338,7 +360,7 @@ impl Writer<'_> {
         req: &Request<Incoming>,
     ) -> Result<Resp, ApiError> {
         let e = if_match(req, Kind::Group, group)?;
-        self.commit(e, false, |g, d| {
+        self.commit_visible(e, |g, d| {
             policy::group_member(g, group, user)?;
             rules::remove_member(d, group, user)
         })
