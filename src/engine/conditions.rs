@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
 use crate::model::split_action;
-use crate::plugin::{CallDetail, Outcome, PluginInput};
+use crate::plugin::{CallDetail, CanarySplit, Outcome, PluginInput};
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
@@ -54,7 +54,7 @@ impl<'a> SnapshotConditions<'a> {
         v: &ArchivedTenantSnap,
         grant: u32,
         x: u32,
-        detail: Option<&mut CallDetail>,
+        mut detail: Option<&mut CallDetail>,
     ) -> (Outcome, String) {
         let Some(g) = v.grants.get(grant as usize) else {
             return (Outcome::NoInstance, String::new());
@@ -62,7 +62,34 @@ impl<'a> SnapshotConditions<'a> {
         let Some(role) = v.roles.get(g.role.to_native() as usize) else {
             return (Outcome::NoInstance, String::new());
         };
-        let Some(plugin) = self.snap.plugin(role.plugin_slot.to_native()) else {
+        let slot = role.plugin_slot.to_native();
+        let req = self.req;
+        // A running canary takes the calls whose bucket is below its share: a hash of the
+        // subject and the resource and a compare (`plugin::canary_bucket`), the same on every
+        // process holding this snapshot.
+        let resource = v.nodes.get(x as usize).map_or("", |n| n.id.as_str());
+        let split = v
+            .plugins
+            .get(slot as usize)
+            .and_then(|p| p.canary.as_ref())
+            .map(|c| {
+                let bucket = crate::plugin::canary_bucket(req.subject, resource);
+                (c.share, bucket, bucket < c.share)
+            });
+        let candidate = split.is_some_and(|(_, _, c)| c);
+        if let (Some(d), Some((share, bucket, candidate))) = (detail.as_deref_mut(), split) {
+            d.canary = Some(CanarySplit {
+                share,
+                bucket,
+                candidate,
+            });
+        }
+        let loaded = if candidate {
+            self.snap.canary(slot)
+        } else {
+            self.snap.plugin(slot)
+        };
+        let Some(plugin) = loaded else {
             // Not compiled in this process (no runtime, or it failed to load): fail closed.
             return (Outcome::NoInstance, String::new());
         };
@@ -77,7 +104,6 @@ impl<'a> SnapshotConditions<'a> {
         if crate::plugin::budget_left().is_some_and(|left| left.is_zero()) {
             return (plugin.refused(Outcome::BudgetExhausted), version);
         }
-        let req = self.req;
         // Requests arrive with their context checked (`plugin::check_context`), so this check
         // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
         // that was sent never becomes no context). The encoder reads the raw JSON itself.
@@ -127,7 +153,7 @@ impl<'a> SnapshotConditions<'a> {
             subject: req.subject,
             action_resource,
             verb,
-            resource: v.nodes.get(x as usize).map_or("", |n| n.id.as_str()),
+            resource,
             role: role.id.as_str(),
             scope,
             path: &path[..depth],
@@ -169,6 +195,7 @@ impl Conditions for SnapshotConditions<'_> {
         };
         note.reason = detail.reason;
         note.trap = detail.trap;
+        note.canary = detail.canary;
         (verdict, note)
     }
 }

@@ -399,6 +399,7 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
                     name: s.value.name,
                     description: s.value.description,
                     wasm: bytes.into(),
+                    canary: None,
                 }),
                 Err(e) => problems.push(at(
                     &s.referenced,

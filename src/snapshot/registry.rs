@@ -168,7 +168,12 @@ impl Registry {
                         .view()
                         .plugins
                         .iter()
-                        .all(|p| host.is_compiled(p.sha256.as_str()))
+                        .all(|p| {
+                            host.is_compiled(p.sha256.as_str())
+                                && p.canary
+                                    .as_ref()
+                                    .is_none_or(|c| host.is_compiled(c.sha256.as_str()))
+                        })
                 {
                     match self.defer(snap) {
                         Ok(()) => return true,
