@@ -91,7 +91,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
     ("patch", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
     ("delete", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
-    ("post", "/v1/tenants/{tenant}/plugins/{plugin}/canary/promote"),
+    (
+        "post",
+        "/v1/tenants/{tenant}/plugins/{plugin}/canary/promote",
+    ),
     // src/server/admin/mod.rs, identity (handlers in src/server/admin/identity.rs)
     ("post", "/v1/tenants/{tenant}/sessions"),
     ("delete", "/v1/tenants/{tenant}/sessions/current"),

@@ -334,6 +334,7 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 name: plugin(d, *p),
                 description: None,
                 wasm: vec![*fill % 3; 16].into(),
+                canary: None,
             };
             rules::put_plugin(d, &up, "prop", NOW)
         }

@@ -77,12 +77,13 @@ impl<'a> SnapshotConditions<'a> {
                 (c.share, bucket, bucket < c.share)
             });
         let candidate = split.is_some_and(|(_, _, c)| c);
-        if let (Some(d), Some((share, bucket, candidate))) = (detail.as_deref_mut(), split) {
-            d.canary = Some(CanarySplit {
-                share,
-                bucket,
-                candidate,
-            });
+        let split = split.map(|(share, bucket, candidate)| CanarySplit {
+            share,
+            bucket,
+            candidate,
+        });
+        if let Some(d) = detail.as_deref_mut() {
+            d.canary = split;
         }
         let loaded = if candidate {
             self.snap.canary(slot)
@@ -169,7 +170,12 @@ impl<'a> SnapshotConditions<'a> {
             let mut buf = buf.borrow_mut();
             input.encode(&mut buf);
             match detail {
-                Some(d) => plugin.call_detailed(&buf, d),
+                Some(d) => {
+                    let outcome = plugin.call_detailed(&buf, d);
+                    // The call's details start afresh: the split is the caller's.
+                    d.canary = split;
+                    outcome
+                }
                 None => plugin.call(&buf),
             }
         });

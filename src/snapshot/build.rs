@@ -32,8 +32,8 @@ use rustc_hash::FxHashMap;
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ApiKeyRec, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec,
-    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, CanaryRec, Grant, GrantMeta, GroupRec, NodeRec,
-    PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
+    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, CanaryRec, Grant, GrantMeta, GroupRec,
+    NodeRec, PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,

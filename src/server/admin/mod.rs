@@ -314,9 +314,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (PluginVersions(t, name), Method::GET) => plugins::versions(cp, t, name).await,
         (PluginRollback(t, name), Method::POST) => plugins::rollback(&w(t), name, req).await,
         (PluginCanary(t, name), Method::GET) => plugins::canary(cp, t, name).await,
-        (PluginCanary(t, name), Method::PATCH) => {
-            plugins::canary_share(&w(t), name, req).await
-        }
+        (PluginCanary(t, name), Method::PATCH) => plugins::canary_share(&w(t), name, req).await,
         (PluginCanary(t, name), Method::DELETE) => plugins::canary_abort(&w(t), name, &req).await,
         (PluginCanaryPromote(t, name), Method::POST) => {
             plugins::canary_promote(&w(t), name, &req).await

@@ -42,19 +42,26 @@ pub async fn upload(
                 .map_err(|_| {
                     RuleError::invalid(
                         "canary",
-                        format!("a canary share is a percentage of the calls from 1 to 99, got '{v}'"),
+                        format!(
+                            "a canary share is a percentage of the calls from 1 to 99, got '{v}'"
+                        ),
                     )
                 })
                 .and_then(rules::check_canary_share)
                 .map_err(ControlError::Rule)?,
         ),
     };
-    // While a canary runs the runtime keeps its current version loaded beside the candidate.
+    // The runtime keeps the other live version of the plugin loaded beside this one: the
+    // current version for a canary upload, the running candidate for a re-upload of the
+    // current version (any other upload is refused while a canary runs).
     let keep = cp
         .read(t, |d| {
-            canary
-                .and(d.plugins.get(name))
-                .and_then(|p| crate::model::unhex32(&p.sha256))
+            let p = d.plugins.get(name)?;
+            let other = match canary {
+                Some(_) => &p.sha256,
+                None => &p.canary.as_ref()?.version.sha256,
+            };
+            crate::model::unhex32(other)
         })
         .await?;
     let host = state.registry.plugin_host().cloned().ok_or_else(|| {
@@ -96,15 +103,15 @@ pub async fn upload(
             host.load_keeping(&t, &name, &wasm, keep)
                 .map(|p| p.compile_time())
         })
-            .await
-            .map_err(|e| {
-                // A panic's text is internal: logged, never answered.
-                tracing::error!(error = %e, plugin = %name_for_log, "plugin compile task failed");
-                ApiError::new(
-                    ErrorCode::Internal,
-                    "the plugin could not be compiled (internal error)",
-                )
-            })?
+        .await
+        .map_err(|e| {
+            // A panic's text is internal: logged, never answered.
+            tracing::error!(error = %e, plugin = %name_for_log, "plugin compile task failed");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the plugin could not be compiled (internal error)",
+            )
+        })?
     };
     let compile = check.map_err(|e| {
         ApiError::invalid(
@@ -206,9 +213,10 @@ pub async fn rollback(
     })?;
     // The kept bytes passed the runtime's checks when uploaded; the limits may have changed
     // since, so they are loaded again before the commit (a cache hit when unchanged).
-    let wasm = cp
+    let (wasm, keep) = cp
         .read(t, |d| {
-            d.plugins.get(name).and_then(|p| {
+            let p = d.plugins.get(name);
+            let wasm = p.and_then(|p| {
                 if p.sha256 == sha {
                     Some(p.wasm.clone())
                 } else {
@@ -217,7 +225,13 @@ pub async fn rollback(
                         .find(|v| v.sha256 == sha)
                         .map(|v| v.wasm.clone())
                 }
-            })
+            });
+            // Only the current version passes the rule while a canary runs: its candidate
+            // stays loaded.
+            let keep = p
+                .and_then(|p| p.canary.as_ref())
+                .and_then(|c| crate::model::unhex32(&c.version.sha256));
+            (wasm, keep)
         })
         .await?;
     // Refused writes (a canary runs, the version is not kept) stop here, before any load.
@@ -226,15 +240,17 @@ pub async fn rollback(
         .map_err(ControlError::Rule)?;
     if let Some(wasm) = wasm {
         let (host, name2, t2) = (host.clone(), name.to_string(), t.to_string());
-        let loaded = tokio::task::spawn_blocking(move || host.load(&t2, &name2, &wasm).map(|_| ()))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, plugin = %name, "plugin compile task failed");
-                ApiError::new(
-                    ErrorCode::Internal,
-                    "the plugin could not be compiled (internal error)",
-                )
-            })?;
+        let loaded = tokio::task::spawn_blocking(move || {
+            host.load_keeping(&t2, &name2, &wasm, keep).map(|_| ())
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, plugin = %name, "plugin compile task failed");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the plugin could not be compiled (internal error)",
+            )
+        })?;
         loaded.map_err(|e| {
             ApiError::invalid(
                 e.to_string(),
