@@ -564,3 +564,112 @@ fn a_canary_survives_a_restart() {
     assert_eq!(calls(&s, &deny, "deny"), 2 * n as u64);
     assert!(calls(&s, &allow, "allow") > 0);
 }
+
+/// The `sh` blocks of `plugins/README.md`'s "Canary" section, in order.
+fn readme_canary_blocks() -> Vec<String> {
+    let readme = include_str!("../plugins/README.md");
+    let start = readme
+        .find("\n## Canary\n")
+        .expect("plugins/README.md has a Canary section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in section.lines() {
+        match (&mut cur, line.trim()) {
+            (None, "```sh") => cur = Some(String::new()),
+            (Some(_), "```") => blocks.extend(cur.take()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// Runs `script` with bash in `dir`, the test's `portcullis` first on PATH, against `s`.
+fn sh(s: &server::Server, dir: &Path, script: &str) -> (Option<i32>, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("PORTCULLIS_ADMIN_URL", format!("http://{}", s.addr))
+        .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// `plugins/README.md`'s Canary section, every command as written, against a real server (the
+/// demo tenant `femo`): start and widen a canary, abort it; start it again and promote it.
+#[test]
+fn the_readme_canary_section_runs_as_written() {
+    let blocks = readme_canary_blocks();
+    assert_eq!(blocks.len(), 3, "start, abort, promote: {blocks:?}");
+    assert!(blocks[1].contains("plugin abort") && blocks[2].contains("plugin promote"));
+    let s = server::Server::start(&[], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (p, v1) = wasm(d, "allow");
+    std::fs::rename(p, d.join("mw-rule.wasm")).unwrap();
+    let (p, v2) = wasm(d, "deny");
+    std::fs::rename(p, d.join("mw-rule-v2.wasm")).unwrap();
+    let (code, out) = sh(
+        &s,
+        d,
+        "portcullis plugin upload --tenant femo --name mw-rule mw-rule.wasm",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let plugin = || {
+        let (st, v) = get(&s, "/v1/tenants/femo/plugins/mw-rule");
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+
+    let (code, out) = sh(&s, d, &blocks[0]);
+    assert_eq!(code, Some(0), "{}\n{out}", blocks[0]);
+    assert!(out.contains("\"share\": 10"), "the canary is shown: {out}");
+    let p = plugin();
+    assert_eq!(
+        (&p["sha256"], &p["canary"]["sha256"]),
+        (&json!(v1), &json!(v2)),
+        "{p}"
+    );
+    assert_eq!(p["canary"]["share"], 50, "{p}");
+    let (code, out) = sh(&s, d, &blocks[1]);
+    assert_eq!(code, Some(0), "{}\n{out}", blocks[1]);
+    let p = plugin();
+    assert!(
+        p.get("canary").is_none() && p["sha256"] == v1.as_str(),
+        "{p}"
+    );
+
+    let (code, out) = sh(&s, d, &blocks[0]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = sh(&s, d, &blocks[2]);
+    assert_eq!(code, Some(0), "{}\n{out}", blocks[2]);
+    let p = plugin();
+    assert!(
+        p.get("canary").is_none() && p["sha256"] == v2.as_str(),
+        "{p}"
+    );
+    let (_, v) = get(&s, "/v1/tenants/femo/plugins/mw-rule/versions");
+    assert_eq!(v["data"][1]["sha256"], v1.as_str(), "{v}");
+}

@@ -3,7 +3,10 @@
 //! One [`SnapshotConditions`] serves one request: it borrows the snapshot the check runs on (so
 //! a check always runs the plugin versions of that snapshot, even while a replacement is being
 //! installed), builds the ABI input for each matched grant in a per-thread buffer, and
-//! checks the request `context` at most once, and only if a plugin actually runs.
+//! checks the request `context` at most once, and only if a plugin actually runs. While a
+//! plugin runs a canary, each call picks the current version or the candidate by
+//! [`crate::plugin::canary_bucket`] of the subject and the resource against the snapshot's
+//! share: a hash and a compare, no allocation.
 
 use std::cell::RefCell;
 

@@ -7,7 +7,8 @@
 //!   `portcullis.set_reason` and `portcullis.debug_log` imports, required exports with their
 //!   exact types, declared memory within the cap), compiles it once, instantiates it under the call limits and checks
 //!   `portcullis_abi_version() == 1`. Compiled plugins are cached per (tenant, plugin name,
-//!   SHA-256 of the bytes): re-uploading the same version costs nothing.
+//!   SHA-256 of the bytes): re-uploading the same version costs nothing. One version of each
+//!   plugin stays loaded, two while a canary runs ([`PluginHost::load_keeping`]).
 //! - Instances: each [`Plugin`] keeps a small pool of idle live instances (own `Store` each).
 //!   A call pops one (or instantiates a fresh one from the `InstancePre` when the pool is empty),
 //!   runs, and pushes it back — unless the call trapped or failed, in which case the instance is
