@@ -108,6 +108,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/tenants/{tenant}/api-keys/{key}"),
     ("post", "/v1/tenants/{tenant}/guests"),
     ("delete", "/v1/tenants/{tenant}/guests/{guest}"),
+    ("post", "/v1/tenants/{tenant}/owner"),
 ];
 
 /// Management routes that need no bearer (`handle` in `src/server/admin/mod.rs` answers them
@@ -625,8 +626,8 @@ fn request_schemas_are_the_request_types() {
             parse(ex).unwrap_or_else(|e| panic!("{name}: example rejected: {e}"));
         }
     }
-    // Private request types, all `deny_unknown_fields`: `MemberAdd` is `struct M { user }` in
-    // admin/writes.rs; in admin/identity.rs `SignIn` is `SignInRequest { email?, password?,
+    // Private request types, all `deny_unknown_fields`: `MemberAdd` is `struct M { user }` and
+    // `OwnerTransfer` is `struct To { user }` in admin/writes.rs; in admin/identity.rs `SignIn` is `SignInRequest { email?, password?,
     // card?, channel? }`, `PasswordSet` is `PasswordBody { password }`, `CardAdd` is
     // `CardBody { card }`.
     for (name, fields, required) in PRIVATE_REQUEST_TYPES {
@@ -670,6 +671,7 @@ const PRIVATE_REQUEST_TYPES: &[(&str, &[&str], &[&str])] = &[
     ("SignIn", &["email", "password", "card", "channel"], &[]),
     ("PasswordSet", &["password"], &["password"]),
     ("CardAdd", &["card"], &["card"]),
+    ("OwnerTransfer", &["user"], &["user"]),
 ];
 
 /// Whether `v` has the members `schema` requires and no others (`properties`,

@@ -469,6 +469,9 @@ impl TenantDoc {
             sign_in: crate::model::SignIn {
                 logout: t.sign_in.logout,
                 require_group: t.sign_in.require_group,
+                admins_change_own_password: t.sign_in.admins_change_own_password,
+                users_change_own_password: t.sign_in.users_change_own_password,
+                one_role_per_place: t.sign_in.one_role_per_place,
                 ..crate::model::SignIn::default()
             },
         };
@@ -621,6 +624,9 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
         sign_in: crate::model::SignIn {
             logout: s.sign_in.logout,
             require_group: s.sign_in.require_group,
+            admins_change_own_password: s.sign_in.admins_change_own_password,
+            users_change_own_password: s.sign_in.users_change_own_password,
+            one_role_per_place: s.sign_in.one_role_per_place,
             revoked_sessions: rows
                 .sessions
                 .into_iter()

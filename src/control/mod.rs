@@ -9,9 +9,11 @@
 //! applies commits to its own documents and rebuilds only the touched tenants' snapshots,
 //! coalescing bursts.
 
+pub mod authz;
 pub mod check;
 pub mod doc;
 pub mod follower;
+pub mod policy;
 pub mod rules;
 pub mod shard;
 pub mod views;
@@ -252,6 +254,36 @@ impl ControlPlane {
             return Err(ControlError::UnknownTenant(tenant.to_string()));
         }
         Ok(doc)
+    }
+
+    /// Records a refused management write in the tenant's audit log: an entry without row
+    /// changes (action `refused`, the request and the refusal as its target), so that refused
+    /// escalations are audited with their actor. Raises the revision like any entry; changes
+    /// nothing else.
+    pub async fn record_refusal(
+        &self,
+        tenant: &str,
+        actor: &str,
+        target: String,
+    ) -> Result<u64, ControlError> {
+        let mut doc = self.live(tenant).await?;
+        let revision = doc.revision + 1;
+        let commit = Commit {
+            tenant: tenant.to_string(),
+            revision,
+            actor: actor.to_string(),
+            at_ms: now_ms(),
+            action: "refused".into(),
+            target,
+            ops: Vec::new(),
+        };
+        self.store.commit(&commit).await?;
+        if let Err(e) = doc.apply(&commit) {
+            tracing::error!(tenant, error = %e, "in-memory apply failed after commit; reloading tenant");
+            *doc = self.load_doc(tenant).await?;
+        }
+        let _ = self.bus.send(Arc::new(published(commit)));
+        Ok(revision)
     }
 
     /// Erases deleted user `id` of `tenant` (see [`rules::erase_user`]): first scrubs the user's

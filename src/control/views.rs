@@ -408,11 +408,19 @@ fn assignments(d: &TenantDoc, q: &AssignmentQuery, now: i64) -> Vec<Value> {
 }
 
 /// One page of a tenant's collection, filtered and sorted per the query.
-pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
+/// The ids a caller may see in a list (users for `users`, nodes for `nodes`, scope nodes for
+/// `assignments`); `None`: everything.
+pub type Visible = Option<std::collections::HashSet<String>>;
+
+/// One page of a collection, as far as `visible` lets the caller see it (totals and pages count
+/// only what is visible).
+pub fn list(d: &TenantDoc, q: &ListQuery, now: i64, visible: &Visible) -> Value {
+    let sees = |id: &str| visible.as_ref().is_none_or(|v| v.contains(id));
     let (items, page): (Vec<Value>, &PageQuery) = match q {
         ListQuery::Nodes(q) => (
             d.nodes
                 .values()
+                .filter(|n| sees(&n.id))
                 .filter(|n| q.kind.as_ref().is_none_or(|k| &n.kind == k))
                 .filter(|n| {
                     q.parent
@@ -424,10 +432,17 @@ pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
             &q.page,
         ),
         ListQuery::Users(q) => (
-            select_users(d.users.values().map(|u| ((), u)).collect(), q)
-                .into_iter()
-                .map(|(_, u)| user_json(d, u))
-                .collect(),
+            select_users(
+                d.users
+                    .values()
+                    .filter(|u| sees(&u.user.id))
+                    .map(|u| ((), u))
+                    .collect(),
+                q,
+            )
+            .into_iter()
+            .map(|(_, u)| user_json(d, u))
+            .collect(),
             &q.page,
         ),
         ListQuery::Groups(p) => (
@@ -450,7 +465,13 @@ pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
                 .collect(),
             p,
         ),
-        ListQuery::Assignments(q) => (assignments(d, q, now), &q.page),
+        ListQuery::Assignments(q) => (
+            assignments(d, q, now)
+                .into_iter()
+                .filter(|a| a["scope"].as_str().is_some_and(sees))
+                .collect(),
+            &q.page,
+        ),
     };
     paged(items, page, d.revision)
 }
@@ -656,7 +677,7 @@ mod tests {
     #[test]
     fn user_listing_filters_sorts_and_pages() {
         let d = doc();
-        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0);
+        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0, &None);
         let v = list_users(UserQuery::default());
         assert_eq!(
             (ids(&v), &v["total"], &v["revision"]),

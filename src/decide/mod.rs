@@ -8,7 +8,7 @@ mod explain;
 
 use rkyv::Archived;
 
-use crate::model::split_action;
+use crate::model::{is_segment, split_action};
 use crate::snapshot::{
     ArchivedGrant, ArchivedTenantSnap, ArchivedUserRec, KIND_GUEST, NONE, RBAC_NONE, STATUS_ACTIVE,
     STATUS_DELETED,
@@ -599,6 +599,74 @@ pub fn check_with(
         return Decision::deny(Reason::UnknownResource);
     };
     decide_node_with(v, &s, x, now, cond)
+}
+
+/// Does `subject_id` hold the permission *pattern* `pattern` (`res:act`, `res:*`, `*:act` or
+/// `*`) on the node at pre-order index `x`? A wildcard pattern is held only through a grant whose
+/// role holds that wildcard (or a wider one): holding `user:create` does not hold `user:*`.
+/// Plugin-conditioned grants do not count (they depend on a request). The management API's
+/// question ("may this caller grant role R at N?"), answered by the data plane's own search.
+pub fn holds(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    pattern: &str,
+    x: u32,
+    now: i64,
+) -> Decision {
+    if v.suspended {
+        return Decision::deny(Reason::TenantSuspended);
+    }
+    let user = match active_user(v, subject_id) {
+        Ok(u) => u,
+        Err(r) => return Decision::deny(r),
+    };
+    let all = bitset(v, v.perm_all.to_native());
+    let (perms, act) = match pattern.split_once(':') {
+        _ if pattern == "*" || pattern == "*:*" => (
+            Perms {
+                sets: [all, &[], &[]],
+            },
+            "*",
+        ),
+        Some(("*", a)) if is_segment(a) => (
+            Perms {
+                sets: [
+                    all,
+                    v.perm_action
+                        .get(a)
+                        .map_or(&[][..], |s| bitset(v, s.to_native())),
+                    &[],
+                ],
+            },
+            a,
+        ),
+        Some((r, "*")) if is_segment(r) => (
+            Perms {
+                sets: [
+                    all,
+                    v.perm_resource
+                        .get(r)
+                        .map_or(&[][..], |s| bitset(v, s.to_native())),
+                    &[],
+                ],
+            },
+            "*",
+        ),
+        Some((r, a)) if is_segment(r) && is_segment(a) => (perms(v, pattern, r, a), a),
+        _ => return Decision::deny(Reason::InvalidAction),
+    };
+    if user.kind == KIND_GUEST && act != "read" {
+        return Decision::deny(Reason::GuestReadOnly);
+    }
+    if x as usize >= v.nodes.len() {
+        return Decision::deny(Reason::UnknownResource);
+    }
+    let s = Subject {
+        user,
+        perms,
+        rbac_none: v.rbac == RBAC_NONE,
+    };
+    decide_node_with(v, &s, x, now, &mut NoPlugins)
 }
 
 /// Largest number of covering intervals [`filter`] keeps on the stack (nested ones are dropped

@@ -137,6 +137,12 @@ struct RawTenant {
     #[serde(default)]
     require_group: bool,
     #[serde(default)]
+    admins_change_own_password: bool,
+    #[serde(default)]
+    users_change_own_password: Option<bool>,
+    #[serde(default)]
+    one_role_per_place: bool,
+    #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
     #[serde(default)]
     roles: Vec<Spanned<RawRole>>,
@@ -389,6 +395,9 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
         t.quotas = rt.quotas;
         t.sign_in.logout = rt.logout;
         t.sign_in.require_group = rt.require_group;
+        t.sign_in.admins_change_own_password = rt.admins_change_own_password;
+        t.sign_in.users_change_own_password = rt.users_change_own_password.unwrap_or(true);
+        t.sign_in.one_role_per_place = rt.one_role_per_place;
         locs.push((
             Collection::Plugins,
             rt.plugins.iter().map(|s| s.referenced).collect(),

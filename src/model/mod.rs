@@ -368,7 +368,7 @@ pub struct Tenant {
 }
 
 /// A tenant's sign-in settings and the identity state its snapshot carries.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignIn {
     /// The tenant's logout period (default [`LogoutPeriod::DEFAULT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +376,16 @@ pub struct SignIn {
     /// Every ordinary user must belong to an active group to sign in.
     #[serde(default)]
     pub require_group: bool,
+    /// Administrators may change their own password (else only the owner changes it).
+    #[serde(default)]
+    pub admins_change_own_password: bool,
+    /// Ordinary users may change their own password (else their administrators do: the
+    /// controlled users of a tenant created with an owner, where it defaults to `false`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub users_change_own_password: bool,
+    /// At most one role per user per scope node (the management API refuses a second).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_role_per_place: bool,
     /// Sessions revoked before their expiry (logout): refused until they expire anyway.
     #[serde(skip)]
     pub revoked_sessions: Vec<RevokedSession>,
@@ -385,6 +395,29 @@ pub struct SignIn {
     /// Initial passwords from a data file, hashed when the file is imported (never stored).
     #[serde(skip)]
     pub passwords: Vec<(String, String)>,
+}
+
+impl Default for SignIn {
+    fn default() -> SignIn {
+        SignIn {
+            logout: None,
+            require_group: false,
+            admins_change_own_password: false,
+            users_change_own_password: true,
+            one_role_per_place: false,
+            revoked_sessions: Vec::new(),
+            api_keys: Vec::new(),
+            passwords: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A session revoked before it expired.

@@ -55,11 +55,16 @@ pub enum ErrorCode {
     SignInUnavailable,
     TenantNotHere,
     Stale,
+    PrivilegeEscalation,
+    SelfAction,
+    OwnerProtected,
+    AdminProtected,
+    OneRolePerPlace,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -100,6 +105,11 @@ impl ErrorCode {
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
+        ErrorCode::PrivilegeEscalation,
+        ErrorCode::SelfAction,
+        ErrorCode::OwnerProtected,
+        ErrorCode::AdminProtected,
+        ErrorCode::OneRolePerPlace,
     ];
 
     /// The code as answered.
@@ -145,6 +155,11 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
+            ErrorCode::PrivilegeEscalation => "privilege_escalation",
+            ErrorCode::SelfAction => "self_action",
+            ErrorCode::OwnerProtected => "owner_protected",
+            ErrorCode::AdminProtected => "admin_protected",
+            ErrorCode::OneRolePerPlace => "one_role_per_place",
         }
     }
 
@@ -191,6 +206,11 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::PrivilegeEscalation
+            | ErrorCode::SelfAction
+            | ErrorCode::OwnerProtected
+            | ErrorCode::AdminProtected => StatusCode::FORBIDDEN,
+            ErrorCode::OneRolePerPlace => StatusCode::CONFLICT,
         }
     }
 

@@ -20,6 +20,15 @@ requests! {
         pub logout: Option<LogoutPeriod>,
         #[serde(default)]
         pub require_group: bool,
+        #[serde(default)]
+        pub admins_change_own_password: bool,
+        /// Default: `true`, or `false` when the tenant is created with an `owner`.
+        pub users_change_own_password: Option<bool>,
+        #[serde(default)]
+        pub one_role_per_place: bool,
+        /// The account master, created with the tenant (the fields of a user create; `kind` is
+        /// `owner`, a password is required).
+        pub owner: Option<super::UserCreate>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -28,6 +37,9 @@ requests! {
         pub quotas: Option<Quotas>,
         pub logout: Option<LogoutPeriod>,
         pub require_group: Option<bool>,
+        pub admins_change_own_password: Option<bool>,
+        pub users_change_own_password: Option<bool>,
+        pub one_role_per_place: Option<bool>,
     }
 }
 
@@ -59,10 +71,20 @@ pub fn import(t: &Tenant, now: Timestamp, password_hashes: &[(String, String)]) 
     })
 }
 
-pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
+/// Creates a tenant; with an `owner`, its owner too (`owner_hash`: the argon2id hash of the
+/// owner's password, computed by the caller).
+pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str>) -> Rule {
     let mut f = Fields::default();
     f.check("id", check_id("tenant id", &req.id));
     let name = super::name_or_id(&req.name, &req.id, &mut f);
+    if let Some(o) = &req.owner {
+        if !matches!(o.kind, UserKind::Member | UserKind::Owner) {
+            f.push("owner.kind", "the owner's kind is 'owner'");
+        }
+        if o.password.is_none() || owner_hash.is_none() {
+            f.push("owner.password", "the owner needs a password");
+        }
+    }
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -74,10 +96,44 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
         sign_in: crate::model::SignIn {
             logout: req.logout,
             require_group: req.require_group,
+            admins_change_own_password: req.admins_change_own_password,
+            users_change_own_password: req.users_change_own_password.unwrap_or(req.owner.is_none()),
+            one_role_per_place: req.one_role_per_place,
             ..crate::model::SignIn::default()
         },
     };
-    Ok(super::created(Kind::Tenant, &req.id, &s))
+    let mut change = super::created(Kind::Tenant, &req.id, &s);
+    if let Some(o) = &req.owner {
+        let doc = TenantDoc {
+            settings: Some(s),
+            ..TenantDoc::default()
+        };
+        let owner = super::UserCreate {
+            kind: UserKind::Owner,
+            ..o.clone()
+        };
+        let secrets = super::NewUserSecrets {
+            password_hash: owner_hash.map(str::to_string),
+            invitation: None,
+        };
+        let user = super::create_user(&doc, &owner, now, &secrets).map_err(|e| match e {
+            RuleError::Invalid(fields) => RuleError::Invalid(
+                fields
+                    .into_iter()
+                    .map(|mut f| {
+                        f.field = format!("owner.{}", f.field);
+                        f
+                    })
+                    .collect(),
+            ),
+            e => e,
+        })?;
+        change.ops.extend(user.ops);
+        if let serde_json::Value::Object(m) = &mut change.result {
+            m.insert("owner".into(), user.result);
+        }
+    }
+    Ok(change)
 }
 
 pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
@@ -107,6 +163,15 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(r) = patch.require_group {
         s.sign_in.require_group = r;
+    }
+    if let Some(a) = patch.admins_change_own_password {
+        s.sign_in.admins_change_own_password = a;
+    }
+    if let Some(u) = patch.users_change_own_password {
+        s.sign_in.users_change_own_password = u;
+    }
+    if let Some(o) = patch.one_role_per_place {
+        s.sign_in.one_role_per_place = o;
     }
     f.done()?;
     if let Some(q) = patch.quotas {

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::http::{body, respond, written};
 use super::writes::Writer;
+use crate::control::policy;
 use crate::control::rules::{self, LoginCandidate, NewUserSecrets, UserCreate};
 use crate::control::{ControlError, ControlPlane, Written};
 use crate::identity::secret::{self, parse_api_key, sha256_hex, ApiKeySecret, API_KEY_PREFIX};
@@ -534,8 +535,9 @@ pub async fn create_user(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp,
         invitation = Some(inv);
     }
     let now = state.clock.now();
-    let written_ =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let written_ = w
+        .write(None, |g, d| {
+            policy::create_user(g, &r)?;
             rules::create_user(d, &r, now, &secrets)
         })
         .await?;
@@ -587,8 +589,9 @@ pub async fn set_password(
     let b: PasswordBody = body(w.state, req).await?;
     let hash = hash_checked(b.password).await?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::set_password(g, d, id)?;
             rules::set_password(d, id, &hash, now)
         })
         .await?;
@@ -600,8 +603,9 @@ pub async fn reinvite(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let si = sign_in_of(w.state)?;
     let inv = new_invitation(w.state, &si.config)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::user_credentials(g, id)?;
             rules::invite(d, id, &inv.sha, inv.expires_at, now)
         })
         .await?;
@@ -674,8 +678,9 @@ pub async fn add_card(w: &Writer<'_>, id: &str, req: Request<Incoming>) -> Resul
         .await?
         .map_err(hash_error)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::cards(g, id)?;
             rules::add_card(d, id, &hash, now)
         })
         .await?;
@@ -685,9 +690,12 @@ pub async fn add_card(w: &Writer<'_>, id: &str, req: Request<Incoming>) -> Resul
 /// `DELETE /v1/tenants/{t}/users/{id}/cards`: removes every card and ends the user's sessions.
 pub async fn remove_cards(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::remove_cards(d, id, now))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            policy::cards(g, id)?;
+            rules::remove_cards(d, id, now)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 
@@ -697,8 +705,9 @@ pub async fn create_api_key(w: &Writer<'_>, req: Request<Incoming>) -> Result<Re
     let r: rules::ApiKeyCreate = body(w.state, req).await?;
     let k = ApiKeySecret::generate().map_err(hash_error)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::api_key(g, &r.user)?;
             rules::create_api_key(d, &r, &k.id, &k.sha256, now)
         })
         .await?;
@@ -717,11 +726,28 @@ pub async fn create_api_key(w: &Writer<'_>, req: Request<Incoming>) -> Result<Re
     ))
 }
 
-/// `GET /v1/tenants/{t}/api-keys`: every key (never a secret or its digest).
-pub async fn list_api_keys(cp: &ControlPlane, tenant: &str) -> Result<Resp, ApiError> {
+/// `GET /v1/tenants/{t}/api-keys`: every key (never a secret or its digest) to a caller with
+/// `user:read` tenant-wide; one's own keys to anyone else.
+pub async fn list_api_keys(
+    state: &State,
+    cp: &ControlPlane,
+    caller: &Caller,
+    tenant: &str,
+) -> Result<Resp, ApiError> {
+    let all = super::writes::may(state, caller, tenant, |g| {
+        g.require("user:read", crate::control::authz::At::Tenant)
+    })
+    .await
+    .is_ok();
+    let own = caller.user_in(tenant).unwrap_or_default();
     let (keys, rev) = cp
         .read(tenant, |d| {
-            let keys: Vec<_> = d.api_keys.values().map(rules::api_key_view).collect();
+            let keys: Vec<_> = d
+                .api_keys
+                .values()
+                .filter(|k| all || k.user == own)
+                .map(rules::api_key_view)
+                .collect();
             (keys, d.revision)
         })
         .await?;
@@ -735,9 +761,14 @@ pub async fn list_api_keys(cp: &ControlPlane, tenant: &str) -> Result<Resp, ApiE
 
 /// `DELETE /v1/tenants/{t}/api-keys/{id}`: revoked, refused from this answer on.
 pub async fn revoke_api_key(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::revoke_api_key(d, id))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            if let Some(k) = d.api_keys.get(id) {
+                policy::api_key(g, &k.user)?;
+            }
+            rules::revoke_api_key(d, id)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 
@@ -748,8 +779,9 @@ pub async fn create_guest(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp
     let r: rules::GuestCreate = body(w.state, req).await?;
     let id = format!("guest-{}", secret::random_hex::<6>().map_err(hash_error)?);
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::create_guest(g, &r.scope)?;
             rules::create_guest(d, &r, &id, w.actor, now)
         })
         .await?;
@@ -781,9 +813,12 @@ pub async fn create_guest(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp
 /// `DELETE /v1/tenants/{t}/guests/{id}`: the guest's token is dead from this answer on.
 pub async fn revoke_guest(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::revoke_guest(d, id, now))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            policy::revoke_guest(g, id)?;
+            rules::revoke_guest(d, id, now)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::http::{body, if_match, respond, Query};
 use super::writes::Writer;
+use crate::control::policy;
 use crate::control::rules::{self, RuleError};
 use crate::control::{ControlError, ControlPlane};
 use crate::server::error::{ApiError, ErrorCode};
@@ -32,6 +33,8 @@ pub async fn upload(
     q: &Query,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
+    // Refused before the module is read and compiled.
+    w.may(|g| policy::plugin(g, "update")).await?;
     let (state, cp, t) = (w.state, w.cp, w.tenant);
     let e = if_match(&req, Kind::Plugin, name)?;
     let canary = match q.get("canary") {
@@ -121,7 +124,8 @@ pub async fn upload(
     })?;
     let existed = cp.read(t, |d| d.plugins.contains_key(name)).await?;
     let mut resp = w
-        .commit(e, !existed, move |d| {
+        .commit(e, !existed, move |g, d| {
+            policy::plugin(g, "update")?;
             // The tenant's plugin count (`plugins.max_per_tenant`), checked under the tenant's
             // write lock so concurrent uploads cannot both pass it.
             host.check_plugin_count(d.plugins.len(), d.plugins.contains_key(&upload.name))
@@ -194,6 +198,8 @@ pub async fn rollback(
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
+    // Refused before the module is read and compiled.
+    w.may(|g| policy::plugin(g, "update")).await?;
     let (state, cp, t) = (w.state, w.cp, w.tenant);
     let e = if_match(&req, Kind::Plugin, name)?;
     let r: rules::PluginRollback = body(state, req).await?;
@@ -258,12 +264,15 @@ pub async fn rollback(
             )
         })?;
     }
-    w.commit(e, false, move |d| rules::rollback_plugin(d, name, &sha))
-        .await
+    w.commit(e, false, move |g, d| {
+        policy::plugin(g, "update")?;
+        rules::rollback_plugin(d, name, &sha)
+    })
+    .await
 }
 
 /// `GET /v1/tenants/{t}/plugins/{name}/canary`: the running canary (`rules::canary_summary`),
-/// 404 when the plugin runs none. The ETag is the plugin's.
+/// 404 when the plugin runs none. The ETag is the plugin's. Needs `plugin:read`.
 pub async fn canary(cp: &ControlPlane, t: &str, name: &str) -> Result<Resp, ApiError> {
     let (c, exists, rev, etag) = cp
         .read(t, |d| {
@@ -295,7 +304,7 @@ pub async fn canary(cp: &ControlPlane, t: &str, name: &str) -> Result<Resp, ApiE
 }
 
 /// `PATCH /v1/tenants/{t}/plugins/{name}/canary` `{"share"}`: changes the running canary's
-/// share (1 to 99, else 422; audited as `plugin.canary.share`).
+/// share (1 to 99, else 422; audited as `plugin.canary.share`). Needs `plugin:update`.
 pub async fn canary_share(
     w: &Writer<'_>,
     name: &str,
@@ -303,30 +312,40 @@ pub async fn canary_share(
 ) -> Result<Resp, ApiError> {
     let e = if_match(&req, Kind::Plugin, name)?;
     let p: rules::CanaryPatch = body(w.state, req).await?;
-    w.commit(e, false, move |d| rules::set_canary_share(d, name, p.share))
-        .await
+    w.commit(e, false, move |g, d| {
+        policy::plugin(g, "update")?;
+        rules::set_canary_share(d, name, p.share)
+    })
+    .await
 }
 
 /// `POST /v1/tenants/{t}/plugins/{name}/canary/promote`: the candidate becomes the current
-/// version and the replaced one is kept for rollback (`plugin.canary.promote`).
+/// version and the replaced one is kept for rollback (`plugin.canary.promote`). Needs
+/// `plugin:update`.
 pub async fn canary_promote(
     w: &Writer<'_>,
     name: &str,
     req: &Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     let e = if_match(req, Kind::Plugin, name)?;
-    w.commit(e, false, move |d| rules::promote_canary(d, name))
-        .await
+    w.commit(e, false, move |g, d| {
+        policy::plugin(g, "update")?;
+        rules::promote_canary(d, name)
+    })
+    .await
 }
 
 /// `DELETE /v1/tenants/{t}/plugins/{name}/canary`: drops the candidate; every call runs the
-/// current version again (`plugin.canary.abort`).
+/// current version again (`plugin.canary.abort`). Needs `plugin:update`.
 pub async fn canary_abort(
     w: &Writer<'_>,
     name: &str,
     req: &Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     let e = if_match(req, Kind::Plugin, name)?;
-    w.commit(e, false, move |d| rules::abort_canary(d, name))
-        .await
+    w.commit(e, false, move |g, d| {
+        policy::plugin(g, "update")?;
+        rules::abort_canary(d, name)
+    })
+    .await
 }

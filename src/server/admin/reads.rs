@@ -45,6 +45,7 @@ pub async fn list(
     coll: Coll,
     q: &Query,
     now: i64,
+    visible: &views::Visible,
 ) -> Result<Resp, ApiError> {
     let lq = match coll {
         Coll::Nodes => ListQuery::Nodes(q.nodes()?),
@@ -55,7 +56,7 @@ pub async fn list(
         Coll::Plugins => ListQuery::Plugins(q.page()?),
     };
     let (v, rev) = cp
-        .read(t, |d| (views::list(d, &lq, now), d.revision))
+        .read(t, |d| (views::list(d, &lq, now, visible), d.revision))
         .await?;
     Ok(respond(StatusCode::OK, v, Some(rev), None))
 }
