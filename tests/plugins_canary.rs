@@ -673,3 +673,86 @@ fn the_readme_canary_section_runs_as_written() {
     let (_, v) = get(&s, "/v1/tenants/femo/plugins/mw-rule/versions");
     assert_eq!(v["data"][1]["sha256"], v1.as_str(), "{v}");
 }
+
+/// The canary endpoints are authorized like the other plugin calls: reading the canary needs
+/// `plugin:read` in the tenant, starting, changing, promoting and aborting one `plugin:update`.
+#[test]
+fn canary_endpoints_need_plugin_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = start(&world(d), &d.join("store"));
+    let (_, deny) = wasm(d, "deny");
+    let module = std::fs::read(d.join("deny.wasm")).unwrap();
+    let ok = |method: &str, path: &str, body: Value| -> Value {
+        let (st, v) = s.admin_call(TOKEN, method, path, body);
+        assert!(st < 300, "{method} {path}: {st} {v}");
+        v
+    };
+    ok(
+        "POST",
+        "/v1/tenants/plant/roles",
+        json!({"id": "plugin-viewer", "permissions": ["plugin:read"]}),
+    );
+    ok(
+        "POST",
+        "/v1/tenants/plant/users",
+        json!({"id": "viv", "email": "viv@plant.example", "first_name": "Viv"}),
+    );
+    ok(
+        "POST",
+        "/v1/tenants/plant/assignments",
+        json!({"user": "viv", "role": "plugin-viewer", "scope": "org"}),
+    );
+    let key = |user: &str| -> String {
+        let v = ok(
+            "POST",
+            "/v1/tenants/plant/api-keys",
+            json!({"user": user, "name": "canary"}),
+        );
+        v["data"]["key"].as_str().unwrap().to_string()
+    };
+    let (viewer, nobody) = (key("viv"), key("u00"));
+    let put_canary = |token: &str| {
+        let auth = format!("Bearer {token}");
+        let (st, _, body) = s.request(
+            "PUT",
+            "/v1/tenants/plant/plugins/gate?canary=20",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/wasm"),
+            ],
+            &module,
+        );
+        (st, body)
+    };
+    let code = |token: &str, method: &str, path: &str, body: Value| -> (u16, String) {
+        let (st, v) = s.admin_call(token, method, path, body);
+        (st, v["code"].as_str().unwrap_or_default().to_string())
+    };
+    let forbidden = (403, "forbidden".to_string());
+    for token in [&viewer, &nobody] {
+        let (st, body) = put_canary(token);
+        assert_eq!(st, 403, "{body}");
+    }
+    let (st, body) = put_canary(TOKEN);
+    assert_eq!(st, 200, "{body}");
+    let canary = "/v1/tenants/plant/plugins/gate/canary";
+    let (st, v) = s.admin_call(&viewer, "GET", canary, Value::Null);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["sha256"], deny.as_str(), "{v}");
+    assert_eq!(code(&nobody, "GET", canary, Value::Null), forbidden);
+    for token in [&viewer, &nobody] {
+        assert_eq!(
+            code(token, "PATCH", canary, json!({"share": 30})),
+            forbidden
+        );
+        assert_eq!(code(token, "DELETE", canary, Value::Null), forbidden);
+        assert_eq!(
+            code(token, "POST", &format!("{canary}/promote"), Value::Null),
+            forbidden
+        );
+    }
+    // Nothing changed.
+    let (p, _) = gate(&s);
+    assert_eq!(p["canary"]["share"], 20, "{p}");
+}
