@@ -57,7 +57,7 @@ pub enum PluginCommand {
         #[arg(long)]
         tenant: String,
     },
-    /// Show one plugin: version (SHA-256), size, uploader, the roles using it.
+    /// Show one plugin: version (SHA-256), size, uploader, the roles using it, its canary.
     Show(Named),
     /// Delete a plugin (refused while a role names it).
     Delete(Named),
