@@ -182,5 +182,69 @@ fn main() {
             pct(&mut guard_only, 0.5),
             pct(&mut guard_only, 0.99)
         );
+
+        // A page of the users list: everything (the platform) vs filtered to where a caller
+        // holds `user:read` (one site): the visible set from the snapshot, then the page.
+        let snap = caught_up(&cp, &reg).await;
+        let doc = cp.doc("b").await.unwrap();
+        // The largest subtree below a root: a site.
+        let root = doc.nodes.values().find(|n| n.parent.is_none()).unwrap().id.clone();
+        let site = doc
+            .nodes
+            .values()
+            .filter(|n| n.parent.as_deref() == Some(root.as_str()))
+            .map(|n| n.id.clone())
+            .next()
+            .unwrap();
+        drop(snap);
+        cp.write("b", "platform", None, |d| {
+            let mut r = create(0, "site-reader");
+            r.id = Some("site-reader".into());
+            rules::create_user(d, &r, now, &secrets)
+        })
+        .await
+        .unwrap();
+        cp.write("b", "platform", None, |d| {
+            rules::create_assignment(
+                d,
+                &rules::AssignmentCreate {
+                    user: Some("site-reader".into()),
+                    group: None,
+                    role: "user-manager".into(),
+                    scope: site.clone(),
+                    expires_at: None,
+                },
+                "bench",
+                now,
+            )
+        })
+        .await
+        .unwrap();
+        let snap = caught_up(&cp, &reg).await;
+        let doc = cp.doc("b").await.unwrap();
+        let q = portcullis::control::views::ListQuery::Users(Default::default());
+        let (mut all, mut scoped) = (Vec::new(), Vec::new());
+        let mut shown = 0;
+        for _ in 0..200 {
+            let t0 = Instant::now();
+            let v = portcullis::control::views::list(&doc, &q, now, &None);
+            std::hint::black_box(v);
+            all.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            let g = Guard::user(snap.view(), "site-reader", now).unwrap();
+            let vis = g.visible_users("user:read");
+            let v = portcullis::control::views::list(&doc, &q, now, &vis);
+            shown = v["total"].as_u64().unwrap_or(0);
+            std::hint::black_box(v);
+            scoped.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "users list, first page of {} users, ms: everything p50 {:.3} p99 {:.3}; filtered to one site ({shown} visible) p50 {:.3} p99 {:.3}",
+            doc.users.len(),
+            pct(&mut all, 0.5),
+            pct(&mut all, 0.99),
+            pct(&mut scoped, 0.5),
+            pct(&mut scoped, 0.99)
+        );
     });
 }

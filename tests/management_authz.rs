@@ -73,8 +73,12 @@ fn start() -> Env {
     let data = dir.join("data.yaml");
     std::fs::write(&data, DATA).unwrap();
     let store = dir.join("store");
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, "sign_in:\n  platform_tenant: other\n").unwrap();
     let s = Server::start(
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
             "--store",
@@ -238,19 +242,18 @@ fn permissions_apply_where_they_are_held_and_lists_show_only_that() {
         forbidden()
     );
 
-    // Another tenant's key is unknown here; keys never reach platform-wide endpoints.
-    let zed = e.key("other", "zed");
+    // Keys of a tenant's users never reach other tenants or platform-wide endpoints.
     let unauthenticated = (401, "unauthenticated".to_string());
-    assert_eq!(
-        e.code(&zed, "GET", "/v1/tenants/acme/users", json!(null)),
-        unauthenticated
-    );
     assert_eq!(
         e.code(&mia, "GET", "/v1/tenants", json!(null)),
         unauthenticated
     );
     assert_eq!(
-        e.code(&zed, "POST", "/v1/tenants", json!({"id": "mine"})),
+        e.code(&mia, "GET", "/v1/tenants/other/users", json!(null)),
+        unauthenticated
+    );
+    assert_eq!(
+        e.code(&mia, "GET", "/v1/users", json!(null)),
         unauthenticated
     );
 }
@@ -663,4 +666,94 @@ fn one_role_per_place_when_the_tenant_asks_for_it() {
     assert_eq!(assign("administrator", "site-b").0, 201);
     let t = e.admin("GET", "/v1/tenants/acme", json!(null));
     assert_eq!(t["one_role_per_place"], true, "{t}");
+}
+
+#[test]
+fn platform_administrators_manage_and_audit_every_tenant() {
+    let e = start();
+    // zed administers the platform tenant `other` (sign_in.platform_tenant).
+    let zed = e.key("other", "zed");
+    let (st, v) = e.call(&zed, "GET", "/v1/tenants", json!(null));
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = e.call(&zed, "GET", "/v1/users?page_size=100", json!(null));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["tenant"] == "acme"));
+    let (st, v) = e.call(
+        &zed,
+        "POST",
+        "/v1/tenants/acme/users/sam/deactivate",
+        json!({}),
+    );
+    assert_eq!(st, 200, "{v}");
+    // The owner stays protected from the platform too.
+    assert_eq!(
+        e.code(
+            &zed,
+            "POST",
+            "/v1/tenants/acme/users/olga/deactivate",
+            json!({})
+        ),
+        refused("owner_protected")
+    );
+    // Audited as a platform administrator; the cross-tenant audit merges every tenant's log.
+    let v = e.admin(
+        "GET",
+        "/v1/tenants/acme/audit?action=user.deactivate",
+        json!(null),
+    );
+    assert_eq!(v["items"][0]["actor"], "platform:other/zed", "{v}");
+    let (st, v) = e.call(&zed, "GET", "/v1/audit?limit=1000", json!(null));
+    assert_eq!(st, 200, "{v}");
+    let tenants: std::collections::BTreeSet<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["acme", "other"].into_iter().collect());
+    let times: Vec<i64> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "time order");
+    // Paging by cursor visits every entry once.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(c) => format!("/v1/audit?limit=2&after={c}"),
+            None => "/v1/audit?limit=2".to_string(),
+        };
+        let v = e.admin("GET", &path, json!(null));
+        for i in v["items"].as_array().unwrap() {
+            seen.push((
+                i["tenant"].as_str().unwrap().to_string(),
+                i["revision"].as_u64().unwrap(),
+            ));
+        }
+        match v["next_after"].as_str() {
+            Some(c) => after = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), times.len(), "{seen:?}");
+    // In the platform tenant itself, zed is one of its administrators.
+    assert_eq!(
+        e.code(
+            &zed,
+            "POST",
+            "/v1/tenants/other/users/zed/deactivate",
+            json!({})
+        ),
+        refused("self_action")
+    );
+    // Tenant administrators are not platform administrators.
+    let alice = e.key("acme", "alice");
+    assert_eq!(e.code(&alice, "GET", "/v1/audit", json!(null)).0, 401);
 }

@@ -109,6 +109,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/guests"),
     ("delete", "/v1/tenants/{tenant}/guests/{guest}"),
     ("post", "/v1/tenants/{tenant}/owner"),
+    ("get", "/v1/audit"),
 ];
 
 /// Management routes that need no bearer (`handle` in `src/server/admin/mod.rs` answers them
@@ -165,7 +166,10 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
 }
 
 fn is_management(path: &str) -> bool {
-    path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json"
+    path.starts_with("/v1/tenants")
+        || path == "/v1/users"
+        || path == "/v1/audit"
+        || path == "/v1/openapi.json"
 }
 
 fn needs_bearer(method: &str, path: &str) -> bool {

@@ -61,6 +61,10 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 pub enum Caller {
     /// The bootstrap (break-glass) token: every tenant, every operation. Audited as `platform`.
     Platform,
+    /// An owner or administrator of the platform tenant (`sign_in.platform_tenant`), on another
+    /// tenant or a platform-wide path: every tenant, every operation, like the bootstrap token.
+    /// Audited as `platform:<tenant>/<user>`.
+    PlatformAdmin { tenant: String, user: String },
     /// A user of one tenant, signed in (session token) or with an API key.
     User {
         tenant: String,
@@ -81,6 +85,7 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::Platform => "platform".into(),
+            Caller::PlatformAdmin { tenant, user } => format!("platform:{tenant}/{user}"),
             Caller::User { key: Some(k), .. } => format!("key:{k}"),
             Caller::User {
                 user,
@@ -95,11 +100,17 @@ impl Caller {
     /// tenant's owners and administrators manage it; the platform token manages every tenant.
     pub fn manages(&self, t: &str) -> bool {
         match self {
-            Caller::Platform => true,
+            Caller::Platform | Caller::PlatformAdmin { .. } => true,
             Caller::User { tenant, kind, .. } => {
                 tenant == t && matches!(kind, UserKind::Owner | UserKind::Admin)
             }
         }
+    }
+
+    /// The platform: the bootstrap token or a platform administrator (outside the platform
+    /// tenant itself).
+    pub fn is_platform(&self) -> bool {
+        matches!(self, Caller::Platform | Caller::PlatformAdmin { .. })
     }
 
     /// The user id, for self-service operations.
@@ -129,6 +140,31 @@ pub fn authenticate(
     req: &Request<Incoming>,
     tenant: Option<&str>,
 ) -> Result<Caller, ApiError> {
+    let caller = identify(state, req, tenant)?;
+    // The platform tenant's owner and administrators are platform administrators everywhere
+    // but in the platform tenant itself (where its own rules apply to them).
+    match (&caller, state.config.sign_in.platform_tenant.as_deref()) {
+        (
+            Caller::User {
+                tenant: t,
+                user,
+                kind: UserKind::Owner | UserKind::Admin,
+                ..
+            },
+            Some(p),
+        ) if t == p && tenant != Some(p) => Ok(Caller::PlatformAdmin {
+            tenant: t.clone(),
+            user: user.clone(),
+        }),
+        _ => Ok(caller),
+    }
+}
+
+fn identify(
+    state: &State,
+    req: &Request<Incoming>,
+    tenant: Option<&str>,
+) -> Result<Caller, ApiError> {
     let got = bearer(req).ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
     if let Some(expected) = state.admin_token.as_deref() {
         if super::http::same_secret(got, expected) {
@@ -137,14 +173,31 @@ pub fn authenticate(
     }
     let now = state.clock.now();
     if got.starts_with(API_KEY_PREFIX) {
-        let t = tenant.ok_or_else(|| {
-            ApiError::unauthenticated("an API key is accepted on its tenant's paths only")
-        })?;
-        let snap = state
-            .registry
-            .get(t)
-            .ok_or_else(|| ApiError::unauthenticated("invalid bearer token"))?;
-        let (user, key) = crate::server::tokens::api_key_user(snap.view(), got, now)?;
+        let platform = state.config.sign_in.platform_tenant.as_deref();
+        let key_of = |t: &str| -> Result<_, ApiError> {
+            let snap = state
+                .registry
+                .get(t)
+                .ok_or_else(|| ApiError::unauthenticated("invalid bearer token"))?;
+            let found = crate::server::tokens::api_key_user(snap.view(), got, now)
+                .map(|(u, k)| (u.to_string(), k.to_string()));
+            Ok((snap, found?))
+        };
+        // A key of the path's tenant; else (platform administrators) of the platform tenant.
+        let (t, (snap, (user, key))) = match (tenant, platform) {
+            (Some(t), Some(p)) if t != p => match key_of(t) {
+                Ok(found) => (t, found),
+                Err(e) => (p, key_of(p).map_err(|_| e)?),
+            },
+            (Some(t), _) => (t, key_of(t)?),
+            (None, Some(p)) => (p, key_of(p)?),
+            (None, None) => {
+                return Err(ApiError::unauthenticated(
+                    "an API key is accepted on its tenant's paths only",
+                ))
+            }
+        };
+        let (user, key) = (user.as_str(), key.as_str());
         let kind = user_kind(snap.view(), user);
         return Ok(Caller::User {
             tenant: t.to_string(),

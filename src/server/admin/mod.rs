@@ -77,6 +77,7 @@ impl Coll {
 enum Route<'a> {
     OpenApi,
     PlatformUsers,
+    PlatformAudit,
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
@@ -110,6 +111,7 @@ impl<'a> Route<'a> {
         Some(match *segs {
             ["openapi.json"] => Route::OpenApi,
             ["users"] => Route::PlatformUsers,
+            ["audit"] => Route::PlatformAudit,
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
@@ -158,6 +160,7 @@ impl<'a> Route<'a> {
         match self {
             Route::OpenApi
             | Route::PlatformUsers
+            | Route::PlatformAudit
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
@@ -187,7 +190,7 @@ impl<'a> Route<'a> {
     fn tenant(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            OpenApi | PlatformUsers | Tenants => None,
+            OpenApi | PlatformUsers | PlatformAudit | Tenants => None,
             Tenant(t)
             | Audit(t)
             | AuditEntry(t, _)
@@ -223,7 +226,7 @@ impl<'a> Route<'a> {
 fn permit(caller: &Caller, route: Route<'_>) -> Result<(), ApiError> {
     let forbidden = |m: String| Err(ApiError::new(super::error::ErrorCode::Forbidden, m));
     match (route.tenant(), caller) {
-        (_, Caller::Platform) => Ok(()),
+        (_, Caller::Platform | Caller::PlatformAdmin { .. }) => Ok(()),
         (None, _) => forbidden("only the platform may use platform-wide endpoints".into()),
         (Some(t), Caller::User { tenant, .. }) if tenant != t => forbidden(format!(
             "this credential is for tenant '{}', not '{}'",
@@ -292,7 +295,7 @@ async fn may_read(
     c: Coll,
     id: &str,
 ) -> Result<(), ApiError> {
-    if *caller == Caller::Platform {
+    if caller.is_platform() {
         return Ok(());
     }
     let scope = match c {
@@ -386,6 +389,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             w(t).transition(id, UserTransition::Delete, &req).await
         }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
+        (PlatformAudit, Method::GET) => reads::platform_audit(cp, &q).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,
         (Tenant(t), Method::GET) => {
@@ -447,7 +451,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         (Entity(t, c, id), Method::DELETE) => crud(&w(t), c, Op::Delete(id), req).await,
         (r, _) => Err(ApiError::method_not_allowed(r.allow())),
     };
-    if let (Err(e), Some(t), Caller::User { .. }) = (&result, route.tenant(), &caller) {
+    if let (Err(e), Some(t), false) = (&result, route.tenant(), caller.is_platform()) {
         if method != Method::GET && is_refusal(e.code) {
             // Refused writes are audited with their actor (never their body).
             let target = format!("{refusal_target}: {}", e.code.as_str());

@@ -101,6 +101,28 @@ pub async fn audit(cp: &ControlPlane, t: &str, q: &Query) -> Result<Resp, ApiErr
     Ok(respond(StatusCode::OK, v, None, None))
 }
 
+/// `GET /v1/audit`: every tenant's audit log, merged in time order (`tenant` narrows it to one;
+/// `after` is the previous page's `next_after`).
+pub async fn platform_audit(cp: &ControlPlane, q: &Query) -> Result<Resp, ApiError> {
+    let aq = q.audit()?;
+    let after = match q.get("after") {
+        None => None,
+        Some(c) => {
+            let bad =
+                || ApiError::bad_request("after must be a cursor <at_ms>:<tenant>:<revision>");
+            let (at, rest) = c.split_once(':').ok_or_else(bad)?;
+            let (t, rev) = rest.rsplit_once(':').ok_or_else(bad)?;
+            Some((
+                at.parse().map_err(|_| bad())?,
+                t.to_string(),
+                rev.parse().map_err(|_| bad())?,
+            ))
+        }
+    };
+    let v = views::platform_audit(cp, &aq, q.get("tenant"), after).await?;
+    Ok(respond(StatusCode::OK, v, None, None))
+}
+
 /// `GET /v1/tenants/{t}/audit/{revision}`: one commit with a page of its row changes.
 pub async fn audit_entry(
     cp: &ControlPlane,

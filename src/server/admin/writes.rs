@@ -117,7 +117,7 @@ impl Writer<'_> {
     ) -> Result<Written, ApiError> {
         let now = self.state.clock.now();
         let user = match self.caller {
-            Caller::Platform => {
+            Caller::Platform | Caller::PlatformAdmin { .. } => {
                 let g = Guard::platform(now);
                 let w = self.cp.write(self.tenant, self.actor, expect, |d| f(&g, d));
                 return Ok(w.await?);
@@ -356,7 +356,9 @@ pub async fn may(
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
     match caller {
-        Caller::Platform => Ok(f(&Guard::platform(now)).map_err(ControlError::from)?),
+        Caller::Platform | Caller::PlatformAdmin { .. } => {
+            Ok(f(&Guard::platform(now)).map_err(ControlError::from)?)
+        }
         Caller::User { user, .. } => {
             let snap = crate::server::state::snapshot_at(state, tenant, None).await?;
             let g = Guard::user(snap.view(), user, now).map_err(ControlError::from)?;
