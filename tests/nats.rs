@@ -712,6 +712,89 @@ fn plugin_modules_travel_and_run_on_the_sidecar() {
     assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
 }
 
+/// A plugin canary: the control plane, a sidecar following the stream and a sidecar booting
+/// from the snapshot afterwards all run the same version for the same request (the split is a
+/// function of the snapshot and the request: `plugin::canary_bucket` against the share), and
+/// both versions decide some of the calls.
+#[test]
+fn a_plugin_canary_splits_the_same_on_every_sidecar() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    let wasm = |name: &str| {
+        wat::parse_file(format!(
+            "{}/tests/fixtures/plugins/{name}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let upload = |query: &str, module: &[u8]| -> u64 {
+        let auth = format!("Bearer {TOKEN}");
+        let (st, _, body) = cp.request(
+            "PUT",
+            &format!("/v1/tenants/femo/plugins/gate{query}"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/wasm"),
+            ],
+            module,
+        );
+        assert!(st == 200 || st == 201, "{st} {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let ok = |method: &str, path: &str, body: Value| -> u64 {
+        let (st, v) = cp.admin_call(TOKEN, method, path, body);
+        assert!(st == 200 || st == 201, "{method} {path}: {st} {v}");
+        v["revision"].as_u64().unwrap()
+    };
+    upload("", &wasm("allow"));
+    ok(
+        "POST",
+        "/v1/tenants/femo/roles",
+        json!({"id": "gated", "name": "Gated", "permissions": ["door:open"], "plugin": "gate"}),
+    );
+    let users: Vec<String> = (0..6).map(|i| format!("canary-u{i}")).collect();
+    let doors: Vec<String> = (0..6).map(|i| format!("canary-door-{i}")).collect();
+    for u in &users {
+        ok(
+            "POST",
+            "/v1/tenants/femo/users",
+            json!({"id": u, "email": format!("{u}@femo.example"), "first_name": "Canary"}),
+        );
+        ok(
+            "POST",
+            "/v1/tenants/femo/assignments",
+            json!({"user": u, "role": "gated", "scope": "femo"}),
+        );
+    }
+    for d in &doors {
+        ok(
+            "POST",
+            "/v1/tenants/femo/nodes",
+            json!({"id": d, "kind": "asset", "parent": "femo"}),
+        );
+    }
+    let rev = upload("?canary=50", &wasm("deny"));
+    let b = sidecar(&nats, &cfg, &[]);
+    let mut seen = [false; 2];
+    for u in &users {
+        for d in &doors {
+            let allowed = portcullis::plugin::canary_bucket(u, d) >= 50;
+            seen[usize::from(allowed)] = true;
+            for (who, s) in [("control plane", &cp), ("sidecar a", &a), ("sidecar b", &b)] {
+                let (st, v) = check(s, "femo", u, "door:open", d, Some(rev));
+                assert_eq!(st, 200, "{who}: {v}");
+                assert_eq!(v["allowed"], allowed, "{who}: {u} on {d}: {v}");
+            }
+        }
+    }
+    assert_eq!(seen, [true, true], "both versions decide some calls");
+}
+
 #[test]
 fn an_erased_user_leaves_no_copy_in_nats() {
     let _s = serial();

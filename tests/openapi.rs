@@ -98,6 +98,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/wasm"),
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/versions"),
     ("post", "/v1/tenants/{tenant}/plugins/{plugin}/rollback"),
+    ("get", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    ("patch", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    ("delete", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    (
+        "post",
+        "/v1/tenants/{tenant}/plugins/{plugin}/canary/promote",
+    ),
     // src/server/admin/mod.rs, identity (handlers in src/server/admin/identity.rs)
     ("post", "/v1/tenants/{tenant}/sessions"),
     ("delete", "/v1/tenants/{tenant}/sessions/current"),
@@ -540,6 +547,7 @@ fn request_types() -> Vec<(&'static str, Parse)> {
             parser!(rules::NotificationRulePatch),
         ),
         ("PluginRollback", parser!(rules::PluginRollback)),
+        ("CanaryPatch", parser!(rules::CanaryPatch)),
         ("ApiKeyCreate", parser!(rules::ApiKeyCreate)),
         ("GuestCreate", parser!(rules::GuestCreate)),
     ]

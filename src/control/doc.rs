@@ -138,6 +138,19 @@ pub struct PluginRow {
     /// `control::rules::PLUGIN_VERSIONS_KEPT`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<PluginVersion>,
+    /// A candidate version running on a share of the plugin's calls, until it is promoted
+    /// (it becomes current) or aborted (it is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<PluginCanaryRow>,
+}
+
+/// A plugin's running canary: the candidate version and its share of the calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginCanaryRow {
+    #[serde(flatten)]
+    pub version: PluginVersion,
+    /// Percent of the plugin's calls that run the candidate (1 to 99).
+    pub share: u8,
 }
 
 /// A version of a plugin that another one replaced (kept in [`PluginRow::previous`]).
@@ -168,6 +181,9 @@ impl PluginRow {
                         pm.remove("wasm");
                     }
                 }
+            }
+            if let Some(c) = m.get_mut("canary").and_then(|c| c.as_object_mut()) {
+                c.remove("wasm");
             }
         }
         v
@@ -492,6 +508,17 @@ impl TenantDoc {
                 uploaded_by: None,
                 uploaded_at: now,
                 previous: Vec::new(),
+                canary: p.canary.as_ref().map(|c| PluginCanaryRow {
+                    version: PluginVersion {
+                        description: None,
+                        sha256: crate::model::sha256_hex(&c.wasm),
+                        size: c.wasm.len(),
+                        wasm: c.wasm.clone(),
+                        uploaded_by: None,
+                        uploaded_at: now,
+                    },
+                    share: c.share,
+                }),
             };
             ops.push(row(Kind::Plugin, &p.name, json(&p)));
         }
@@ -610,6 +637,10 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 name: p.name.clone(),
                 description: p.description.clone(),
                 wasm: p.wasm.clone(),
+                canary: p.canary.as_ref().map(|c| crate::model::PluginCanary {
+                    wasm: c.version.wasm.clone(),
+                    share: c.share,
+                }),
             })
             .collect(),
         sign_in: crate::model::SignIn {

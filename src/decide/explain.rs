@@ -50,6 +50,10 @@ pub struct ConditionNote {
     /// the innermost wasm frame).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub trap: String,
+    /// While the plugin runs a canary: the share, this call's bucket, and whether the candidate
+    /// (the version in `version`) decided rather than the current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::plugin::CanarySplit>,
 }
 
 impl ConditionNote {
@@ -74,6 +78,7 @@ impl ConditionNote {
             },
             reason: String::new(),
             trap: String::new(),
+            canary: None,
         }
     }
 }

@@ -490,6 +490,7 @@ fn convert(
                     name: s.value.name,
                     description: s.value.description,
                     wasm: bytes.into(),
+                    canary: None,
                 }),
                 Err(e) => problems.push(at(
                     &s.referenced,

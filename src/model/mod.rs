@@ -339,7 +339,21 @@ pub struct PluginModule {
     pub description: Option<String>,
     /// The module bytes (shared: tenants are cloned on every rebuild).
     pub wasm: std::sync::Arc<[u8]>,
+    /// A candidate version running on a share of the plugin's calls, if any.
+    pub canary: Option<PluginCanary>,
 }
+
+/// A plugin's canary: another version of the module that runs instead of the current one on
+/// `share` % of the plugin's calls (chosen by [`crate::plugin::canary_bucket`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCanary {
+    pub wasm: std::sync::Arc<[u8]>,
+    /// Percent of the calls, 1 to 99 ([`CANARY_SHARES`]).
+    pub share: u8,
+}
+
+/// The shares a canary may take, in percent of a plugin's calls.
+pub const CANARY_SHARES: std::ops::RangeInclusive<u8> = 1..=99;
 
 impl PluginModule {
     pub fn new(name: impl Into<String>, wasm: impl Into<std::sync::Arc<[u8]>>) -> PluginModule {
@@ -347,6 +361,7 @@ impl PluginModule {
             name: name.into(),
             description: None,
             wasm: wasm.into(),
+            canary: None,
         }
     }
 
@@ -879,6 +894,29 @@ impl Tenant {
                         p.wasm.len()
                     ),
                 );
+            }
+            if let Some(c) = &p.canary {
+                if c.wasm.is_empty() || c.wasm.len() > MAX_PLUGIN_BYTES {
+                    err(
+                        Collection::Plugins,
+                        i,
+                        format!(
+                            "the canary of plugin '{}' is {} bytes; a module must be 1 to {MAX_PLUGIN_BYTES} bytes",
+                            p.name,
+                            c.wasm.len()
+                        ),
+                    );
+                }
+                if !CANARY_SHARES.contains(&c.share) {
+                    err(
+                        Collection::Plugins,
+                        i,
+                        format!(
+                            "the canary of plugin '{}' has share {}; a share is 1 to 99 (percent)",
+                            p.name, c.share
+                        ),
+                    );
+                }
             }
             if !plugin_names.insert(&p.name) {
                 err(

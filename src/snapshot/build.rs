@@ -32,8 +32,8 @@ use rustc_hash::FxHashMap;
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ApiKeyRec, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec,
-    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec,
-    PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
+    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, CanaryRec, Grant, GrantMeta, GroupRec,
+    NodeRec, PluginRec, RoleRec, Snapshot, Span, UserRec, FORMAT_VERSION, NEVER, NONE,
 };
 use crate::model::{
     check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,
@@ -521,6 +521,11 @@ impl Compiled {
                 sha256: p.sha256(),
                 description: p.description.clone(),
                 wasm: p.wasm.to_vec(),
+                canary: p.canary.as_ref().map(|c| CanaryRec {
+                    sha256: crate::model::sha256_hex(&c.wasm),
+                    share: c.share,
+                    wasm: c.wasm.to_vec(),
+                }),
             })
             .collect();
         let roles_rec: Vec<RoleRec> = roles
@@ -957,6 +962,7 @@ impl Compiled {
             bytes,
             loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
+            canaries: Box::default(),
         })
     }
 }
@@ -1103,6 +1109,10 @@ mod tests {
                 name: "second".into(),
                 description: Some("the second module".into()),
                 wasm: vec![7u8; 3000].into(),
+                canary: Some(crate::model::PluginCanary {
+                    wasm: vec![8u8; 100].into(),
+                    share: 30,
+                }),
             },
         ];
         t.roles[0].plugin = Some("second".into());
@@ -1113,6 +1123,9 @@ mod tests {
             let s = c.snapshot().unwrap();
             let v = s.view();
             assert_eq!(v.plugins.len(), 2);
+            assert!(v.plugins[0].canary.is_none());
+            let c = v.plugins[1].canary.as_ref().unwrap();
+            assert_eq!((c.share, c.wasm.len()), (30, 100));
             assert_ne!(v.plugin_roles.to_native(), 0);
             let nbuiltin = v.roles.len() - t.roles.len();
             assert_eq!(v.roles[nbuiltin].plugin_slot.to_native(), 1);

@@ -55,7 +55,7 @@ pub const KIND_GUEST: u8 = 3;
 pub const DEFAULT_ROLE_GROUP: &str = "~default-role";
 
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -178,6 +178,20 @@ pub struct PluginRec {
     pub sha256: String,
     pub description: Option<String>,
     pub wasm: Vec<u8>,
+    /// The candidate version running on a share of the calls, if a canary runs.
+    pub canary: Option<CanaryRec>,
+}
+
+/// A plugin's canary: the candidate module and its share. Which calls it takes is a pure
+/// function of the request ([`crate::plugin::canary_bucket`]), so every process holding this
+/// snapshot splits the same calls the same way.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct CanaryRec {
+    /// Lowercase hex SHA-256 of `wasm`.
+    pub sha256: String,
+    /// Percent of the plugin's calls that run the candidate (1 to 99).
+    pub share: u8,
+    pub wasm: Vec<u8>,
 }
 
 /// One assignment, compiled: scope interval, role, expiry and the nearest enclosing grant of the
@@ -212,6 +226,9 @@ pub struct Snapshot {
     /// failed to compile; grants needing it deny). Swapped together with the archive, so a
     /// check runs the plugin versions of the snapshot it started on.
     plugins: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
+    /// Compiled canary candidates, parallel to the archive's `plugins` (None: no canary, or
+    /// it failed to compile here — the calls it takes deny).
+    canaries: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
 }
 
 impl Snapshot {
@@ -230,34 +247,46 @@ impl Snapshot {
             bytes: aligned,
             loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
+            canaries: Box::default(),
         })
     }
 
-    /// Compiles (or takes from the host's cache) every plugin of this snapshot. A plugin that
-    /// fails to load leaves its slot empty, so grants needing it deny (fail closed); the errors
-    /// are returned for logging.
+    /// Compiles (or takes from the host's cache) every plugin of this snapshot, and the
+    /// candidate of each running canary. A module that fails to load leaves its slot empty, so
+    /// the calls needing it deny (fail closed); the errors are returned for logging.
     pub fn attach_plugins(
         &mut self,
         host: &crate::plugin::PluginHost,
     ) -> Vec<crate::plugin::ModuleError> {
         let mut errors = Vec::new();
-        let loaded: Vec<_> = {
+        let (loaded, canaries): (Vec<_>, Vec<_>) = {
             let v = self.view();
             let tenant = v.id.as_str();
+            let mut load = |name: &str, wasm: &[u8], keep: Option<&str>| {
+                // While a canary runs, the host keeps both versions of the plugin loaded.
+                let keep = keep.and_then(crate::model::unhex32);
+                match host.load_keeping(tenant, name, wasm, keep) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            };
             v.plugins
                 .iter()
-                .map(
-                    |p| match host.load(tenant, p.name.as_str(), p.wasm.as_slice()) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            errors.push(e);
-                            None
-                        }
-                    },
-                )
-                .collect()
+                .map(|p| {
+                    let name = p.name.as_str();
+                    let canary = p.canary.as_ref();
+                    let cur = load(name, p.wasm.as_slice(), canary.map(|c| c.sha256.as_str()));
+                    let cand =
+                        canary.and_then(|c| load(name, c.wasm.as_slice(), Some(p.sha256.as_str())));
+                    (cur, cand)
+                })
+                .unzip()
         };
         self.plugins = loaded.into_boxed_slice();
+        self.canaries = canaries.into_boxed_slice();
         errors
     }
 
@@ -267,9 +296,15 @@ impl Snapshot {
         self.plugins.get(slot as usize).and_then(Option::as_ref)
     }
 
-    /// The compiled plugins attached to this snapshot.
+    /// The compiled canary candidate of the plugin in `slot`, if one runs and is attached.
+    #[inline]
+    pub fn canary(&self, slot: u32) -> Option<&std::sync::Arc<crate::plugin::Plugin>> {
+        self.canaries.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// The compiled plugins attached to this snapshot, canary candidates included.
     pub fn attached_plugins(&self) -> impl Iterator<Item = &std::sync::Arc<crate::plugin::Plugin>> {
-        self.plugins.iter().flatten()
+        self.plugins.iter().chain(self.canaries.iter()).flatten()
     }
 
     /// Whether any role of this tenant has a plugin condition.

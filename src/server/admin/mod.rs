@@ -90,6 +90,8 @@ enum Route<'a> {
     PluginWasm(&'a str, &'a str),
     PluginVersions(&'a str, &'a str),
     PluginRollback(&'a str, &'a str),
+    PluginCanary(&'a str, &'a str),
+    PluginCanaryPromote(&'a str, &'a str),
     UserOp(&'a str, &'a str, UserTransition),
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
@@ -135,6 +137,10 @@ impl<'a> Route<'a> {
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
             ["tenants", t, "plugins", name, "versions"] => Route::PluginVersions(t, name),
             ["tenants", t, "plugins", name, "rollback"] => Route::PluginRollback(t, name),
+            ["tenants", t, "plugins", name, "canary"] => Route::PluginCanary(t, name),
+            ["tenants", t, "plugins", name, "canary", "promote"] => {
+                Route::PluginCanaryPromote(t, name)
+            }
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
             ["tenants", t, "groups", g, "recipients"] => Route::GroupRecipients(t, g),
@@ -168,7 +174,8 @@ impl<'a> Route<'a> {
             | Route::PluginVersions(..)
             | Route::GroupRecipients(..)
             | Route::RuleRecipients(..) => "GET",
-            Route::PluginRollback(..) => "POST",
+            Route::PluginRollback(..) | Route::PluginCanaryPromote(..) => "POST",
+            Route::PluginCanary(..) => "GET, PATCH, DELETE",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
@@ -201,6 +208,8 @@ impl<'a> Route<'a> {
             | PluginWasm(t, _)
             | PluginVersions(t, _)
             | PluginRollback(t, _)
+            | PluginCanary(t, _)
+            | PluginCanaryPromote(t, _)
             | UserOp(t, _, _)
             | UserErase(t, _)
             | Members(t, _)
@@ -434,6 +443,15 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             plugins::versions(cp, t, name).await
         }
         (PluginRollback(t, name), Method::POST) => plugins::rollback(&w(t), name, req).await,
+        (PluginCanary(t, name), Method::GET) => {
+            may_tenant(state, &caller, t, "plugin:read").await?;
+            plugins::canary(cp, t, name).await
+        }
+        (PluginCanary(t, name), Method::PATCH) => plugins::canary_share(&w(t), name, req).await,
+        (PluginCanary(t, name), Method::DELETE) => plugins::canary_abort(&w(t), name, &req).await,
+        (PluginCanaryPromote(t, name), Method::POST) => {
+            plugins::canary_promote(&w(t), name, &req).await
+        }
         (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
         (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
