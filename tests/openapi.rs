@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     // src/server/admin/mod.rs
     ("get", "/v1/openapi.json"),
     ("get", "/v1/users"),
+    ("get", "/v1/fleet/sidecars"),
     ("get", "/v1/tenants"),
     ("post", "/v1/tenants"),
     ("get", "/v1/tenants/{tenant}"),
@@ -157,7 +158,10 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
 }
 
 fn is_management(path: &str) -> bool {
-    path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json"
+    path.starts_with("/v1/tenants")
+        || path == "/v1/users"
+        || path == "/v1/fleet/sidecars"
+        || path == "/v1/openapi.json"
 }
 
 fn needs_bearer(method: &str, path: &str) -> bool {

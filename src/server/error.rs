@@ -55,11 +55,13 @@ pub enum ErrorCode {
     SignInUnavailable,
     TenantNotHere,
     Stale,
+    NatsNotConfigured,
+    NatsUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -100,6 +102,8 @@ impl ErrorCode {
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
+        ErrorCode::NatsNotConfigured,
+        ErrorCode::NatsUnavailable,
     ];
 
     /// The code as answered.
@@ -145,6 +149,8 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
+            ErrorCode::NatsNotConfigured => "nats_not_configured",
+            ErrorCode::NatsUnavailable => "nats_unavailable",
         }
     }
 
@@ -191,6 +197,8 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NatsNotConfigured => StatusCode::NOT_FOUND,
+            ErrorCode::NatsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -7,8 +7,9 @@
 //!
 //! [`http`]: bearer check, path/query decoding, typed queries, answers; [`reads`] and
 //! [`writes`]: the handlers over `control::views` and `control::rules`; [`plugins`]: module
-//! upload and download.
+//! upload and download; [`fleet`]: the sidecars' status.
 
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod plugins;
@@ -76,6 +77,7 @@ impl Coll {
 enum Route<'a> {
     OpenApi,
     PlatformUsers,
+    FleetSidecars,
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
@@ -106,6 +108,7 @@ impl<'a> Route<'a> {
         Some(match *segs {
             ["openapi.json"] => Route::OpenApi,
             ["users"] => Route::PlatformUsers,
+            ["fleet", "sidecars"] => Route::FleetSidecars,
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
@@ -149,6 +152,7 @@ impl<'a> Route<'a> {
         match self {
             Route::OpenApi
             | Route::PlatformUsers
+            | Route::FleetSidecars
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
@@ -176,7 +180,7 @@ impl<'a> Route<'a> {
     fn tenant(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            OpenApi | PlatformUsers | Tenants => None,
+            OpenApi | PlatformUsers | FleetSidecars | Tenants => None,
             Tenant(t)
             | Audit(t)
             | AuditEntry(t, _)
@@ -287,6 +291,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
             w(t).transition(id, UserTransition::Delete, &req).await
         }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
+        (FleetSidecars, Method::GET) => fleet::sidecars(state, cp).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,
         (Tenant(t), Method::GET) => reads::tenant(cp, t).await,
