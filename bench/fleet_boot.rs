@@ -169,6 +169,21 @@ fn main() {
     let (_nats, _) = spawn(cmd, "Server is ready");
     let url = format!("nats://127.0.0.1:{port}");
 
+    // The same sidecar with nothing to load: the process's own footprint.
+    let baseline = {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["sidecar", "--nats", &url, "--listen", "127.0.0.1:0"])
+            .env("PORTCULLIS_LOG", "info");
+        let (empty, addr) = spawn(cmd, "portcullis listening");
+        let addr = addr.expect("sidecar address");
+        while get(addr, "/readyz").0 != 200 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        status_bytes(empty.0.id(), "VmRSS")
+    };
+    *LOADED_AT.lock().unwrap() = None;
+
     let tenants: Box<dyn Iterator<Item = Tenant>> = match world.as_str() {
         "s" => Box::new(portcullis::worlds::world_s().into_iter()),
         "m" => Box::new(portcullis::worlds::world_m().into_iter()),
@@ -266,6 +281,12 @@ fn main() {
         "| VmHWM (peak during boot) | {:.1} MiB ({:.2}× the archives) |",
         mib(hwm),
         hwm as f64 / archives as f64
+    );
+    println!(
+        "| VmRSS when ready, minus an empty sidecar's ({:.1} MiB) | {:.1} MiB ({:.2}× the archives) |",
+        mib(baseline),
+        mib(rss_ready.saturating_sub(baseline)),
+        rss_ready.saturating_sub(baseline) as f64 / archives as f64
     );
     println!("| `/readyz` | `{}` |", ready.trim());
 }
