@@ -7,7 +7,8 @@
 //! on the server: every subject for a sidecar of every tenant; the listed tenants' subjects for
 //! `--tenants`; for `--tenant-shard`, the subjects of the shard's tenants plus the tenant
 //! announcements — one of a tenant of the shard adds its subject (the consumer is opened again
-//! from the announcement on), so a sidecar of a shard never receives other tenants' events. A message
+//! from the announcement on), so a sidecar of a shard never receives other tenants' events (up
+//! to [`MAX_FILTER_SUBJECTS`] tenants; a larger set reads every subject and keeps its own). A message
 //! at or below its tenant's sequence was accounted for (a re-read) and is skipped. Otherwise:
 //! - the next revision → handed to the follower;
 //! - live (beyond everything read before): corrupt (digest, subject, JSON), a revision already
@@ -75,6 +76,10 @@ struct Tenant {
     /// Stream sequence up to which this tenant's events are accounted for.
     seq: u64,
 }
+
+/// The most subjects a consumer filters on (about 40 bytes each in its configuration, which must
+/// stay well under NATS's 1 MiB message limit); a sidecar of more tenants reads every subject.
+const MAX_FILTER_SUBJECTS: usize = 5_000;
 
 /// The NATS source of a sidecar.
 pub struct Follow {
@@ -220,8 +225,17 @@ impl Follow {
             },
             ..Default::default()
         };
+        // A consumer's configuration must fit in one message: a set of more tenants than this
+        // reads every subject (and `judge` keeps its own).
+        let many = self
+            .tenants
+            .len()
+            .max(self.set.named().map_or(0, |n| n.len()));
         match &self.set {
             TenantSet::All => config.filter_subject = format!("{SUBJECT_PREFIX}.>"),
+            _ if many > MAX_FILTER_SUBJECTS => {
+                config.filter_subject = format!("{SUBJECT_PREFIX}.>")
+            }
             TenantSet::Only(names) => {
                 config.filter_subjects = names.iter().map(|t| subject(t)).collect()
             }
