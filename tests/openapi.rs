@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     // src/server/admin/mod.rs
     ("get", "/v1/openapi.json"),
     ("get", "/v1/users"),
+    ("get", "/v1/fleet/sidecars"),
     ("get", "/v1/tenants"),
     ("post", "/v1/tenants"),
     ("get", "/v1/tenants/{tenant}"),
@@ -179,6 +180,7 @@ fn is_management(path: &str) -> bool {
     path.starts_with("/v1/tenants")
         || path == "/v1/users"
         || path == "/v1/audit"
+        || path == "/v1/fleet/sidecars"
         || path == "/v1/openapi.json"
 }
 

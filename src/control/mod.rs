@@ -202,6 +202,13 @@ impl ControlPlane {
         Some(d)
     }
 
+    /// A tenant's revision (a deleted tenant's too); `None` for an id never used.
+    pub async fn revision_of(&self, tenant: &str) -> Option<u64> {
+        let h = self.tenants.get(tenant).map(|e| Arc::clone(e.value()))?;
+        let r = h.lock().await.revision;
+        Some(r)
+    }
+
     /// Runs `f` with read access to a tenant's document.
     pub async fn read<R>(
         &self,

@@ -63,11 +63,13 @@ pub enum ErrorCode {
     TierUnavailable,
     GroupNotEmpty,
     GroupRequired,
+    NatsNotConfigured,
+    NatsUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 48] = [
+    pub const ALL: [ErrorCode; 50] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -116,6 +118,8 @@ impl ErrorCode {
         ErrorCode::TierUnavailable,
         ErrorCode::GroupNotEmpty,
         ErrorCode::GroupRequired,
+        ErrorCode::NatsNotConfigured,
+        ErrorCode::NatsUnavailable,
     ];
 
     /// The code as answered.
@@ -169,6 +173,8 @@ impl ErrorCode {
             ErrorCode::TierUnavailable => "tier_unavailable",
             ErrorCode::GroupNotEmpty => "group_not_empty",
             ErrorCode::GroupRequired => "group_required",
+            ErrorCode::NatsNotConfigured => "nats_not_configured",
+            ErrorCode::NatsUnavailable => "nats_unavailable",
         }
     }
 
@@ -223,6 +229,8 @@ impl ErrorCode {
             ErrorCode::TierUnavailable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::GroupNotEmpty => StatusCode::CONFLICT,
             ErrorCode::GroupRequired => StatusCode::CONFLICT,
+            ErrorCode::NatsNotConfigured => StatusCode::NOT_FOUND,
+            ErrorCode::NatsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

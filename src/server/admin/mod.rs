@@ -7,8 +7,9 @@
 //!
 //! [`http`]: bearer check, path/query decoding, typed queries, answers; [`reads`] and
 //! [`writes`]: the handlers over `control::views` and `control::rules`; [`plugins`]: module
-//! upload and download.
+//! upload and download; [`fleet`]: the sidecars' status.
 
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod plugins;
@@ -81,6 +82,7 @@ enum Route<'a> {
     OpenApi,
     PlatformUsers,
     PlatformAudit,
+    FleetSidecars,
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
@@ -117,6 +119,7 @@ impl<'a> Route<'a> {
             ["openapi.json"] => Route::OpenApi,
             ["users"] => Route::PlatformUsers,
             ["audit"] => Route::PlatformAudit,
+            ["fleet", "sidecars"] => Route::FleetSidecars,
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
@@ -168,6 +171,7 @@ impl<'a> Route<'a> {
             Route::OpenApi
             | Route::PlatformUsers
             | Route::PlatformAudit
+            | Route::FleetSidecars
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
@@ -199,7 +203,7 @@ impl<'a> Route<'a> {
     fn tenant(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            OpenApi | PlatformUsers | PlatformAudit | Tenants => None,
+            OpenApi | PlatformUsers | PlatformAudit | FleetSidecars | Tenants => None,
             Tenant(t)
             | Audit(t)
             | AuditEntry(t, _)
@@ -402,6 +406,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
         (PlatformAudit, Method::GET) => reads::platform_audit(cp, &q).await,
+        (FleetSidecars, Method::GET) => fleet::sidecars(state, cp).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,
         (Tenant(t), Method::GET) => {
