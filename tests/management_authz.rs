@@ -757,3 +757,59 @@ fn platform_administrators_manage_and_audit_every_tenant() {
     let alice = e.key("acme", "alice");
     assert_eq!(e.code(&alice, "GET", "/v1/audit", json!(null)).0, 401);
 }
+
+#[test]
+fn the_default_role_gives_data_access_not_management() {
+    let e = start();
+    e.admin(
+        "PATCH",
+        "/v1/tenants/acme",
+        json!({"default_role": "member"}),
+    );
+    let nora = e.key("acme", "nora");
+    let mia = e.key("acme", "mia");
+    // Data: every user reads everywhere.
+    let (st, v) = e.s.post_json(
+        "/v1/check",
+        &json!({"tenant": "acme", "subject": "nora", "action": "asset:read", "resource": "b1", "min_revision": 1000})
+            .to_string(),
+    );
+    assert!(st == 200 || st == 503, "{st} {v}");
+    let (st, v) = e.s.post_json(
+        "/v1/check",
+        &json!({"tenant": "acme", "subject": "nora", "action": "asset:read", "resource": "b1"})
+            .to_string(),
+    );
+    assert_eq!((st, v["allowed"].clone()), (200, json!(true)), "{v}");
+    // Management: nothing more than before.
+    let (st, v) = e.call(&nora, "GET", "/v1/tenants/acme/users", json!(null));
+    assert_eq!((st, v["total"].clone()), (200, json!(0)), "{v}");
+    assert_eq!(
+        e.code(&nora, "GET", "/v1/tenants/acme/audit", json!(null)),
+        forbidden()
+    );
+    assert_eq!(
+        e.code(
+            &nora,
+            "POST",
+            "/v1/tenants/acme/assignments",
+            json!({"user": "nora", "role": "viewer", "scope": "b1"})
+        ),
+        forbidden()
+    );
+    // Users still live where their own roles are: mia sees site-a's users only.
+    let (_, v) = e.call(&mia, "GET", "/v1/tenants/acme/users", json!(null));
+    assert_eq!(ids(&v), ["mia", "oscar", "sam"]);
+    // A tenant created with an owner (or a preset) has the member default role.
+    let v = e.admin(
+        "POST",
+        "/v1/tenants",
+        json!({"id": "withowner", "owner": {"email": "o@w.example", "first_name": "Ow", "password": "Owner-pass-1"}}),
+    );
+    assert_eq!(v["data"]["default_role"], "member", "{v}");
+    let v = e.admin("POST", "/v1/tenants", json!({"id": "plain"}));
+    assert!(
+        v["data"].get("default_role").is_none_or(Value::is_null),
+        "{v}"
+    );
+}

@@ -553,7 +553,7 @@ impl<'a> Guard<'a> {
             return Scopes::All;
         }
         let mut roots = Vec::new();
-        let d = decide::scopes(v, u, perm, self.now, &mut roots);
+        let d = decide::managed_scopes(v, u, perm, self.now, &mut roots);
         if !d.allowed {
             return Scopes::Within(Vec::new());
         }

@@ -604,8 +604,9 @@ pub fn check_with(
 /// Does `subject_id` hold the permission *pattern* `pattern` (`res:act`, `res:*`, `*:act` or
 /// `*`) on the node at pre-order index `x`? A wildcard pattern is held only through a grant whose
 /// role holds that wildcard (or a wider one): holding `user:create` does not hold `user:*`.
-/// Plugin-conditioned grants do not count (they depend on a request). The management API's
-/// question ("may this caller grant role R at N?"), answered by the data plane's own search.
+/// Plugin-conditioned grants do not count (they depend on a request), nor does the tenant's
+/// default role (everyone's data access, not a right to manage). The management API's question
+/// ("may this caller grant role R at N?"), answered by the data plane's own search.
 pub fn holds(
     v: &ArchivedTenantSnap,
     subject_id: &str,
@@ -661,12 +662,43 @@ pub fn holds(
     if x as usize >= v.nodes.len() {
         return Decision::deny(Reason::UnknownResource);
     }
-    let s = Subject {
-        user,
-        perms,
-        rbac_none: v.rbac == RBAC_NONE,
-    };
-    decide_node_with(v, &s, x, now, &mut NoPlugins)
+    if out_of_guest_scope(v, user, x) {
+        return Decision::deny(Reason::GuestOutOfScope);
+    }
+    if v.rbac == RBAC_NONE {
+        return Decision::allow(Reason::RbacNone, NONE);
+    }
+    // Plain grants only (a plugin condition depends on a request), and not the tenant's default
+    // role: it gives everyone data access, not the right to manage.
+    let pbits = conditional_roles(v, &perms).unwrap_or(&[]);
+    let default = default_role_slice(v);
+    let mut found = NONE;
+    for_each_slice(v, user, |start, end| {
+        if Some((start, end)) == default {
+            return true;
+        }
+        each_matching(v, start, end, x, &perms, now, |gi, role| {
+            if bit(pbits, role) {
+                return true;
+            }
+            found = gi;
+            false
+        });
+        found == NONE
+    });
+    if found == NONE {
+        Decision::deny(Reason::NoMatchingAssignment)
+    } else {
+        Decision::allow(Reason::Granted, found)
+    }
+}
+
+/// The grant slice of the tenant's default role (the hidden last group), if it has one.
+fn default_role_slice(v: &ArchivedTenantSnap) -> Option<(u32, u32)> {
+    v.groups
+        .last()
+        .filter(|g| g.id == crate::snapshot::DEFAULT_ROLE_GROUP)
+        .map(|g| (g.grants.start.to_native(), g.grants.end.to_native()))
 }
 
 /// Largest number of covering intervals [`filter`] keeps on the stack (nested ones are dropped
@@ -816,6 +848,29 @@ pub fn scopes(
     now: i64,
     out: &mut Vec<u32>,
 ) -> Decision {
+    scopes_of(v, subject_id, action, now, out, false)
+}
+
+/// [`scopes`] for the management API: the tenant's default role does not count (it grants data
+/// access to everyone; managing needs a role of one's own).
+pub fn managed_scopes(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    action: &str,
+    now: i64,
+    out: &mut Vec<u32>,
+) -> Decision {
+    scopes_of(v, subject_id, action, now, out, true)
+}
+
+fn scopes_of(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    action: &str,
+    now: i64,
+    out: &mut Vec<u32>,
+    own_roles_only: bool,
+) -> Decision {
     out.clear();
     let s = match subject(v, subject_id, action) {
         Ok(s) => s,
@@ -837,7 +892,11 @@ pub fn scopes(
     // Grants with plugin conditions depend on the resource and the request: not listed.
     let pbits = conditional_roles(v, &s.perms).unwrap_or(&[]);
     let mut iv: Vec<(u32, u32)> = Vec::new();
+    let default = default_role_slice(v);
     for_each_slice(v, s.user, |start, end| {
+        if own_roles_only && Some((start, end)) == default {
+            return true;
+        }
         for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
             let role = g.role.to_native();
             if g.expires.to_native() > now && s.perms.has(role) && !bit(pbits, role) {

@@ -32,9 +32,11 @@ requests! {
         pub owner: Option<super::UserCreate>,
         /// A built-in role preset (`crate::model::preset`): its roles are copied into the tenant.
         pub preset: Option<String>,
-        /// The role every active non-guest user holds at the roots (`member`); absent or
-        /// `null`: none.
-        pub default_role: Option<String>,
+        /// The role every active non-guest user holds at the roots; `null`: none. Absent:
+        /// `member` for a tenant created with an `owner` or a `preset` (the seed products'
+        /// read-only member role), none otherwise.
+        #[serde(default, with = "super::double_option")]
+        pub default_role: Option<Option<String>>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -112,7 +114,11 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             None
         }
     };
-    if let Some(r) = &req.default_role {
+    let default_role = match &req.default_role {
+        Some(r) => r.clone(),
+        None => (req.owner.is_some() || req.preset.is_some()).then(|| MEMBER_ROLE.to_string()),
+    };
+    if let Some(r) = &default_role {
         check_default_role(None, r, &mut f);
     }
     f.done()?;
@@ -132,7 +138,7 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str
             ..crate::model::SignIn::default()
         },
         preset: preset.map(|p| p.id.clone()),
-        default_role: req.default_role.clone(),
+        default_role,
     };
     let mut change = super::created(Kind::Tenant, &req.id, &s);
     if let Some(o) = &req.owner {
