@@ -85,6 +85,7 @@ fn main() {
             last_name: None,
             password: None,
             logout: None,
+            groups: Vec::new(),
             email: "new-user@bench.example".into(),
             name: None,
             kind: UserKind::Member,

@@ -144,6 +144,7 @@ async fn writes_per_second(cp: Arc<ControlPlane>, secs: f64) -> f64 {
                         last_name: None,
                         password: None,
                         logout: None,
+                        groups: Vec::new(),
                         email: format!("{id}@b.example"),
                         name: None,
                         kind: UserKind::Member,

@@ -11,6 +11,13 @@
 //! `min_revision` = the write's revision goes to the sidecar, which answers as soon as it has
 //! that revision. "ack → visible" is from the write's answer to the check's answer (an upper
 //! bound: it includes the check's own round trip); "write → visible" from sending the write.
+//!
+//! Then, in the same run: the same check over HTTP and over NATS request-reply; and a burst of
+//! 10,000 events: the sidecar is stopped (SIGSTOP), 10,000 writes are made on the control plane
+//! and published to the stream, the sidecar resumed (SIGCONT) — it applies them while a client
+//! keeps sending it checks. Reported: events applied per second (from SIGCONT until a check with
+//! `min_revision` = the last write's revision answers) and the checks' latency during the burst
+//! against the same checks on the idle sidecar just before.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -137,7 +144,7 @@ fn main() {
     sidecar
         .args(["sidecar", "--listen", "127.0.0.1:0", "--nats", &url])
         .env("PORTCULLIS_LOG", "warn,portcullis::app=info");
-    let (_sc, sc_addr) = spawn(sidecar, "portcullis listening");
+    let (sc_proc, sc_addr) = spawn(sidecar, "portcullis listening");
     let (cp_addr, sc_addr) = (cp_addr.unwrap(), sc_addr.unwrap());
     let mut cp = Conn::new(cp_addr);
     let mut sc = Conn::new(sc_addr);
@@ -178,6 +185,7 @@ fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let requests = compare_transports(sc_addr, &url);
+    let burst = burst(cp_addr, sc_addr, sc_proc.0.id());
     println!(
         "{n} writes in {elapsed:.2} s ({:.0} writes/s, one at a time)",
         n as f64 / elapsed
@@ -206,6 +214,148 @@ fn main() {
             pct(&lat, 0.5),
             pct(&lat, 0.99)
         );
+    }
+    let Burst {
+        events,
+        applied_in,
+        mut idle,
+        mut during,
+        writes_in,
+    } = burst;
+    println!(
+        "\nA burst of {events} events ({events} writes on the control plane in {:.1} s while the sidecar was stopped), \
+         applied by the sidecar in {:.2} s from SIGCONT: **{:.0} events/s**, while answering checks \
+         (one client, one at a time):\n",
+        writes_in.as_secs_f64(),
+        applied_in.as_secs_f64(),
+        events as f64 / applied_in.as_secs_f64()
+    );
+    println!("| `/v1/check` on the sidecar | checks | p50 µs | p90 µs | p99 µs | max µs |\n|---|---|---|---|---|---|");
+    for (name, v) in [("idle", &mut idle), ("during the burst", &mut during)] {
+        v.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            v.len(),
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            v[v.len() - 1]
+        );
+    }
+}
+
+const BURST: usize = 10_000;
+/// Users of femo toggled by the burst (the checks ask about omar, whom they leave alone).
+const BURST_USERS: [&str; 4] = ["bruno", "chitra", "gwen", "hana"];
+
+struct Burst {
+    events: usize,
+    writes_in: Duration,
+    applied_in: Duration,
+    /// Check latencies (µs) on the idle sidecar, and during the burst.
+    idle: Vec<f64>,
+    during: Vec<f64>,
+}
+
+/// One client's check latencies (µs) until `stop`.
+fn checks_until(sidecar: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> Vec<f64> {
+    let mut c = Conn::new(sidecar);
+    let mut lat = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        let (st, body) = c.call("POST", "/v1/check", false, CHECK);
+        assert_eq!(st, 200, "{body}");
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat
+}
+
+/// The control plane's count of published events.
+fn published(cp: SocketAddr) -> u64 {
+    let (_, text) = Conn::new(cp).call("GET", "/metrics", false, "");
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_fleet_events_total{outcome=\"published\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+fn burst(cp: SocketAddr, sidecar: SocketAddr, pid: u32) -> Burst {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // Idle: 3 s of checks.
+    let stop = AtomicBool::new(false);
+    let idle = std::thread::scope(|s| {
+        let h = s.spawn(|| checks_until(sidecar, &stop));
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    let before = published(cp);
+    signal(pid, "-STOP");
+    let last = AtomicU64::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for user in BURST_USERS {
+            let last = &last;
+            s.spawn(move || {
+                let mut c = Conn::new(cp);
+                for i in 0..BURST / BURST_USERS.len() {
+                    let verb = if i % 2 == 0 { "deactivate" } else { "activate" };
+                    let (st, body) = c.call(
+                        "POST",
+                        &format!("/v1/tenants/femo/users/{user}/{verb}"),
+                        true,
+                        "",
+                    );
+                    assert_eq!(st, 200, "{body}");
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    last.fetch_max(v["revision"].as_u64().unwrap(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let writes_in = t.elapsed();
+    let last = last.load(Ordering::Relaxed);
+    // Every write in the stream before the sidecar resumes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while published(cp) < before + BURST as u64 {
+        assert!(Instant::now() < deadline, "the burst was not published");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stop = AtomicBool::new(false);
+    let (applied_in, during) = std::thread::scope(|s| {
+        let t0 = Instant::now();
+        signal(pid, "-CONT");
+        let h = s.spawn(|| checks_until(sidecar, &stop));
+        let mut c = Conn::new(sidecar);
+        let q = format!(
+            r#"{{"tenant":"femo","subject":"omar","action":"asset:calibrate","resource":"press-8","min_revision":{last}}}"#
+        );
+        loop {
+            let (st, body) = c.call("POST", "/v1/check", false, &q);
+            if st == 200 {
+                break;
+            }
+            assert_eq!(st, 503, "{body}");
+            assert!(t0.elapsed() < Duration::from_secs(300), "burst not applied");
+        }
+        let applied_in = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        (applied_in, h.join().unwrap())
+    });
+    Burst {
+        events: BURST,
+        writes_in,
+        applied_in,
+        idle,
+        during,
     }
 }
 

@@ -192,6 +192,10 @@ pub async fn start(
             every: std::time::Duration::from_secs(n.snapshot_every_seconds),
         };
         let status = Arc::new(fleet::publish::Status::default());
+        state.sidecars = Some(Arc::new(fleet::follow::Directory::new(fleet::Options {
+            name: "portcullis-serve-status".into(),
+            ..options.clone()
+        })));
         fleet::publish::spawn(
             Arc::clone(&cp),
             registry,
@@ -420,6 +424,7 @@ fn sidecar_report(s: &fleet::follow::Status) -> FleetReport {
         last_contact_ms: n(&s.last_contact_ms),
         events: vec![
             ("applied", n(&s.events)),
+            ("received", n(&s.received)),
             ("corrupt", n(&s.corrupt)),
             ("duplicate", n(&s.duplicates)),
             ("gap", n(&s.gaps)),

@@ -203,6 +203,7 @@ pub fn tenant(id: &str, spec: TenantSpec, seed: u64) -> Tenant {
             name: format!("Role {r}"),
             permissions: perms,
             plugin: None,
+            tier: None,
         });
     }
 

@@ -56,6 +56,7 @@ async fn incremental_rebuilds_match_full_builds_with_plugins() {
             name: "second".into(),
             description: Some("the second module".into()),
             wasm: vec![7u8; 3000].into(),
+            canary: None,
         },
     ];
     t.roles[0].plugin = Some("second".into());
@@ -155,6 +156,7 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                             name: "second".into(),
                             description: Some(format!("version {step}-{k}")),
                             wasm: vec![step as u8; 3000 + step].into(),
+                            canary: None,
                         };
                         cp.write("t", "admin", None, |d| {
                             rules::put_plugin(d, &up, "admin", worlds::NOW)
@@ -182,6 +184,7 @@ async fn drive(t: Tenant, seed: u64, favour: &[String]) {
                         last_name: None,
                         password: None,
                         logout: None,
+                        groups: Vec::new(),
                         email: format!("{id}@t.example"),
                         name: None,
                         kind: UserKind::Member,

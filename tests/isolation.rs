@@ -365,6 +365,7 @@ fn shared_ids_never_leak() {
         name: "Door opener".into(),
         permissions: vec!["door:*".parse().unwrap()],
         plugin: None,
+        tier: None,
     }];
     a.groups = vec![portcullis::model::Group {
         id: "crew".into(),
@@ -397,6 +398,7 @@ fn shared_ids_never_leak() {
         name: "Door opener".into(),
         permissions: vec!["door:read".parse().unwrap()],
         plugin: None,
+        tier: None,
     }];
     b.groups = vec![portcullis::model::Group {
         id: "crew".into(),

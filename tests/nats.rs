@@ -36,8 +36,11 @@ fn config() -> tempfile::NamedTempFile {
     f
 }
 
+/// A control plane with the demo data, once it has published a snapshot of each demo tenant (a
+/// sidecar started earlier would not know the tenants published after it booted — until their
+/// events arrive).
 fn control_plane(nats: &Nats, config: &tempfile::NamedTempFile) -> Server {
-    Server::start(
+    let cp = Server::start(
         &[
             "--nats",
             &nats.url(),
@@ -45,7 +48,13 @@ fn control_plane(nats: &Nats, config: &tempfile::NamedTempFile) -> Server {
             config.path().to_str().unwrap(),
         ],
         &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)],
-    )
+    );
+    let rt = runtime();
+    let f = fleet(&rt, nats);
+    wait_until("the demo tenants' snapshots", || {
+        rt.block_on(f.recorded_tenants()).unwrap().len() >= 5
+    });
+    cp
 }
 
 /// A sidecar, once `/readyz` says ready.
@@ -712,6 +721,89 @@ fn plugin_modules_travel_and_run_on_the_sidecar() {
     assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
 }
 
+/// A plugin canary: the control plane, a sidecar following the stream and a sidecar booting
+/// from the snapshot afterwards all run the same version for the same request (the split is a
+/// function of the snapshot and the request: `plugin::canary_bucket` against the share), and
+/// both versions decide some of the calls.
+#[test]
+fn a_plugin_canary_splits_the_same_on_every_sidecar() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let a = sidecar(&nats, &cfg, &[]);
+    let wasm = |name: &str| {
+        wat::parse_file(format!(
+            "{}/tests/fixtures/plugins/{name}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let upload = |query: &str, module: &[u8]| -> u64 {
+        let auth = format!("Bearer {TOKEN}");
+        let (st, _, body) = cp.request(
+            "PUT",
+            &format!("/v1/tenants/femo/plugins/gate{query}"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/wasm"),
+            ],
+            module,
+        );
+        assert!(st == 200 || st == 201, "{st} {body}");
+        serde_json::from_str::<Value>(&body).unwrap()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let ok = |method: &str, path: &str, body: Value| -> u64 {
+        let (st, v) = cp.admin_call(TOKEN, method, path, body);
+        assert!(st == 200 || st == 201, "{method} {path}: {st} {v}");
+        v["revision"].as_u64().unwrap()
+    };
+    upload("", &wasm("allow"));
+    ok(
+        "POST",
+        "/v1/tenants/femo/roles",
+        json!({"id": "gated", "name": "Gated", "permissions": ["door:open"], "plugin": "gate"}),
+    );
+    let users: Vec<String> = (0..6).map(|i| format!("canary-u{i}")).collect();
+    let doors: Vec<String> = (0..6).map(|i| format!("canary-door-{i}")).collect();
+    for u in &users {
+        ok(
+            "POST",
+            "/v1/tenants/femo/users",
+            json!({"id": u, "email": format!("{u}@femo.example"), "first_name": "Canary"}),
+        );
+        ok(
+            "POST",
+            "/v1/tenants/femo/assignments",
+            json!({"user": u, "role": "gated", "scope": "femo"}),
+        );
+    }
+    for d in &doors {
+        ok(
+            "POST",
+            "/v1/tenants/femo/nodes",
+            json!({"id": d, "kind": "asset", "parent": "femo"}),
+        );
+    }
+    let rev = upload("?canary=50", &wasm("deny"));
+    let b = sidecar(&nats, &cfg, &[]);
+    let mut seen = [false; 2];
+    for u in &users {
+        for d in &doors {
+            let allowed = portcullis::plugin::canary_bucket(u, d) >= 50;
+            seen[usize::from(allowed)] = true;
+            for (who, s) in [("control plane", &cp), ("sidecar a", &a), ("sidecar b", &b)] {
+                let (st, v) = check(s, "femo", u, "door:open", d, Some(rev));
+                assert_eq!(st, 200, "{who}: {v}");
+                assert_eq!(v["allowed"], allowed, "{who}: {u} on {d}: {v}");
+            }
+        }
+    }
+    assert_eq!(seen, [true, true], "both versions decide some calls");
+}
+
 #[test]
 fn an_erased_user_leaves_no_copy_in_nats() {
     let _s = serial();
@@ -945,4 +1037,206 @@ fn sessions_opened_on_the_control_plane_work_and_end_on_sidecars() {
         !String::from_utf8_lossy(&object).contains("argon2"),
         "a hash reached the object store"
     );
+}
+
+/// `GET /v1/fleet/sidecars` on `cp` with the platform token.
+fn listed_sidecars(cp: &Server) -> Vec<Value> {
+    let (st, v) = cp.admin_call(TOKEN, "GET", "/v1/fleet/sidecars", Value::Null);
+    assert_eq!(st, 200, "{v}");
+    v["sidecars"].as_array().unwrap().clone()
+}
+
+/// The tenants of a listed sidecar, by id.
+fn listed_tenants(s: &Value) -> std::collections::BTreeMap<String, Value> {
+    s["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["tenant"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+#[test]
+fn the_control_plane_lists_its_sidecars_with_their_lag() {
+    let _s = serial();
+    let mut nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    let all = sidecar(&nats, &cfg, &[]);
+    // FNV-1a modulo 3: towerco alone is in shard 2.
+    let shard = sidecar(&nats, &cfg, &["--tenant-shard", "2/3"]);
+    wait_until("both sidecars listed as ready", || {
+        let l = listed_sidecars(&cp);
+        l.len() == 2 && l.iter().all(|s| s["ready"] == json!(true))
+    });
+    let rev = set_active(&cp, "alice", false);
+    assert_alice(&all, rev, false);
+    // Reports come every 5 s: the one of the sidecar of every tenant shows femo caught up.
+    wait_until("femo at the write's revision in the report", || {
+        listed_sidecars(&cp)
+            .iter()
+            .find(|s| s["follows"] == "every tenant")
+            .is_some_and(|s| listed_tenants(s)["femo"]["applied"] == json!(rev))
+    });
+    let list = listed_sidecars(&cp);
+    let every = list
+        .iter()
+        .find(|s| s["follows"] == "every tenant")
+        .unwrap();
+    let femo = &listed_tenants(every)["femo"];
+    assert_eq!(femo["control_plane"], json!(rev), "{every}");
+    assert_eq!(femo["lag"], json!(0), "{every}");
+    assert_eq!(every["max_lag"], json!(0), "{every}");
+    assert_eq!(every["stale"], json!(false), "{every}");
+    assert_eq!(every["connected"], json!(true), "{every}");
+    assert!(
+        every["seconds_since_report"].as_f64().unwrap() < 15.0,
+        "{every}"
+    );
+    assert!(every["events_applied"].as_u64().unwrap() >= 1, "{every}");
+    let sharded = list
+        .iter()
+        .find(|s| s["follows"] == "tenant shard 2/3")
+        .unwrap();
+    let held: Vec<String> = listed_tenants(sharded).into_keys().collect();
+    assert_eq!(held, ["towerco"], "{sharded}");
+    assert_ne!(every["id"], sharded["id"]);
+    // A sidecar that stopped: listed as stale once it has missed three reports.
+    drop(shard);
+    wait_until("the stopped sidecar listed as stale", || {
+        listed_sidecars(&cp)
+            .iter()
+            .any(|s| s["follows"] == "tenant shard 2/3" && s["stale"] == json!(true))
+    });
+    // The platform token only: a tenant's API key is refused, no token is refused.
+    let (st, v) = cp.admin_call(
+        TOKEN,
+        "POST",
+        "/v1/tenants/femo/api-keys",
+        json!({"user": "alice", "name": "fleet"}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let key = v["data"]["key"].as_str().unwrap();
+    let (st, v) = cp.admin_call(key, "GET", "/v1/fleet/sidecars", Value::Null);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{v}"
+    );
+    let (st, _, _) = cp.request("GET", "/v1/fleet/sidecars", &[], b"");
+    assert_eq!(st, 401);
+    let (st, v) = cp.admin_call(TOKEN, "POST", "/v1/fleet/sidecars", Value::Null);
+    assert_eq!(st, 405, "{v}");
+    // NATS down: a clear 503, not a hang.
+    nats.kill();
+    let started = Instant::now();
+    let (st, v) = cp.admin_call(TOKEN, "GET", "/v1/fleet/sidecars", Value::Null);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (503, Some("nats_unavailable")),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A control plane without NATS has no fleet to list.
+    let alone = Server::start(&[], &[("PORTCULLIS_ADMIN_TOKEN", TOKEN)]);
+    let (st, v) = alone.admin_call(TOKEN, "GET", "/v1/fleet/sidecars", Value::Null);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (404, Some("nats_not_configured")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("--nats"), "{v}");
+}
+
+/// A tenant id (`prefix-N`) in shard `index` of `count`, or not in it.
+fn tenant_in_shard(prefix: &str, index: u32, count: u32, inside: bool) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|t| (portcullis::control::shard::shard_of(t, count) == index) == inside)
+        .unwrap()
+}
+
+/// Creates `tenant` with an organisation node and a user `ann` who operates it; the revision.
+fn create_tenant(cp: &Server, tenant: &str) -> u64 {
+    let mut rev = 0;
+    for (path, body) in [
+        (
+            "/v1/tenants".to_string(),
+            json!({"id": tenant, "name": tenant, "rbac": "enterprise"}),
+        ),
+        (
+            format!("/v1/tenants/{tenant}/nodes"),
+            json!({"id": "org", "kind": "organisation"}),
+        ),
+        (
+            format!("/v1/tenants/{tenant}/users"),
+            json!({"id": "ann", "email": "ann@example.com", "name": "Ann"}),
+        ),
+        (
+            format!("/v1/tenants/{tenant}/assignments"),
+            json!({"user": "ann", "role": "operator", "scope": "org"}),
+        ),
+    ] {
+        let (st, v) = cp.admin_call(TOKEN, "POST", &path, body);
+        assert!(st == 200 || st == 201, "{path}: {st} {v}");
+        rev = v["revision"].as_u64().unwrap_or(rev);
+    }
+    rev
+}
+
+#[test]
+fn a_shard_sidecar_reads_only_its_tenants_and_picks_up_new_ones() {
+    let _s = serial();
+    let nats = Nats::start();
+    let cfg = config();
+    let cp = control_plane(&nats, &cfg);
+    use portcullis::control::shard::shard_of;
+    // A quarter that does not hold femo.
+    let index = (shard_of("femo", 4) + 1) % 4;
+    let spec = format!("{index}/4");
+    let shard = sidecar(&nats, &cfg, &["--tenant-shard", &spec]);
+    let received = || {
+        metric(
+            &shard,
+            "portcullis_fleet_events_total{outcome=\"received\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = received();
+    // 20 writes on femo and a tenant of another shard: none reaches this sidecar.
+    for i in 0..20 {
+        set_active(&cp, "alice", i % 2 == 1);
+    }
+    let outside = tenant_in_shard("outside", index, 4, false);
+    create_tenant(&cp, &outside);
+    // A tenant of its shard created after it started: followed from its first event.
+    let inside = tenant_in_shard("inside", index, 4, true);
+    let rev = create_tenant(&cp, &inside);
+    let (st, v) = check(&shard, &inside, "ann", "asset:operate", "org", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(true)), "{v}");
+    let (st, v) = check(&shard, &outside, "ann", "asset:operate", "org", None);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (421, Some("tenant_not_here")),
+        "{v}"
+    );
+    // Received: the two announcements and the new tenant's 4 events (a re-read or two at most), not
+    // the 24 events of the others, which came before them in the stream.
+    let got = received() - before;
+    assert!((6.0..=9.0).contains(&got), "received {got} messages");
+    // It follows the new tenant on: a later write, and after a restart of the sidecar.
+    let (st, v) = cp.admin_call(
+        TOKEN,
+        "POST",
+        &format!("/v1/tenants/{inside}/users/ann/deactivate"),
+        Value::Null,
+    );
+    assert_eq!(st, 200, "{v}");
+    let rev = v["revision"].as_u64().unwrap();
+    let (st, v) = check(&shard, &inside, "ann", "asset:operate", "org", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
+    drop(shard);
+    let again = sidecar(&nats, &cfg, &["--tenant-shard", &spec]);
+    let (st, v) = check(&again, &inside, "ann", "asset:operate", "org", Some(rev));
+    assert_eq!((st, &v["allowed"]), (200, &json!(false)), "{v}");
 }

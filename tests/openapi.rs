@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     // src/server/admin/mod.rs
     ("get", "/v1/openapi.json"),
     ("get", "/v1/users"),
+    ("get", "/v1/fleet/sidecars"),
     ("get", "/v1/tenants"),
     ("post", "/v1/tenants"),
     ("get", "/v1/tenants/{tenant}"),
@@ -71,6 +72,16 @@ const ROUTES: &[(&str, &str)] = &[
         "delete",
         "/v1/tenants/{tenant}/groups/{group}/members/{member}",
     ),
+    ("get", "/v1/tenants/{tenant}/groups/{group}/recipients"),
+    ("get", "/v1/tenants/{tenant}/notification-rules"),
+    ("post", "/v1/tenants/{tenant}/notification-rules"),
+    ("get", "/v1/tenants/{tenant}/notification-rules/{rule}"),
+    ("patch", "/v1/tenants/{tenant}/notification-rules/{rule}"),
+    ("delete", "/v1/tenants/{tenant}/notification-rules/{rule}"),
+    (
+        "get",
+        "/v1/tenants/{tenant}/notification-rules/{rule}/recipients",
+    ),
     ("get", "/v1/tenants/{tenant}/roles"),
     ("post", "/v1/tenants/{tenant}/roles"),
     ("get", "/v1/tenants/{tenant}/roles/{role}"),
@@ -88,6 +99,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/wasm"),
     ("get", "/v1/tenants/{tenant}/plugins/{plugin}/versions"),
     ("post", "/v1/tenants/{tenant}/plugins/{plugin}/rollback"),
+    ("get", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    ("patch", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    ("delete", "/v1/tenants/{tenant}/plugins/{plugin}/canary"),
+    (
+        "post",
+        "/v1/tenants/{tenant}/plugins/{plugin}/canary/promote",
+    ),
     // src/server/admin/mod.rs, identity (handlers in src/server/admin/identity.rs)
     ("post", "/v1/tenants/{tenant}/sessions"),
     ("delete", "/v1/tenants/{tenant}/sessions/current"),
@@ -101,6 +119,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/tenants/{tenant}/api-keys/{key}"),
     ("post", "/v1/tenants/{tenant}/guests"),
     ("delete", "/v1/tenants/{tenant}/guests/{guest}"),
+    ("post", "/v1/tenants/{tenant}/owner"),
+    ("get", "/v1/audit"),
 ];
 
 /// Management routes that need no bearer (`handle` in `src/server/admin/mod.rs` answers them
@@ -157,7 +177,11 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
 }
 
 fn is_management(path: &str) -> bool {
-    path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json"
+    path.starts_with("/v1/tenants")
+        || path == "/v1/users"
+        || path == "/v1/audit"
+        || path == "/v1/fleet/sidecars"
+        || path == "/v1/openapi.json"
 }
 
 fn needs_bearer(method: &str, path: &str) -> bool {
@@ -516,7 +540,16 @@ fn request_types() -> Vec<(&'static str, Parse)> {
         ("RolePatch", parser!(rules::RolePatch)),
         ("AssignmentCreate", parser!(rules::AssignmentCreate)),
         ("AssignmentPatch", parser!(rules::AssignmentPatch)),
+        (
+            "NotificationRuleCreate",
+            parser!(rules::NotificationRuleCreate),
+        ),
+        (
+            "NotificationRulePatch",
+            parser!(rules::NotificationRulePatch),
+        ),
         ("PluginRollback", parser!(rules::PluginRollback)),
+        ("CanaryPatch", parser!(rules::CanaryPatch)),
         ("ApiKeyCreate", parser!(rules::ApiKeyCreate)),
         ("GuestCreate", parser!(rules::GuestCreate)),
     ]
@@ -617,8 +650,8 @@ fn request_schemas_are_the_request_types() {
             parse(ex).unwrap_or_else(|e| panic!("{name}: example rejected: {e}"));
         }
     }
-    // Private request types, all `deny_unknown_fields`: `MemberAdd` is `struct M { user }` in
-    // admin/writes.rs; in admin/identity.rs `SignIn` is `SignInRequest { email?, password?,
+    // Private request types, all `deny_unknown_fields`: `MemberAdd` is `struct M { user }` and
+    // `OwnerTransfer` is `struct To { user }` in admin/writes.rs; in admin/identity.rs `SignIn` is `SignInRequest { email?, password?,
     // card?, channel? }`, `PasswordSet` is `PasswordBody { password }`, `CardAdd` is
     // `CardBody { card }`.
     for (name, fields, required) in PRIVATE_REQUEST_TYPES {
@@ -662,6 +695,7 @@ const PRIVATE_REQUEST_TYPES: &[(&str, &[&str], &[&str])] = &[
     ("SignIn", &["email", "password", "card", "channel"], &[]),
     ("PasswordSet", &["password"], &["password"]),
     ("CardAdd", &["card"], &["card"]),
+    ("OwnerTransfer", &["user"], &["user"]),
 ];
 
 /// Whether `v` has the members `schema` requires and no others (`properties`,

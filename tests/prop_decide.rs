@@ -138,6 +138,31 @@ fn explain_matches(
             })
             .collect()
     };
+    // The default role: one report per root node, for every user but guests.
+    let default_role = t.default_role.as_ref().filter(|_| t.rbac != Rbac::None);
+    if let (Some(role), Some(u)) = (default_role, ref_user(t, subject)) {
+        if u.kind != UserKind::Guest {
+            for root in t.nodes.iter().filter(|n| n.parent.is_none()) {
+                let lacks = !ref_split(action).is_some_and(|(r, x)| ref_role_grants(t, role, r, x));
+                let outcome = if lacks {
+                    GrantOutcome::RoleLacksPermission
+                } else if ref_node(t, resource).is_none() || !ref_covers(t, &root.id, resource) {
+                    GrantOutcome::ScopeMismatch
+                } else {
+                    GrantOutcome::AlsoGrants
+                };
+                want.push((
+                    "default_role".to_string(),
+                    role.clone(),
+                    root.id.clone(),
+                    None,
+                    None,
+                    None,
+                    outcome,
+                ));
+            }
+        }
+    }
     let key = |k: &ReportKey| format!("{k:?}");
     got.sort_by_key(key);
     want.sort_by_key(key);

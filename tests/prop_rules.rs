@@ -70,6 +70,18 @@ enum Op {
     PutPlugin {
         plugin: u8,
         fill: u8,
+        /// Upload as a canary with this share (0 and over 99 are refused).
+        canary: Option<u8>,
+    },
+    CanaryShare {
+        plugin: u8,
+        share: u8,
+    },
+    PromoteCanary {
+        plugin: u8,
+    },
+    AbortCanary {
+        plugin: u8,
     },
     DeletePlugin {
         plugin: u8,
@@ -147,7 +159,16 @@ fn op() -> impl Strategy<Value = Op> {
                 plugin
             }),
         n().prop_map(|role| Op::DeleteRole { role }),
-        (n(), n()).prop_map(|(plugin, fill)| Op::PutPlugin { plugin, fill }),
+        (n(), n(), proptest::option::of(0u8..=101)).prop_map(|(plugin, fill, canary)| {
+            Op::PutPlugin {
+                plugin,
+                fill,
+                canary,
+            }
+        }),
+        (n(), 0u8..=101).prop_map(|(plugin, share)| Op::CanaryShare { plugin, share }),
+        n().prop_map(|plugin| Op::PromoteCanary { plugin }),
+        n().prop_map(|plugin| Op::AbortCanary { plugin }),
         n().prop_map(|plugin| Op::DeletePlugin { plugin }),
         (n(), proptest::option::of(n())).prop_map(|(node, parent)| Op::CreateNode { node, parent }),
         (n(), proptest::option::of(n())).prop_map(|(node, parent)| Op::MoveNode { node, parent }),
@@ -245,6 +266,7 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
                 last_name: None,
                 password: None,
                 logout: None,
+                groups: Vec::new(),
                 email: emails[*email as usize % emails.len()].into(),
                 name: None,
                 kind: kind(*k),
@@ -329,14 +351,24 @@ fn rule(d: &TenantDoc, op: &Op) -> Rule {
             rules::update_role(d, &role(d, *r), &patch)
         }
         Op::DeleteRole { role: r } => rules::delete_role(d, &role(d, *r)),
-        Op::PutPlugin { plugin: p, fill } => {
+        Op::PutPlugin {
+            plugin: p,
+            fill,
+            canary,
+        } => {
             let up = rules::PluginUpload {
                 name: plugin(d, *p),
                 description: None,
                 wasm: vec![*fill % 3; 16].into(),
+                canary: *canary,
             };
             rules::put_plugin(d, &up, "prop", NOW)
         }
+        Op::CanaryShare { plugin: p, share } => {
+            rules::set_canary_share(d, &plugin(d, *p), i64::from(*share))
+        }
+        Op::PromoteCanary { plugin: p } => rules::promote_canary(d, &plugin(d, *p)),
+        Op::AbortCanary { plugin: p } => rules::abort_canary(d, &plugin(d, *p)),
         Op::DeletePlugin { plugin: p } => rules::delete_plugin(d, &plugin(d, *p)),
         Op::CreateNode { node: n, parent } => {
             let req = rules::NodeCreate {

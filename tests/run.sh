@@ -193,3 +193,9 @@ cargo run --quiet -- test deploy/demo.yaml
 
 log "plugin examples bound to roles: portcullis test deploy/plugins-demo.yaml"
 cargo run --quiet -- test deploy/plugins-demo.yaml
+
+log "role presets: portcullis test deploy/presets/*.yaml"
+for f in deploy/presets/*.yaml; do
+    echo "$f"
+    cargo run --quiet -- test "$f"
+done

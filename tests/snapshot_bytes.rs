@@ -545,11 +545,28 @@ fn user_group_and_role_indexes_must_be_in_range() {
             sha256: String::new(),
             description: None,
             wasm: vec![0, 97, 115, 109],
+            canary: None,
         });
         let r = t.roles.last_mut().unwrap();
         r.plugin = Some("p".into());
         r.plugin_slot = 0;
     });
+    // A canary share is a percentage strictly between 0 and 100 (else all or nothing).
+    for share in [0u8, 100, 255] {
+        rejects("canary share out of range", "canary share", move |t| {
+            t.plugins.push(portcullis::snapshot::PluginRec {
+                name: "p".into(),
+                sha256: String::new(),
+                description: None,
+                wasm: vec![0, 97, 115, 109],
+                canary: Some(portcullis::snapshot::CanaryRec {
+                    sha256: String::new(),
+                    share,
+                    wasm: vec![0, 97, 115, 109],
+                }),
+            });
+        });
+    }
     rejects(
         "plugin_roles outside the bitsets",
         "permission index points outside the bitsets",

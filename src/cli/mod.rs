@@ -53,7 +53,8 @@ enum Command {
     /// provider): signed with an HS256 key of the config, or with --private-key.
     Token(token::TokenArgs),
     /// Tenant WASM plugins: start a project, validate or evaluate a module locally, or upload,
-    /// list, show and delete a tenant's plugins through a running server's management API.
+    /// list, show, delete, roll back and canary a tenant's plugins through a running server's
+    /// management API.
     Plugin {
         #[command(subcommand)]
         cmd: plugin::PluginCommand,

@@ -31,13 +31,18 @@ pub enum PluginCommand {
     /// Run one call of a module locally and print its verdict, reason, fuel used, time and any
     /// trap message (exit 0 allow, 2 abstain/deny/failure).
     Eval(super::plugin_eval::EvalArgs),
-    /// Upload a module as tenant plugin NAME (creates it, or replaces it atomically).
+    /// Upload a module as tenant plugin NAME (creates it, or replaces it atomically; with
+    /// --canary, runs it as a candidate on a share of the calls).
     Upload {
         #[command(flatten)]
         plugin: Named,
         /// Free-text description.
         #[arg(long)]
         description: Option<String>,
+        /// Run the module as a canary on this percentage (1 to 99) of the plugin's calls while
+        /// the current version stays current; then `plugin promote` or `plugin abort`.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<i64>,
         /// Replace only if the plugin is still at this ETag (the `etag` of `plugin show`):
         /// a concurrent change answers 409 instead of being overwritten.
         #[arg(long)]
@@ -52,12 +57,41 @@ pub enum PluginCommand {
         #[arg(long)]
         tenant: String,
     },
-    /// Show one plugin: version (SHA-256), size, uploader, the roles using it.
+    /// Show one plugin: version (SHA-256), size, uploader, the roles using it, its canary.
     Show(Named),
     /// Delete a plugin (refused while a role names it).
     Delete(Named),
     /// The plugin's current version and the previous ones kept for rollback.
     Versions(Named),
+    /// Show the running canary (candidate version, share, since when); with --share, change
+    /// its share.
+    Canary {
+        #[command(flatten)]
+        plugin: Named,
+        /// The new share, in percent of the plugin's calls (1 to 99).
+        #[arg(long, value_name = "PERCENT")]
+        share: Option<i64>,
+        /// Change only if the plugin is still at this ETag.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// Make the running canary's candidate the current version (the replaced one is kept for
+    /// rollback).
+    Promote {
+        #[command(flatten)]
+        plugin: Named,
+        /// Promote only if the plugin is still at this ETag.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// Drop the running canary's candidate: every call runs the current version again.
+    Abort {
+        #[command(flatten)]
+        plugin: Named,
+        /// Abort only if the plugin is still at this ETag.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
     /// Make a kept previous version (by SHA-256) current again.
     Rollback {
         #[command(flatten)]
@@ -147,14 +181,22 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
         PluginCommand::Upload {
             plugin,
             description,
+            canary,
             if_match: tag,
             file,
         } => {
             let bytes = read_module(&file)?;
-            let mut path = plugin.path();
+            let mut query = Vec::new();
             if let Some(d) = description {
-                path.push_str("?description=");
-                path.push_str(&seg(&d));
+                query.push(format!("description={}", seg(&d)));
+            }
+            if let Some(c) = canary {
+                query.push(format!("canary={c}"));
+            }
+            let mut path = plugin.path();
+            if !query.is_empty() {
+                path.push('?');
+                path.push_str(&query.join("&"));
             }
             if_match = etag(tag);
             let body = Body {
@@ -166,6 +208,42 @@ pub fn run(cmd: PluginCommand) -> Result<ExitCode, String> {
         PluginCommand::Versions(p) => {
             let path = format!("{}/versions", p.path());
             (p.api, hyper::Method::GET, path, None)
+        }
+        PluginCommand::Canary {
+            plugin,
+            share,
+            if_match: tag,
+        } => {
+            let path = format!("{}/canary", plugin.path());
+            match share {
+                None => (plugin.api, hyper::Method::GET, path, None),
+                Some(share) => {
+                    if_match = etag(tag);
+                    let body = Body {
+                        bytes: serde_json::json!({ "share": share })
+                            .to_string()
+                            .into_bytes(),
+                        content_type: "application/json",
+                    };
+                    (plugin.api, hyper::Method::PATCH, path, Some(body))
+                }
+            }
+        }
+        PluginCommand::Promote {
+            plugin,
+            if_match: tag,
+        } => {
+            let path = format!("{}/canary/promote", plugin.path());
+            if_match = etag(tag);
+            (plugin.api, hyper::Method::POST, path, None)
+        }
+        PluginCommand::Abort {
+            plugin,
+            if_match: tag,
+        } => {
+            let path = format!("{}/canary", plugin.path());
+            if_match = etag(tag);
+            (plugin.api, hyper::Method::DELETE, path, None)
         }
         PluginCommand::Rollback {
             plugin,

@@ -55,7 +55,11 @@ pub fn admit(doc: &TenantDoc, tenant: &str, ops: &[RowOp]) -> Result<(), RuleErr
 /// bookkeeping (`updated_at`, `last_login_at`) changes.
 fn inert(doc: &TenantDoc, op: &RowOp) -> bool {
     match op.kind {
-        Kind::Session | Kind::Credential | Kind::Invitation | Kind::ApiKey => true,
+        Kind::Session
+        | Kind::Credential
+        | Kind::Invitation
+        | Kind::ApiKey
+        | Kind::NotificationRule => true,
         Kind::User => match (&op.value, doc.users.get(&op.id)) {
             (Some(v), Some(cur)) => {
                 super::doc::UserRow::deserialize(v).is_ok_and(|next| next.user == cur.user)
@@ -179,7 +183,7 @@ mod tests {
     async fn refused(cp: &ControlPlane, change: Change, why: &str) {
         let before = cp.doc("femo").await.unwrap();
         let stored = cp.store().load("femo").await.unwrap().unwrap().revision;
-        match cp.write("femo", "t", None, |_| Ok(change)).await {
+        match cp.write("femo", "t", None, |_| Ok(change.clone())).await {
             Err(ControlError::Rule(RuleError::Conflict { code, message })) => {
                 assert_eq!(code, "invalid_state");
                 assert!(message.contains(why), "{message}");
@@ -262,7 +266,9 @@ mod tests {
             .unwrap();
         assert_eq!(ok.revision, d.revision + 1);
         let w = cp
-            .write("femo", "t", None, |d| rules::delete_group(d, "auditors"))
+            .write("femo", "t", None, |d| {
+                rules::remove_member(d, "auditors", "hana")
+            })
             .await
             .unwrap();
         assert_eq!(w.revision, d.revision + 2);

@@ -27,6 +27,24 @@ pub struct Settings {
     /// Sign-in settings (logout period, `require_group`).
     #[serde(default, flatten)]
     pub sign_in: crate::model::SignIn,
+    /// The role preset the tenant was created with (its roles were copied into it then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The role every active non-guest user holds at the roots (see `Tenant::default_role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<String>,
+}
+
+/// A notification rule (the `notification_rule` row): events of kind `event` go to the active
+/// members of `groups`. Outside the decision model (no snapshot carries it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRuleRow {
+    pub id: String,
+    pub name: String,
+    /// The event kind, e.g. `alarm.raised` (an id: letters, digits, `_ - . @ :`).
+    pub event: String,
+    /// Target groups, each listed once.
+    pub groups: Vec<String>,
 }
 
 /// A user's secrets (the `credential` row, id = user id). Never logged nor published: the log
@@ -120,6 +138,19 @@ pub struct PluginRow {
     /// `control::rules::PLUGIN_VERSIONS_KEPT`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<PluginVersion>,
+    /// A candidate version running on a share of the plugin's calls, until it is promoted
+    /// (it becomes current) or aborted (it is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<PluginCanaryRow>,
+}
+
+/// A plugin's running canary: the candidate version and its share of the calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginCanaryRow {
+    #[serde(flatten)]
+    pub version: PluginVersion,
+    /// Percent of the plugin's calls that run the candidate (1 to 99).
+    pub share: u8,
 }
 
 /// A version of a plugin that another one replaced (kept in [`PluginRow::previous`]).
@@ -150,6 +181,9 @@ impl PluginRow {
                         pm.remove("wasm");
                     }
                 }
+            }
+            if let Some(c) = m.get_mut("canary").and_then(|c| c.as_object_mut()) {
+                c.remove("wasm");
             }
         }
         v
@@ -211,6 +245,7 @@ pub struct TenantDoc {
     pub sessions: BTreeMap<String, SessionRow>,
     pub api_keys: BTreeMap<String, ApiKeyRow>,
     pub invitations: BTreeMap<String, InvitationRow>,
+    pub notification_rules: BTreeMap<String, NotificationRuleRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +322,7 @@ impl TenantDoc {
             Kind::Session => put(&mut self.sessions, kind, id, value),
             Kind::ApiKey => put(&mut self.api_keys, kind, id, value),
             Kind::Invitation => put(&mut self.invitations, kind, id, value),
+            Kind::NotificationRule => put(&mut self.notification_rules, kind, id, value),
         }
     }
 
@@ -454,8 +490,13 @@ impl TenantDoc {
                 logout: t.sign_in.logout,
                 require_group: t.sign_in.require_group,
                 sso: t.sign_in.sso.clone(),
+                admins_change_own_password: t.sign_in.admins_change_own_password,
+                users_change_own_password: t.sign_in.users_change_own_password,
+                one_role_per_place: t.sign_in.one_role_per_place,
                 ..crate::model::SignIn::default()
             },
+            preset: t.preset.clone(),
+            default_role: t.default_role.clone(),
         };
         ops.push(row(Kind::Tenant, &t.id, json(&settings)));
         for p in &t.plugins {
@@ -468,6 +509,17 @@ impl TenantDoc {
                 uploaded_by: None,
                 uploaded_at: now,
                 previous: Vec::new(),
+                canary: p.canary.as_ref().map(|c| PluginCanaryRow {
+                    version: PluginVersion {
+                        description: None,
+                        sha256: crate::model::sha256_hex(&c.wasm),
+                        size: c.wasm.len(),
+                        wasm: c.wasm.clone(),
+                        uploaded_by: None,
+                        uploaded_at: now,
+                    },
+                    share: c.share,
+                }),
             };
             ops.push(row(Kind::Plugin, &p.name, json(&p)));
         }
@@ -586,12 +638,19 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 name: p.name.clone(),
                 description: p.description.clone(),
                 wasm: p.wasm.clone(),
+                canary: p.canary.as_ref().map(|c| crate::model::PluginCanary {
+                    wasm: c.version.wasm.clone(),
+                    share: c.share,
+                }),
             })
             .collect(),
         sign_in: crate::model::SignIn {
             logout: s.sign_in.logout,
             require_group: s.sign_in.require_group,
             sso: s.sign_in.sso.clone(),
+            admins_change_own_password: s.sign_in.admins_change_own_password,
+            users_change_own_password: s.sign_in.users_change_own_password,
+            one_role_per_place: s.sign_in.one_role_per_place,
             revoked_sessions: rows
                 .sessions
                 .into_iter()
@@ -616,6 +675,8 @@ fn model(s: &Settings, revision: u64, rows: Rows<'_>) -> Tenant {
                 .collect(),
             passwords: Vec::new(),
         },
+        preset: s.preset.clone(),
+        default_role: s.default_role.clone(),
         revision,
     }
 }

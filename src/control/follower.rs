@@ -380,13 +380,13 @@ async fn reload_all<S: Source>(
 
 /// Applies a commit to its tenant's document and records the work it makes. `false`: it does
 /// not apply (a gap, or rows that do not read back) and the tenant must be reloaded.
-/// Does `op` leave the compiled tenant as it is? Credentials and invitations are not in it; a new
-/// or pruned (expired) session is not (revoked ones are); a user row whose only change is
-/// bookkeeping (`last_login_at`, `updated_at`) is not.
+/// Does `op` leave the compiled tenant as it is? Credentials, invitations and notification
+/// rules are not in it; a new or pruned (expired) session is not (revoked ones are); a user row
+/// whose only change is bookkeeping (`last_login_at`, `updated_at`) is not.
 fn snapshot_inert(d: &TenantDoc, op: &crate::store::RowOp) -> bool {
     use serde::Deserialize;
     match (op.kind, &op.value) {
-        (Kind::Credential | Kind::Invitation, _) => true,
+        (Kind::Credential | Kind::Invitation | Kind::NotificationRule, _) => true,
         (Kind::Session, None) => true,
         (Kind::Session, Some(v)) => {
             super::doc::SessionRow::deserialize(v).is_ok_and(|s| !s.revoked)

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::doc::{json as to_json, PluginRow, TenantDoc, UserRow};
 use super::{rules, ControlError, ControlPlane};
-use crate::model::{is_builtin_role, Part, Principal, UserKind, UserStatus, BUILTIN_ROLES};
+use crate::model::{is_builtin_role, Part, Principal, Rbac, UserKind, UserStatus, BUILTIN_ROLES};
 use crate::store::{Commit, CommitWindow, Kind, LogQuery};
 
 /// Largest page a list endpoint returns.
@@ -110,6 +110,7 @@ pub enum ListQuery {
     Roles(PageQuery),
     Assignments(AssignmentQuery),
     Plugins(PageQuery),
+    NotificationRules(PageQuery),
 }
 
 /// A tenant's audit log: the store's log query (`tenant` is set by [`audit`]; `limit`, the
@@ -179,22 +180,19 @@ pub fn node_json(d: &TenantDoc, id: &str) -> Option<Value> {
 /// A role (built-in or the tenant's); `detail` adds permissions by resource and the holders.
 pub fn role_json(d: &TenantDoc, id: &str, detail: bool) -> Option<Value> {
     let (role, builtin) = if is_builtin_role(id) {
-        let (rid, name, perms) = BUILTIN_ROLES.iter().find(|r| r.0 == id)?;
-        (
-            crate::model::Role {
-                id: (*rid).to_string(),
-                name: (*name).to_string(),
-                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
-                plugin: None,
-            },
-            true,
-        )
+        (crate::model::builtin_role(id)?, true)
     } else {
         (d.roles.get(id)?.clone(), false)
     };
     let mut v = to_json(&role);
     if let Value::Object(m) = &mut v {
         m.insert("builtin".into(), json!(builtin));
+        // Every role says the tier it needs and whether the tenant's tier locks it.
+        let rbac = d.settings.as_ref().map_or(Rbac::Enterprise, |s| s.rbac);
+        m.insert("tier".into(), json!(role.tier()));
+        m.insert("locked".into(), json!(role.locked_in(rbac)));
+        let default = d.settings.as_ref().and_then(|s| s.default_role.as_deref());
+        m.insert("default".into(), json!(default == Some(id)));
         if detail {
             let mut by_res: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for p in &role.permissions {
@@ -263,6 +261,58 @@ fn group_json(d: &TenantDoc, id: &str) -> Option<Value> {
     Some(with_rev(to_json(g), d.rev_of(Kind::Group, id)))
 }
 
+fn notification_rule_json(d: &TenantDoc, id: &str) -> Option<Value> {
+    let r = d.notification_rules.get(id)?;
+    Some(with_rev(to_json(r), d.rev_of(Kind::NotificationRule, id)))
+}
+
+/// Whom a notification to `groups` reaches: the active users who are members of the active
+/// ones among them, each once (`id`, `name`, `email`), sorted by name then id.
+pub fn recipients(d: &TenantDoc, groups: &[String], page: &PageQuery) -> Value {
+    let mut ids: Vec<&str> = groups
+        .iter()
+        .filter_map(|g| d.groups.get(g))
+        .filter(|g| g.status == crate::model::GroupStatus::Active)
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut users: Vec<&UserRow> = ids
+        .into_iter()
+        .filter_map(|id| d.users.get(id))
+        .filter(|u| u.user.status == UserStatus::Active)
+        .collect();
+    users.sort_by(|a, b| {
+        a.user
+            .name
+            .to_lowercase()
+            .cmp(&b.user.name.to_lowercase())
+            .then(a.user.id.cmp(&b.user.id))
+    });
+    let items = users
+        .into_iter()
+        .map(|u| json!({"id": u.user.id, "name": u.user.name, "email": u.user.email}))
+        .collect();
+    paged(items, page, d.revision)
+}
+
+/// The recipients of group `id` (see [`recipients`]); `None` when there is no such group.
+pub fn group_recipients(d: &TenantDoc, id: &str, page: &PageQuery) -> Option<Value> {
+    d.groups.get(id)?;
+    Some(recipients(d, &[id.to_string()], page))
+}
+
+/// The recipients of notification rule `id`: the union over its groups, deduplicated.
+pub fn rule_recipients(d: &TenantDoc, id: &str, page: &PageQuery) -> Option<Value> {
+    let r = d.notification_rules.get(id)?;
+    let mut v = recipients(d, &r.groups, page);
+    if let Value::Object(m) = &mut v {
+        m.insert("event".into(), json!(r.event));
+        m.insert("groups".into(), json!(r.groups));
+    }
+    Some(v)
+}
+
 fn plugin_json(d: &TenantDoc, id: &str) -> Option<Value> {
     let p = d.plugins.get(id)?;
     Some(with_rev(
@@ -280,6 +330,7 @@ pub fn entity(d: &TenantDoc, kind: Kind, id: &str, now: i64) -> Option<Value> {
         Kind::Role => role_json(d, id, true),
         Kind::Assignment => assignment_json(d, id, now),
         Kind::Plugin => plugin_json(d, id),
+        Kind::NotificationRule => notification_rule_json(d, id),
         _ => None,
     }
 }
@@ -408,11 +459,19 @@ fn assignments(d: &TenantDoc, q: &AssignmentQuery, now: i64) -> Vec<Value> {
 }
 
 /// One page of a tenant's collection, filtered and sorted per the query.
-pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
+/// The ids a caller may see in a list (users for `users`, nodes for `nodes`, scope nodes for
+/// `assignments`); `None`: everything.
+pub type Visible = Option<std::collections::HashSet<String>>;
+
+/// One page of a collection, as far as `visible` lets the caller see it (totals and pages count
+/// only what is visible).
+pub fn list(d: &TenantDoc, q: &ListQuery, now: i64, visible: &Visible) -> Value {
+    let sees = |id: &str| visible.as_ref().is_none_or(|v| v.contains(id));
     let (items, page): (Vec<Value>, &PageQuery) = match q {
         ListQuery::Nodes(q) => (
             d.nodes
                 .values()
+                .filter(|n| sees(&n.id))
                 .filter(|n| q.kind.as_ref().is_none_or(|k| &n.kind == k))
                 .filter(|n| {
                     q.parent
@@ -424,10 +483,17 @@ pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
             &q.page,
         ),
         ListQuery::Users(q) => (
-            select_users(d.users.values().map(|u| ((), u)).collect(), q)
-                .into_iter()
-                .map(|(_, u)| user_json(d, u))
-                .collect(),
+            select_users(
+                d.users
+                    .values()
+                    .filter(|u| sees(&u.user.id))
+                    .map(|u| ((), u))
+                    .collect(),
+                q,
+            )
+            .into_iter()
+            .map(|(_, u)| user_json(d, u))
+            .collect(),
             &q.page,
         ),
         ListQuery::Groups(p) => (
@@ -450,7 +516,20 @@ pub fn list(d: &TenantDoc, q: &ListQuery, now: i64) -> Value {
                 .collect(),
             p,
         ),
-        ListQuery::Assignments(q) => (assignments(d, q, now), &q.page),
+        ListQuery::Assignments(q) => (
+            assignments(d, q, now)
+                .into_iter()
+                .filter(|a| a["scope"].as_str().is_some_and(sees))
+                .collect(),
+            &q.page,
+        ),
+        ListQuery::NotificationRules(p) => (
+            d.notification_rules
+                .keys()
+                .filter_map(|id| notification_rule_json(d, id))
+                .collect(),
+            p,
+        ),
     };
     paged(items, page, d.revision)
 }
@@ -566,6 +645,70 @@ pub async fn audit(cp: &ControlPlane, tenant: &str, q: &AuditQuery) -> Result<Va
     Ok(json!({"items": items, "next_after_revision": next}))
 }
 
+/// Extra entries read per tenant for the cross-tenant page, beyond the limit: entries at the
+/// cursor's millisecond that the cursor already passed.
+const PLATFORM_AUDIT_SLACK: usize = 64;
+
+/// The audit logs of every tenant (or of `tenants`), merged in time order: entries sorted by
+/// (time, tenant, revision), each with its `tenant`, after the cursor `after`
+/// (`<at_ms>:<tenant>:<revision>`, the previous page's `next_after`).
+pub async fn platform_audit(
+    cp: &ControlPlane,
+    q: &AuditQuery,
+    tenants: Option<&str>,
+    after: Option<(i64, String, u64)>,
+) -> Result<Value, ControlError> {
+    let ids: Vec<String> = match tenants {
+        Some(t) => vec![t.to_string()],
+        None => cp.tenant_ids(),
+    };
+    let mut all: Vec<(i64, String, u64, Value)> = Vec::new();
+    for t in ids {
+        let query = LogQuery {
+            tenant: Some(t.clone()),
+            after_revision: None,
+            since_ms: match (&after, q.since_ms) {
+                (Some((at, ..)), Some(s)) => Some(s.max(*at)),
+                (Some((at, ..)), None) => Some(*at),
+                (None, s) => s,
+            },
+            limit: q
+                .limit
+                .saturating_add(1)
+                .saturating_add(PLATFORM_AUDIT_SLACK),
+            ..q.clone()
+        };
+        let commits = match cp.store().log_window(&query, 0, AUDIT_CHANGES_SHOWN).await {
+            Ok(c) => c,
+            Err(e) => return Err(e.into()),
+        };
+        for w in &commits {
+            let key = (w.commit.at_ms, t.clone(), w.commit.revision);
+            if after
+                .as_ref()
+                .is_some_and(|(a, at, ar)| (key.0, &key.1, key.2) <= (*a, at, *ar))
+            {
+                continue;
+            }
+            let mut v = audit_entry(w);
+            if let Value::Object(m) = &mut v {
+                m.insert("tenant".into(), json!(t));
+            }
+            all.push((key.0, key.1, key.2, v));
+        }
+    }
+    all.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+    let more = all.len() > q.limit;
+    all.truncate(q.limit);
+    let next = if more {
+        all.last().map(|(at, t, r, _)| format!("{at}:{t}:{r}"))
+    } else {
+        None
+    };
+    let items: Vec<Value> = all.into_iter().map(|e| e.3).collect();
+    Ok(json!({"items": items, "next_after": next}))
+}
+
 /// One commit of a tenant's audit log with one page of its row changes:
 /// the entry's header and `{"changes","next_page_token"}`.
 pub async fn audit_changes(
@@ -656,7 +799,7 @@ mod tests {
     #[test]
     fn user_listing_filters_sorts_and_pages() {
         let d = doc();
-        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0);
+        let list_users = |q: UserQuery| list(&d, &ListQuery::Users(q), 0, &None);
         let v = list_users(UserQuery::default());
         assert_eq!(
             (ids(&v), &v["total"], &v["revision"]),

@@ -9,7 +9,7 @@ use super::{
     NoPlugins, Principal, Reason,
 };
 use crate::model::{format_timestamp, split_action};
-use crate::snapshot::{ArchivedTenantSnap, NEVER, NONE};
+use crate::snapshot::{ArchivedTenantSnap, DEFAULT_ROLE_GROUP, NEVER, NONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +50,10 @@ pub struct ConditionNote {
     /// the innermost wasm frame).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub trap: String,
+    /// While the plugin runs a canary: the share, this call's bucket, and whether the candidate
+    /// (the version in `version`) decided rather than the current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::plugin::CanarySplit>,
 }
 
 impl ConditionNote {
@@ -74,13 +78,15 @@ impl ConditionNote {
             },
             reason: String::new(),
             trap: String::new(),
+            canary: None,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantReport {
-    /// `user:<id>` or `group:<id>`.
+    /// `user:<id>`, `group:<id>`, or `default_role`: the tenant's default role, which every
+    /// user but guests holds at the roots without an assignment.
     pub principal: String,
     pub role: String,
     pub scope: String,
@@ -192,7 +198,11 @@ pub fn explain_as(
         .unwrap_or(&[]);
     let group_slice = |group: &crate::snapshot::ArchivedGroupRec| {
         (
-            format!("group:{}", group.id),
+            if group.id == DEFAULT_ROLE_GROUP {
+                "default_role".to_string()
+            } else {
+                format!("group:{}", group.id)
+            },
             group.active,
             group.grants.start.to_native(),
             group.grants.end.to_native(),

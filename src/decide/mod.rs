@@ -8,7 +8,7 @@ mod explain;
 
 use rkyv::Archived;
 
-use crate::model::split_action;
+use crate::model::{is_segment, split_action};
 use crate::snapshot::{
     ArchivedGrant, ArchivedTenantSnap, ArchivedUserRec, KIND_GUEST, NONE, RBAC_NONE, STATUS_ACTIVE,
     STATUS_DELETED,
@@ -692,6 +692,111 @@ pub fn check_as(
     decide_node_with(v, &s, x, now, cond)
 }
 
+/// Does `subject_id` hold the permission *pattern* `pattern` (`res:act`, `res:*`, `*:act` or
+/// `*`) on the node at pre-order index `x`? A wildcard pattern is held only through a grant whose
+/// role holds that wildcard (or a wider one): holding `user:create` does not hold `user:*`.
+/// Plugin-conditioned grants do not count (they depend on a request), nor does the tenant's
+/// default role (everyone's data access, not a right to manage). The management API's question
+/// ("may this caller grant role R at N?"), answered by the data plane's own search.
+pub fn holds(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    pattern: &str,
+    x: u32,
+    now: i64,
+) -> Decision {
+    if v.suspended {
+        return Decision::deny(Reason::TenantSuspended);
+    }
+    let user = match active_user(v, subject_id) {
+        Ok(u) => u,
+        Err(r) => return Decision::deny(r),
+    };
+    let all = bitset(v, v.perm_all.to_native());
+    let (perms, act) = match pattern.split_once(':') {
+        _ if pattern == "*" || pattern == "*:*" => (
+            Perms {
+                sets: [all, &[], &[]],
+            },
+            "*",
+        ),
+        Some(("*", a)) if is_segment(a) => (
+            Perms {
+                sets: [
+                    all,
+                    v.perm_action
+                        .get(a)
+                        .map_or(&[][..], |s| bitset(v, s.to_native())),
+                    &[],
+                ],
+            },
+            a,
+        ),
+        Some((r, "*")) if is_segment(r) => (
+            Perms {
+                sets: [
+                    all,
+                    v.perm_resource
+                        .get(r)
+                        .map_or(&[][..], |s| bitset(v, s.to_native())),
+                    &[],
+                ],
+            },
+            "*",
+        ),
+        Some((r, a)) if is_segment(r) && is_segment(a) => (perms(v, pattern, r, a), a),
+        _ => return Decision::deny(Reason::InvalidAction),
+    };
+    if user.kind == KIND_GUEST && act != "read" {
+        return Decision::deny(Reason::GuestReadOnly);
+    }
+    if x as usize >= v.nodes.len() {
+        return Decision::deny(Reason::UnknownResource);
+    }
+    if out_of_guest_scope(v, &Who::User(user), x) {
+        return Decision::deny(Reason::GuestOutOfScope);
+    }
+    if v.rbac == RBAC_NONE {
+        return Decision::allow(Reason::RbacNone, NONE);
+    }
+    // Plain grants only (a plugin condition depends on a request), and not the tenant's default
+    // role: it gives everyone data access, not the right to manage.
+    let pbits = conditional_roles(v, &perms).unwrap_or(&[]);
+    let default = default_role_slice(v);
+    let mut found = NONE;
+    for_each_slice(v, &Who::User(user), |start, end| {
+        if Some((start, end)) == default {
+            return true;
+        }
+        each_matching(v, start, end, x, &perms, now, |gi, role| {
+            if bit(pbits, role) {
+                return true;
+            }
+            found = gi;
+            false
+        });
+        found == NONE
+    });
+    if found == NONE {
+        Decision::deny(Reason::NoMatchingAssignment)
+    } else {
+        Decision::allow(Reason::Granted, found)
+    }
+}
+
+/// The grant slice of the tenant's default role (the hidden last group), if it has one.
+fn default_role_slice(v: &ArchivedTenantSnap) -> Option<(u32, u32)> {
+    // After the tenant's own groups, before any SSO groups.
+    let i = match v.sso.as_ref() {
+        Some(s) => (s.first_group.to_native() as usize).checked_sub(1)?,
+        None => v.groups.len().checked_sub(1)?,
+    };
+    v.groups
+        .get(i)
+        .filter(|g| g.id == crate::snapshot::DEFAULT_ROLE_GROUP)
+        .map(|g| (g.grants.start.to_native(), g.grants.end.to_native()))
+}
+
 /// Largest number of covering intervals [`filter`] keeps on the stack (nested ones are dropped
 /// whenever the buffer fills); above it, each resource is decided with the per-check search
 /// instead (still allocation-free).
@@ -860,7 +965,7 @@ pub fn scopes(
     now: i64,
     out: &mut Vec<u32>,
 ) -> Decision {
-    scopes_as(v, Principal::User(subject_id), action, now, out)
+    scopes_of(v, Principal::User(subject_id), action, now, out, false)
 }
 
 /// [`scopes`] for any [`Principal`].
@@ -870,6 +975,29 @@ pub fn scopes_as(
     action: &str,
     now: i64,
     out: &mut Vec<u32>,
+) -> Decision {
+    scopes_of(v, principal, action, now, out, false)
+}
+
+/// [`scopes`] for the management API: the tenant's default role does not count (it grants data
+/// access to everyone; managing needs a role of one's own).
+pub fn managed_scopes(
+    v: &ArchivedTenantSnap,
+    subject_id: &str,
+    action: &str,
+    now: i64,
+    out: &mut Vec<u32>,
+) -> Decision {
+    scopes_of(v, Principal::User(subject_id), action, now, out, true)
+}
+
+fn scopes_of(
+    v: &ArchivedTenantSnap,
+    principal: Principal<'_>,
+    action: &str,
+    now: i64,
+    out: &mut Vec<u32>,
+    own_roles_only: bool,
 ) -> Decision {
     out.clear();
     let s = match subject(v, principal, action) {
@@ -892,7 +1020,11 @@ pub fn scopes_as(
     // Grants with plugin conditions depend on the resource and the request: not listed.
     let pbits = conditional_roles(v, &s.perms).unwrap_or(&[]);
     let mut iv: Vec<(u32, u32)> = Vec::new();
+    let default = default_role_slice(v);
     for_each_slice(v, &s.who, |start, end| {
+        if own_roles_only && Some((start, end)) == default {
+            return true;
+        }
         for g in v.grants.get(start as usize..end as usize).unwrap_or(&[]) {
             let role = g.role.to_native();
             if g.expires.to_native() > now && s.perms.has(role) && !bit(pbits, role) {

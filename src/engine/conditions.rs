@@ -3,14 +3,17 @@
 //! One [`SnapshotConditions`] serves one request: it borrows the snapshot the check runs on (so
 //! a check always runs the plugin versions of that snapshot, even while a replacement is being
 //! installed), builds the ABI input for each matched grant in a per-thread buffer, and
-//! checks the request `context` at most once, and only if a plugin actually runs.
+//! checks the request `context` at most once, and only if a plugin actually runs. While a
+//! plugin runs a canary, each call picks the current version or the candidate by
+//! [`crate::plugin::canary_bucket`] of the subject and the resource against the snapshot's
+//! share: a hash and a compare, no allocation.
 
 use std::cell::RefCell;
 
 use super::Request;
 use crate::decide::{ConditionNote, Conditions, Verdict};
 use crate::model::split_action;
-use crate::plugin::{CallDetail, Outcome, PluginInput};
+use crate::plugin::{CallDetail, CanarySplit, Outcome, PluginInput};
 use crate::snapshot::{ArchivedTenantSnap, Snapshot, KIND_ADMIN, KIND_GUEST, KIND_OWNER, NONE};
 
 /// A plugin call's outcome as a decision verdict: every failure is a veto (fail closed).
@@ -54,7 +57,7 @@ impl<'a> SnapshotConditions<'a> {
         v: &ArchivedTenantSnap,
         grant: u32,
         x: u32,
-        detail: Option<&mut CallDetail>,
+        mut detail: Option<&mut CallDetail>,
     ) -> (Outcome, String) {
         let Some(g) = v.grants.get(grant as usize) else {
             return (Outcome::NoInstance, String::new());
@@ -62,7 +65,35 @@ impl<'a> SnapshotConditions<'a> {
         let Some(role) = v.roles.get(g.role.to_native() as usize) else {
             return (Outcome::NoInstance, String::new());
         };
-        let Some(plugin) = self.snap.plugin(role.plugin_slot.to_native()) else {
+        let slot = role.plugin_slot.to_native();
+        let req = self.req;
+        // A running canary takes the calls whose bucket is below its share: a hash of the
+        // subject and the resource and a compare (`plugin::canary_bucket`), the same on every
+        // process holding this snapshot.
+        let resource = v.nodes.get(x as usize).map_or("", |n| n.id.as_str());
+        let split = v
+            .plugins
+            .get(slot as usize)
+            .and_then(|p| p.canary.as_ref())
+            .map(|c| {
+                let bucket = crate::plugin::canary_bucket(req.subject, resource);
+                (c.share, bucket, bucket < c.share)
+            });
+        let candidate = split.is_some_and(|(_, _, c)| c);
+        let split = split.map(|(share, bucket, candidate)| CanarySplit {
+            share,
+            bucket,
+            candidate,
+        });
+        if let Some(d) = detail.as_deref_mut() {
+            d.canary = split;
+        }
+        let loaded = if candidate {
+            self.snap.canary(slot)
+        } else {
+            self.snap.plugin(slot)
+        };
+        let Some(plugin) = loaded else {
             // Not compiled in this process (no runtime, or it failed to load): fail closed.
             return (Outcome::NoInstance, String::new());
         };
@@ -77,7 +108,6 @@ impl<'a> SnapshotConditions<'a> {
         if crate::plugin::budget_left().is_some_and(|left| left.is_zero()) {
             return (plugin.refused(Outcome::BudgetExhausted), version);
         }
-        let req = self.req;
         // Requests arrive with their context checked (`plugin::check_context`), so this check
         // cannot fail; if it did, the plugin does not run and the grant is vetoed (a context
         // that was sent never becomes no context). The encoder reads the raw JSON itself.
@@ -133,7 +163,7 @@ impl<'a> SnapshotConditions<'a> {
             subject: req.subject,
             action_resource,
             verb,
-            resource: v.nodes.get(x as usize).map_or("", |n| n.id.as_str()),
+            resource,
             role: role.id.as_str(),
             scope,
             path: &path[..depth],
@@ -150,7 +180,12 @@ impl<'a> SnapshotConditions<'a> {
             let mut buf = buf.borrow_mut();
             input.encode(&mut buf);
             match detail {
-                Some(d) => plugin.call_detailed(&buf, d),
+                Some(d) => {
+                    let outcome = plugin.call_detailed(&buf, d);
+                    // The call's details start afresh: the split is the caller's.
+                    d.canary = split;
+                    outcome
+                }
                 None => plugin.call(&buf),
             }
         });
@@ -176,6 +211,7 @@ impl Conditions for SnapshotConditions<'_> {
         };
         note.reason = detail.reason;
         note.trap = detail.trap;
+        note.canary = detail.canary;
         (verdict, note)
     }
 }

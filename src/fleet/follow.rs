@@ -3,7 +3,12 @@
 //!
 //! Each followed tenant has an expected revision (the one the follower holds) and the stream
 //! sequence up to which its events are accounted for (the snapshot's `stream_seq`, then each
-//! event taken). One ordered consumer reads the stream from the lowest such sequence. A message
+//! event taken). One ordered consumer reads the stream from the lowest such sequence, filtered
+//! on the server: every subject for a sidecar of every tenant; the listed tenants' subjects for
+//! `--tenants`; for `--tenant-shard`, the subjects of the shard's tenants plus the tenant
+//! announcements — one of a tenant of the shard adds its subject (the consumer is opened again
+//! from the announcement on), so a sidecar of a shard never receives other tenants' events (up
+//! to [`MAX_FILTER_SUBJECTS`] tenants; a larger set reads every subject and keeps its own). A message
 //! at or below its tenant's sequence was accounted for (a re-read) and is skipped. Otherwise:
 //! - the next revision → handed to the follower;
 //! - live (beyond everything read before): corrupt (digest, subject, JSON), a revision already
@@ -39,6 +44,8 @@ pub struct Status {
     /// seen up (checked every 250 ms).
     pub last_contact_ms: Arc<AtomicU64>,
     pub events: AtomicU64,
+    /// Messages the consumer delivered (of any tenant, re-reads included).
+    pub received: AtomicU64,
     pub resyncs: AtomicU64,
     pub corrupt: AtomicU64,
     pub duplicates: AtomicU64,
@@ -69,6 +76,10 @@ struct Tenant {
     /// Stream sequence up to which this tenant's events are accounted for.
     seq: u64,
 }
+
+/// The most subjects a consumer filters on (about 40 bytes each in its configuration, which must
+/// stay well under NATS's 1 MiB message limit); a sidecar of more tenants reads every subject.
+const MAX_FILTER_SUBJECTS: usize = 5_000;
 
 /// The NATS source of a sidecar.
 pub struct Follow {
@@ -214,9 +225,26 @@ impl Follow {
             },
             ..Default::default()
         };
-        match self.set.named() {
-            Some(names) => config.filter_subjects = names.iter().map(|t| subject(t)).collect(),
-            None => config.filter_subject = format!("{SUBJECT_PREFIX}.>"),
+        // A consumer's configuration must fit in one message: a set of more tenants than this
+        // reads every subject (and `judge` keeps its own).
+        let many = self
+            .tenants
+            .len()
+            .max(self.set.named().map_or(0, |n| n.len()));
+        match &self.set {
+            TenantSet::All => config.filter_subject = format!("{SUBJECT_PREFIX}.>"),
+            _ if many > MAX_FILTER_SUBJECTS => {
+                config.filter_subject = format!("{SUBJECT_PREFIX}.>")
+            }
+            TenantSet::Only(names) => {
+                config.filter_subjects = names.iter().map(|t| subject(t)).collect()
+            }
+            TenantSet::Shard { .. } => {
+                let mut subjects: Vec<String> = self.tenants.keys().map(|t| subject(t)).collect();
+                subjects.sort();
+                subjects.push(super::announcements());
+                config.filter_subjects = subjects;
+            }
         }
         let consumer = f
             .stream
@@ -231,12 +259,17 @@ impl Follow {
     /// Judges one message (see the module documentation).
     fn judge(&mut self, m: &jetstream::Message) -> Option<Event> {
         self.status.contact();
+        self.status.received.fetch_add(1, Ordering::Relaxed);
         let info = m.info().ok()?;
         let seq = info.stream_sequence;
         let reread = seq <= self.high;
         self.high = self.high.max(seq);
         if !self.caught_up && (self.high >= self.boot_high || info.pending == 0) {
             self.caught_up = true;
+        }
+        if let Some(tenant) = super::tenant_of_announcement(m.subject.as_str()) {
+            self.announced(tenant, seq);
+            return None;
         }
         let tenant = tenant_of_subject(m.subject.as_str())?;
         if !self.set.contains(&tenant) {
@@ -297,6 +330,19 @@ impl Follow {
             self.status.resyncs.fetch_add(1, Ordering::Relaxed);
         }
         event
+    }
+
+    /// A tenant announced at stream sequence `seq`: a shard sidecar that does not read its
+    /// subject yet reads the stream again from there, with it. (Others read every subject, or
+    /// a fixed list.)
+    fn announced(&mut self, tenant: String, seq: u64) {
+        let shard = matches!(self.set, TenantSet::Shard { .. });
+        if !shard || !self.set.contains(&tenant) || self.tenants.contains_key(&tenant) {
+            return;
+        }
+        tracing::info!(tenant, seq, "a new tenant of this shard; following it");
+        self.tenants.insert(tenant, Tenant { revision: 0, seq });
+        self.restart = Some(self.restart.map_or(seq + 1, |r| r.min(seq + 1)));
     }
 
     /// The stream position to (re)start from, if the consumer must be (re)opened.
@@ -399,6 +445,9 @@ impl Source for Follow {
             if let Some(e) = self.judge(&m) {
                 return Some(e);
             }
+            if self.restart.is_some() {
+                return None;
+            }
         }
     }
 
@@ -424,13 +473,15 @@ impl Source for Follow {
                             a.extend(b);
                             a.sort();
                             a.dedup();
+                            a.retain(|t| self.set.contains(t));
                             Ok(a)
                         }
                         (Err(e), _) | (_, Err(e)) => Err(e),
                     },
                 };
+                // Where the boot replay ends: the last event this sidecar will receive.
                 let high = match &listed {
-                    Ok(names) if self.set.named().is_some() => last_seq_of(&f, names).await,
+                    Ok(names) if self.set != TenantSet::All => last_seq_of(&f, names).await,
                     _ => f
                         .stream
                         .get_info()
@@ -504,6 +555,9 @@ pub struct Report {
     pub connected: bool,
     pub last_contact_ms: u64,
     pub events_applied: u64,
+    /// Messages received from the stream (any tenant, re-reads included).
+    #[serde(default)]
+    pub received: u64,
     pub resyncs: u64,
     /// Per tenant: `[highest revision seen in the stream, revision applied]`.
     pub tenants: std::collections::BTreeMap<String, (u64, u64)>,
@@ -519,6 +573,7 @@ impl Status {
             connected: self.connected.load(Ordering::Acquire),
             last_contact_ms: self.last_contact_ms.load(Ordering::Relaxed),
             events_applied: self.events.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
             resyncs: self.resyncs.load(Ordering::Relaxed),
             tenants: self
                 .tenants
@@ -587,4 +642,46 @@ pub async fn sidecars(f: &Fleet) -> Result<Vec<Report>, FleetError> {
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The control plane's view of the sidecars (`GET /v1/fleet/sidecars`): their reports, read
+/// from NATS when asked, over a connection opened at the first request and kept.
+pub struct Directory {
+    options: Options,
+    fleet: tokio::sync::Mutex<Option<Fleet>>,
+}
+
+impl Directory {
+    pub fn new(options: Options) -> Directory {
+        Directory {
+            options,
+            fleet: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Every sidecar's last report; an error when NATS does not answer within `timeout`.
+    pub async fn reports(&self, timeout: Duration) -> Result<Vec<Report>, FleetError> {
+        let read = async {
+            let f = {
+                let mut held = self.fleet.lock().await;
+                match held.as_ref() {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Fleet::connect(&self.options).await?;
+                        *held = Some(f.clone());
+                        f
+                    }
+                }
+            };
+            sidecars(&f).await
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(FleetError::Nats(format!(
+                "no answer from NATS ({}) within {} ms",
+                self.options.shown(),
+                timeout.as_millis()
+            ))),
+        }
+    }
 }

@@ -14,6 +14,12 @@
 //! objects, replays the tail, then follows the stream; see there for gaps, duplicates and
 //! corrupt messages.
 //!
+//! Before a tenant's first event, the publisher announces the tenant on
+//! `portcullis.events.<tenant>.new` ([`announcement`], in the same stream, empty body): sidecars
+//! that follow a shard read only their own tenants' subjects (JetStream filters them on the
+//! server) plus the announcements, so a tenant created later that falls in their shard is added
+//! to what they read.
+//!
 //! The outbox is the store's log: the publisher asks NATS which revision of each tenant it holds
 //! last, and sends what the log has after it — after a crash, an outage, or a slow start.
 
@@ -110,6 +116,29 @@ pub fn tenant_of(token: &str) -> Option<String> {
 /// The subject of `tenant`'s events.
 pub fn subject(tenant: &str) -> String {
     format!("{SUBJECT_PREFIX}.{}", token(tenant))
+}
+
+/// The last token of an [`announcement`] subject.
+pub const ANNOUNCE_TOKEN: &str = "new";
+
+/// The subject announcing `tenant` before its first event.
+pub fn announcement(tenant: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{}.{ANNOUNCE_TOKEN}", token(tenant))
+}
+
+/// Every announcement subject (a consumer filter).
+pub fn announcements() -> String {
+    format!("{SUBJECT_PREFIX}.*.{ANNOUNCE_TOKEN}")
+}
+
+/// The tenant an [`announcement`] subject announces.
+pub fn tenant_of_announcement(subject: &str) -> Option<String> {
+    let rest = subject.strip_prefix(SUBJECT_PREFIX)?.strip_prefix('.')?;
+    let t = rest.strip_suffix(ANNOUNCE_TOKEN)?.strip_suffix('.')?;
+    if t.contains('.') {
+        return None;
+    }
+    tenant_of(t)
 }
 
 /// The tenant of an event subject.
@@ -566,7 +595,7 @@ impl Fleet {
         Ok(out)
     }
 
-    /// Every tenant with events in the stream.
+    /// Every tenant with events (or an announcement) in the stream.
     pub async fn tenants_in_stream(&self) -> Result<Vec<String>, FleetError> {
         use futures_util::StreamExt;
         let mut subjects = self
@@ -577,9 +606,10 @@ impl Fleet {
         let mut out = Vec::new();
         while let Some(s) = subjects.next().await {
             let (subject, _) = s.map_err(FleetError::nats)?;
-            out.extend(tenant_of_subject(&subject));
+            out.extend(tenant_of_subject(&subject).or_else(|| tenant_of_announcement(&subject)));
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -670,6 +700,12 @@ mod tests {
             assert_eq!(tenant_of(&k).as_deref(), Some(t));
             assert_eq!(tenant_of_subject(&subject(t)).as_deref(), Some(t));
         }
+        for t in ["femo", "x.y", "a:b"] {
+            assert_eq!(tenant_of_announcement(&announcement(t)).as_deref(), Some(t));
+            assert_eq!(tenant_of_subject(&announcement(t)), None);
+            assert_eq!(tenant_of_announcement(&subject(t)), None);
+        }
+        assert_eq!(tenant_of_announcement("portcullis.events.a.b.new"), None);
         assert_eq!(token("femo"), "femo");
         assert_eq!(tenant_of("=zz"), None);
         assert_eq!(tenant_of_subject("portcullis.events.a.b"), None);

@@ -16,6 +16,10 @@
 //!
 //! Events are published one at a time, each waiting for its JetStream ack: a failed publish can
 //! never be followed by a later revision of the same tenant in the stream.
+//!
+//! A tenant new to the fleet (no event in the stream, no snapshot record) is announced
+//! ([`super::announcement`]) right before its first event, so that shard sidecars, which read
+//! only their tenants' subjects, learn of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,6 +124,8 @@ struct Tenant {
     snapshot: Option<u64>,
     /// When the oldest change without a snapshot was published.
     dirty_since: Option<Instant>,
+    /// New to the fleet: announce it before its first event.
+    announce: bool,
 }
 
 const RECENT_SEQS: usize = 64;
@@ -222,13 +228,19 @@ impl Publisher {
             t.published = revision;
             t.seqs.push_back((revision, seq));
         }
-        match f.record(tenant).await {
-            Ok(r) => t.snapshot = r.map(|r| r.revision).filter(|r| *r <= ours),
+        let recorded = match f.record(tenant).await {
+            Ok(r) => {
+                let recorded = r.is_some();
+                t.snapshot = r.map(|r| r.revision).filter(|r| *r <= ours);
+                recorded
+            }
             Err(FleetError::Corrupt(e)) => {
                 tracing::warn!(tenant, error = %e, "unreadable snapshot record; publishing a new one");
+                true
             }
             Err(e) => return Err(e.into()),
-        }
+        };
+        t.announce = last.is_none() && !recorded;
         if last.is_none() {
             // Without a valid last event, the snapshot is the floor: what it holds, a sidecar
             // gets from it (sending older events again would only make sidecars reload).
@@ -358,6 +370,9 @@ impl Publisher {
         headers: async_nats::HeaderMap,
         payload: bytes::Bytes,
     ) -> Result<bool, Error> {
+        if self.tenants.get(&c.tenant).is_some_and(|t| t.announce) {
+            self.announce(f, &c.tenant).await?;
+        }
         let ack =
             f.js.publish_with_headers(subject(&c.tenant), headers, payload.clone())
                 .await
@@ -382,6 +397,26 @@ impl Publisher {
         }
         self.status.events.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Announces a tenant new to the fleet (see the module documentation); once per id within
+    /// JetStream's de-duplication window, and harmless when repeated.
+    async fn announce(&mut self, f: &Fleet, tenant: &str) -> Result<(), Error> {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{tenant}:new").as_str(),
+        );
+        f.js.publish_with_headers(super::announcement(tenant), h, bytes::Bytes::new())
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(nats)?;
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.announce = false;
+        }
+        tracing::debug!(tenant, "tenant announced to the fleet");
+        Ok(())
     }
 
     fn note_sent(&mut self, tenant: &str, revision: u64, seq: u64) {

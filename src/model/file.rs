@@ -10,10 +10,11 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+use super::preset::{Preset, RawPreset};
 use super::time::de_opt_timestamp;
 use super::{
     Assignment, Channel, Collection, Group, GroupStatus, LogoutPeriod, Node, Permission, Principal,
-    Quotas, Rbac, Role, Tenant, TenantStatus, Timestamp, User, UserKind, UserStatus,
+    Quotas, Rbac, Role, Tenant, TenantStatus, Tier, Timestamp, User, UserKind, UserStatus,
 };
 
 /// Largest data file accepted, in bytes.
@@ -114,6 +115,9 @@ impl LoadError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// Role catalogues the file's tenants may name as their `preset` (besides the built-in ones).
+    #[serde(default)]
+    presets: Vec<Spanned<RawPreset>>,
     #[serde(default)]
     tenants: Vec<Spanned<RawTenant>>,
     #[serde(default)]
@@ -136,6 +140,17 @@ struct RawTenant {
     logout: Option<LogoutPeriod>,
     #[serde(default)]
     require_group: bool,
+    /// A role preset: its roles are added to the tenant's (before those of `roles:`).
+    #[serde(default)]
+    preset: Option<String>,
+    #[serde(default)]
+    admins_change_own_password: bool,
+    #[serde(default)]
+    users_change_own_password: Option<bool>,
+    #[serde(default)]
+    one_role_per_place: bool,
+    #[serde(default)]
+    default_role: Option<String>,
     #[serde(default)]
     sso: Option<crate::model::Sso>,
     #[serde(default)]
@@ -173,9 +188,9 @@ struct RawNode {
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRole {
+pub(super) struct RawRole {
     id: String,
     #[serde(default)]
     name: Option<String>,
@@ -183,6 +198,30 @@ struct RawRole {
     permissions: Vec<String>,
     #[serde(default)]
     plugin: Option<String>,
+    /// A catalogue role: the lowest RBAC tier it is available in.
+    #[serde(default)]
+    tier: Option<Tier>,
+}
+
+/// A role of the file, its permissions parsed (problems reported as `what: role 'x': …`).
+fn role_of(s: Spanned<RawRole>, what: &str, problems: &mut Vec<Problem>) -> Role {
+    let mut perms = Vec::with_capacity(s.value.permissions.len());
+    for p in &s.value.permissions {
+        match p.parse::<Permission>() {
+            Ok(p) => perms.push(p),
+            Err(e) => problems.push(at(
+                &s.referenced,
+                format!("{what}: role '{}': {e}", s.value.id),
+            )),
+        }
+    }
+    Role {
+        name: s.value.name.unwrap_or_else(|| s.value.id.clone()),
+        id: s.value.id,
+        permissions: perms,
+        plugin: s.value.plugin,
+        tier: s.value.tier,
+    }
 }
 
 #[derive(Deserialize)]
@@ -312,9 +351,20 @@ pub fn load_str(text: &str) -> Result<DataFile, LoadError> {
     load_str_in(text, None)
 }
 
+/// The presets a data file declares (the built-in preset files are read this way). Its tenants
+/// may name only the presets of the same file.
+pub(super) fn presets_of(text: &str) -> Result<Vec<Preset>, LoadError> {
+    convert(parse(text)?, None, false).map(|(_, presets)| presets)
+}
+
 fn load_str_in(text: &str, base: Option<&Path>) -> Result<DataFile, LoadError> {
-    let raw: RawFile = if text.trim().is_empty() {
+    convert(parse(text)?, base, true).map(|(file, _)| file)
+}
+
+fn parse(text: &str) -> Result<RawFile, LoadError> {
+    Ok(if text.trim().is_empty() {
         RawFile {
+            presets: Vec::new(),
             tenants: Vec::new(),
             tests: Vec::new(),
         }
@@ -337,8 +387,7 @@ fn load_str_in(text: &str, base: Option<&Path>) -> Result<DataFile, LoadError> {
                 message: first,
             }])
         })?
-    };
-    convert(raw, base)
+    })
 }
 
 /// Reads a declared plugin module, refusing anything but a regular file within the size cap.
@@ -362,8 +411,46 @@ fn read_plugin(base: Option<&Path>, path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(&full).map_err(|e| format!("{}: {e}", full.display()))
 }
 
-fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
+/// Converts and validates a parsed file; `builtin`: tenants may name the built-in presets.
+fn convert(
+    raw: RawFile,
+    base: Option<&Path>,
+    builtin: bool,
+) -> Result<(DataFile, Vec<Preset>), LoadError> {
     let mut problems = Vec::new();
+    // The file's own presets, with the position of each role.
+    let mut presets: Vec<(Preset, Vec<Location>)> = Vec::with_capacity(raw.presets.len());
+    for sp in raw.presets {
+        let (ploc, rp) = (sp.referenced, sp.value);
+        let what = format!("preset '{}'", rp.id);
+        if let Err(m) = super::check_id("preset id", &rp.id) {
+            problems.push(at(&ploc, m));
+        }
+        if presets.iter().any(|(p, _)| p.id == rp.id) {
+            problems.push(at(&ploc, format!("duplicate {what}")));
+        }
+        let locs: Vec<Location> = rp.roles.iter().map(|s| s.referenced).collect();
+        let mut roles = Vec::with_capacity(rp.roles.len());
+        for s in rp.roles {
+            if s.value.tier.is_none() {
+                problems.push(at(
+                    &s.referenced,
+                    format!(
+                        "{what}: role '{}' needs a tier ('basic' or 'enterprise')",
+                        s.value.id
+                    ),
+                ));
+            }
+            roles.push(role_of(s, &what, &mut problems));
+        }
+        let preset = Preset {
+            name: rp.name.unwrap_or_else(|| rp.id.clone()),
+            id: rp.id,
+            description: rp.description,
+            roles,
+        };
+        presets.push((preset, locs));
+    }
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut ids = HashSet::new();
     for rt in raw.tenants {
@@ -392,6 +479,10 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
         t.sign_in.logout = rt.logout;
         t.sign_in.require_group = rt.require_group;
         t.sign_in.sso = rt.sso;
+        t.sign_in.admins_change_own_password = rt.admins_change_own_password;
+        t.sign_in.users_change_own_password = rt.users_change_own_password.unwrap_or(true);
+        t.sign_in.one_role_per_place = rt.one_role_per_place;
+        t.default_role = rt.default_role;
         locs.push((
             Collection::Plugins,
             rt.plugins.iter().map(|s| s.referenced).collect(),
@@ -402,6 +493,7 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
                     name: s.value.name,
                     description: s.value.description,
                     wasm: bytes.into(),
+                    canary: None,
                 }),
                 Err(e) => problems.push(at(
                     &s.referenced,
@@ -423,27 +515,39 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
                 name: s.value.name,
             })
             .collect();
-        locs.push((
-            Collection::Roles,
-            rt.roles.iter().map(|s| s.referenced).collect(),
-        ));
-        for s in rt.roles {
-            let mut perms = Vec::with_capacity(s.value.permissions.len());
-            for p in &s.value.permissions {
-                match p.parse::<Permission>() {
-                    Ok(p) => perms.push(p),
-                    Err(e) => problems.push(at(
-                        &s.referenced,
-                        format!("tenant '{tid}': role '{}': {e}", s.value.id),
-                    )),
+        // The preset's roles come first (a problem with one points at the preset's role, or at
+        // the tenant for a built-in preset), then the tenant's own.
+        let mut role_locs: Vec<Location> = Vec::new();
+        if let Some(pid) = rt.preset {
+            let own = presets.iter().find(|(p, _)| p.id == pid);
+            match (own, builtin.then(|| super::preset::get(&pid)).flatten()) {
+                (Some((p, l)), _) => {
+                    t.roles.extend(p.roles.iter().cloned());
+                    role_locs.extend(l.iter().copied());
                 }
+                (None, Some(p)) => {
+                    t.roles.extend(p.roles.iter().cloned());
+                    role_locs.extend(std::iter::repeat_n(tloc, p.roles.len()));
+                }
+                (None, None) => problems.push(at(
+                    &tloc,
+                    format!(
+                        "tenant '{tid}': {}",
+                        if builtin {
+                            super::preset::unknown(&pid)
+                        } else {
+                            format!("unknown preset '{pid}' (not declared in this file)")
+                        }
+                    ),
+                )),
             }
-            t.roles.push(Role {
-                name: s.value.name.unwrap_or_else(|| s.value.id.clone()),
-                id: s.value.id,
-                permissions: perms,
-                plugin: s.value.plugin,
-            });
+            t.preset = Some(pid);
+        }
+        role_locs.extend(rt.roles.iter().map(|s| s.referenced));
+        locs.push((Collection::Roles, role_locs));
+        let what = format!("tenant '{tid}'");
+        for s in rt.roles {
+            t.roles.push(role_of(s, &what, &mut problems));
         }
         locs.push((
             Collection::Users,
@@ -548,7 +652,8 @@ fn convert(raw: RawFile, base: Option<&Path>) -> Result<DataFile, LoadError> {
         tests.push(c);
     }
     if problems.is_empty() {
-        Ok(DataFile { tenants, tests })
+        let presets = presets.into_iter().map(|(p, _)| p).collect();
+        Ok((DataFile { tenants, tests }, presets))
     } else {
         problems.sort_by_key(|p| (p.line, p.column));
         Err(LoadError::Invalid(problems))
@@ -588,11 +693,15 @@ pub fn to_json(tenants: &[Tenant], tests: &[TestCase]) -> String {
                     Value::Object(m)
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "id": t.id, "name": t.name, "rbac": t.rbac, "status": t.status, "quotas": t.quotas,
                 "nodes": t.nodes, "roles": t.roles, "users": t.users,
                 "groups": t.groups, "assignments": assignments,
-            })
+            });
+            if let (Value::Object(m), Some(r)) = (&mut v, &t.default_role) {
+                m.insert("default_role".into(), json!(r));
+            }
+            v
         })
         .collect();
     let tests: Vec<Value> = tests
@@ -723,6 +832,32 @@ tests:
         let back = load_str(&to_json(&f.tenants, &f.tests)).unwrap();
         assert_eq!(back.tenants, f.tenants);
         assert_eq!(back.tests.len(), 1);
+    }
+
+    #[test]
+    fn presets_declared_in_the_file_or_built_in() {
+        let own = "presets:\n  - id: mine\n    roles:\n      - { id: reader, tier: basic, permissions: ['*:read'] }\n      - { id: writer, tier: enterprise, permissions: ['*:write'] }\ntenants:\n  - id: a\n    rbac: basic\n    preset: mine\n";
+        let f = load_str(own).unwrap();
+        let t = &f.tenants[0];
+        assert_eq!(t.preset.as_deref(), Some("mine"));
+        assert_eq!(t.roles.len(), 2);
+        assert!(!t.roles[0].locked_in(t.rbac) && t.roles[1].locked_in(t.rbac));
+
+        // Preset roles need a tier; a tenant's own role may not repeat a preset role's id.
+        let p = problems(&own.replace("tier: enterprise, ", ""));
+        assert_eq!(p[0].line, 5, "{p:?}");
+        assert!(p[0].message.contains("needs a tier"), "{p:?}");
+        let dup = format!("{own}    roles: [{{ id: reader, tier: basic, permissions: [] }}]\n");
+        let p = problems(&dup);
+        assert_eq!(p[0].line, 10, "{p:?}");
+        assert!(p[0].message.contains("duplicate role id 'reader'"), "{p:?}");
+
+        // Built-in presets by name; an unknown one is refused at the tenant.
+        let f = load_str("tenants:\n  - id: a\n    preset: tiered\n").unwrap();
+        assert_eq!(f.tenants[0].roles.len(), 14);
+        let p = problems("tenants:\n  - id: a\n    preset: gold\n");
+        assert_eq!(p[0].line, 2, "{p:?}");
+        assert!(p[0].message.contains("unknown preset 'gold'"), "{p:?}");
     }
 
     #[test]

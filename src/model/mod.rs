@@ -6,6 +6,7 @@
 
 pub mod file;
 mod perm;
+pub mod preset;
 mod sso;
 mod time;
 
@@ -31,7 +32,11 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
     ("administrator", "Administrator", &["*"]),
     ("operator", "Operator", &["*:read", "*:operate"]),
     ("viewer", "Viewer", &["*:read"]),
+    ("member", "Member", &["*:read"]),
 ];
+
+/// The role a tenant's default role setting usually names: what every ordinary user holds.
+pub const MEMBER_ROLE: &str = "member";
 
 /// How a tenant authorizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -39,11 +44,47 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
 pub enum Rbac {
     /// Every active user may do everything in the tenant.
     None,
-    /// Built-in roles only; custom roles are rejected.
+    /// Built-in roles and the `basic` roles of the tenant's catalogue; custom roles are rejected
+    /// and `enterprise` catalogue roles are locked.
     Basic,
-    /// Built-in and custom roles (and, later, plugin conditions).
+    /// Every role: built in, catalogue, custom (with plugin conditions).
     #[default]
     Enterprise,
+}
+
+impl Rbac {
+    /// Does a tenant with this RBAC tier let roles of `tier` grant and be assigned? `basic` locks
+    /// `enterprise` roles; `none` decides without roles, so it locks nothing (the roles wait,
+    /// usable, for a tier that uses them).
+    pub fn unlocks(self, tier: Tier) -> bool {
+        !(self == Rbac::Basic && tier == Tier::Enterprise)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rbac::None => "none",
+            Rbac::Basic => "basic",
+            Rbac::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// The lowest RBAC tier a role is available in. Built-in roles are `basic`; custom roles are
+/// `enterprise`; the roles of a preset catalogue say theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Basic,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Basic => "basic",
+            Tier::Enterprise => "enterprise",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -197,6 +238,28 @@ pub struct Role {
     /// Name of a tenant plugin that must also allow (custom roles only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// Catalogue roles (from a preset, or a data file's `tier:`): the lowest tier they are
+    /// available in; such roles are read-only through the management API. Absent: a custom
+    /// role, available in `enterprise` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+impl Role {
+    /// The lowest tier this role is available in (custom roles: `enterprise`).
+    pub fn tier(&self) -> Tier {
+        self.tier.unwrap_or(Tier::Enterprise)
+    }
+
+    /// Is this role locked (assignable and granting nothing) in a tenant with `rbac`?
+    pub fn locked_in(&self, rbac: Rbac) -> bool {
+        !rbac.unlocks(self.tier())
+    }
+
+    /// A catalogue role (it carries its tier): read-only through the management API.
+    pub fn is_catalogue(&self) -> bool {
+        self.tier.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,7 +344,21 @@ pub struct PluginModule {
     pub description: Option<String>,
     /// The module bytes (shared: tenants are cloned on every rebuild).
     pub wasm: std::sync::Arc<[u8]>,
+    /// A candidate version running on a share of the plugin's calls, if any.
+    pub canary: Option<PluginCanary>,
 }
+
+/// A plugin's canary: another version of the module that runs instead of the current one on
+/// `share` % of the plugin's calls (chosen by [`crate::plugin::canary_bucket`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCanary {
+    pub wasm: std::sync::Arc<[u8]>,
+    /// Percent of the calls, 1 to 99 ([`CANARY_SHARES`]).
+    pub share: u8,
+}
+
+/// The shares a canary may take, in percent of a plugin's calls.
+pub const CANARY_SHARES: std::ops::RangeInclusive<u8> = 1..=99;
 
 impl PluginModule {
     pub fn new(name: impl Into<String>, wasm: impl Into<std::sync::Arc<[u8]>>) -> PluginModule {
@@ -289,6 +366,7 @@ impl PluginModule {
             name: name.into(),
             description: None,
             wasm: wasm.into(),
+            canary: None,
         }
     }
 
@@ -353,12 +431,19 @@ pub struct Tenant {
     /// Sign-in settings, and the identity state decisions need (revoked sessions, API keys).
     #[serde(default)]
     pub sign_in: SignIn,
+    /// The role preset the tenant was created with (its roles are among `roles`, with a tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The tenant's default role (usually [`MEMBER_ROLE`]): every active user who is not a
+    /// guest holds it on every root node, without an assignment. `None`: no default role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_role: Option<String>,
     /// Revision of this state; every committed change raises it by one.
     pub revision: u64,
 }
 
 /// A tenant's sign-in settings and the identity state its snapshot carries.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignIn {
     /// The tenant's logout period (default [`LogoutPeriod::DEFAULT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +454,16 @@ pub struct SignIn {
     /// Single sign-on: the identity provider this tenant trusts and its group mappings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso: Option<Sso>,
+    /// Administrators may change their own password (else only the owner changes it).
+    #[serde(default)]
+    pub admins_change_own_password: bool,
+    /// Ordinary users may change their own password (else their administrators do: the
+    /// controlled users of a tenant created with an owner, where it defaults to `false`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub users_change_own_password: bool,
+    /// At most one role per user per scope node (the management API refuses a second).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_role_per_place: bool,
     /// Sessions revoked before their expiry (logout): refused until they expire anyway.
     #[serde(skip)]
     pub revoked_sessions: Vec<RevokedSession>,
@@ -378,6 +473,30 @@ pub struct SignIn {
     /// Initial passwords from a data file, hashed when the file is imported (never stored).
     #[serde(skip)]
     pub passwords: Vec<(String, String)>,
+}
+
+impl Default for SignIn {
+    fn default() -> SignIn {
+        SignIn {
+            logout: None,
+            require_group: false,
+            admins_change_own_password: false,
+            users_change_own_password: true,
+            one_role_per_place: false,
+            sso: None,
+            revoked_sessions: Vec::new(),
+            api_keys: Vec::new(),
+            passwords: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A session revoked before it expired.
@@ -584,6 +703,18 @@ pub fn is_builtin_role(id: &str) -> bool {
     BUILTIN_ROLES.iter().any(|(rid, _, _)| *rid == id)
 }
 
+/// The built-in role `id` (tier `basic`: available in every tier).
+pub fn builtin_role(id: &str) -> Option<Role> {
+    let (rid, name, perms) = BUILTIN_ROLES.iter().find(|r| r.0 == id)?;
+    Some(Role {
+        id: (*rid).to_string(),
+        name: (*name).to_string(),
+        permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
+        plugin: None,
+        tier: Some(Tier::Basic),
+    })
+}
+
 /// What an assignment names: its principal (a user or a group), its role, its scope node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Named {
@@ -643,20 +774,17 @@ impl Tenant {
             assignments: Vec::new(),
             plugins: Vec::new(),
             sign_in: SignIn::default(),
+            preset: None,
+            default_role: None,
             revision: 1,
         }
     }
 
-    /// Every custom and built-in role as (id, name, permissions, plugin).
+    /// Every built-in, catalogue and custom role.
     pub fn all_roles(&self) -> Vec<Role> {
         let mut roles: Vec<Role> = BUILTIN_ROLES
             .iter()
-            .map(|(id, name, perms)| Role {
-                id: (*id).to_string(),
-                name: (*name).to_string(),
-                permissions: perms.iter().filter_map(|p| p.parse().ok()).collect(),
-                plugin: None,
-            })
+            .filter_map(|(id, _, _)| builtin_role(id))
             .collect();
         roles.extend(self.roles.iter().cloned());
         roles
@@ -776,6 +904,29 @@ impl Tenant {
                     ),
                 );
             }
+            if let Some(c) = &p.canary {
+                if c.wasm.is_empty() || c.wasm.len() > MAX_PLUGIN_BYTES {
+                    err(
+                        Collection::Plugins,
+                        i,
+                        format!(
+                            "the canary of plugin '{}' is {} bytes; a module must be 1 to {MAX_PLUGIN_BYTES} bytes",
+                            p.name,
+                            c.wasm.len()
+                        ),
+                    );
+                }
+                if !CANARY_SHARES.contains(&c.share) {
+                    err(
+                        Collection::Plugins,
+                        i,
+                        format!(
+                            "the canary of plugin '{}' has share {}; a share is 1 to 99 (percent)",
+                            p.name, c.share
+                        ),
+                    );
+                }
+            }
             if !plugin_names.insert(&p.name) {
                 err(
                     Collection::Plugins,
@@ -807,12 +958,22 @@ impl Tenant {
                     format!("duplicate role id '{}'", r.id),
                 );
             }
-            if self.rbac == Rbac::Basic {
+            if self.rbac == Rbac::Basic && !r.is_catalogue() {
                 err(
                     Collection::Roles,
                     i,
                     format!(
                         "custom role '{}' needs rbac 'enterprise' (tenant has 'basic')",
+                        r.id
+                    ),
+                );
+            }
+            if r.tier == Some(Tier::Basic) && r.plugin.is_some() {
+                err(
+                    Collection::Roles,
+                    i,
+                    format!(
+                        "role '{}' has a plugin condition, which needs tier 'enterprise'",
                         r.id
                     ),
                 );
@@ -911,6 +1072,16 @@ impl Tenant {
                         format!("member '{m}' is listed twice in group '{}'", g.id),
                     );
                 }
+            }
+        }
+
+        if let Some(r) = &self.default_role {
+            if !role_ids.contains(r.as_str()) {
+                err(
+                    Collection::Tenant,
+                    0,
+                    format!("default_role names unknown role '{r}'"),
+                );
             }
         }
 
@@ -1059,6 +1230,7 @@ mod tests {
             name: "R".into(),
             permissions: vec![],
             plugin: None,
+            tier: None,
         });
         assert_eq!(t.validate().len(), 1);
     }

@@ -398,6 +398,9 @@ pub struct SignInConfig {
     /// Invitations are also POSTed (JSON) to this `http://` URL; none: only the create call's
     /// answer carries them.
     pub invitation_webhook: Option<String>,
+    /// The platform tenant: its owner and administrators are platform administrators — on
+    /// every other tenant and on the platform-wide endpoints, as the bootstrap token.
+    pub platform_tenant: Option<String>,
 }
 
 impl Default for SignInConfig {
@@ -409,6 +412,7 @@ impl Default for SignInConfig {
             failure_window_seconds: 900,
             invitation_ttl_hours: 72,
             invitation_webhook: None,
+            platform_tenant: None,
         }
     }
 }

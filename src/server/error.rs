@@ -56,11 +56,20 @@ pub enum ErrorCode {
     SignInUnavailable,
     TenantNotHere,
     Stale,
+    PrivilegeEscalation,
+    SelfAction,
+    OwnerProtected,
+    AdminProtected,
+    OneRolePerPlace,
+    GroupNotEmpty,
+    GroupRequired,
+    NatsNotConfigured,
+    NatsUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in metrics order.
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 50] = [
         ErrorCode::BadRequest,
         ErrorCode::MalformedJson,
         ErrorCode::UnsupportedMediaType,
@@ -102,6 +111,15 @@ impl ErrorCode {
         ErrorCode::SignInUnavailable,
         ErrorCode::TenantNotHere,
         ErrorCode::Stale,
+        ErrorCode::PrivilegeEscalation,
+        ErrorCode::SelfAction,
+        ErrorCode::OwnerProtected,
+        ErrorCode::AdminProtected,
+        ErrorCode::OneRolePerPlace,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::GroupRequired,
+        ErrorCode::NatsNotConfigured,
+        ErrorCode::NatsUnavailable,
     ];
 
     /// The code as answered.
@@ -148,6 +166,15 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => "sign_in_unavailable",
             ErrorCode::TenantNotHere => "tenant_not_here",
             ErrorCode::Stale => "stale",
+            ErrorCode::PrivilegeEscalation => "privilege_escalation",
+            ErrorCode::SelfAction => "self_action",
+            ErrorCode::OwnerProtected => "owner_protected",
+            ErrorCode::AdminProtected => "admin_protected",
+            ErrorCode::OneRolePerPlace => "one_role_per_place",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
+            ErrorCode::GroupRequired => "group_required",
+            ErrorCode::NatsNotConfigured => "nats_not_configured",
+            ErrorCode::NatsUnavailable => "nats_unavailable",
         }
     }
 
@@ -195,6 +222,15 @@ impl ErrorCode {
             ErrorCode::SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TenantNotHere => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::PrivilegeEscalation
+            | ErrorCode::SelfAction
+            | ErrorCode::OwnerProtected
+            | ErrorCode::AdminProtected => StatusCode::FORBIDDEN,
+            ErrorCode::OneRolePerPlace => StatusCode::CONFLICT,
+            ErrorCode::GroupNotEmpty => StatusCode::CONFLICT,
+            ErrorCode::GroupRequired => StatusCode::CONFLICT,
+            ErrorCode::NatsNotConfigured => StatusCode::NOT_FOUND,
+            ErrorCode::NatsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -91,7 +91,8 @@ pub struct FleetReport {
     pub connected: bool,
     /// Unix ms of the last sign of life from NATS (0: never).
     pub last_contact_ms: u64,
-    /// Event counts by outcome (`published`; `applied`, `corrupt`, `duplicate`, `gap`, `reset`).
+    /// Event counts by outcome (`published`; `applied`, `corrupt`, `duplicate`, `gap`, `reset`,
+    /// `received`).
     pub events: Vec<(&'static str, u64)>,
     pub resyncs: u64,
     pub snapshots_published: u64,
@@ -130,7 +131,7 @@ impl FleetMetrics {
             events: IntCounterVec::new(
                 Opts::new(
                     "portcullis_fleet_events_total",
-                    "Change events by outcome: published (serve); applied, corrupt, duplicate, gap, reset (sidecar)",
+                    "Change events by outcome: published (serve); applied, corrupt, duplicate, gap, reset, and received: every message the sidecar's consumer delivered (sidecar)",
                 ),
                 &["outcome"],
             )?,

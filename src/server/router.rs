@@ -57,8 +57,11 @@ async fn route(
     req: Request<Incoming>,
 ) -> (Endpoint, Result<Resp, ApiError>) {
     let path = req.uri().path();
-    let admin_path =
-        path.starts_with("/v1/tenants") || path == "/v1/users" || path == "/v1/openapi.json";
+    let admin_path = path.starts_with("/v1/tenants")
+        || path == "/v1/users"
+        || path == "/v1/audit"
+        || path == "/v1/fleet/sidecars"
+        || path == "/v1/openapi.json";
     if path == "/.well-known/jwks.json" {
         // Public keys of session tokens: on every listener, for every gateway and sidecar.
         return (

@@ -38,6 +38,8 @@ pub struct State {
     pub fleet: Option<super::metrics::FleetReporter>,
     /// A sidecar's `nats.max_staleness_seconds`: fail closed when NATS has been silent longer.
     pub staleness: Option<Staleness>,
+    /// The sidecars' reports, where this control plane publishes to NATS (`serve --nats`).
+    pub sidecars: Option<Arc<crate::fleet::follow::Directory>>,
 }
 
 /// How long a sidecar may go without hearing from NATS before it refuses to decide.
@@ -105,6 +107,7 @@ impl State {
             following: None,
             fleet: None,
             staleness: None,
+            sidecars: None,
         })
     }
 }

@@ -32,8 +32,9 @@ use rustc_hash::FxHashMap;
 use super::index::{ArchivedIdSlot, IdIndex};
 use super::{
     validate, ApiKeyRec, ArchivedGroupRec, ArchivedIdIndex, ArchivedNodeRec, ArchivedRoleRec,
-    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, Grant, GrantMeta, GroupRec, NodeRec,
-    PluginRec, RoleRec, Snapshot, Span, SsoKeyRec, SsoRec, UserRec, FORMAT_VERSION, NEVER, NONE,
+    ArchivedSpan, ArchivedTenantSnap, ArchivedUserRec, CanaryRec, Grant, GrantMeta, GroupRec,
+    NodeRec, PluginRec, RoleRec, Snapshot, Span, SsoKeyRec, SsoRec, UserRec, FORMAT_VERSION, NEVER,
+    NONE,
 };
 use crate::model::{
     check_assignment, Assignment, GroupStatus, Named, Part, Principal, Rbac, Tenant, TenantStatus,
@@ -463,6 +464,11 @@ impl Compiled {
         let mut exact: FxHashMap<(&str, &str), Vec<u32>> = FxHashMap::default();
         for (ri, r) in roles.iter().enumerate() {
             let ri = ri as u32;
+            // A role locked in the tenant's RBAC tier grants nothing: its assignments (kept when
+            // the tier was lowered) stay in the archive but no permission maps to the role.
+            if r.locked_in(t.rbac) {
+                continue;
+            }
             for p in &r.permissions {
                 match (&p.resource, &p.action) {
                     (Part::Any, Part::Any) => all.push(ri),
@@ -519,6 +525,11 @@ impl Compiled {
                 sha256: p.sha256(),
                 description: p.description.clone(),
                 wasm: p.wasm.to_vec(),
+                canary: p.canary.as_ref().map(|c| CanaryRec {
+                    sha256: crate::model::sha256_hex(&c.wasm),
+                    share: c.share,
+                    wasm: c.wasm.to_vec(),
+                }),
             })
             .collect();
         let roles_rec: Vec<RoleRec> = roles
@@ -552,6 +563,25 @@ impl Compiled {
             for m in &g.members {
                 if let Some(&u) = user_index.get(m) {
                     groups_of[u as usize].push(gi as u32);
+                }
+            }
+        }
+        // The default role: a group of its own after the tenant's, holding the role at every
+        // root, of which every user but guests is a member. Decisions then need nothing new.
+        let default_role = match t.rbac {
+            Rbac::None => None,
+            _ => t
+                .default_role
+                .as_deref()
+                .and_then(|r| role_ids.get(r).copied()),
+        };
+        let mut default_members = 0u32;
+        if default_role.is_some() {
+            let gi = t.groups.len() as u32;
+            for (ui, u) in t.users.iter().enumerate() {
+                if u.kind != UserKind::Guest {
+                    groups_of[ui].push(gi);
+                    default_members += 1;
                 }
             }
         }
@@ -603,6 +633,15 @@ impl Compiled {
                 grants: empty,
             })
             .collect();
+        if default_role.is_some() {
+            groups.push(GroupRec {
+                id: super::DEFAULT_ROLE_GROUP.to_string(),
+                name: "default role".to_string(),
+                active: true,
+                members: default_members,
+                grants: empty,
+            });
+        }
         // SSO groups follow the tenant's own: one per mapped group name of the provider.
         let mut sso_grants: Vec<Vec<Raw>> = Vec::new();
         let sso = match (&t.sign_in.sso, t.rbac) {
@@ -719,7 +758,8 @@ impl Compiled {
             group_index,
             role_ids,
             per_user: vec![Vec::new(); t.users.len()],
-            per_group: vec![Vec::new(); t.groups.len()],
+            // The tenant's groups and the default role's; SSO groups' grants follow.
+            per_group: vec![Vec::new(); groups.len() - sso_grants.len()],
             actors: Actors::default(),
             sso,
             revoked_sessions: t
@@ -746,6 +786,13 @@ impl Compiled {
             if let Some((list, raw)) = c.raw(a) {
                 c.per_list(list).push(raw);
             } // else: unreachable for a validated tenant
+        }
+        if let (Some(role), Some(list)) = (default_role, c.per_group.get_mut(t.groups.len())) {
+            for (p, x) in nodes.iter().enumerate() {
+                if x.parent == NONE {
+                    list.push((p as u32, x.end, role, NEVER, NONE, i64::MIN));
+                }
+            }
         }
         c.per_group.extend(sso_grants);
         for list in c.per_user.iter_mut().chain(c.per_group.iter_mut()) {
@@ -1038,7 +1085,15 @@ mod tests {
                             i = j;
                         }
                     }
-                    removed.push(t.assignments.swap_remove(i));
+                    let a = t.assignments.swap_remove(i);
+                    // One added earlier in this step: the step neither adds nor removes it.
+                    match added.iter().position(|x| *x == a) {
+                        Some(k) => {
+                            added.swap_remove(k);
+                            seen.remove(&(a.principal.clone(), a.role.clone(), a.scope.clone()));
+                        }
+                        None => removed.push(a),
+                    }
                 } else {
                     let role = if !favour.is_empty() && rng.chance(50) {
                         rng.pick(favour).clone()
@@ -1082,6 +1137,26 @@ mod tests {
         incremental_matches_fresh(worlds::tenant("t", worlds::S, 3), 11, &[]);
     }
 
+    /// The default role's group (after the tenant's groups) survives incremental changes, and
+    /// grants every non-guest user the role at the roots.
+    #[test]
+    fn incremental_equals_fresh_build_with_a_default_role() {
+        let mut t = worlds::tenant("t", worlds::S, 3);
+        t.default_role = Some("member".into());
+        let s = Snapshot::build(&t).unwrap();
+        let v = s.view();
+        let g = v.groups.last().unwrap();
+        assert_eq!(g.id.as_str(), super::super::DEFAULT_ROLE_GROUP);
+        let guests = t.users.iter().filter(|u| u.kind == UserKind::Guest).count();
+        assert_eq!(g.members.to_native() as usize, t.users.len() - guests);
+        let roots = t.nodes.iter().filter(|n| n.parent.is_none()).count();
+        assert_eq!(
+            (g.grants.end.to_native() - g.grants.start.to_native()) as usize,
+            roots
+        );
+        incremental_matches_fresh(t, 13, &[]);
+    }
+
     /// The same with plugins: roles with a plugin condition (flagged in `plugin_roles`, a base
     /// bitset) gaining and losing assignments; the plugin records are re-archived in every tail.
     #[test]
@@ -1093,6 +1168,10 @@ mod tests {
                 name: "second".into(),
                 description: Some("the second module".into()),
                 wasm: vec![7u8; 3000].into(),
+                canary: Some(crate::model::PluginCanary {
+                    wasm: vec![8u8; 100].into(),
+                    share: 30,
+                }),
             },
         ];
         t.roles[0].plugin = Some("second".into());
@@ -1103,6 +1182,9 @@ mod tests {
             let s = c.snapshot().unwrap();
             let v = s.view();
             assert_eq!(v.plugins.len(), 2);
+            assert!(v.plugins[0].canary.is_none());
+            let c = v.plugins[1].canary.as_ref().unwrap();
+            assert_eq!((c.share, c.wasm.len()), (30, 100));
             assert_ne!(v.plugin_roles.to_native(), 0);
             let nbuiltin = v.roles.len() - t.roles.len();
             assert_eq!(v.roles[nbuiltin].plugin_slot.to_native(), 1);

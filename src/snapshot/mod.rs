@@ -8,7 +8,9 @@
 //!   up the chain, whatever the number of grants;
 //! - permissions are interned: a permission maps to a bitset of the roles granting it, wildcards
 //!   folded in at build time;
-//! - group memberships are resolved per user at build time.
+//! - group memberships are resolved per user at build time; the tenant's default role is one
+//!   more group ([`DEFAULT_ROLE_GROUP`]) holding the role at every root, of which every user
+//!   but guests is a member.
 //!
 //! Bytes are validated once ([`Snapshot::from_bytes`]: rkyv's structural check plus a semantic
 //! check of every index), then read zero-copy for the life of the snapshot.
@@ -47,8 +49,13 @@ pub const KIND_ADMIN: u8 = 1;
 pub const KIND_MEMBER: u8 = 2;
 pub const KIND_GUEST: u8 = 3;
 
+/// The id, in [`TenantSnap::groups`], of the group that holds the tenant's default role: every
+/// user but guests is a member, and it holds the role at every root node. `~` never occurs in
+/// the ids of the tenant's own groups.
+pub const DEFAULT_ROLE_GROUP: &str = "~default-role";
+
 /// Format version of [`TenantSnap`]; bump on any layout change.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// One tenant, compiled for decisions.
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -199,6 +206,20 @@ pub struct PluginRec {
     pub sha256: String,
     pub description: Option<String>,
     pub wasm: Vec<u8>,
+    /// The candidate version running on a share of the calls, if a canary runs.
+    pub canary: Option<CanaryRec>,
+}
+
+/// A plugin's canary: the candidate module and its share. Which calls it takes is a pure
+/// function of the request ([`crate::plugin::canary_bucket`]), so every process holding this
+/// snapshot splits the same calls the same way.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub struct CanaryRec {
+    /// Lowercase hex SHA-256 of `wasm`.
+    pub sha256: String,
+    /// Percent of the plugin's calls that run the candidate (1 to 99).
+    pub share: u8,
+    pub wasm: Vec<u8>,
 }
 
 /// One assignment, compiled: scope interval, role, expiry and the nearest enclosing grant of the
@@ -233,6 +254,9 @@ pub struct Snapshot {
     /// failed to compile; grants needing it deny). Swapped together with the archive, so a
     /// check runs the plugin versions of the snapshot it started on.
     plugins: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
+    /// Compiled canary candidates, parallel to the archive's `plugins` (None: no canary, or
+    /// it failed to compile here — the calls it takes deny).
+    canaries: Box<[Option<std::sync::Arc<crate::plugin::Plugin>>]>,
     /// The SSO keys of the archive, parsed once (a key that does not load is left out: its
     /// tokens are refused).
     sso_keys: Box<[crate::identity::sso::Verifier]>,
@@ -277,6 +301,7 @@ impl Snapshot {
             bytes,
             loaded_at: crate::clock::unix_now(),
             plugins: Box::default(),
+            canaries: Box::default(),
             sso_keys: Box::default(),
         };
         s.sso_keys = load_sso_keys(s.view());
@@ -289,31 +314,42 @@ impl Snapshot {
         &self.sso_keys
     }
 
-    /// Compiles (or takes from the host's cache) every plugin of this snapshot. A plugin that
-    /// fails to load leaves its slot empty, so grants needing it deny (fail closed); the errors
-    /// are returned for logging.
+    /// Compiles (or takes from the host's cache) every plugin of this snapshot, and the
+    /// candidate of each running canary. A module that fails to load leaves its slot empty, so
+    /// the calls needing it deny (fail closed); the errors are returned for logging.
     pub fn attach_plugins(
         &mut self,
         host: &crate::plugin::PluginHost,
     ) -> Vec<crate::plugin::ModuleError> {
         let mut errors = Vec::new();
-        let loaded: Vec<_> = {
+        let (loaded, canaries): (Vec<_>, Vec<_>) = {
             let v = self.view();
             let tenant = v.id.as_str();
+            let mut load = |name: &str, wasm: &[u8], keep: Option<&str>| {
+                // While a canary runs, the host keeps both versions of the plugin loaded.
+                let keep = keep.and_then(crate::model::unhex32);
+                match host.load_keeping(tenant, name, wasm, keep) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            };
             v.plugins
                 .iter()
-                .map(
-                    |p| match host.load(tenant, p.name.as_str(), p.wasm.as_slice()) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            errors.push(e);
-                            None
-                        }
-                    },
-                )
-                .collect()
+                .map(|p| {
+                    let name = p.name.as_str();
+                    let canary = p.canary.as_ref();
+                    let cur = load(name, p.wasm.as_slice(), canary.map(|c| c.sha256.as_str()));
+                    let cand =
+                        canary.and_then(|c| load(name, c.wasm.as_slice(), Some(p.sha256.as_str())));
+                    (cur, cand)
+                })
+                .unzip()
         };
         self.plugins = loaded.into_boxed_slice();
+        self.canaries = canaries.into_boxed_slice();
         errors
     }
 
@@ -323,9 +359,15 @@ impl Snapshot {
         self.plugins.get(slot as usize).and_then(Option::as_ref)
     }
 
-    /// The compiled plugins attached to this snapshot.
+    /// The compiled canary candidate of the plugin in `slot`, if one runs and is attached.
+    #[inline]
+    pub fn canary(&self, slot: u32) -> Option<&std::sync::Arc<crate::plugin::Plugin>> {
+        self.canaries.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    /// The compiled plugins attached to this snapshot, canary candidates included.
     pub fn attached_plugins(&self) -> impl Iterator<Item = &std::sync::Arc<crate::plugin::Plugin>> {
-        self.plugins.iter().flatten()
+        self.plugins.iter().chain(self.canaries.iter()).flatten()
     }
 
     /// Whether any role of this tenant has a plugin condition.

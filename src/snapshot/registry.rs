@@ -164,11 +164,12 @@ impl Registry {
             if snap.has_plugins() {
                 let background = lock(&self.background).is_some();
                 if background
-                    && !snap
-                        .view()
-                        .plugins
-                        .iter()
-                        .all(|p| host.is_compiled(p.sha256.as_str()))
+                    && !snap.view().plugins.iter().all(|p| {
+                        host.is_compiled(p.sha256.as_str())
+                            && p.canary
+                                .as_ref()
+                                .is_none_or(|c| host.is_compiled(c.sha256.as_str()))
+                    })
                 {
                     match self.defer(snap) {
                         Ok(()) => return true,

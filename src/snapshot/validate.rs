@@ -142,6 +142,15 @@ fn check_plugins(v: &ArchivedTenantSnap) -> Result<(), SnapshotError> {
             return Err(bad(format!("role {i} has an inconsistent plugin slot")));
         }
     }
+    // A canary's share is a percentage strictly between 0 and 100: the split compares it with
+    // a bucket in 0..100, so anything else would make it all or nothing.
+    for (i, p) in v.plugins.iter().enumerate() {
+        if let Some(c) = p.canary.as_ref() {
+            if !crate::model::CANARY_SHARES.contains(&c.share) {
+                return Err(bad(format!("plugin {i} has a canary share of {}", c.share)));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -130,6 +130,7 @@ pub fn kind_code(kind: Kind) -> u8 {
         Kind::Session => 9,
         Kind::ApiKey => 10,
         Kind::Invitation => 11,
+        Kind::NotificationRule => 12,
     }
 }
 

@@ -49,13 +49,15 @@ pub enum Kind {
     ApiKey,
     /// A pending invitation (id = SHA-256 of its token): user, expiry, whether it was used.
     Invitation,
+    /// A notification rule (id = rule id): event kind and target groups.
+    NotificationRule,
 }
 
 /// What a [`Kind::Credential`] document becomes in the log and on the change stream.
 pub const REDACTED: &str = "redacted";
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Tenant,
         Kind::Node,
         Kind::Role,
@@ -67,6 +69,7 @@ impl Kind {
         Kind::Session,
         Kind::ApiKey,
         Kind::Invitation,
+        Kind::NotificationRule,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +84,7 @@ impl Kind {
             Kind::Session => "session",
             Kind::ApiKey => "api_key",
             Kind::Invitation => "invitation",
+            Kind::NotificationRule => "notification_rule",
         }
     }
     pub fn parse(s: &str) -> Option<Kind> {

@@ -6,7 +6,7 @@
 use portcullis::decide::Reason;
 use portcullis::model::{
     Assignment, Group, GroupStatus, Node, Permission, Principal, Rbac, Role, Tenant, TenantStatus,
-    User, UserKind, UserStatus,
+    Tier, User, UserKind, UserStatus,
 };
 use proptest::prelude::*;
 
@@ -38,15 +38,17 @@ pub fn ref_role_perms(t: &Tenant, id: &str) -> Vec<Permission> {
     let builtin: Option<&[&str]> = match id {
         "administrator" => Some(&["*"]),
         "operator" => Some(&["*:read", "*:operate"]),
-        "viewer" => Some(&["*:read"]),
+        "viewer" | "member" => Some(&["*:read"]),
         _ => None,
     };
     if let Some(list) = builtin {
         return list.iter().map(|p| p.parse().unwrap()).collect();
     }
+    // A basic tenant's roles grant only when they are catalogue roles of tier basic.
     t.roles
         .iter()
         .find(|r| r.id == id)
+        .filter(|r| t.rbac != Rbac::Basic || r.tier == Some(Tier::Basic))
         .map(|r| r.permissions.clone())
         .unwrap_or_default()
 }
@@ -124,6 +126,16 @@ pub fn ref_assignment_grants(
         && ref_covers(t, &a.scope, resource)
 }
 
+/// Does the tenant's default role grant `res:act` to `subject`? Every user but guests holds it
+/// on every node (at the roots, so on their subtrees: the whole tenant).
+pub fn ref_default_role_grants(t: &Tenant, subject: &str, res: &str, act: &str) -> bool {
+    let Some(role) = &t.default_role else {
+        return false;
+    };
+    ref_user(t, subject).is_some_and(|u| u.kind != UserKind::Guest)
+        && ref_role_grants(t, role, res, act)
+}
+
 /// The subject-level part of a decision: `Err(reason)` when the request is denied whatever the
 /// resource, else the split action.
 pub fn ref_subject<'a>(
@@ -172,6 +184,7 @@ pub fn ref_check(
     if t.assignments
         .iter()
         .any(|a| ref_assignment_grants(t, a, subject, res, act, resource, now))
+        || ref_default_role_grants(t, subject, res, act)
     {
         (true, Reason::Granted)
     } else {
@@ -362,13 +375,21 @@ fn make_tenant(
     if order & (1 << 40) != 0 {
         t.nodes.reverse();
     }
-    if rbac == Rbac::Enterprise {
+    // Enterprise tenants get custom and catalogue roles of both tiers; basic tenants catalogue
+    // roles only (custom ones cannot exist there), half of them locked.
+    if rbac != Rbac::None {
         for (j, perms) in roles.iter().enumerate() {
+            let tier = match (rbac, j % 3) {
+                (Rbac::Enterprise, 0) => None,
+                (_, 1) => Some(Tier::Enterprise),
+                _ => Some(Tier::Basic),
+            };
             t.roles.push(Role {
                 id: format!("r{j}"),
                 name: format!("Role {j}"),
                 permissions: perms.clone(),
                 plugin: None,
+                tier,
             });
         }
     }
@@ -414,6 +435,12 @@ fn make_tenant(
                 .collect(),
         });
     }
+    // A default role in some worlds, from bits of `order` not used above.
+    t.default_role = match (order >> 41) % 4 {
+        0 => Some("member".to_string()),
+        1 if !t.roles.is_empty() => Some("r0".to_string()),
+        _ => None,
+    };
     let role_ids: Vec<String> = ["administrator", "operator", "viewer"]
         .iter()
         .map(|s| s.to_string())

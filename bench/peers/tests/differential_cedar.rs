@@ -100,6 +100,7 @@ fn random_tenant(rng: &mut Rng, i: usize) -> Tenant {
                 name: format!("R{r}"),
                 permissions: perms,
                 plugin: None,
+                tier: None,
             });
         }
     }

@@ -72,10 +72,30 @@ pub fn create_assignment(
     }
     check_expiry(req.expires_at, now, &mut f);
     f.done()?;
+    super::available(doc, &req.role)?;
     let Some(principal) = principal else {
         return Err(RuleError::invalid("user", "missing principal"));
     };
     let id = assignment_id(&principal, &req.role, &req.scope);
+    let one_per_place = doc
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.sign_in.one_role_per_place);
+    if let (true, Principal::User(_)) = (one_per_place, &principal) {
+        if let Some(other) = doc.assignments.values().find(|a| {
+            a.assignment.principal == principal
+                && a.assignment.scope == req.scope
+                && a.assignment.role != req.role
+        }) {
+            return Err(RuleError::conflict(
+                "one_role_per_place",
+                format!(
+                    "{principal} already holds role '{}' on '{}', and this tenant allows one role per user per place (one_role_per_place)",
+                    other.assignment.role, req.scope
+                ),
+            ));
+        }
+    }
     if doc.assignments.contains_key(&id) {
         return Err(RuleError::conflict(
             "assignment",

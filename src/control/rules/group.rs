@@ -1,10 +1,19 @@
 //! Rules of group writes: create (known, live, distinct members; quota), rename and
-//! (de)activation, membership changes, delete (with the group's assignments).
+//! (de)activation, membership changes, delete (only when empty and no notification rule
+//! names the group; with the group's assignments).
+//!
+//! `require_group`: while a tenant requires groups, no write may leave an ordinary user (kind
+//! `member`, not deleted) without a group — creating one without `groups`, removing one from
+//! the last group, making an owner or admin an ordinary user who has none: 409 `group_required`.
+//! Membership of any group counts (an inactive group too: deactivating a group cuts access and
+//! sign-in, and is never refused); sign-in also needs an active group. Owners, admins and
+//! guests are exempt; users who had no group when the setting was turned on keep none until a
+//! write touches them (they cannot sign in).
 
 use super::tenant::{quota_room, Usage};
 use super::{find, Fields, Rule, RuleError};
 use crate::control::doc::{json, TenantDoc};
-use crate::model::{check_id, Group, GroupStatus, Principal, UserStatus};
+use crate::model::{check_id, Group, GroupStatus, Principal, User, UserKind, UserStatus};
 use crate::store::{Kind, RowOp};
 
 requests! {
@@ -89,8 +98,57 @@ pub fn update_group(doc: &TenantDoc, id: &str, patch: &GroupPatch) -> Rule {
     })
 }
 
+/// Must `u` keep a group: the tenant requires groups and `u` is a live ordinary user?
+pub(super) fn needs_group(doc: &TenantDoc, u: &User) -> bool {
+    doc.settings
+        .as_ref()
+        .is_some_and(|s| s.sign_in.require_group)
+        && u.kind == UserKind::Member
+        && u.status != UserStatus::Deleted
+}
+
+/// The number of groups `user` is a member of, not counting `except`.
+pub(super) fn groups_of(doc: &TenantDoc, user: &str, except: Option<&str>) -> usize {
+    doc.groups
+        .values()
+        .filter(|g| Some(g.id.as_str()) != except && g.members.iter().any(|m| m == user))
+        .count()
+}
+
+/// The refusal of a write that would leave `user` without a group (409 `group_required`).
+pub(super) fn group_required(user: &str, what: &str) -> RuleError {
+    RuleError::conflict(
+        "group_required",
+        format!(
+            "the tenant requires every ordinary user to belong to a group (require_group); \
+             {what} would leave user '{user}' in none"
+        ),
+    )
+}
+
 pub fn delete_group(doc: &TenantDoc, id: &str) -> Rule {
     let cur = find(&doc.groups, "group", id)?;
+    if !cur.members.is_empty() {
+        return Err(RuleError::conflict(
+            "group_not_empty",
+            format!(
+                "group '{id}' has {} member(s); remove them first",
+                cur.members.len()
+            ),
+        ));
+    }
+    let rules: Vec<String> = doc
+        .notification_rules
+        .values()
+        .filter(|r| r.groups.iter().any(|g| g == id))
+        .map(|r| format!("'{}'", r.id))
+        .collect();
+    super::unused(rules.len(), || {
+        format!(
+            "group '{id}' is a target of notification rule(s) {}; remove it from them first",
+            rules.join(", ")
+        )
+    })?;
     let principal = Principal::Group(id.to_string());
     let cascade = doc
         .assignments
@@ -123,6 +181,14 @@ pub fn remove_member(doc: &TenantDoc, id: &str, user: &str) -> Rule {
     super::edit(&doc.groups, Kind::Group, id, |cur, g, _| {
         if !cur.members.iter().any(|m| m == user) {
             return Err(RuleError::not_found("member", user));
+        }
+        if let Some(u) = doc.users.get(user) {
+            if needs_group(doc, &u.user) && groups_of(doc, user, Some(id)) == 0 {
+                return Err(group_required(
+                    user,
+                    &format!("removing them from group '{id}'"),
+                ));
+            }
         }
         g.members.retain(|m| m != user);
         Ok("group.member.remove")

@@ -3,10 +3,11 @@
 //! Pure functions: no I/O, no clock (the caller passes `now`).
 //!
 //! One file per entity holds every rule of an admin write to it: [`tenant`], [`node`], [`user`],
-//! [`group`], [`role`], [`plugin`], [`assignment`]. This file has what they share: the change
-//! and error types, field-error collection, and the create/update/delete skeletons. Whatever a
-//! rule lets through, [`super::ControlPlane`] still checks the resulting tenant with the
-//! snapshot builder's own validation before anything is committed.
+//! [`group`], [`role`], [`plugin`], [`assignment`], [`notify`] (notification rules). This file
+//! has what they share: the change and error types, field-error collection, and the
+//! create/update/delete skeletons. Whatever a rule lets through, [`super::ControlPlane`] still
+//! checks the resulting tenant with the snapshot builder's own validation before anything is
+//! committed.
 
 /// Declares the request bodies of an entity: the create, then the patch (also `Default`: an
 /// absent field changes nothing). Both are strict: an unknown field is refused.
@@ -28,6 +29,7 @@ mod assignment;
 mod group;
 mod identity;
 mod node;
+mod notify;
 mod plugin;
 mod role;
 mod tenant;
@@ -41,6 +43,7 @@ pub use assignment::*;
 pub use group::*;
 pub use identity::*;
 pub use node::*;
+pub use notify::*;
 pub use plugin::*;
 pub use role::*;
 pub use tenant::*;
@@ -93,7 +96,9 @@ impl RuleError {
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> RuleError {
         let code = match code {
-            "tenant" | "node" | "user" | "group" | "role" | "assignment" => "already_exists",
+            "tenant" | "node" | "user" | "group" | "role" | "assignment" | "notification_rule" => {
+                "already_exists"
+            }
             c => c,
         };
         RuleError::Conflict {

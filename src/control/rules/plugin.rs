@@ -1,8 +1,10 @@
 //! Rules of plugin writes: upload or replace a module (size and count caps, `enterprise` RBAC),
-//! delete only when no role names it as its condition.
+//! roll back to a kept version, run a canary (a candidate version on a share of the calls:
+//! start, replace, change the share, promote, abort), delete only when no role names it as its
+//! condition.
 
 use super::{find, Fields, Rule, RuleError};
-use crate::control::doc::{json, PluginRow, PluginVersion, TenantDoc};
+use crate::control::doc::{json, PluginCanaryRow, PluginRow, PluginVersion, TenantDoc};
 use crate::model::{check_id, Rbac, Timestamp};
 use crate::store::{Kind, RowOp};
 
@@ -12,6 +14,9 @@ pub struct PluginUpload {
     pub name: String,
     pub description: Option<String>,
     pub wasm: std::sync::Arc<[u8]>,
+    /// Upload as a canary taking this share (percent) of the plugin's calls, instead of
+    /// replacing the current version.
+    pub canary: Option<u8>,
 }
 
 /// Previous versions kept per plugin for rollback (the oldest beyond are dropped). They live in
@@ -51,11 +56,15 @@ pub fn plugin_users(doc: &TenantDoc, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The API form of a plugin row: no module bytes, plus the roles using it.
+/// The API form of a plugin row: no module bytes, plus the roles using it and the running
+/// canary, if any, as [`canary_summary`] shows it.
 pub fn plugin_summary(doc: &TenantDoc, row: &PluginRow) -> serde_json::Value {
     let mut v = PluginRow::summary(&json(row));
     if let serde_json::Value::Object(m) = &mut v {
         m.insert("roles".into(), json(&plugin_users(doc, &row.name)));
+        if let Some(c) = &row.canary {
+            m.insert("canary".into(), canary_summary(c));
+        }
     }
     v
 }
@@ -96,6 +105,9 @@ pub fn put_plugin(doc: &TenantDoc, req: &PluginUpload, actor: &str, now: Timesta
         ));
     }
     let sha256 = crate::model::sha256_hex(&req.wasm);
+    if let Some(share) = req.canary {
+        return put_canary(doc, req, share, sha256, actor, now);
+    }
     let action = if cur.is_some() {
         "plugin.replace"
     } else {
@@ -111,6 +123,9 @@ pub fn put_plugin(doc: &TenantDoc, req: &PluginUpload, actor: &str, now: Timesta
             summary,
         ));
     }
+    if let Some(c) = cur {
+        refuse_while_canary(c, "uploading another version")?;
+    }
     let row = PluginRow {
         name: req.name.clone(),
         description: req.description.clone(),
@@ -122,6 +137,7 @@ pub fn put_plugin(doc: &TenantDoc, req: &PluginUpload, actor: &str, now: Timesta
         previous: cur
             .map(|c| previous_after(c, &sha256_of(&req.wasm)))
             .unwrap_or_default(),
+        canary: None,
     };
     let before = cur.map(|c| PluginRow::summary(&json(c)));
     let op = RowOp::put(Kind::Plugin, req.name.as_str(), json(&row), before);
@@ -139,6 +155,202 @@ fn sha256_of(wasm: &[u8]) -> String {
     crate::model::sha256_hex(wasm)
 }
 
+/// A canary share as the API takes it: an integer percentage, 1 to 99.
+pub fn check_canary_share(share: i64) -> Result<u8, RuleError> {
+    u8::try_from(share)
+        .ok()
+        .filter(|s| crate::model::CANARY_SHARES.contains(s))
+        .ok_or_else(|| {
+            RuleError::invalid(
+                "canary",
+                format!("a canary share is a percentage of the calls from 1 to 99, got {share}"),
+            )
+        })
+}
+
+/// 409 while plugin `cur` runs a canary: the write would change the version the candidate is
+/// compared with.
+fn refuse_while_canary(cur: &PluginRow, doing: &str) -> Result<(), RuleError> {
+    match &cur.canary {
+        None => Ok(()),
+        Some(c) => Err(RuleError::conflict(
+            "invalid_state",
+            format!(
+                "plugin '{}' runs a canary (version {}, {}% of the calls); promote or abort it \
+                 before {doing}",
+                cur.name, c.version.sha256, c.share
+            ),
+        )),
+    }
+}
+
+/// `PUT …/plugins/{name}?canary=N`: the module becomes the plugin's candidate on `share` % of
+/// the calls while the current version stays current. The same candidate again changes only
+/// the share (`plugin.canary.share`); another module replaces the running candidate
+/// (`plugin.canary.replace`, its `since` restarts); else `plugin.canary.start`.
+fn put_canary(
+    doc: &TenantDoc,
+    req: &PluginUpload,
+    share: u8,
+    sha256: String,
+    actor: &str,
+    now: Timestamp,
+) -> Rule {
+    let share = check_canary_share(i64::from(share))?;
+    let Some(cur) = doc.plugins.get(&req.name) else {
+        return Err(RuleError::conflict(
+            "invalid_state",
+            format!(
+                "plugin '{}' does not exist: upload its first version without a canary",
+                req.name
+            ),
+        ));
+    };
+    if cur.sha256 == sha256 {
+        return Err(RuleError::conflict(
+            "invalid_state",
+            format!(
+                "this module is the current version of plugin '{}' ({sha256}); a canary runs \
+                 another version",
+                req.name
+            ),
+        ));
+    }
+    let (action, canary) = match &cur.canary {
+        Some(c) if c.version.sha256 == sha256 => {
+            if c.share == share && c.version.description == req.description {
+                return Ok(super::change(
+                    "plugin.canary.share",
+                    Kind::Plugin,
+                    &req.name,
+                    Vec::new(),
+                    plugin_summary(doc, cur),
+                ));
+            }
+            let mut c = c.clone();
+            c.share = share;
+            c.version.description = req.description.clone();
+            ("plugin.canary.share", c)
+        }
+        running => (
+            if running.is_some() {
+                "plugin.canary.replace"
+            } else {
+                "plugin.canary.start"
+            },
+            PluginCanaryRow {
+                version: PluginVersion {
+                    description: req.description.clone(),
+                    sha256,
+                    size: req.wasm.len(),
+                    wasm: req.wasm.clone(),
+                    uploaded_by: Some(actor.to_string()),
+                    uploaded_at: now,
+                },
+                share,
+            },
+        ),
+    };
+    let row = PluginRow {
+        canary: Some(canary),
+        ..cur.clone()
+    };
+    Ok(put_row(doc, cur, row, action))
+}
+
+/// Writes plugin row `row` over `cur` (action `action`), answering with its summary.
+fn put_row(doc: &TenantDoc, cur: &PluginRow, row: PluginRow, action: &str) -> super::Change {
+    let before = Some(PluginRow::summary(&json(cur)));
+    let op = RowOp::put(Kind::Plugin, row.name.as_str(), json(&row), before);
+    let summary = plugin_summary(doc, &row);
+    super::change(action, Kind::Plugin, &row.name, vec![op], summary)
+}
+
+/// The canary of plugin `name`, or 404 when it has none.
+fn running_canary<'a>(
+    doc: &'a TenantDoc,
+    name: &str,
+) -> Result<(&'a PluginRow, &'a PluginCanaryRow), RuleError> {
+    let cur = find(&doc.plugins, "plugin", name)?;
+    match &cur.canary {
+        Some(c) => Ok((cur, c)),
+        None => Err(RuleError::not_found("canary of plugin", name)),
+    }
+}
+
+/// `PATCH …/plugins/{name}/canary` `{"share"}`: changes the running canary's share
+/// (`plugin.canary.share`); the same share changes nothing.
+pub fn set_canary_share(doc: &TenantDoc, name: &str, share: i64) -> Rule {
+    let share = check_canary_share(share)?;
+    let (cur, c) = running_canary(doc, name)?;
+    if c.share == share {
+        return Ok(super::change(
+            "plugin.canary.share",
+            Kind::Plugin,
+            name,
+            Vec::new(),
+            plugin_summary(doc, cur),
+        ));
+    }
+    let mut c = c.clone();
+    c.share = share;
+    let row = PluginRow {
+        canary: Some(c),
+        ..cur.clone()
+    };
+    Ok(put_row(doc, cur, row, "plugin.canary.share"))
+}
+
+/// `POST …/plugins/{name}/canary/promote`: the candidate becomes the current version (all
+/// calls run it) and the replaced version becomes the newest kept previous one
+/// (`plugin.canary.promote`).
+pub fn promote_canary(doc: &TenantDoc, name: &str) -> Rule {
+    let (cur, c) = running_canary(doc, name)?;
+    let v = &c.version;
+    let row = PluginRow {
+        name: cur.name.clone(),
+        description: v.description.clone(),
+        sha256: v.sha256.clone(),
+        size: v.size,
+        wasm: v.wasm.clone(),
+        uploaded_by: v.uploaded_by.clone(),
+        uploaded_at: v.uploaded_at,
+        previous: previous_after(cur, &v.sha256),
+        canary: None,
+    };
+    Ok(put_row(doc, cur, row, "plugin.canary.promote"))
+}
+
+/// `DELETE …/plugins/{name}/canary`: drops the candidate; all calls run the current version
+/// again (`plugin.canary.abort`).
+pub fn abort_canary(doc: &TenantDoc, name: &str) -> Rule {
+    let (cur, _) = running_canary(doc, name)?;
+    let row = PluginRow {
+        canary: None,
+        ..cur.clone()
+    };
+    Ok(put_row(doc, cur, row, "plugin.canary.abort"))
+}
+
+/// The body of `PATCH …/plugins/{name}/canary`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryPatch {
+    /// The new share, in percent of the calls (1 to 99).
+    pub share: i64,
+}
+
+/// A running canary as the API shows it: the candidate's `sha256`, `size`, `description`,
+/// `uploaded_by`, its `share` (percent of the calls) and `since` (when the candidate started,
+/// unix seconds; a share change keeps it), without the module bytes.
+pub fn canary_summary(c: &PluginCanaryRow) -> serde_json::Value {
+    let mut v = PluginRow::summary(&json(c));
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("since".into(), json(&c.version.uploaded_at));
+    }
+    v
+}
+
 /// Makes the kept previous version `sha256` of plugin `name` current again (action
 /// `plugin.rollback`); the replaced version becomes the newest previous one. Rolling back to
 /// the current version changes nothing.
@@ -153,6 +365,7 @@ pub fn rollback_plugin(doc: &TenantDoc, name: &str, sha256: &str) -> Rule {
             plugin_summary(doc, cur),
         ));
     }
+    refuse_while_canary(cur, "rolling back")?;
     // Not kept (never uploaded, or dropped beyond PLUGIN_VERSIONS_KEPT): 404 naming it.
     let Some(target) = cur.previous.iter().find(|v| v.sha256 == sha256) else {
         return Err(RuleError::not_found(
@@ -169,6 +382,7 @@ pub fn rollback_plugin(doc: &TenantDoc, name: &str, sha256: &str) -> Rule {
         uploaded_by: target.uploaded_by.clone(),
         uploaded_at: target.uploaded_at,
         previous: previous_after(cur, sha256),
+        canary: None,
     };
     let before = Some(PluginRow::summary(&json(cur)));
     let op = RowOp::put(Kind::Plugin, name, json(&row), before);
@@ -182,7 +396,8 @@ pub fn rollback_plugin(doc: &TenantDoc, name: &str, sha256: &str) -> Rule {
     ))
 }
 
-/// The versions of plugin `name`, current first: what `GET …/plugins/{name}/versions` shows.
+/// The versions of plugin `name`, current first: what `GET …/plugins/{name}/versions` shows
+/// as `data` (a running canary's candidate is shown beside them, see [`canary_summary`]).
 pub fn plugin_versions(doc: &TenantDoc, name: &str) -> Option<serde_json::Value> {
     let cur = doc.plugins.get(name)?;
     let entry = |v: &PluginVersion, current: bool| {

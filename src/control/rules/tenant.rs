@@ -3,7 +3,8 @@
 use super::{updated, Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, PluginRow, Settings, TenantDoc};
 use crate::model::{
-    check_id, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp, UserKind, UserStatus,
+    check_id, is_builtin_role, preset, LogoutPeriod, Quotas, Rbac, Tenant, TenantStatus, Timestamp,
+    UserKind, UserStatus, MEMBER_ROLE,
 };
 use crate::store::{Kind, RowOp};
 
@@ -20,6 +21,22 @@ requests! {
         pub logout: Option<LogoutPeriod>,
         #[serde(default)]
         pub require_group: bool,
+        #[serde(default)]
+        pub admins_change_own_password: bool,
+        /// Default: `true`, or `false` when the tenant is created with an `owner`.
+        pub users_change_own_password: Option<bool>,
+        #[serde(default)]
+        pub one_role_per_place: bool,
+        /// The account master, created with the tenant (the fields of a user create; `kind` is
+        /// `owner`, a password is required).
+        pub owner: Option<super::UserCreate>,
+        /// A built-in role preset (`crate::model::preset`): its roles are copied into the tenant.
+        pub preset: Option<String>,
+        /// The role every active non-guest user holds at the roots; `null`: none. Absent:
+        /// `member` for a tenant created with an `owner` or a `preset` (the seed products'
+        /// read-only member role), none otherwise.
+        #[serde(default, with = "super::double_option")]
+        pub default_role: Option<Option<String>>,
     }
     TenantPatch {
         pub name: Option<String>,
@@ -28,9 +45,25 @@ requests! {
         pub quotas: Option<Quotas>,
         pub logout: Option<LogoutPeriod>,
         pub require_group: Option<bool>,
+        pub admins_change_own_password: Option<bool>,
+        pub users_change_own_password: Option<bool>,
+        pub one_role_per_place: Option<bool>,
+        /// A role id, or `null` to turn the default role off.
+        #[serde(default, with = "super::double_option")]
+        pub default_role: Option<Option<String>>,
         /// Single sign-on (`null` turns it off).
         #[serde(default, with = "super::double_option")]
         pub sso: Option<Option<crate::model::Sso>>,
+    }
+}
+
+/// A default role must be a role of the tenant (built in or custom).
+fn check_default_role(doc: Option<&TenantDoc>, role: &str, f: &mut Fields) {
+    if !is_builtin_role(role) && !doc.is_some_and(|d| d.roles.contains_key(role)) {
+        f.push(
+            "default_role",
+            format!("unknown role '{role}' (the usual default role is '{MEMBER_ROLE}')"),
+        );
     }
 }
 
@@ -62,10 +95,35 @@ pub fn import(t: &Tenant, now: Timestamp, password_hashes: &[(String, String)]) 
     })
 }
 
-pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
+/// Creates a tenant; with an `owner`, its owner too (`owner_hash`: the argon2id hash of the
+/// owner's password, computed by the caller).
+pub fn create_tenant(req: &TenantCreate, now: Timestamp, owner_hash: Option<&str>) -> Rule {
     let mut f = Fields::default();
     f.check("id", check_id("tenant id", &req.id));
     let name = super::name_or_id(&req.name, &req.id, &mut f);
+    if let Some(o) = &req.owner {
+        if !matches!(o.kind, UserKind::Member | UserKind::Owner) {
+            f.push("owner.kind", "the owner's kind is 'owner'");
+        }
+        if o.password.is_none() || owner_hash.is_none() {
+            f.push("owner.password", "the owner needs a password");
+        }
+    }
+    let preset = match req.preset.as_deref().map(|p| (p, preset::get(p))) {
+        None => None,
+        Some((_, Some(p))) => Some(p),
+        Some((id, None)) => {
+            f.push("preset", preset::unknown(id));
+            None
+        }
+    };
+    let default_role = match &req.default_role {
+        Some(r) => r.clone(),
+        None => (req.owner.is_some() || req.preset.is_some()).then(|| MEMBER_ROLE.to_string()),
+    };
+    if let Some(r) = &default_role {
+        check_default_role(None, r, &mut f);
+    }
     f.done()?;
     let s = Settings {
         id: req.id.clone(),
@@ -77,10 +135,53 @@ pub fn create_tenant(req: &TenantCreate, now: Timestamp) -> Rule {
         sign_in: crate::model::SignIn {
             logout: req.logout,
             require_group: req.require_group,
+            admins_change_own_password: req.admins_change_own_password,
+            users_change_own_password: req.users_change_own_password.unwrap_or(req.owner.is_none()),
+            one_role_per_place: req.one_role_per_place,
             ..crate::model::SignIn::default()
         },
+        preset: preset.map(|p| p.id.clone()),
+        default_role,
     };
-    Ok(super::created(Kind::Tenant, &req.id, &s))
+    let mut change = super::created(Kind::Tenant, &req.id, &s);
+    if let Some(o) = &req.owner {
+        let doc = TenantDoc {
+            settings: Some(s),
+            ..TenantDoc::default()
+        };
+        let owner = super::UserCreate {
+            kind: UserKind::Owner,
+            ..o.clone()
+        };
+        let secrets = super::NewUserSecrets {
+            password_hash: owner_hash.map(str::to_string),
+            invitation: None,
+        };
+        let user = super::create_user(&doc, &owner, now, &secrets).map_err(|e| match e {
+            RuleError::Invalid(fields) => RuleError::Invalid(
+                fields
+                    .into_iter()
+                    .map(|mut f| {
+                        f.field = format!("owner.{}", f.field);
+                        f
+                    })
+                    .collect(),
+            ),
+            e => e,
+        })?;
+        change.ops.extend(user.ops);
+        if let serde_json::Value::Object(m) = &mut change.result {
+            m.insert("owner".into(), user.result);
+        }
+    }
+    // The preset's roles are the tenant's from now on (copies: a later release changing the
+    // preset does not change what this tenant grants).
+    for r in preset.iter().flat_map(|p| &p.roles) {
+        change
+            .ops
+            .push(RowOp::put(Kind::Role, r.id.as_str(), json(r), None));
+    }
+    Ok(change)
 }
 
 pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
@@ -91,12 +192,16 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     let mut f = Fields::default();
     super::rename(&patch.name, &mut s.name, &mut f);
     if let Some(r) = patch.rbac {
-        if r == Rbac::Basic && !doc.roles.is_empty() {
+        // Catalogue (preset) roles stay when the tier is lowered: those the new tier lacks are
+        // locked — listed as such, not assignable, and their assignments (kept, so that raising
+        // the tier again restores them) grant nothing. Custom roles cannot exist below
+        // 'enterprise'.
+        let custom = doc.roles.values().filter(|r| !r.is_catalogue()).count();
+        if r == Rbac::Basic && custom > 0 {
             f.push(
                 "rbac",
                 format!(
-                    "tenant has {} custom role(s); 'basic' allows built-in roles only",
-                    doc.roles.len()
+                    "tenant has {custom} custom role(s); 'basic' allows built-in and preset roles only"
                 ),
             );
         }
@@ -110,6 +215,21 @@ pub fn update_tenant(doc: &TenantDoc, patch: &TenantPatch) -> Rule {
     }
     if let Some(r) = patch.require_group {
         s.sign_in.require_group = r;
+    }
+    if let Some(a) = patch.admins_change_own_password {
+        s.sign_in.admins_change_own_password = a;
+    }
+    if let Some(u) = patch.users_change_own_password {
+        s.sign_in.users_change_own_password = u;
+    }
+    if let Some(o) = patch.one_role_per_place {
+        s.sign_in.one_role_per_place = o;
+    }
+    if let Some(r) = &patch.default_role {
+        if let Some(role) = r {
+            check_default_role(Some(doc), role, &mut f);
+        }
+        s.default_role.clone_from(r);
     }
     if let Some(sso) = &patch.sso {
         s.sign_in.sso = sso.clone();
@@ -177,6 +297,7 @@ pub fn delete_tenant(doc: &TenantDoc) -> Rule {
         .chain(rows(Kind::Session, &doc.sessions, json))
         .chain(rows(Kind::ApiKey, &doc.api_keys, json))
         .chain(rows(Kind::Invitation, &doc.invitations, json))
+        .chain(rows(Kind::NotificationRule, &doc.notification_rules, json))
         .collect();
     Ok(super::deleted(Kind::Tenant, &s.id, s, ops))
 }

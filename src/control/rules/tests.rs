@@ -74,6 +74,7 @@ fn duplicate_email_is_case_insensitive() {
         kind: UserKind::Member,
         status: None,
         logout: None,
+        groups: Vec::new(),
     };
     match create_user(&d, &req, 5, &NewUserSecrets::default()).unwrap_err() {
         RuleError::Conflict { code, .. } => assert_eq!(code, "duplicate_email"),
@@ -136,6 +137,15 @@ fn builtins_are_read_only_and_roles_in_use_stay() {
 fn deleting_a_group_removes_its_assignments() {
     let mut d = doc();
     let before = d.assignments.len();
+    // Only an empty group can be deleted.
+    assert!(matches!(
+        delete_group(&d, "auditors"),
+        Err(RuleError::Conflict { code: "group_not_empty", ref message, .. }) if message.contains("2 member(s)")
+    ));
+    for m in ["hana", "ivan"] {
+        let c = remove_member(&d, "auditors", m).unwrap();
+        apply(&mut d, c);
+    }
     let c = delete_group(&d, "auditors").unwrap();
     apply(&mut d, c);
     assert_eq!(d.assignments.len(), before - 1);
@@ -154,6 +164,7 @@ fn invitations_expire_and_are_used_once() {
         kind: UserKind::Member,
         status: Some(UserStatus::Inactive),
         logout: None,
+        groups: Vec::new(),
     };
     let secrets = NewUserSecrets {
         password_hash: None,

@@ -2,7 +2,7 @@
 //! immutable), status transitions (activate, deactivate, delete, restore, login).
 
 use super::tenant::{is_admin, quota_room, Usage};
-use super::{Fields, Rule, RuleError};
+use super::{Change, Fields, Rule, RuleError};
 use crate::control::doc::{json, CredentialRow, InvitationRow, TenantDoc, UserRow};
 use crate::model::Principal;
 use crate::model::{
@@ -25,6 +25,10 @@ requests! {
         pub kind: UserKind,
         pub status: Option<UserStatus>,
         pub logout: Option<crate::model::LogoutPeriod>,
+        /// Groups the new user joins in the same write (required for ordinary users while the
+        /// tenant has `require_group`).
+        #[serde(default)]
+        pub groups: Vec<String>,
     }
     UserPatch {
         pub name: Option<String>,
@@ -44,6 +48,71 @@ requests! {
 pub struct NewUserSecrets {
     pub password_hash: Option<String>,
     pub invitation: Option<(String, Timestamp)>,
+}
+
+fn owner_protected(message: &str) -> RuleError {
+    RuleError::conflict("owner_protected", message)
+}
+
+/// `POST /v1/tenants/{t}/owner` `{"user"}`: user `to` (active, not a guest) becomes the owner;
+/// the previous owner (if any) becomes an administrator. Who may call it is the caller's
+/// business (the owner, or the platform).
+pub fn transfer_owner(doc: &TenantDoc, to: &str, now: Timestamp) -> Rule {
+    let Some(new) = doc.users.get(to) else {
+        return Err(RuleError::invalid("user", format!("unknown user '{to}'")));
+    };
+    if new.user.status != UserStatus::Active {
+        return Err(RuleError::invalid(
+            "user",
+            format!("user '{to}' is not active: ownership goes to an active user"),
+        ));
+    }
+    match new.user.kind {
+        UserKind::Owner => {
+            return Err(RuleError::conflict(
+                "invalid_state",
+                format!("user '{to}' already owns the tenant"),
+            ))
+        }
+        UserKind::Guest => return Err(RuleError::invalid("user", "a guest cannot own a tenant")),
+        UserKind::Admin | UserKind::Member => {}
+    }
+    let mut ops = Vec::new();
+    for old in doc
+        .users
+        .values()
+        .filter(|u| u.user.kind == UserKind::Owner)
+    {
+        let mut o = old.clone();
+        o.user.kind = UserKind::Admin;
+        o.updated_at = now;
+        ops.push(RowOp::put(
+            Kind::User,
+            o.user.id.as_str(),
+            json(&o),
+            Some(json(old)),
+        ));
+    }
+    if new.user.kind == UserKind::Member && ops.is_empty() {
+        // One more among owners and administrators.
+        quota_room(
+            doc,
+            Usage {
+                admins: 1,
+                ..Usage::default()
+            },
+        )?;
+    }
+    let mut n = new.clone();
+    n.user.kind = UserKind::Owner;
+    n.updated_at = now;
+    ops.push(RowOp::put(Kind::User, to, json(&n), Some(json(new))));
+    Ok(Change {
+        action: "tenant.owner".into(),
+        target: to.to_string(),
+        ops,
+        result: serde_json::json!({"owner": to}),
+    })
 }
 
 /// The next session epoch of a user: `now`, or one more than the current epoch when that is
@@ -135,6 +204,16 @@ pub fn create_user(
     if req.status == Some(UserStatus::Deleted) {
         f.push("status", "a new user cannot be created deleted");
     }
+    for (i, g) in req.groups.iter().enumerate() {
+        if !doc.groups.contains_key(g) {
+            f.push(&format!("groups[{i}]"), format!("unknown group '{g}'"));
+        } else if req.groups[..i].contains(g) {
+            f.push(
+                &format!("groups[{i}]"),
+                format!("group '{g}' is listed twice"),
+            );
+        }
+    }
     f.done()?;
     if req.password.is_some() != secrets.password_hash.is_some() {
         return Err(RuleError::invalid(
@@ -175,7 +254,25 @@ pub fn create_user(
         updated_at: now,
         last_login_at: None,
     };
+    if req.groups.is_empty() && super::group::needs_group(doc, &u.user) {
+        return Err(super::group::group_required(
+            &id,
+            "creating the user without 'groups'",
+        ));
+    }
     let mut c = super::created(Kind::User, &id, &u);
+    for gid in &req.groups {
+        if let Some(g) = doc.groups.get(gid) {
+            let mut next = g.clone();
+            next.members.push(id.clone());
+            c.ops.push(RowOp::put(
+                Kind::Group,
+                gid.as_str(),
+                json(&next),
+                Some(json(g)),
+            ));
+        }
+    }
     if let Some(hash) = &secrets.password_hash {
         let cred = CredentialRow {
             password: Some(hash.clone()),
@@ -214,6 +311,11 @@ pub fn update_user(doc: &TenantDoc, id: &str, patch: &UserPatch, now: Timestamp)
             u.user.logout = Some(l);
         }
         if let Some(k) = patch.kind {
+            if k != cur.user.kind && (k == UserKind::Owner || cur.user.kind == UserKind::Owner) {
+                return Err(owner_protected(
+                    "the owner changes only by a transfer of ownership (POST /v1/tenants/{t}/owner)",
+                ));
+            }
             if (k == UserKind::Guest) != (cur.user.kind == UserKind::Guest) {
                 f.push("kind", "a user cannot become a guest or stop being one");
             }
@@ -226,6 +328,15 @@ pub fn update_user(doc: &TenantDoc, id: &str, patch: &UserPatch, now: Timestamp)
                 quota_room(doc, admin)?;
             }
             u.user.kind = k;
+            if !super::group::needs_group(doc, &cur.user)
+                && super::group::needs_group(doc, &u.user)
+                && super::group::groups_of(doc, id, None) == 0
+            {
+                return Err(super::group::group_required(
+                    id,
+                    "making them an ordinary user",
+                ));
+            }
         }
         if u != cur {
             u.updated_at = now;
@@ -255,6 +366,11 @@ pub fn transition_user(doc: &TenantDoc, id: &str, t: UserTransition, now: Timest
             }
             UserTransition::Deactivate | UserTransition::Delete => {
                 let deleting = t == UserTransition::Delete;
+                if cur.user.kind == UserKind::Owner {
+                    return Err(owner_protected(
+                        "the owner cannot be deactivated or deleted: transfer ownership first",
+                    ));
+                }
                 not_deleted(status, || match deleting {
                     true => format!("user '{id}' is already deleted"),
                     false => format!("user '{id}' is deleted"),
@@ -277,6 +393,11 @@ pub fn transition_user(doc: &TenantDoc, id: &str, t: UserTransition, now: Timest
                 }
                 room_for_user(doc, u.user.kind)?;
                 u.user.status = UserStatus::Active;
+                if super::group::needs_group(doc, &u.user)
+                    && super::group::groups_of(doc, id, None) == 0
+                {
+                    return Err(super::group::group_required(id, "restoring them"));
+                }
                 "user.restore"
             }
             UserTransition::Login => {
@@ -299,6 +420,9 @@ pub fn erase_user(doc: &TenantDoc, id: &str) -> Rule {
     let Some(u) = doc.users.get(id) else {
         return Err(RuleError::not_found("user", id));
     };
+    if u.user.kind == UserKind::Owner {
+        return Err(owner_protected("the owner cannot be erased"));
+    }
     if u.user.status != UserStatus::Deleted {
         return Err(RuleError::conflict(
             "invalid_state",

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::http::{body, respond, written};
 use super::writes::Writer;
+use crate::control::policy;
 use crate::control::rules::{self, LoginCandidate, NewUserSecrets, UserCreate};
 use crate::control::{ControlError, ControlPlane, Written};
 use crate::identity::secret::{self, parse_api_key, sha256_hex, ApiKeySecret, API_KEY_PREFIX};
@@ -60,6 +61,10 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 pub enum Caller {
     /// The bootstrap (break-glass) token: every tenant, every operation. Audited as `platform`.
     Platform,
+    /// An owner or administrator of the platform tenant (`sign_in.platform_tenant`), on another
+    /// tenant or a platform-wide path: every tenant, every operation, like the bootstrap token.
+    /// Audited as `platform:<tenant>/<user>`.
+    PlatformAdmin { tenant: String, user: String },
     /// A user of one tenant, signed in (session token) or with an API key.
     User {
         tenant: String,
@@ -80,6 +85,7 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::Platform => "platform".into(),
+            Caller::PlatformAdmin { tenant, user } => format!("platform:{tenant}/{user}"),
             Caller::User { key: Some(k), .. } => format!("key:{k}"),
             Caller::User {
                 user,
@@ -94,11 +100,17 @@ impl Caller {
     /// tenant's owners and administrators manage it; the platform token manages every tenant.
     pub fn manages(&self, t: &str) -> bool {
         match self {
-            Caller::Platform => true,
+            Caller::Platform | Caller::PlatformAdmin { .. } => true,
             Caller::User { tenant, kind, .. } => {
                 tenant == t && matches!(kind, UserKind::Owner | UserKind::Admin)
             }
         }
+    }
+
+    /// The platform: the bootstrap token or a platform administrator (outside the platform
+    /// tenant itself).
+    pub fn is_platform(&self) -> bool {
+        matches!(self, Caller::Platform | Caller::PlatformAdmin { .. })
     }
 
     /// The user id, for self-service operations.
@@ -128,6 +140,31 @@ pub fn authenticate(
     req: &Request<Incoming>,
     tenant: Option<&str>,
 ) -> Result<Caller, ApiError> {
+    let caller = identify(state, req, tenant)?;
+    // The platform tenant's owner and administrators are platform administrators everywhere
+    // but in the platform tenant itself (where its own rules apply to them).
+    match (&caller, state.config.sign_in.platform_tenant.as_deref()) {
+        (
+            Caller::User {
+                tenant: t,
+                user,
+                kind: UserKind::Owner | UserKind::Admin,
+                ..
+            },
+            Some(p),
+        ) if t == p && tenant != Some(p) => Ok(Caller::PlatformAdmin {
+            tenant: t.clone(),
+            user: user.clone(),
+        }),
+        _ => Ok(caller),
+    }
+}
+
+fn identify(
+    state: &State,
+    req: &Request<Incoming>,
+    tenant: Option<&str>,
+) -> Result<Caller, ApiError> {
     let got = bearer(req).ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
     if let Some(expected) = state.admin_token.as_deref() {
         if super::http::same_secret(got, expected) {
@@ -136,14 +173,31 @@ pub fn authenticate(
     }
     let now = state.clock.now();
     if got.starts_with(API_KEY_PREFIX) {
-        let t = tenant.ok_or_else(|| {
-            ApiError::unauthenticated("an API key is accepted on its tenant's paths only")
-        })?;
-        let snap = state
-            .registry
-            .get(t)
-            .ok_or_else(|| ApiError::unauthenticated("invalid bearer token"))?;
-        let (user, key) = crate::server::tokens::api_key_user(snap.view(), got, now)?;
+        let platform = state.config.sign_in.platform_tenant.as_deref();
+        let key_of = |t: &str| -> Result<_, ApiError> {
+            let snap = state
+                .registry
+                .get(t)
+                .ok_or_else(|| ApiError::unauthenticated("invalid bearer token"))?;
+            let found = crate::server::tokens::api_key_user(snap.view(), got, now)
+                .map(|(u, k)| (u.to_string(), k.to_string()));
+            Ok((snap, found?))
+        };
+        // A key of the path's tenant; else (platform administrators) of the platform tenant.
+        let (t, (snap, (user, key))) = match (tenant, platform) {
+            (Some(t), Some(p)) if t != p => match key_of(t) {
+                Ok(found) => (t, found),
+                Err(e) => (p, key_of(p).map_err(|_| e)?),
+            },
+            (Some(t), _) => (t, key_of(t)?),
+            (None, Some(p)) => (p, key_of(p)?),
+            (None, None) => {
+                return Err(ApiError::unauthenticated(
+                    "an API key is accepted on its tenant's paths only",
+                ))
+            }
+        };
+        let (user, key) = (user.as_str(), key.as_str());
         let kind = user_kind(snap.view(), user);
         return Ok(Caller::User {
             tenant: t.to_string(),
@@ -547,8 +601,9 @@ pub async fn create_user(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp,
         invitation = Some(inv);
     }
     let now = state.clock.now();
-    let written_ =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let written_ = w
+        .write(None, |g, d| {
+            policy::create_user(g, &r)?;
             rules::create_user(d, &r, now, &secrets)
         })
         .await?;
@@ -600,8 +655,9 @@ pub async fn set_password(
     let b: PasswordBody = body(w.state, req).await?;
     let hash = hash_checked(b.password).await?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::set_password(g, d, id)?;
             rules::set_password(d, id, &hash, now)
         })
         .await?;
@@ -613,8 +669,9 @@ pub async fn reinvite(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let si = sign_in_of(w.state)?;
     let inv = new_invitation(w.state, &si.config)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::user_credentials(g, id)?;
             rules::invite(d, id, &inv.sha, inv.expires_at, now)
         })
         .await?;
@@ -687,8 +744,9 @@ pub async fn add_card(w: &Writer<'_>, id: &str, req: Request<Incoming>) -> Resul
         .await?
         .map_err(hash_error)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::cards(g, id)?;
             rules::add_card(d, id, &hash, now)
         })
         .await?;
@@ -698,9 +756,12 @@ pub async fn add_card(w: &Writer<'_>, id: &str, req: Request<Incoming>) -> Resul
 /// `DELETE /v1/tenants/{t}/users/{id}/cards`: removes every card and ends the user's sessions.
 pub async fn remove_cards(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::remove_cards(d, id, now))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            policy::cards(g, id)?;
+            rules::remove_cards(d, id, now)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 
@@ -710,8 +771,9 @@ pub async fn create_api_key(w: &Writer<'_>, req: Request<Incoming>) -> Result<Re
     let r: rules::ApiKeyCreate = body(w.state, req).await?;
     let k = ApiKeySecret::generate().map_err(hash_error)?;
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::api_key(g, &r.user)?;
             rules::create_api_key(d, &r, &k.id, &k.sha256, now)
         })
         .await?;
@@ -730,11 +792,28 @@ pub async fn create_api_key(w: &Writer<'_>, req: Request<Incoming>) -> Result<Re
     ))
 }
 
-/// `GET /v1/tenants/{t}/api-keys`: every key (never a secret or its digest).
-pub async fn list_api_keys(cp: &ControlPlane, tenant: &str) -> Result<Resp, ApiError> {
+/// `GET /v1/tenants/{t}/api-keys`: every key (never a secret or its digest) to a caller with
+/// `user:read` tenant-wide; one's own keys to anyone else.
+pub async fn list_api_keys(
+    state: &State,
+    cp: &ControlPlane,
+    caller: &Caller,
+    tenant: &str,
+) -> Result<Resp, ApiError> {
+    let all = super::writes::may(state, caller, tenant, |g| {
+        g.require("user:read", crate::control::authz::At::Tenant)
+    })
+    .await
+    .is_ok();
+    let own = caller.user_in(tenant).unwrap_or_default();
     let (keys, rev) = cp
         .read(tenant, |d| {
-            let keys: Vec<_> = d.api_keys.values().map(rules::api_key_view).collect();
+            let keys: Vec<_> = d
+                .api_keys
+                .values()
+                .filter(|k| all || k.user == own)
+                .map(rules::api_key_view)
+                .collect();
             (keys, d.revision)
         })
         .await?;
@@ -748,9 +827,14 @@ pub async fn list_api_keys(cp: &ControlPlane, tenant: &str) -> Result<Resp, ApiE
 
 /// `DELETE /v1/tenants/{t}/api-keys/{id}`: revoked, refused from this answer on.
 pub async fn revoke_api_key(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::revoke_api_key(d, id))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            if let Some(k) = d.api_keys.get(id) {
+                policy::api_key(g, &k.user)?;
+            }
+            rules::revoke_api_key(d, id)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 
@@ -761,8 +845,9 @@ pub async fn create_guest(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp
     let r: rules::GuestCreate = body(w.state, req).await?;
     let id = format!("guest-{}", secret::random_hex::<6>().map_err(hash_error)?);
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| {
+    let done = w
+        .write(None, |g, d| {
+            policy::create_guest(g, &r.scope)?;
             rules::create_guest(d, &r, &id, w.actor, now)
         })
         .await?;
@@ -794,9 +879,12 @@ pub async fn create_guest(w: &Writer<'_>, req: Request<Incoming>) -> Result<Resp
 /// `DELETE /v1/tenants/{t}/guests/{id}`: the guest's token is dead from this answer on.
 pub async fn revoke_guest(w: &Writer<'_>, id: &str) -> Result<Resp, ApiError> {
     let now = w.state.clock.now();
-    let done =
-        w.cp.write(w.tenant, w.actor, None, |d| rules::revoke_guest(d, id, now))
-            .await?;
+    let done = w
+        .write(None, |g, d| {
+            policy::revoke_guest(g, id)?;
+            rules::revoke_guest(d, id, now)
+        })
+        .await?;
     Ok(written_visible(w.state, w.tenant, done).await)
 }
 

@@ -7,8 +7,9 @@
 //!
 //! [`http`]: bearer check, path/query decoding, typed queries, answers; [`reads`] and
 //! [`writes`]: the handlers over `control::views` and `control::rules`; [`plugins`]: module
-//! upload and download.
+//! upload and download; [`fleet`]: the sidecars' status.
 
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod plugins;
@@ -27,6 +28,7 @@ use self::identity::Caller;
 use self::writes::{Op, Writer};
 use super::error::ApiError;
 use super::{Resp, State};
+use crate::control::authz::At;
 use crate::control::rules::UserTransition;
 use crate::store::Kind;
 
@@ -44,6 +46,7 @@ pub enum Coll {
     Roles,
     Assignments,
     Plugins,
+    NotificationRules,
 }
 
 impl Coll {
@@ -55,6 +58,7 @@ impl Coll {
             "roles" => Coll::Roles,
             "assignments" => Coll::Assignments,
             "plugins" => Coll::Plugins,
+            "notification-rules" => Coll::NotificationRules,
             _ => return None,
         })
     }
@@ -67,6 +71,7 @@ impl Coll {
             Coll::Roles => Kind::Role,
             Coll::Assignments => Kind::Assignment,
             Coll::Plugins => Kind::Plugin,
+            Coll::NotificationRules => Kind::NotificationRule,
         }
     }
 }
@@ -76,6 +81,8 @@ impl Coll {
 enum Route<'a> {
     OpenApi,
     PlatformUsers,
+    PlatformAudit,
+    FleetSidecars,
     Tenants,
     Tenant(&'a str),
     Audit(&'a str),
@@ -85,10 +92,14 @@ enum Route<'a> {
     PluginWasm(&'a str, &'a str),
     PluginVersions(&'a str, &'a str),
     PluginRollback(&'a str, &'a str),
+    PluginCanary(&'a str, &'a str),
+    PluginCanaryPromote(&'a str, &'a str),
     UserOp(&'a str, &'a str, UserTransition),
     UserErase(&'a str, &'a str),
     Members(&'a str, &'a str),
     Member(&'a str, &'a str, &'a str),
+    GroupRecipients(&'a str, &'a str),
+    RuleRecipients(&'a str, &'a str),
     Sessions(&'a str),
     SessionCurrent(&'a str),
     InvitationAccept(&'a str, &'a str),
@@ -99,6 +110,7 @@ enum Route<'a> {
     ApiKey(&'a str, &'a str),
     Guests(&'a str),
     Guest(&'a str, &'a str),
+    Owner(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -106,6 +118,8 @@ impl<'a> Route<'a> {
         Some(match *segs {
             ["openapi.json"] => Route::OpenApi,
             ["users"] => Route::PlatformUsers,
+            ["audit"] => Route::PlatformAudit,
+            ["fleet", "sidecars"] => Route::FleetSidecars,
             ["tenants"] => Route::Tenants,
             ["tenants", t] => Route::Tenant(t),
             ["tenants", t, "audit"] => Route::Audit(t),
@@ -117,6 +131,7 @@ impl<'a> Route<'a> {
             ["tenants", t, "api-keys", id] => Route::ApiKey(t, id),
             ["tenants", t, "guests"] => Route::Guests(t),
             ["tenants", t, "guests", id] => Route::Guest(t, id),
+            ["tenants", t, "owner"] => Route::Owner(t),
             ["tenants", t, "users", id, "password"] => Route::UserPassword(t, id),
             ["tenants", t, "users", id, "invitation"] => Route::UserInvitation(t, id),
             ["tenants", t, "users", id, "cards"] => Route::UserCards(t, id),
@@ -125,8 +140,14 @@ impl<'a> Route<'a> {
             ["tenants", t, "plugins", name, "wasm"] => Route::PluginWasm(t, name),
             ["tenants", t, "plugins", name, "versions"] => Route::PluginVersions(t, name),
             ["tenants", t, "plugins", name, "rollback"] => Route::PluginRollback(t, name),
+            ["tenants", t, "plugins", name, "canary"] => Route::PluginCanary(t, name),
+            ["tenants", t, "plugins", name, "canary", "promote"] => {
+                Route::PluginCanaryPromote(t, name)
+            }
             ["tenants", t, "groups", g, "members"] => Route::Members(t, g),
             ["tenants", t, "groups", g, "members", u] => Route::Member(t, g, u),
+            ["tenants", t, "groups", g, "recipients"] => Route::GroupRecipients(t, g),
+            ["tenants", t, "notification-rules", r, "recipients"] => Route::RuleRecipients(t, r),
             ["tenants", t, "users", id, "erase"] => Route::UserErase(t, id),
             ["tenants", t, "users", id, op] => Route::UserOp(
                 t,
@@ -149,11 +170,16 @@ impl<'a> Route<'a> {
         match self {
             Route::OpenApi
             | Route::PlatformUsers
+            | Route::PlatformAudit
+            | Route::FleetSidecars
             | Route::Audit(..)
             | Route::AuditEntry(..)
             | Route::PluginWasm(..)
-            | Route::PluginVersions(..) => "GET",
-            Route::PluginRollback(..) => "POST",
+            | Route::PluginVersions(..)
+            | Route::GroupRecipients(..)
+            | Route::RuleRecipients(..) => "GET",
+            Route::PluginRollback(..) | Route::PluginCanaryPromote(..) => "POST",
+            Route::PluginCanary(..) => "GET, PATCH, DELETE",
             Route::List(_, Coll::Plugins) => "GET",
             Route::Tenants | Route::List(..) => "GET, POST",
             Route::Entity(_, Coll::Plugins, _) => "GET, PUT, DELETE",
@@ -164,7 +190,8 @@ impl<'a> Route<'a> {
             | Route::InvitationAccept(..)
             | Route::UserPassword(..)
             | Route::UserInvitation(..)
-            | Route::Guests(..) => "POST",
+            | Route::Guests(..)
+            | Route::Owner(..) => "POST",
             Route::SessionCurrent(..) | Route::Guest(..) => "DELETE",
             Route::UserCards(..) => "POST, DELETE",
             Route::ApiKeys(..) => "GET, POST",
@@ -176,7 +203,7 @@ impl<'a> Route<'a> {
     fn tenant(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            OpenApi | PlatformUsers | Tenants => None,
+            OpenApi | PlatformUsers | PlatformAudit | FleetSidecars | Tenants => None,
             Tenant(t)
             | Audit(t)
             | AuditEntry(t, _)
@@ -185,10 +212,14 @@ impl<'a> Route<'a> {
             | PluginWasm(t, _)
             | PluginVersions(t, _)
             | PluginRollback(t, _)
+            | PluginCanary(t, _)
+            | PluginCanaryPromote(t, _)
             | UserOp(t, _, _)
             | UserErase(t, _)
             | Members(t, _)
             | Member(t, _, _)
+            | GroupRecipients(t, _)
+            | RuleRecipients(t, _)
             | Sessions(t)
             | SessionCurrent(t)
             | InvitationAccept(t, _)
@@ -198,27 +229,111 @@ impl<'a> Route<'a> {
             | ApiKeys(t)
             | ApiKey(t, _)
             | Guests(t)
-            | Guest(t, _) => Some(t),
+            | Guest(t, _)
+            | Owner(t) => Some(t),
         }
     }
 }
 
-/// Who may call what, until per-operation permissions land: the platform token everything;
-/// a tenant's owners and administrators everything in their tenant; every signed-in user their
-/// own sign-out and password change.
-fn permit(caller: &Caller, route: Route<'_>, method: &Method) -> Result<(), ApiError> {
-    match (route, method) {
-        (Route::SessionCurrent(t), &Method::DELETE) if caller.user_in(t).is_some() => Ok(()),
-        (Route::UserPassword(t, id), &Method::POST) if caller.user_in(t) == Some(id) => Ok(()),
-        _ => match route.tenant() {
-            Some(t) => identity::require_manager(caller, t),
-            None if *caller == Caller::Platform => Ok(()),
-            None => Err(ApiError::new(
-                super::error::ErrorCode::Forbidden,
-                "only the platform token may use platform-wide endpoints",
-            )),
-        },
+/// Who may call at all: platform-wide paths need the platform; a tenant's paths a credential of
+/// that tenant (never a guest's). What each operation then needs is decided per operation by
+/// the engine (`control::policy`, through [`writes::Writer::write`] and [`writes::may`]).
+fn permit(caller: &Caller, route: Route<'_>) -> Result<(), ApiError> {
+    let forbidden = |m: String| Err(ApiError::new(super::error::ErrorCode::Forbidden, m));
+    match (route.tenant(), caller) {
+        (_, Caller::Platform | Caller::PlatformAdmin { .. }) => Ok(()),
+        (None, _) => forbidden("only the platform may use platform-wide endpoints".into()),
+        (Some(t), Caller::User { tenant, .. }) if tenant != t => forbidden(format!(
+            "this credential is for tenant '{}', not '{}'",
+            super::error::clip(tenant),
+            super::error::clip(t)
+        )),
+        (Some(_), Caller::User { kind, .. }) if *kind == crate::model::UserKind::Guest => forbidden(
+            "guest tokens are read-only data-plane credentials: they cannot use the management API"
+                .into(),
+        ),
+        _ => Ok(()),
     }
+}
+
+/// The permission reading collection `c` needs.
+fn read_perm(c: Coll) -> &'static str {
+    match c {
+        Coll::Nodes => "node:read",
+        Coll::Users => "user:read",
+        Coll::Groups => "group:read",
+        Coll::Roles => "role:read",
+        Coll::Assignments => "assignment:read",
+        Coll::Plugins => "plugin:read",
+        Coll::NotificationRules => "notification_rule:read",
+    }
+}
+
+/// What of collection `c` the caller may see: users where they live, nodes and assignments by
+/// node, the rest all or nothing (403 `forbidden`).
+async fn visible(
+    state: &State,
+    caller: &Caller,
+    t: &str,
+    c: Coll,
+) -> Result<crate::control::views::Visible, ApiError> {
+    let perm = read_perm(c);
+    let vis = std::sync::Mutex::new(None);
+    writes::may(state, caller, t, |g| {
+        let v = match c {
+            Coll::Users => g.visible_users(perm),
+            Coll::Nodes | Coll::Assignments => g.visible_nodes(perm),
+            _ => {
+                g.require(perm, At::Tenant)?;
+                None
+            }
+        };
+        if let Ok(mut slot) = vis.lock() {
+            *slot = v;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(vis.into_inner().unwrap_or_default())
+}
+
+/// Refuses a caller without `perm` at the tenant level.
+async fn may_tenant(state: &State, caller: &Caller, t: &str, perm: &str) -> Result<(), ApiError> {
+    writes::may(state, caller, t, |g| g.require(perm, At::Tenant)).await
+}
+
+/// May the caller read entity `id` of collection `c`?
+async fn may_read(
+    state: &State,
+    cp: &crate::control::ControlPlane,
+    caller: &Caller,
+    t: &str,
+    c: Coll,
+    id: &str,
+) -> Result<(), ApiError> {
+    if caller.is_platform() {
+        return Ok(());
+    }
+    let scope = match c {
+        Coll::Assignments => {
+            cp.read(t, |d| {
+                d.assignments.get(id).map(|a| a.assignment.scope.clone())
+            })
+            .await?
+        }
+        _ => None,
+    };
+    let perm = read_perm(c);
+    writes::may(state, caller, t, |g| match c {
+        Coll::Users => g.require_user(perm, id),
+        Coll::Nodes => g.require_at(perm, id),
+        Coll::Assignments => match &scope {
+            Some(s) => g.require_at(perm, s),
+            None => g.require(perm, At::Tenant),
+        },
+        _ => g.require(perm, At::Tenant),
+    })
+    .await
 }
 
 fn openapi() -> Resp {
@@ -259,7 +374,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
     }
     let caller = identity::authenticate(state, &req, parsed.and_then(Route::tenant))?;
     let route = parsed.ok_or_else(|| ApiError::not_found(&path))?;
-    permit(&caller, route, &method)?;
+    permit(&caller, route)?;
     let actor = caller.actor();
     let actor = actor.as_str();
     let q = Query::of(&req);
@@ -269,52 +384,124 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Result<Resp, ApiEr
         cp,
         tenant,
         actor,
+        caller: &caller,
     };
     use Route::*;
-    match (route, method) {
+    let refusal_target = format!("{method} {path}");
+    let result = match (route, method.clone()) {
         (SessionCurrent(t), Method::DELETE) => identity::sign_out(state, cp, &caller, t).await,
         (UserPassword(t, id), Method::POST) => identity::set_password(&w(t), id, req).await,
         (UserInvitation(t, id), Method::POST) => identity::reinvite(&w(t), id).await,
         (UserCards(t, id), Method::POST) => identity::add_card(&w(t), id, req).await,
         (UserCards(t, id), Method::DELETE) => identity::remove_cards(&w(t), id).await,
-        (ApiKeys(t), Method::GET) => identity::list_api_keys(cp, t).await,
+        (ApiKeys(t), Method::GET) => identity::list_api_keys(state, cp, &caller, t).await,
         (ApiKeys(t), Method::POST) => identity::create_api_key(&w(t), req).await,
         (ApiKey(t, id), Method::DELETE) => identity::revoke_api_key(&w(t), id).await,
         (Guests(t), Method::POST) => identity::create_guest(&w(t), req).await,
         (Guest(t, id), Method::DELETE) => identity::revoke_guest(&w(t), id).await,
+        (Owner(t), Method::POST) => w(t).transfer_owner(req).await,
         (List(t, Coll::Users), Method::POST) => identity::create_user(&w(t), req).await,
         (Entity(t, Coll::Users, id), Method::DELETE) => {
             w(t).transition(id, UserTransition::Delete, &req).await
         }
         (PlatformUsers, Method::GET) => reads::platform_users(cp, &q).await,
+        (PlatformAudit, Method::GET) => reads::platform_audit(cp, &q).await,
+        (FleetSidecars, Method::GET) => fleet::sidecars(state, cp).await,
         (Tenants, Method::GET) => reads::tenants(cp, &q).await,
         (Tenants, Method::POST) => w("").create_tenant(req).await,
-        (Tenant(t), Method::GET) => reads::tenant(cp, t).await,
+        (Tenant(t), Method::GET) => {
+            may_tenant(state, &caller, t, "tenant:read").await?;
+            reads::tenant(cp, t).await
+        }
         (Tenant(t), Method::PATCH) => w(t).update_tenant(req).await,
         (Tenant(t), Method::DELETE) => w(t).delete_tenant(&req).await,
-        (Audit(t), Method::GET) => reads::audit(cp, t, &q).await,
-        (AuditEntry(t, rev), Method::GET) => reads::audit_entry(cp, t, rev, &q).await,
-        (List(t, c), Method::GET) => reads::list(cp, t, c, &q, now).await,
-        (Entity(t, Coll::Users, "overview"), Method::GET) => reads::user_overview(cp, t, now).await,
-        (Entity(t, c, id), Method::GET) => reads::entity(cp, t, c, id, now).await,
+        (Audit(t), Method::GET) => {
+            may_tenant(state, &caller, t, "audit:read").await?;
+            reads::audit(cp, t, &q).await
+        }
+        (AuditEntry(t, rev), Method::GET) => {
+            may_tenant(state, &caller, t, "audit:read").await?;
+            reads::audit_entry(cp, t, rev, &q).await
+        }
+        (List(t, c), Method::GET) => {
+            let vis = visible(state, &caller, t, c).await?;
+            reads::list(cp, t, c, &q, now, &vis).await
+        }
+        (Entity(t, Coll::Users, "overview"), Method::GET) => {
+            may_tenant(state, &caller, t, "user:read").await?;
+            reads::user_overview(cp, t, now).await
+        }
+        (Entity(t, c, id), Method::GET) => {
+            may_read(state, cp, &caller, t, c, id).await?;
+            reads::entity(cp, t, c, id, now).await
+        }
         (Entity(t, Coll::Plugins, name), Method::PUT) => {
             plugins::upload(&w(t), name, &q, req).await
         }
         (Entity(t, Coll::Plugins, name), Method::DELETE) => w(t).delete_plugin(name, &req).await,
-        (PluginWasm(t, name), Method::GET) => plugins::download(cp, t, name).await,
-        (PluginVersions(t, name), Method::GET) => plugins::versions(cp, t, name).await,
+        (PluginWasm(t, name), Method::GET) => {
+            may_tenant(state, &caller, t, "plugin:read").await?;
+            plugins::download(cp, t, name).await
+        }
+        (PluginVersions(t, name), Method::GET) => {
+            may_tenant(state, &caller, t, "plugin:read").await?;
+            plugins::versions(cp, t, name).await
+        }
         (PluginRollback(t, name), Method::POST) => plugins::rollback(&w(t), name, req).await,
+        (PluginCanary(t, name), Method::GET) => {
+            may_tenant(state, &caller, t, "plugin:read").await?;
+            plugins::canary(cp, t, name).await
+        }
+        (PluginCanary(t, name), Method::PATCH) => plugins::canary_share(&w(t), name, req).await,
+        (PluginCanary(t, name), Method::DELETE) => plugins::canary_abort(&w(t), name, &req).await,
+        (PluginCanaryPromote(t, name), Method::POST) => {
+            plugins::canary_promote(&w(t), name, &req).await
+        }
         (UserOp(t, id, tr), Method::POST) => w(t).transition(id, tr, &req).await,
         (UserErase(t, id), Method::POST) => w(t).erase_user(id).await,
         (Members(t, g), Method::POST) => w(t).add_member(g, req).await,
         (Member(t, g, u), Method::DELETE) => w(t).remove_member(g, u, &req).await,
+        (GroupRecipients(t, g), Method::GET) => {
+            // Recipients are users with their emails.
+            may_tenant(state, &caller, t, "group:read").await?;
+            may_tenant(state, &caller, t, "user:read").await?;
+            reads::group_recipients(cp, t, g, &q).await
+        }
+        (RuleRecipients(t, r), Method::GET) => {
+            may_tenant(state, &caller, t, "notification_rule:read").await?;
+            may_tenant(state, &caller, t, "user:read").await?;
+            reads::rule_recipients(cp, t, r, &q).await
+        }
         (List(t, c), Method::POST) if c != Coll::Plugins => crud(&w(t), c, Op::Create, req).await,
         (Entity(t, c, id), Method::PATCH) if c != Coll::Plugins => {
             crud(&w(t), c, Op::Update(id), req).await
         }
         (Entity(t, c, id), Method::DELETE) => crud(&w(t), c, Op::Delete(id), req).await,
         (r, _) => Err(ApiError::method_not_allowed(r.allow())),
+    };
+    if let (Err(e), Some(t), false) = (&result, route.tenant(), caller.is_platform()) {
+        if method != Method::GET && is_refusal(e.code) {
+            // Refused writes are audited with their actor (never their body).
+            let target = format!("{refusal_target}: {}", e.code.as_str());
+            if let Err(err) = cp.record_refusal(t, actor, target).await {
+                tracing::warn!(tenant = t, error = %err, "recording a refused write failed");
+            }
+        }
     }
+    result
+}
+
+/// The management API's authorization refusals (audited when a write is refused).
+fn is_refusal(code: super::error::ErrorCode) -> bool {
+    use super::error::ErrorCode as C;
+    matches!(
+        code,
+        C::Forbidden
+            | C::PrivilegeEscalation
+            | C::SelfAction
+            | C::OwnerProtected
+            | C::AdminProtected
+    )
 }
 
 /// The generic create/update/delete of an entity collection (plugins have their own upload).
@@ -330,6 +517,7 @@ async fn crud(
         Coll::Groups => w.crud::<writes::Groups>(op, req).await,
         Coll::Roles => w.crud::<writes::Roles>(op, req).await,
         Coll::Assignments => w.crud::<writes::Assignments>(op, req).await,
+        Coll::NotificationRules => w.crud::<writes::NotificationRules>(op, req).await,
         // Routed to `plugins` and `Writer::delete_plugin` before reaching here.
         Coll::Plugins => Err(ApiError::method_not_allowed(match op {
             Op::Create => Route::List("", c).allow(),

@@ -45,6 +45,7 @@ pub async fn list(
     coll: Coll,
     q: &Query,
     now: i64,
+    visible: &views::Visible,
 ) -> Result<Resp, ApiError> {
     let lq = match coll {
         Coll::Nodes => ListQuery::Nodes(q.nodes()?),
@@ -53,9 +54,10 @@ pub async fn list(
         Coll::Roles => ListQuery::Roles(q.page()?),
         Coll::Assignments => ListQuery::Assignments(q.assignments()?),
         Coll::Plugins => ListQuery::Plugins(q.page()?),
+        Coll::NotificationRules => ListQuery::NotificationRules(q.page()?),
     };
     let (v, rev) = cp
-        .read(t, |d| (views::list(d, &lq, now), d.revision))
+        .read(t, |d| (views::list(d, &lq, now, visible), d.revision))
         .await?;
     Ok(respond(StatusCode::OK, v, Some(rev), None))
 }
@@ -100,6 +102,28 @@ pub async fn audit(cp: &ControlPlane, t: &str, q: &Query) -> Result<Resp, ApiErr
     Ok(respond(StatusCode::OK, v, None, None))
 }
 
+/// `GET /v1/audit`: every tenant's audit log, merged in time order (`tenant` narrows it to one;
+/// `after` is the previous page's `next_after`).
+pub async fn platform_audit(cp: &ControlPlane, q: &Query) -> Result<Resp, ApiError> {
+    let aq = q.audit()?;
+    let after = match q.get("after") {
+        None => None,
+        Some(c) => {
+            let bad =
+                || ApiError::bad_request("after must be a cursor <at_ms>:<tenant>:<revision>");
+            let (at, rest) = c.split_once(':').ok_or_else(bad)?;
+            let (t, rev) = rest.rsplit_once(':').ok_or_else(bad)?;
+            Some((
+                at.parse().map_err(|_| bad())?,
+                t.to_string(),
+                rev.parse().map_err(|_| bad())?,
+            ))
+        }
+    };
+    let v = views::platform_audit(cp, &aq, q.get("tenant"), after).await?;
+    Ok(respond(StatusCode::OK, v, None, None))
+}
+
 /// `GET /v1/tenants/{t}/audit/{revision}`: one commit with a page of its row changes.
 pub async fn audit_entry(
     cp: &ControlPlane,
@@ -113,4 +137,42 @@ pub async fn audit_entry(
     let page = q.page()?;
     let v = views::audit_changes(cp, t, revision, &page).await?;
     Ok(respond(StatusCode::OK, v, None, None))
+}
+
+/// `GET /v1/tenants/{t}/groups/{g}/recipients`: the active members a notification to the group
+/// reaches (none while the group is inactive).
+pub async fn group_recipients(
+    cp: &ControlPlane,
+    t: &str,
+    g: &str,
+    q: &Query,
+) -> Result<Resp, ApiError> {
+    let page = q.page()?;
+    let (v, rev) = cp
+        .read(t, |d| (views::group_recipients(d, g, &page), d.revision))
+        .await?;
+    let v =
+        v.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("group '{g}' not found")))?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
+}
+
+/// `GET /v1/tenants/{t}/notification-rules/{id}/recipients`: the union of the recipients of the
+/// rule's groups, each user once.
+pub async fn rule_recipients(
+    cp: &ControlPlane,
+    t: &str,
+    id: &str,
+    q: &Query,
+) -> Result<Resp, ApiError> {
+    let page = q.page()?;
+    let (v, rev) = cp
+        .read(t, |d| (views::rule_recipients(d, id, &page), d.revision))
+        .await?;
+    let v = v.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("notification rule '{id}' not found"),
+        )
+    })?;
+    Ok(respond(StatusCode::OK, v, Some(rev), None))
 }
