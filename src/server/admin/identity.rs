@@ -26,7 +26,7 @@ use crate::identity::session::{SessionClaims, SessionKind, ISSUER};
 use crate::identity::{throttle, SessionKeys, Throttle};
 use crate::model::{check_password, Channel, Password, Timestamp, UserKind};
 use crate::server::config::SignInConfig;
-use crate::server::error::{clip, ApiError, ErrorCode};
+use crate::server::error::{ApiError, ErrorCode};
 use crate::server::{Resp, State};
 
 /// What sign-in needs at run time: the session keys, the throttle, the settings.
@@ -93,17 +93,6 @@ impl Caller {
                 ..
             } => format!("{user}#{}", c.as_str()),
             Caller::User { user, .. } => user.clone(),
-        }
-    }
-
-    /// May this caller manage tenant `t` (all of it)? Until per-operation permissions land, a
-    /// tenant's owners and administrators manage it; the platform token manages every tenant.
-    pub fn manages(&self, t: &str) -> bool {
-        match self {
-            Caller::Platform | Caller::PlatformAdmin { .. } => true,
-            Caller::User { tenant, kind, .. } => {
-                tenant == t && matches!(kind, UserKind::Owner | UserKind::Admin)
-            }
         }
     }
 
@@ -262,26 +251,6 @@ fn user_kind(view: &crate::snapshot::ArchivedTenantSnap, user: &str) -> UserKind
         Some(crate::snapshot::KIND_GUEST) => UserKind::Guest,
         _ => UserKind::Member,
     }
-}
-
-/// Refuses a caller that may not manage tenant `t`.
-pub fn require_manager(caller: &Caller, t: &str) -> Result<(), ApiError> {
-    if caller.manages(t) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorCode::Forbidden,
-        match caller {
-            Caller::User { tenant, .. } if tenant != t => {
-                format!(
-                    "this credential is for tenant '{}', not '{}'",
-                    clip(tenant),
-                    clip(t)
-                )
-            }
-            _ => "only the tenant's owner and administrators may do this".to_string(),
-        },
-    ))
 }
 
 fn sign_in_of(state: &State) -> Result<&SignIn, ApiError> {

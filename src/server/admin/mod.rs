@@ -1,6 +1,10 @@
-//! The management API (`/v1/tenants/…`, `/v1/users`, `/v1/openapi.json`): its router.
+//! The management API (`/v1/tenants/…`, `/v1/users`, `/v1/audit`, `/v1/fleet/sidecars`,
+//! `/v1/openapi.json`): its router.
 //!
-//! Every call needs `Authorization: Bearer <admin token>`. Writes return the tenant's new
+//! Every call needs `Authorization: Bearer <credential>` (the platform token, a session token or
+//! an API key: [`identity::authenticate`]); [`permit`] admits the caller to the path, then each
+//! operation is authorized by the engine (`control::policy` through [`writes::Writer::write`] and
+//! [`writes::may`]). Writes return the tenant's new
 //! revision (body `revision`, header `X-Portcullis-Revision`) so that a client can `check` with
 //! `min_revision` and read its own write; single entities carry an `ETag` (the revision at which
 //! the entity last changed), which `If-Match` on updates must match (409 otherwise).
