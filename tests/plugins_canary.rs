@@ -125,6 +125,24 @@ fn get(s: &server::Server, path: &str) -> (u16, Value) {
 }
 
 /// The plugin as `GET …/plugins/gate` shows it, and the revision of its last change.
+/// `portcullis plugin upload --tenant T --name N --canary SHARE MODULE`.
+fn upload_canary(
+    s: &server::Server,
+    dir: &Path,
+    tenant: &str,
+    name: &str,
+    share: &str,
+    module: &str,
+) -> (Option<i32>, String) {
+    cli(
+        s,
+        dir,
+        &[
+            "plugin", "upload", "--tenant", tenant, "--name", name, "--canary", share, module,
+        ],
+    )
+}
+
 fn gate(s: &server::Server) -> (Value, u64) {
     let (st, v) = get(s, "/v1/tenants/plant/plugins/gate");
     assert_eq!(st, 200, "{v}");
@@ -228,21 +246,7 @@ fn a_canary_splits_stably_shows_both_versions_and_is_promoted_or_aborted_with_au
     assert_split(&s, 0, rev);
 
     // A module the runtime refuses is refused as a canary too, and nothing changes.
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "gate",
-            "--canary",
-            "50",
-            "wasi.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "gate", "50", "wasi.wasm");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("HTTP 422"), "{out}");
     assert!(gate(&s).0.get("canary").is_none());
@@ -262,56 +266,14 @@ fn a_canary_splits_stably_shows_both_versions_and_is_promoted_or_aborted_with_au
         assert!(body.contains("\"canary\""), "{body}");
     }
     // A canary of the current version itself, or of a plugin that does not exist: 409.
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "gate",
-            "--canary",
-            "50",
-            "allow.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "gate", "50", "allow.wasm");
     assert!(code == Some(1) && out.contains("HTTP 409"), "{out}");
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "nope",
-            "--canary",
-            "50",
-            "deny.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "nope", "50", "deny.wasm");
     assert!(code == Some(1) && out.contains("HTTP 409"), "{out}");
     assert!(gate(&s).0.get("canary").is_none());
 
     // Start: `deny` on half of the calls.
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "gate",
-            "--canary",
-            "50",
-            "deny.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "gate", "50", "deny.wasm");
     assert_eq!(code, Some(0), "{out}");
     let (p, rev) = gate(&s);
     assert_eq!(
@@ -419,21 +381,7 @@ fn a_canary_splits_stably_shows_both_versions_and_is_promoted_or_aborted_with_au
     );
     assert!(code == Some(1) && out.contains("HTTP 422"), "{out}");
     // Another candidate replaces the running one (its `since` restarts).
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "gate",
-            "--canary",
-            "50",
-            "trap.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "gate", "50", "trap.wasm");
     assert_eq!(code, Some(0), "{out}");
     let (p, rev) = gate(&s);
     assert_eq!(p["canary"]["sha256"], trap.as_str(), "{p}");
@@ -468,21 +416,7 @@ fn a_canary_splits_stably_shows_both_versions_and_is_promoted_or_aborted_with_au
 
     // Promote: a new canary of `deny` becomes current; every call runs it and `allow` is the
     // newest kept previous version.
-    let (code, out) = cli(
-        &s,
-        d,
-        &[
-            "plugin",
-            "upload",
-            "--tenant",
-            "plant",
-            "--name",
-            "gate",
-            "--canary",
-            "50",
-            "deny.wasm",
-        ],
-    );
+    let (code, out) = upload_canary(&s, d, "plant", "gate", "50", "deny.wasm");
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = cli(
         &s,
@@ -535,21 +469,7 @@ fn a_canary_survives_a_restart() {
     let (_, deny) = wasm(d, "deny");
     {
         let s = start(&world, &store);
-        let (code, out) = cli(
-            &s,
-            d,
-            &[
-                "plugin",
-                "upload",
-                "--tenant",
-                "plant",
-                "--name",
-                "gate",
-                "--canary",
-                "30",
-                "deny.wasm",
-            ],
-        );
+        let (code, out) = upload_canary(&s, d, "plant", "gate", "30", "deny.wasm");
         assert_eq!(code, Some(0), "{out}");
         let (_, rev) = gate(&s);
         assert_split(&s, 30, rev);
